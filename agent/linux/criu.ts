@@ -1,0 +1,108 @@
+/**
+ * The one place that runs CRIU. Flags and why:
+ *  --tcp-established     established connections are dumped and restored with TCP repair
+ *  --network-lock skip   godwit holds the network itself (XDP lock entries, agent/netlock.ts);
+ *                        CRIU's iptables lock costs two processes per connection
+ *                        (FIELD-NOTES: 5.5 s dump, 55 s restore at 1,000 connections)
+ *  restore -d            detach: the agent is not the restored tree's parent
+ */
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { CommandError, type Executor } from '../../lib/exec.js';
+
+export interface CriuOptions {
+  exec: Executor;
+  /** The criu command: a working CRIU 4.2+ (scripts/install-criu.sh). */
+  criuPath: string;
+}
+
+export interface DumpResult {
+  durationMs: number;
+}
+
+export interface RestoreResult {
+  pid: number;
+  durationMs: number;
+}
+
+export class CriuError extends Error {
+  constructor(
+    readonly operation: 'dump' | 'restore' | 'check',
+    readonly logTail: string,
+    cause: string,
+  ) {
+    super(`criu ${operation} failed: ${cause}${logTail ? ` — log: ${logTail}` : ''}`);
+    this.name = 'CriuError';
+  }
+}
+
+export const DUMP_LOG = 'dump.log';
+export const RESTORE_LOG = 'restore.log';
+
+export class Criu {
+  constructor(private readonly opts: CriuOptions) {}
+
+  async version(): Promise<string> {
+    const r = await this.opts.exec(this.opts.criuPath, ['--version']);
+    return /Version:\s*(\S+)/.exec(r.stdout)?.[1] ?? r.stdout.trim();
+  }
+
+  /** undefined when `criu check` passes, else what it said. */
+  async checkProblem(): Promise<string | undefined> {
+    const r = await this.opts.exec(this.opts.criuPath, ['check'], { allowFailure: true });
+    return r.exitCode === 0 ? undefined : (r.stderr || r.stdout).trim().split('\n').slice(-2).join(' ');
+  }
+
+  /** Dumps the tree rooted at `pid` into `imageDir`; the tree is gone afterwards. */
+  async dump(pid: number, imageDir: string): Promise<DumpResult> {
+    const started = performance.now();
+    await this.run('dump', imageDir, DUMP_LOG, [
+      'dump', '--tree', String(pid), '--images-dir', imageDir,
+      '--tcp-established', '--network-lock', 'skip',
+      '--log-file', DUMP_LOG, '-v4',
+    ]);
+    return { durationMs: performance.now() - started };
+  }
+
+  /** Restores the tree from `imageDir`, detached; returns its root's PID in this PID namespace. */
+  async restore(imageDir: string): Promise<RestoreResult> {
+    const started = performance.now();
+    const pidFile = join(imageDir, 'restored.pid');
+    await this.run('restore', imageDir, RESTORE_LOG, [
+      'restore', '--images-dir', imageDir, '--restore-detached', '--pidfile', pidFile,
+      '--tcp-established', '--network-lock', 'skip',
+      '--log-file', RESTORE_LOG, '-v4',
+    ]);
+    const pid = Number((await readFile(pidFile, 'utf8')).trim());
+    return { pid, durationMs: performance.now() - started };
+  }
+
+  private async run(operation: 'dump' | 'restore', imageDir: string, logName: string, args: string[]): Promise<void> {
+    try {
+      await this.opts.exec(this.opts.criuPath, args, { cwd: imageDir });
+    } catch (err) {
+      const tail = await logErrors(join(imageDir, logName));
+      throw new CriuError(operation, tail, err instanceof CommandError ? `exit ${err.exitCode}` : String(err));
+    }
+  }
+}
+
+/** The lines of a CRIU log that say what went wrong (its "Error" lines), last few only. */
+export async function logErrors(path: string): Promise<string> {
+  try {
+    const text = await readFile(path, 'utf8');
+    return errorLines(text);
+  } catch {
+    return '';
+  }
+}
+
+/** RLIMIT_NOFILE complaint is in every log on these machines and harmless (FIELD-NOTES). */
+export function errorLines(log: string): string {
+  return log
+    .split('\n')
+    .filter((l) => /Error|error/.test(l) && !/RLIMIT_NOFILE/.test(l))
+    .slice(-4)
+    .map((l) => l.replace(/^\(\d+\.\d+\)\s*/, '').trim())
+    .join(' | ');
+}

@@ -1,0 +1,70 @@
+/** The Linux host platform: CRIU, the XDP lock, iproute2 and arping, /proc. */
+import type { Executor } from '../../lib/exec.js';
+import type { Logger } from '../../lib/log.js';
+import type { NetLock } from '../netlock.js';
+import type { HostPlatform, PlatformProbe } from '../platform.js';
+import { Criu } from './criu.js';
+import { HostNetwork } from './host-network.js';
+import { EbpfNetLock } from './netlock-ebpf.js';
+import { inspectProcess } from './process-tree.js';
+
+export interface LinuxPlatformOptions {
+  exec: Executor;
+  iface: string;
+  criuPath: string;
+  bpfObject: string;
+  pinDir: string;
+  log: Logger;
+}
+
+export class LinuxPlatform implements HostPlatform {
+  readonly checkpoint: Criu;
+  readonly netlock: NetLock;
+  readonly network: HostNetwork;
+  private lockProblem = 'not installed yet';
+
+  constructor(private readonly opts: LinuxPlatformOptions) {
+    this.checkpoint = new Criu({ exec: opts.exec, criuPath: opts.criuPath });
+    this.network = new HostNetwork({ exec: opts.exec, iface: opts.iface });
+    this.netlock = new EbpfNetLock({
+      exec: opts.exec,
+      iface: opts.iface,
+      pinDir: opts.pinDir,
+      objectPath: opts.bpfObject,
+      log: opts.log,
+    });
+  }
+
+  /** Attaches the lock program (keeping any held lock) and drops leases that ran out meanwhile. */
+  async start(): Promise<void> {
+    try {
+      await this.netlock.install();
+      const swept = await this.netlock.sweepExpired();
+      this.lockProblem = '';
+      this.opts.log.info({ iface: this.opts.iface, swept, held: (await this.netlock.list()).length }, 'network lock ready');
+    } catch (err) {
+      this.lockProblem = err instanceof Error ? err.message : String(err);
+      throw err;
+    }
+  }
+
+  processInfo(pid: number) {
+    return inspectProcess(pid);
+  }
+
+  async probe(): Promise<PlatformProbe> {
+    const [criuVersion, criuProblem, addresses] = await Promise.all([
+      this.checkpoint.version().catch((e: Error) => `unavailable: ${e.message}`),
+      this.checkpoint.checkProblem().catch((e: Error) => e.message),
+      this.network.addresses(),
+    ]);
+    return {
+      criuVersion,
+      criuOk: criuProblem === undefined,
+      criuProblem: criuProblem ?? '',
+      lockOk: this.lockProblem === '',
+      lockProblem: this.lockProblem,
+      addresses,
+    };
+  }
+}

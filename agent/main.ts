@@ -1,0 +1,89 @@
+/**
+ * godwit-agent: one per host. Runs inside the host's network namespace (in the lab it is started
+ * with `nsenter --net=/run/netns/<host>`), serves the agent API and heartbeats on NATS.
+ */
+import { mkdirSync } from 'node:fs';
+import { release } from 'node:os';
+import { join } from 'node:path';
+import { Command } from 'commander';
+import * as grpc from '@grpc/grpc-js';
+import { Bus } from '../lib/bus.js';
+import { execCommand } from '../lib/exec.js';
+import { createLogger } from '../lib/log.js';
+import { AgentService as AgentServiceDef, REPO_ROOT, bindServer } from '../lib/rpc.js';
+import { HOST_NAME } from '../lib/subjects.js';
+import { startHeartbeat } from './heartbeat.js';
+import { LinuxPlatform } from './linux/platform.js';
+import { AgentService } from './service.js';
+
+const SWEEP_INTERVAL_MS = 1_000;
+
+const program = new Command()
+  .name('godwit-agent')
+  .requiredOption('--host <name>', 'this host\'s name in the fleet')
+  .requiredOption('--listen <addr>', 'gRPC address to serve on, host:port (reachable by the controller and peer agents)')
+  .requiredOption('--nats <url>', 'NATS server URL')
+  .option('--iface <name>', 'interface the lock program attaches to', 'eth0')
+  .option('--state-dir <dir>', 'where images and migration records live', '/var/lib/godwit')
+  .option('--criu <path>', 'CRIU 4.2+ command', process.env.GODWIT_CRIU ?? '/opt/godwit/criu/bin/criu')
+  .option('--bpf-object <path>', 'compiled lock program', join(REPO_ROOT, 'build', 'bpf', 'lock.o'))
+  .option('--pin-dir <dir>', 'bpffs folder for this host\'s pinned program and maps (default /sys/fs/bpf/godwit/<host>)')
+  .option('--advertise <addr>', 'gRPC address peers should use (default: --listen)');
+
+async function main() {
+  const o = program.parse().opts<{
+    host: string; listen: string; nats: string; iface: string; stateDir: string; criu: string;
+    bpfObject: string; pinDir?: string; advertise?: string;
+  }>();
+  if (!HOST_NAME.test(o.host)) program.error(`--host "${o.host}" must match ${HOST_NAME}`);
+  const log = createLogger('agent').child({ host: o.host });
+  mkdirSync(o.stateDir, { recursive: true });
+
+  const platform = new LinuxPlatform({
+    exec: execCommand,
+    iface: o.iface,
+    criuPath: o.criu,
+    bpfObject: o.bpfObject,
+    pinDir: o.pinDir ?? `/sys/fs/bpf/godwit/${o.host}`,
+    log,
+  });
+  await platform.start();
+  const sweeper = setInterval(() => {
+    platform.netlock.sweepExpired().then(
+      (n) => n > 0 && log.warn({ swept: n }, 'lock leases ran out; entries removed'),
+      (err: Error) => log.error({ err }, 'lock sweep failed'),
+    );
+  }, SWEEP_INTERVAL_MS);
+
+  const service = new AgentService({ host: o.host, platform, stateDir: o.stateDir, log });
+  const server = new grpc.Server({ 'grpc.max_receive_message_length': 16 * 1024 * 1024 });
+  server.addService(AgentServiceDef, service.handlers());
+  await bindServer(server, [o.listen]);
+
+  const bus = await Bus.connect({ servers: o.nats, name: `godwit-agent-${o.host}` });
+  const probe = await platform.probe();
+  const stopHeartbeat = startHeartbeat(bus, {
+    host: o.host,
+    grpcAddress: o.advertise ?? o.listen,
+    criuVersion: probe.criuVersion,
+    kernel: release(),
+    startedAtMs: Date.now(),
+  });
+  log.info({ listen: o.listen, criu: probe.criuVersion, criuOk: probe.criuOk }, 'agent ready');
+
+  const shutdown = async (signal: string) => {
+    log.info({ signal }, 'shutting down; held locks stay until their leases run out');
+    stopHeartbeat();
+    clearInterval(sweeper);
+    server.forceShutdown();
+    await bus.close().catch(() => undefined);
+    process.exit(0);
+  };
+  process.once('SIGTERM', () => void shutdown('SIGTERM'));
+  process.once('SIGINT', () => void shutdown('SIGINT'));
+}
+
+main().catch((err) => {
+  createLogger('agent').fatal({ err }, 'agent failed to start');
+  process.exit(1);
+});

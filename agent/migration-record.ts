@@ -1,0 +1,59 @@
+/**
+ * What this agent has done for each migration, kept on disk so that Abort and retries work after
+ * an agent restart. Every RPC that changes the host records its effect here before returning, so
+ * Abort knows exactly what to undo and nothing else.
+ */
+import { mkdirSync, readFileSync, writeFileSync, renameSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Endpoint } from '../lib/endpoint.js';
+
+export interface AgentMigrationRecord {
+  migrationId: string;
+  /** Lock entries this agent set, and their version. */
+  locked: Endpoint[];
+  lockVersion?: string;
+  /** Addresses this agent brought up for the migration (target side). */
+  addedAddresses: string[];
+  /** The workload as it was dumped here (source side). */
+  dumped?: { pid: number; endpoints: Endpoint[] };
+  /** The workload's PID after this agent restored it (target side, or source after an abort). */
+  restoredPid?: number;
+  imageReceived: boolean;
+  released: boolean;
+  aborted: boolean;
+}
+
+export class MigrationRecords {
+  private readonly dir: string;
+
+  constructor(stateDir: string) {
+    this.dir = join(stateDir, 'migrations');
+    mkdirSync(this.dir, { recursive: true });
+  }
+
+  get(migrationId: string): AgentMigrationRecord {
+    try {
+      return JSON.parse(readFileSync(this.path(migrationId), 'utf8')) as AgentMigrationRecord;
+    } catch {
+      return { migrationId, locked: [], addedAddresses: [], imageReceived: false, released: false, aborted: false };
+    }
+  }
+
+  /** Applies `change` to the record and writes it atomically (rename). */
+  update(migrationId: string, change: (r: AgentMigrationRecord) => void): AgentMigrationRecord {
+    const r = this.get(migrationId);
+    change(r);
+    const tmp = this.path(migrationId) + '.tmp';
+    writeFileSync(tmp, JSON.stringify(r, null, 2));
+    renameSync(tmp, this.path(migrationId));
+    return r;
+  }
+
+  ids(): string[] {
+    return readdirSync(this.dir).filter((f) => f.endsWith('.json')).map((f) => f.slice(0, -5));
+  }
+
+  private path(migrationId: string): string {
+    return join(this.dir, `${migrationId}.json`);
+  }
+}

@@ -1,0 +1,53 @@
+/** godwit-controller: the one place that decides. Serves the controller API; agents register over NATS. */
+import { Command } from 'commander';
+import * as grpc from '@grpc/grpc-js';
+import { Bus } from '../lib/bus.js';
+import { createLogger } from '../lib/log.js';
+import { ControllerService as ControllerServiceDef, bindServer } from '../lib/rpc.js';
+import { MIGRATIONS_BUCKET } from '../lib/subjects.js';
+import { AgentPool } from './agent-client.js';
+import type { MigrationState } from './migration-machine.js';
+import { MigrationStore } from './migration-store.js';
+import { Orchestrator } from './orchestrator.js';
+import { HostRegistry } from './registry.js';
+import { ControllerService } from './service.js';
+
+const program = new Command()
+  .name('godwit-controller')
+  .requiredOption('--nats <url>', 'NATS server URL (JetStream enabled)')
+  .option('--listen <addr...>', 'gRPC addresses to serve on: host:port or unix:/path', ['127.0.0.1:50050']);
+
+async function main() {
+  const o = program.parse().opts<{ nats: string; listen: string[] }>();
+  const log = createLogger('controller');
+  const bus = await Bus.connect({ servers: o.nats, name: 'godwit-controller' });
+  await bus.ensureEventStream();
+  const store = new MigrationStore(await bus.kv<MigrationState>(MIGRATIONS_BUCKET));
+  await store.load();
+  const registry = new HostRegistry();
+  registry.start(bus);
+  const agents = new AgentPool();
+  const orchestrator = new Orchestrator({ store, registry, agents, bus, log });
+  const service = new ControllerService({ registry, agents, orchestrator, store, log });
+
+  const server = new grpc.Server();
+  server.addService(ControllerServiceDef, service.handlers());
+  await bindServer(server, o.listen);
+  log.info({ listen: o.listen, nats: o.nats }, 'controller ready');
+
+  const shutdown = async (signal: string) => {
+    log.info({ signal }, 'shutting down');
+    registry.stop();
+    server.forceShutdown();
+    agents.close();
+    await bus.close().catch(() => undefined);
+    process.exit(0);
+  };
+  process.once('SIGTERM', () => void shutdown('SIGTERM'));
+  process.once('SIGINT', () => void shutdown('SIGINT'));
+}
+
+main().catch((err) => {
+  createLogger('controller').fatal({ err }, 'controller failed to start');
+  process.exit(1);
+});

@@ -1,0 +1,152 @@
+/**
+ * The migration state machine, as a pure function: decide(state, event) -> (state, commands).
+ * No I/O here: controller/orchestrator.ts carries out the commands and feeds back the events.
+ *
+ *   PENDING -> PREPARE -> LOCK -> DUMP -> TRANSFER -> RESTORE -> UNLOCK -> CLEANUP -> DONE
+ *                 \________\_______\_______\___________\-> ROLLBACK -> FAILED
+ *
+ * RESTORE is the pivot: a failure up to and including it rolls back (the workload runs again on
+ * the source); after it the workload runs on the target, so failures are recorded as warnings
+ * and the migration rolls forward.
+ */
+import type { WorkloadSpec } from '../lib/wire.js';
+
+export const PHASES = ['PENDING', 'PREPARE', 'LOCK', 'DUMP', 'TRANSFER', 'RESTORE', 'UNLOCK', 'CLEANUP', 'DONE', 'ROLLBACK', 'FAILED'] as const;
+export type Phase = (typeof PHASES)[number];
+
+/** The phases that do work on hosts, in order. */
+export const FORWARD: readonly Phase[] = ['PREPARE', 'LOCK', 'DUMP', 'TRANSFER', 'RESTORE', 'UNLOCK', 'CLEANUP'];
+const PIVOT: Phase = 'RESTORE';
+export const TERMINAL: readonly Phase[] = ['DONE', 'FAILED'];
+
+export type LockMode = 'EBPF' | 'IPTABLES' | 'NFTABLES';
+
+export interface MigrationRequestSpec {
+  sourceHost: string;
+  targetHost: string;
+  workload: WorkloadSpec;
+  lockMode: LockMode;
+  lockLeaseMs: number;
+}
+
+export interface PhaseTiming {
+  phase: Phase;
+  startedAtMs: number;
+  durationMs: number;
+  ok: boolean;
+  error?: string;
+}
+
+export interface MigrationState {
+  id: string;
+  request: MigrationRequestSpec;
+  phase: Phase;
+  /** Version of this migration's lock entries: later migrations' entries win. */
+  lockVersion: string;
+  timings: PhaseTiming[];
+  error?: string;
+  failedPhase?: Phase;
+  /** Where the workload runs now, if it was restored (on the target, or on the source after rollback). */
+  restoredPid?: number;
+  imageBytes: number;
+  warnings: string[];
+  createdAtMs: number;
+  updatedAtMs: number;
+}
+
+export interface PhaseResult {
+  restoredPid?: number;
+  imageBytes?: number;
+}
+
+export type MigrationEvent =
+  | { type: 'start'; atMs: number }
+  | { type: 'phase-succeeded'; phase: Phase; startedAtMs: number; durationMs: number; result?: PhaseResult }
+  | { type: 'phase-failed'; phase: Phase; startedAtMs: number; durationMs: number; error: string };
+
+export type Command = { type: 'run-phase'; phase: Phase };
+
+export interface Decision {
+  state: MigrationState;
+  commands: Command[];
+}
+
+export function isTerminal(phase: Phase): boolean {
+  return TERMINAL.includes(phase);
+}
+
+export function decide(state: MigrationState, event: MigrationEvent): Decision {
+  if (isTerminal(state.phase)) return { state, commands: [] };
+
+  if (event.type === 'start') {
+    if (state.phase !== 'PENDING') return { state, commands: [] };
+    return enter({ ...state, updatedAtMs: event.atMs }, FORWARD[0]);
+  }
+  if (event.phase !== state.phase) {
+    // A late or duplicated report of a phase we are no longer in: ignore it.
+    return { state, commands: [] };
+  }
+
+  const timing: PhaseTiming = {
+    phase: event.phase,
+    startedAtMs: event.startedAtMs,
+    durationMs: event.durationMs,
+    ok: event.type === 'phase-succeeded',
+    ...(event.type === 'phase-failed' ? { error: event.error } : {}),
+  };
+  const base: MigrationState = {
+    ...state,
+    timings: [...state.timings, timing],
+    updatedAtMs: event.startedAtMs + event.durationMs,
+  };
+
+  if (event.phase === 'ROLLBACK') {
+    const after = { ...base, restoredPid: event.type === 'phase-succeeded' ? (event.result?.restoredPid ?? base.restoredPid) : base.restoredPid };
+    if (event.type === 'phase-failed') after.error = `${after.error}; rollback failed: ${event.error}`;
+    return { state: { ...after, phase: 'FAILED' }, commands: [] };
+  }
+
+  if (event.type === 'phase-succeeded') {
+    const next = nextForward(event.phase);
+    const s = {
+      ...base,
+      restoredPid: event.result?.restoredPid ?? base.restoredPid,
+      imageBytes: event.result?.imageBytes ?? base.imageBytes,
+    };
+    return next ? enter(s, next) : { state: { ...s, phase: 'DONE' }, commands: [] };
+  }
+
+  // A failure.
+  if (isBeforeOrAtPivot(event.phase)) {
+    return enter({ ...base, error: event.error, failedPhase: event.phase }, 'ROLLBACK');
+  }
+  const next = nextForward(event.phase);
+  const s = { ...base, warnings: [...base.warnings, `${event.phase}: ${event.error}`] };
+  return next ? enter(s, next) : { state: { ...s, phase: 'DONE' }, commands: [] };
+}
+
+function enter(state: MigrationState, phase: Phase): Decision {
+  return { state: { ...state, phase }, commands: [{ type: 'run-phase', phase }] };
+}
+
+function nextForward(phase: Phase): Phase | undefined {
+  const i = FORWARD.indexOf(phase);
+  return i >= 0 ? FORWARD[i + 1] : undefined;
+}
+
+function isBeforeOrAtPivot(phase: Phase): boolean {
+  const i = FORWARD.indexOf(phase);
+  return i >= 0 && i <= FORWARD.indexOf(PIVOT);
+}
+
+/** Lock to unlock: how long the workload's traffic was held off, from the recorded timings. */
+export function freezeMs(state: MigrationState): number | undefined {
+  const lock = state.timings.find((t) => t.phase === 'LOCK' && t.ok);
+  const unlock = state.timings.find((t) => t.phase === 'UNLOCK');
+  if (!lock || !unlock) return undefined;
+  return unlock.startedAtMs + unlock.durationMs - lock.startedAtMs;
+}
+
+export function newMigration(id: string, request: MigrationRequestSpec, lockVersion: string, nowMs: number): MigrationState {
+  return { id, request, phase: 'PENDING', lockVersion, timings: [], imageBytes: 0, warnings: [], createdAtMs: nowMs, updatedAtMs: nowMs };
+}

@@ -1,0 +1,40 @@
+/**
+ * Migrations recorded in JetStream KV (one key per migration, compare-and-set on revision), with
+ * an in-memory copy for reads. A lost compare-and-set means another controller wrote the record.
+ */
+import type { JsonKv } from '../lib/bus.js';
+import type { MigrationState } from './migration-machine.js';
+
+export class MigrationStore {
+  private readonly cache = new Map<string, { state: MigrationState; revision: number }>();
+
+  constructor(private readonly kv: JsonKv<MigrationState>) {}
+
+  async create(state: MigrationState): Promise<void> {
+    const revision = await this.kv.create(state.id, state);
+    this.cache.set(state.id, { state, revision });
+  }
+
+  async save(state: MigrationState): Promise<void> {
+    const prev = this.cache.get(state.id);
+    if (!prev) throw new Error(`migration ${state.id} was never created`);
+    const revision = await this.kv.update(state.id, state, prev.revision);
+    this.cache.set(state.id, { state, revision });
+  }
+
+  get(id: string): MigrationState | undefined {
+    return this.cache.get(id)?.state;
+  }
+
+  list(): MigrationState[] {
+    return [...this.cache.values()].map((e) => e.state).sort((a, b) => a.createdAtMs - b.createdAtMs);
+  }
+
+  /** Reloads what earlier controllers recorded (read-only here; resuming them is durable orchestration's job). */
+  async load(): Promise<void> {
+    for (const key of await this.kv.keys()) {
+      const e = await this.kv.get(key);
+      if (e) this.cache.set(key, { state: e.value, revision: e.revision });
+    }
+  }
+}

@@ -1,0 +1,120 @@
+/**
+ * Runs migrations: carries out the state machine's commands against the agents, records every
+ * state change in the store, and publishes an event per phase change on NATS and to watchers.
+ */
+import { EventEmitter } from 'node:events';
+import type { Bus } from '../lib/bus.js';
+import type { Logger } from '../lib/log.js';
+import { SUBJECTS } from '../lib/subjects.js';
+import type { AgentPool } from './agent-client.js';
+import { decide, freezeMs, isTerminal, type MigrationEvent, type MigrationState, type Phase } from './migration-machine.js';
+import type { MigrationStore } from './migration-store.js';
+import { PHASE_ACTIONS, detail } from './phases.js';
+import type { HostRegistry } from './registry.js';
+
+export type EventKind = 'SNAPSHOT' | 'STARTED' | 'SUCCEEDED' | 'FAILED';
+
+export interface PhaseEvent {
+  migrationId: string;
+  phase: Phase;
+  kind: EventKind;
+  atMs: number;
+  durationMs: number;
+  detail: string;
+  migration: MigrationState;
+}
+
+export interface OrchestratorOptions {
+  store: MigrationStore;
+  registry: HostRegistry;
+  agents: AgentPool;
+  bus: Bus;
+  log: Logger;
+}
+
+export class Orchestrator {
+  private readonly events = new EventEmitter();
+  private readonly running = new Map<string, Promise<void>>();
+
+  constructor(private readonly opts: OrchestratorOptions) {
+    this.events.setMaxListeners(0);
+  }
+
+  /** Records the new migration and runs it in the background. */
+  async start(state: MigrationState): Promise<void> {
+    await this.opts.store.create(state);
+    this.emit(state, 'PENDING', 'SUCCEEDED', 0, 'accepted');
+    const run = this.run(state).finally(() => this.running.delete(state.id));
+    this.running.set(state.id, run);
+  }
+
+  /** Resolves when the migration has ended (for tests and shutdown). */
+  async settled(id: string): Promise<void> {
+    await this.running.get(id);
+  }
+
+  activeFor(pid: number, sourceHost: string): MigrationState | undefined {
+    return this.opts.store
+      .list()
+      .find((m) => !isTerminal(m.phase) && m.request.sourceHost === sourceHost && m.request.workload.pid === pid);
+  }
+
+  /** Calls `listener` for each event of the migration; returns the unsubscribe function. */
+  watch(id: string, listener: (e: PhaseEvent) => void): () => void {
+    const name = `m:${id}`;
+    this.events.on(name, listener);
+    return () => this.events.off(name, listener);
+  }
+
+  private async run(initial: MigrationState): Promise<void> {
+    const log = this.opts.log.child({ migrationId: initial.id });
+    let { state, commands } = decide(initial, { type: 'start', atMs: Date.now() });
+    await this.record(state);
+    while (commands.length > 0) {
+      const phase = commands[0].phase;
+      const startedAtMs = Date.now();
+      this.emit(state, phase, 'STARTED', 0, '');
+      const t0 = performance.now();
+      let event: MigrationEvent;
+      try {
+        const result = await this.runPhase(state, phase);
+        event = { type: 'phase-succeeded', phase, startedAtMs, durationMs: performance.now() - t0, result: result ?? undefined };
+      } catch (err) {
+        event = { type: 'phase-failed', phase, startedAtMs, durationMs: performance.now() - t0, error: detail(err) };
+      }
+      ({ state, commands } = decide(state, event));
+      await this.record(state);
+      const kind = event.type === 'phase-succeeded' ? 'SUCCEEDED' : 'FAILED';
+      const text = event.type === 'phase-failed' ? event.error : '';
+      log[kind === 'FAILED' ? 'warn' : 'info']({ phase, ms: Math.round(event.durationMs), err: text || undefined }, `phase ${kind.toLowerCase()}`);
+      this.emit(state, phase, kind, event.durationMs, text);
+    }
+    this.emit(state, state.phase, state.phase === 'DONE' ? 'SUCCEEDED' : 'FAILED', 0, state.error ?? '');
+    log.info({ phase: state.phase, freezeMs: freezeMs(state), error: state.error }, 'migration ended');
+  }
+
+  private async runPhase(state: MigrationState, phase: Phase) {
+    const action = PHASE_ACTIONS[phase];
+    if (!action) throw new Error(`no action for phase ${phase}`);
+    // Hosts are looked up per phase: an agent that restarted on a new address is found again.
+    const { registry, agents } = this.opts;
+    const src = registry.ready(state.request.sourceHost).heartbeat;
+    const tgt = registry.ready(state.request.targetHost).heartbeat;
+    return action({ state, source: agents.get(src.host, src.grpcAddress), target: agents.get(tgt.host, tgt.grpcAddress) });
+  }
+
+  private async record(state: MigrationState): Promise<void> {
+    try {
+      await this.opts.store.save(state);
+    } catch (err) {
+      // The run goes on (the hosts are mid-step); the record catches up at the next save.
+      this.opts.log.error({ migrationId: state.id, err }, 'could not record migration state');
+    }
+  }
+
+  private emit(state: MigrationState, phase: Phase, kind: EventKind, durationMs: number, text: string): void {
+    const e: PhaseEvent = { migrationId: state.id, phase, kind, atMs: Date.now(), durationMs, detail: text, migration: state };
+    this.opts.bus.publish(SUBJECTS.migrationEvent(state.id, phase), e);
+    this.events.emit(`m:${state.id}`, e);
+  }
+}

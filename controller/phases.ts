@@ -1,0 +1,72 @@
+/**
+ * What each phase does on the hosts: the side-effecting half of the orchestrator. One function
+ * per phase; each is idempotent on the agents' side (keyed by migration id).
+ */
+import type { AgentHandle } from './agent-client.js';
+import type { MigrationState, Phase, PhaseResult } from './migration-machine.js';
+import { checkHostsFit } from './preflight.js';
+
+export interface PhaseContext {
+  state: MigrationState;
+  source: AgentHandle;
+  target: AgentHandle;
+}
+
+type PhaseAction = (ctx: PhaseContext) => Promise<PhaseResult | void>;
+
+export const PHASE_ACTIONS: Partial<Record<Phase, PhaseAction>> = {
+  PREPARE: async ({ state, source, target }) => {
+    await checkHostsFit(state.request, source, target);
+  },
+
+  // Both hosts: the source so that nothing reaches the freezing process, the target so that
+  // nothing is reset there between the address coming up and the restore finishing.
+  LOCK: async ({ state, source, target }) => {
+    const { endpoints } = state.request.workload;
+    await Promise.all([
+      source.lock(state.id, endpoints, state.lockVersion, state.request.lockLeaseMs),
+      target.lock(state.id, endpoints, state.lockVersion, state.request.lockLeaseMs),
+    ]);
+  },
+
+  DUMP: async ({ state, source }) => {
+    const r = await source.checkpoint(state.id, state.request.workload);
+    return { imageBytes: Number(r.imageBytes) };
+  },
+
+  TRANSFER: async ({ state, source, target }) => {
+    await source.sendImage(state.id, target.address);
+  },
+
+  RESTORE: async ({ state, target }) => {
+    const r = await target.restore(state.id, state.request.workload);
+    return { restoredPid: r.pid };
+  },
+
+  UNLOCK: async ({ state, target }) => {
+    await target.unlock(state.id, state.request.workload.endpoints, state.lockVersion);
+  },
+
+  CLEANUP: async ({ state, source }) => {
+    await source.release(state.id, state.request.workload.endpoints, state.lockVersion);
+  },
+
+  // Target first, so that the workload never runs on both hosts; then the source brings it back.
+  ROLLBACK: async ({ state, source, target }) => {
+    const errors: string[] = [];
+    await target.abort(state.id).catch((e: Error) => errors.push(`target: ${detail(e)}`));
+    const r = await source.abort(state.id).catch((e: Error) => {
+      errors.push(`source: ${detail(e)}`);
+      return undefined;
+    });
+    if (errors.length > 0) throw new Error(errors.join('; '));
+    return r && r.pid ? { restoredPid: r.pid } : {};
+  },
+};
+
+/** A gRPC error's details, or the message of any other error. */
+export function detail(e: unknown): string {
+  if (typeof e === 'object' && e !== null && 'details' in e && typeof (e as { details: unknown }).details === 'string')
+    return (e as { details: string }).details;
+  return e instanceof Error ? e.message : String(e);
+}

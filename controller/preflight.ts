@@ -1,0 +1,28 @@
+/**
+ * Checks that a migration can run, before anything changes: run by Migrate (so the caller gets
+ * the right status code at once) and again in PREPARE.
+ */
+import { PreconditionError } from '../lib/errors.js';
+import { isServiceError } from '../lib/rpc.js';
+import type { AgentHandle } from './agent-client.js';
+import type { MigrationRequestSpec } from './migration-machine.js';
+
+export async function checkHostsFit(req: MigrationRequestSpec, source: AgentHandle, target: AgentHandle): Promise<void> {
+  // The agent answers NOT_FOUND / FAILED_PRECONDITION with a message naming what to fix; pass it on.
+  await source.inspectWorkload(req.workload).catch(rethrowAgentError);
+  const [sp, tp] = await Promise.all([source.probe().catch(rethrowAgentError), target.probe().catch(rethrowAgentError)]);
+  for (const [role, p] of [['source', sp], ['target', tp]] as const) {
+    if (!p.criuOk) throw new PreconditionError(`${role} host "${p.host}" cannot checkpoint: criu ${p.criuVersion}: ${p.criuProblem}; run scripts/setup.sh there`);
+    if (!p.lockOk) throw new PreconditionError(`${role} host "${p.host}" has no network lock: ${p.lockProblem}`);
+  }
+  for (const e of req.workload.endpoints) {
+    if (tp.addresses.includes(e.address))
+      throw new PreconditionError(`target host "${tp.host}" already owns address ${e.address}; a moved workload's address must be free on the target`);
+  }
+}
+
+/** Keeps an agent's status code (NOT_FOUND, FAILED_PRECONDITION...) and its message. */
+function rethrowAgentError(err: unknown): never {
+  if (isServiceError(err)) throw Object.assign(new Error(err.details), { code: err.code, details: err.details, metadata: err.metadata });
+  throw err;
+}

@@ -1,0 +1,159 @@
+/** The controller's gRPC API: validation, then the orchestrator. */
+import { randomBytes } from 'node:crypto';
+import type * as grpc from '@grpc/grpc-js';
+import type { ControllerHandlers } from '../proto/gen/godwit/v1/Controller.js';
+import type { MigrateRequest__Output } from '../proto/gen/godwit/v1/MigrateRequest.js';
+import type { Migration } from '../proto/gen/godwit/v1/Migration.js';
+import type { MigrationEvent } from '../proto/gen/godwit/v1/MigrationEvent.js';
+import type { WatchMigrationRequest__Output } from '../proto/gen/godwit/v1/WatchMigrationRequest.js';
+import { InvalidArgumentError, MigrationNotFoundError, NotImplementedError, PreconditionError } from '../lib/errors.js';
+import type { Logger } from '../lib/log.js';
+import { handleUnary, toServiceError } from '../lib/rpc.js';
+import { HOST_NAME } from '../lib/subjects.js';
+import { workloadFromWire, workloadToWire } from '../lib/wire.js';
+import type { AgentPool } from './agent-client.js';
+import { freezeMs, isTerminal, newMigration, type LockMode, type MigrationRequestSpec, type MigrationState } from './migration-machine.js';
+import type { MigrationStore } from './migration-store.js';
+import type { Orchestrator, PhaseEvent } from './orchestrator.js';
+import { checkHostsFit } from './preflight.js';
+import type { HostRegistry } from './registry.js';
+
+/** Long enough for a large image to dump, move and restore; short enough that a dead controller's lock goes soon. */
+export const DEFAULT_LEASE_MS = 120_000;
+const MIN_LEASE_MS = 1_000;
+const MAX_LEASE_MS = 3_600_000;
+
+export interface ControllerServiceOptions {
+  registry: HostRegistry;
+  agents: AgentPool;
+  orchestrator: Orchestrator;
+  store: MigrationStore;
+  log: Logger;
+}
+
+export class ControllerService {
+  private lastVersion = 0n;
+
+  constructor(private readonly opts: ControllerServiceOptions) {}
+
+  handlers(): ControllerHandlers {
+    const { log, store, registry } = this.opts;
+    return {
+      Migrate: handleUnary(log, 'Migrate', async (req) => toWire(await this.migrate(req))),
+      GetMigration: handleUnary(log, 'GetMigration', async (req) => toWire(this.find(req.id))),
+      ListMigrations: handleUnary(log, 'ListMigrations', async () => ({ migrations: store.list().map(toWire) })),
+      ListHosts: handleUnary(log, 'ListHosts', async () => ({
+        hosts: registry.list().map((h) => ({
+          name: h.heartbeat.host,
+          grpcAddress: h.heartbeat.grpcAddress,
+          ready: h.ready,
+          lastHeartbeatMs: h.lastSeenMs,
+          criuVersion: h.heartbeat.criuVersion,
+          kernel: h.heartbeat.kernel,
+        })),
+      })),
+      WatchMigration: (call) => this.watchMigration(call),
+    };
+  }
+
+  async migrate(req: MigrateRequest__Output): Promise<MigrationState> {
+    const spec = validateMigrate(req);
+    const { registry, agents, orchestrator } = this.opts;
+    const src = registry.ready(spec.sourceHost).heartbeat;
+    const tgt = registry.ready(spec.targetHost).heartbeat;
+    const busy = orchestrator.activeFor(spec.workload.pid, spec.sourceHost);
+    if (busy) throw new PreconditionError(`process ${spec.workload.pid} on "${spec.sourceHost}" is already moving (migration ${busy.id}, phase ${busy.phase}); wait for it to end`);
+    await checkHostsFit(spec, agents.get(src.host, src.grpcAddress), agents.get(tgt.host, tgt.grpcAddress));
+    const state = newMigration(newMigrationId(), spec, this.nextLockVersion(), Date.now());
+    await orchestrator.start(state);
+    return state;
+  }
+
+  private find(id: string): MigrationState {
+    if (!id) throw new InvalidArgumentError('id', 'id is required');
+    const m = this.opts.store.get(id);
+    if (!m) throw new MigrationNotFoundError(id);
+    return m;
+  }
+
+  /** The current state first; then every event until the migration ends or the client goes. */
+  private watchMigration(call: grpc.ServerWritableStream<WatchMigrationRequest__Output, MigrationEvent>): void {
+    let m: MigrationState;
+    try {
+      m = this.find(call.request.id);
+    } catch (err) {
+      call.destroy(Object.assign(new Error(), toServiceError(err)));
+      return;
+    }
+    call.write(eventToWire({ migrationId: m.id, phase: m.phase, kind: 'SNAPSHOT', atMs: Date.now(), durationMs: 0, detail: m.error ?? '', migration: m }));
+    if (isTerminal(m.phase)) {
+      call.end();
+      return;
+    }
+    const stop = this.opts.orchestrator.watch(m.id, (e) => {
+      call.write(eventToWire(e));
+      if (isTerminal(e.migration.phase) && (e.phase === 'DONE' || e.phase === 'FAILED')) {
+        stop();
+        call.end();
+      }
+    });
+    call.on('cancelled', stop);
+    call.on('close', stop);
+  }
+
+  /** Strictly increasing and above any earlier controller's (time-based, in microseconds). */
+  private nextLockVersion(): string {
+    const now = BigInt(Date.now()) * 1000n;
+    this.lastVersion = now > this.lastVersion ? now : this.lastVersion + 1n;
+    return this.lastVersion.toString();
+  }
+}
+
+export function validateMigrate(req: MigrateRequest__Output): MigrationRequestSpec {
+  for (const [field, value] of [['source_host', req.sourceHost], ['target_host', req.targetHost]] as const) {
+    if (!value) throw new InvalidArgumentError(field, `${field} is required`);
+    if (!HOST_NAME.test(value)) throw new InvalidArgumentError(field, `${field} "${value}" is not a valid host name (${HOST_NAME})`);
+  }
+  if (req.sourceHost === req.targetHost)
+    throw new InvalidArgumentError('target_host', `target_host must differ from source_host ("${req.sourceHost}"): a workload moves to another host`);
+  const workload = workloadFromWire(req.workload);
+  const keys = workload.endpoints.map((e) => `${e.proto}/${e.address}/${e.port}`);
+  if (new Set(keys).size !== keys.length) throw new InvalidArgumentError('workload.endpoints', 'workload.endpoints lists an endpoint twice');
+  const lockMode: LockMode = req.lockMode === 'LOCK_MODE_UNSPECIFIED' || !req.lockMode ? 'EBPF' : (req.lockMode as LockMode);
+  if (lockMode !== 'EBPF') throw new NotImplementedError(`lock_mode ${lockMode} is not implemented yet; use EBPF (or leave it unset)`);
+  const lease = req.lockLeaseMs || DEFAULT_LEASE_MS;
+  if (lease < MIN_LEASE_MS || lease > MAX_LEASE_MS)
+    throw new InvalidArgumentError('lock_lease_ms', `lock_lease_ms must be between ${MIN_LEASE_MS} and ${MAX_LEASE_MS}, got ${lease}`);
+  return { sourceHost: req.sourceHost, targetHost: req.targetHost, workload, lockMode, lockLeaseMs: lease };
+}
+
+function newMigrationId(): string {
+  return `m-${Date.now().toString(36)}-${randomBytes(3).toString('hex')}`;
+}
+
+export function toWire(m: MigrationState): Migration {
+  return {
+    id: m.id,
+    request: {
+      sourceHost: m.request.sourceHost,
+      targetHost: m.request.targetHost,
+      workload: workloadToWire(m.request.workload),
+      lockMode: m.request.lockMode,
+      lockLeaseMs: m.request.lockLeaseMs,
+    },
+    phase: m.phase,
+    timings: m.timings.map((t) => ({ phase: t.phase, startedAtMs: t.startedAtMs, durationMs: t.durationMs, ok: t.ok, error: t.error ?? '' })),
+    error: m.error ?? '',
+    failedPhase: m.failedPhase ?? 'PHASE_UNSPECIFIED',
+    restoredPid: m.restoredPid ?? 0,
+    createdAtMs: m.createdAtMs,
+    updatedAtMs: m.updatedAtMs,
+    freezeMs: freezeMs(m) ?? 0,
+    imageBytes: m.imageBytes,
+    warnings: m.warnings,
+  };
+}
+
+function eventToWire(e: PhaseEvent): MigrationEvent {
+  return { migrationId: e.migrationId, phase: e.phase, kind: e.kind, atMs: e.atMs, durationMs: e.durationMs, detail: e.detail, migration: toWire(e.migration) };
+}

@@ -1,0 +1,95 @@
+/**
+ * The one module that talks to NATS (core, JetStream, KV). Everything else sees JSON messages,
+ * subjects from lib/subjects.ts and a small KV interface.
+ */
+import { connect, JSONCodec, RetentionPolicy, type KV, type NatsConnection, type Subscription } from 'nats';
+import { EVENTS_STREAM, SUBJECTS } from './subjects.js';
+
+const json = JSONCodec();
+
+export interface BusOptions {
+  servers: string;
+  name: string;
+}
+
+export interface KvEntry<T> {
+  value: T;
+  revision: number;
+}
+
+/** A bucket of JSON values with compare-and-set by revision. */
+export interface JsonKv<T> {
+  get(key: string): Promise<KvEntry<T> | undefined>;
+  /** Fails if the key exists. Returns the new revision. */
+  create(key: string, value: T): Promise<number>;
+  /** Fails (lost the race) if the key's revision is not `revision`. Returns the new revision. */
+  update(key: string, value: T, revision: number): Promise<number>;
+  keys(): Promise<string[]>;
+}
+
+export class Bus {
+  private constructor(private readonly nc: NatsConnection) {}
+
+  static async connect(opts: BusOptions): Promise<Bus> {
+    // Keep reconnecting forever: an agent outlives a NATS restart.
+    const nc = await connect({ servers: opts.servers, name: opts.name, maxReconnectAttempts: -1, reconnectTimeWait: 500 });
+    return new Bus(nc);
+  }
+
+  publish(subject: string, message: unknown): void {
+    this.nc.publish(subject, json.encode(message));
+  }
+
+  /** Calls `onMessage` for each message until the returned function is called. */
+  subscribe<T>(subject: string, onMessage: (message: T, subject: string) => void): () => void {
+    const sub: Subscription = this.nc.subscribe(subject);
+    void (async () => {
+      for await (const m of sub) {
+        try {
+          onMessage(json.decode(m.data) as T, m.subject);
+        } catch {
+          // A malformed message from someone else must not stop the subscription.
+        }
+      }
+    })();
+    return () => sub.unsubscribe();
+  }
+
+  /** The stream that keeps every godwit event (idempotent). */
+  async ensureEventStream(maxAgeMs = 24 * 3600_000): Promise<void> {
+    const jsm = await this.nc.jetstreamManager();
+    const config = { name: EVENTS_STREAM, subjects: [SUBJECTS.allEvents], retention: RetentionPolicy.Limits, max_age: maxAgeMs * 1_000_000 };
+    try {
+      await jsm.streams.info(EVENTS_STREAM);
+      await jsm.streams.update(EVENTS_STREAM, config);
+    } catch {
+      await jsm.streams.add(config);
+    }
+  }
+
+  async kv<T>(bucket: string): Promise<JsonKv<T>> {
+    const kv: KV = await this.nc.jetstream().views.kv(bucket, { history: 5 });
+    return {
+      async get(key) {
+        const e = await kv.get(key);
+        if (!e || e.operation !== 'PUT') return undefined;
+        return { value: json.decode(e.value) as T, revision: e.revision };
+      },
+      create: (key, value) => kv.create(key, json.encode(value)),
+      update: (key, value, revision) => kv.update(key, json.encode(value), revision),
+      async keys() {
+        const out: string[] = [];
+        for await (const k of await kv.keys()) out.push(k);
+        return out;
+      },
+    };
+  }
+
+  async flush(): Promise<void> {
+    await this.nc.flush();
+  }
+
+  async close(): Promise<void> {
+    await this.nc.drain();
+  }
+}

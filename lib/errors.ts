@@ -1,0 +1,68 @@
+import { status } from '@grpc/grpc-js';
+
+/**
+ * An error a caller handles by its kind. Each carries the gRPC status it maps to, so the one
+ * place that turns errors into statuses (lib/rpc.ts) needs no string matching.
+ */
+export abstract class GodwitError extends Error {
+  abstract readonly code: status;
+}
+
+/** The request itself is wrong; fix the request. */
+export class InvalidArgumentError extends GodwitError {
+  readonly code = status.INVALID_ARGUMENT;
+  constructor(readonly field: string, message: string) {
+    super(message);
+    this.name = 'InvalidArgumentError';
+  }
+}
+
+export class UnknownHostError extends GodwitError {
+  readonly code = status.NOT_FOUND;
+  constructor(readonly host: string, readonly known: readonly string[]) {
+    super(`host "${host}" is not registered with the controller (known hosts: ${known.join(', ') || 'none'}); start its agent or fix the name`);
+    this.name = 'UnknownHostError';
+  }
+}
+
+export class ProcessNotFoundError extends GodwitError {
+  readonly code = status.NOT_FOUND;
+  constructor(readonly host: string, readonly pid: number) {
+    super(`no process with PID ${pid} on host "${host}"; give the host PID of the workload's root process`);
+    this.name = 'ProcessNotFoundError';
+  }
+}
+
+export class MigrationNotFoundError extends GodwitError {
+  readonly code = status.NOT_FOUND;
+  constructor(readonly migrationId: string) {
+    super(`no migration with id "${migrationId}"`);
+    this.name = 'MigrationNotFoundError';
+  }
+}
+
+/** The world is not in the state the operation needs; retrying will not help until it is fixed. */
+export class PreconditionError extends GodwitError {
+  readonly code = status.FAILED_PRECONDITION;
+  constructor(message: string) {
+    super(message);
+    this.name = 'PreconditionError';
+  }
+}
+
+export class NotImplementedError extends GodwitError {
+  readonly code = status.UNIMPLEMENTED;
+  constructor(message: string) {
+    super(message);
+    this.name = 'NotImplementedError';
+  }
+}
+
+/** A step on a host failed (criu, ip, bpftool): the migration records it and compensates. */
+export class HostOperationError extends GodwitError {
+  readonly code = status.INTERNAL;
+  constructor(readonly host: string, readonly operation: string, message: string) {
+    super(`${operation} on host "${host}" failed: ${message}`);
+    this.name = 'HostOperationError';
+  }
+}

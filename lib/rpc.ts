@@ -1,0 +1,121 @@
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { ProtoGrpcType as AgentProto } from '../proto/gen/agent.js';
+import type { ProtoGrpcType as ControllerProto } from '../proto/gen/controller.js';
+import type { AgentClient } from '../proto/gen/godwit/v1/Agent.js';
+import type { ControllerClient } from '../proto/gen/godwit/v1/Controller.js';
+import { GodwitError } from './errors.js';
+import type { Logger } from './log.js';
+
+/** The repository root, found from this file whether it runs from lib/ (tsx, vitest) or dist/lib/. */
+export const REPO_ROOT = (() => {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(join(dir, 'proto', 'godwit', 'v1'))) {
+    const up = dirname(dir);
+    if (up === dir) throw new Error('cannot find proto/godwit/v1 above ' + fileURLToPath(import.meta.url));
+    dir = up;
+  }
+  return dir;
+})();
+
+/** Must match the flags proto-loader-gen-types is run with (package.json "gen:proto"). */
+const LOADER_OPTIONS: protoLoader.Options = {
+  longs: String,
+  enums: String,
+  defaults: true,
+  oneofs: true,
+  includeDirs: [join(REPO_ROOT, 'proto')],
+};
+
+function load<T>(file: string): T {
+  return grpc.loadPackageDefinition(protoLoader.loadSync(file, LOADER_OPTIONS)) as unknown as T;
+}
+
+const agentProto = load<AgentProto>('godwit/v1/agent.proto');
+const controllerProto = load<ControllerProto>('godwit/v1/controller.proto');
+
+export const AgentService = agentProto.godwit.v1.Agent.service;
+export const ControllerService = controllerProto.godwit.v1.Controller.service;
+
+/** Keepalive so that a dead peer is noticed during long phases, not after the OS gives up. */
+const CHANNEL_OPTIONS: grpc.ChannelOptions = {
+  'grpc.keepalive_time_ms': 10_000,
+  'grpc.keepalive_timeout_ms': 5_000,
+  'grpc.max_receive_message_length': 16 * 1024 * 1024,
+};
+
+export function agentClient(address: string): AgentClient {
+  return new agentProto.godwit.v1.Agent(address, grpc.credentials.createInsecure(), CHANNEL_OPTIONS);
+}
+
+export function controllerClient(address: string): ControllerClient {
+  return new controllerProto.godwit.v1.Controller(address, grpc.credentials.createInsecure(), CHANNEL_OPTIONS);
+}
+
+/**
+ * Calls a unary method and returns its answer as a promise. `method` is named as a key of the
+ * client so that request and response types follow from the generated client.
+ */
+export function unary<C extends grpc.Client, Req, Res>(
+  client: C,
+  method: (
+    this: C,
+    req: Req,
+    md: grpc.Metadata,
+    opts: grpc.CallOptions,
+    cb: (err: grpc.ServiceError | null, res?: Res) => void,
+  ) => grpc.ClientUnaryCall,
+  req: Req,
+  timeoutMs: number,
+): Promise<Res> {
+  return new Promise((resolve, reject) => {
+    method.call(client, req, new grpc.Metadata(), { deadline: Date.now() + timeoutMs }, (err, res) =>
+      err ? reject(err) : resolve(res as Res),
+    );
+  });
+}
+
+/** Turns a thrown error into the status a client sees: GodwitErrors carry theirs; the rest are INTERNAL. */
+export function toServiceError(err: unknown): Partial<grpc.StatusObject> {
+  if (err instanceof GodwitError) return { code: err.code, details: err.message };
+  if (isServiceError(err)) return { code: err.code, details: err.details };
+  return { code: grpc.status.INTERNAL, details: err instanceof Error ? err.message : String(err) };
+}
+
+export function isServiceError(err: unknown): err is grpc.ServiceError {
+  return typeof err === 'object' && err !== null && 'code' in err && 'details' in err && 'metadata' in err;
+}
+
+/** Adapts an async function to a unary handler: answers with its result, or with its error's status. */
+export function handleUnary<Req, Res>(
+  log: Logger,
+  name: string,
+  fn: (req: Req) => Promise<Res>,
+): grpc.handleUnaryCall<Req, Res> {
+  return (call, callback) => {
+    fn(call.request).then(
+      (res) => callback(null, res),
+      (err) => {
+        const se = toServiceError(err);
+        log.warn({ rpc: name, code: grpc.status[se.code ?? 2], err: se.details }, 'rpc failed');
+        callback(se);
+      },
+    );
+  };
+}
+
+/** Binds a server to each address ("host:port" or "unix:/path"); resolves with the bound TCP port. */
+export async function bindServer(server: grpc.Server, addresses: string[]): Promise<number> {
+  let port = 0;
+  for (const addr of addresses) {
+    port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync(addr, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+    );
+  }
+  return port;
+}
+
+export { grpc };
