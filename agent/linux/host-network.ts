@@ -5,6 +5,10 @@
  */
 import type { Executor } from '../../lib/exec.js';
 
+/** arping fails argument and interface checks within a few ms; after this it has sent. */
+const ARPING_SENT_MS = 50;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
 export interface HostNetworkOptions {
   exec: Executor;
   iface: string;
@@ -41,14 +45,22 @@ export class HostNetwork {
   }
 
   /**
-   * Unsolicited ARP for the address from this host's interface: neighbours that have the address
-   * cached replace the old MAC at once (Linux treats a gratuitous ARP as an override).
-   * Two announcements 100 ms apart, in case the first is lost.
+   * Gratuitous ARP for the address from this host's interface, as both an unsolicited request
+   * and an unsolicited reply: Linux neighbours treat either as an override and replace the old
+   * MAC at once (arp_is_garp in net/ipv4/arp.c); some other stacks only heed one of the two.
+   *
+   * arping sends at once, then waits about a second for replies that an unsolicited ARP never
+   * gets; so a process still running after ARPING_SENT_MS has sent, and only an early non-zero
+   * exit (bad interface or address) is a failure. The lingering processes end by themselves.
    */
   async announce(address: string): Promise<void> {
-    await this.opts.exec('arping', ['-U', '-c', '2', '-i', '0.1', '-w', '1', '-I', this.opts.iface, address], {
-      allowFailure: true,
-      timeoutMs: 3_000,
-    });
+    await Promise.all(
+      ['-U', '-A'].map(async (mode) => {
+        const run = this.opts.exec('arping', ['-q', mode, '-c', '1', '-I', this.opts.iface, address], { timeoutMs: 5_000 });
+        run.catch(() => undefined); // a late failure is not ours to report: the packet went out
+        const early = await Promise.race([run.then(() => 'ok' as const, (e: Error) => e), sleep(ARPING_SENT_MS).then(() => 'sent' as const)]);
+        if (early instanceof Error) throw new Error(`announcing ${address} on ${this.opts.iface}: ${early.message}`);
+      }),
+    );
   }
 }

@@ -1,0 +1,48 @@
+import type { Endpoint } from '../lib/endpoint.js';
+
+/**
+ * A locked endpoint as the host sees it. deadlineNs is CLOCK_MONOTONIC on that host
+ * (process.hrtime.bigint() there), so it is meaningful only to the agent that wrote it.
+ */
+export interface LockEntry {
+  endpoint: Endpoint;
+  version: bigint;
+  deadlineNs: bigint;
+  /** Packets dropped for this entry so far. */
+  drops: bigint;
+  /** The lease has run out: the lock no longer drops anything, the entry just awaits a sweep. */
+  expired: boolean;
+}
+
+/**
+ * The network lock of one host: while an endpoint is locked, packets to it are dropped
+ * silently (no RST), so the peers of a frozen or not-yet-restored workload retransmit later.
+ *
+ * Every entry is a lease (a lock never outlives its deadline, even if whoever took it died)
+ * and carries a version: lock and unlock are idempotent, version-guarded sets, never toggles,
+ * so a duplicated or reordered control message cannot flip the state.
+ */
+export interface NetLock {
+  /** Load the program and attach it to the interface; reuse pinned maps if present (a held lock survives an agent restart). Idempotent. */
+  install(): Promise<void>;
+  /** Set lock entries (idempotent set, version-guarded), with a lease of leaseMs from now. */
+  lock(endpoints: Endpoint[], version: bigint, leaseMs: number): Promise<void>;
+  /** Remove entries whose version <= version. Idempotent: missing entries are fine. */
+  unlock(endpoints: Endpoint[], version: bigint): Promise<void>;
+  list(): Promise<LockEntry[]>;
+  /** Delete entries whose lease has passed; returns how many. */
+  sweepExpired(): Promise<number>;
+  /** Detach the program and remove this host's pins (lab teardown). */
+  uninstall(): Promise<void>;
+}
+
+/** A lock/unlock request is malformed (bad endpoint, version or lease); fix the request. */
+export class LockRequestError extends Error {
+  constructor(
+    readonly field: 'endpoints' | 'version' | 'leaseMs',
+    message: string,
+  ) {
+    super(message);
+    this.name = 'LockRequestError';
+  }
+}

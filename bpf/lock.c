@@ -1,0 +1,132 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * godwit network lock, XDP on a host's interface.
+ *
+ * While a workload migrates, its endpoint (proto, address, port) has an entry in godwit_lock_ep
+ * and packets to it are dropped here: silently, so the kernel sends no RST and the peers just
+ * retransmit until the restored process answers. Everything else passes untouched.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "godwit_maps.h"
+
+/*
+ * Not pinned by libbpf (no LIBBPF_PIN_BY_NAME): that pins under one global root, but bpffs is
+ * shared by every network namespace and each lab host needs its own map. The agent pins it
+ * per host (bpftool ... pinmaps PINDIR/maps) and reuses that pin on reload.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, GODWIT_LOCK_EP_MAX_ENTRIES);
+	__type(key, struct godwit_endpoint_key);
+	__type(value, struct godwit_lock_value);
+} godwit_lock_ep SEC(".maps");
+
+/* Fragment offset mask, from include/net/ip.h (not in uapi). */
+#define GODWIT_IP_OFFSET 0x1fff
+
+/* Source and destination port, the first 4 bytes of both TCP and UDP headers. */
+struct l4_ports {
+	__be16 source;
+	__be16 dest;
+};
+
+struct hdr_cursor {
+	void *pos;
+};
+
+/* Returns the EtherType (network order), or -1 if the frame is too short. No VLAN parsing:
+ * godwit's hosts carry untagged frames; a tagged frame is simply not ours (XDP_PASS). */
+static __always_inline int parse_ethhdr(struct hdr_cursor *c, void *data_end)
+{
+	struct ethhdr *eth = c->pos;
+
+	if ((void *)(eth + 1) > data_end)
+		return -1;
+	c->pos = eth + 1;
+	return eth->h_proto;
+}
+
+/* Returns the IPv4 header with options skipped by the cursor, or NULL if truncated/malformed. */
+static __always_inline struct iphdr *parse_iphdr(struct hdr_cursor *c, void *data_end)
+{
+	struct iphdr *iph = c->pos;
+	__u32 hdr_len;
+
+	if ((void *)(iph + 1) > data_end)
+		return NULL;
+	hdr_len = iph->ihl * 4;
+	if (hdr_len < sizeof(*iph))
+		return NULL;
+	if (c->pos + hdr_len > data_end)
+		return NULL;
+	c->pos += hdr_len;
+	return iph;
+}
+
+static __always_inline struct l4_ports *parse_l4_ports(struct hdr_cursor *c, void *data_end)
+{
+	struct l4_ports *ports = c->pos;
+
+	if ((void *)(ports + 1) > data_end)
+		return NULL;
+	return ports;
+}
+
+/* Fills key for an IPv4 TCP/UDP packet; returns -1 for anything the lock does not own. */
+static __always_inline int endpoint_key_of(struct xdp_md *ctx, struct godwit_endpoint_key *key)
+{
+	void *data_end = (void *)(long)ctx->data_end;
+	struct hdr_cursor c = { .pos = (void *)(long)ctx->data };
+	struct l4_ports *ports;
+	struct iphdr *iph;
+
+	if (parse_ethhdr(&c, data_end) != bpf_htons(ETH_P_IP))
+		return -1;
+	iph = parse_iphdr(&c, data_end);
+	if (!iph)
+		return -1;
+	if (iph->protocol != IPPROTO_TCP && iph->protocol != IPPROTO_UDP)
+		return -1;
+	/* Later fragments carry no L4 header; what is left of them after the first fragment was
+	 * dropped fails reassembly anyway. */
+	if (iph->frag_off & bpf_htons(GODWIT_IP_OFFSET))
+		return -1;
+	ports = parse_l4_ports(&c, data_end);
+	if (!ports)
+		return -1;
+
+	key->addr = iph->daddr;
+	key->port = ports->dest;
+	key->proto = iph->protocol;
+	key->pad = 0;
+	return 0;
+}
+
+SEC("xdp")
+int godwit_lock(struct xdp_md *ctx)
+{
+	struct godwit_endpoint_key key = {};
+	struct godwit_lock_value *lease;
+	__u64 now;
+
+	if (endpoint_key_of(ctx, &key) < 0)
+		return XDP_PASS;
+	lease = bpf_map_lookup_elem(&godwit_lock_ep, &key);
+	if (!lease)
+		return XDP_PASS;
+	now = bpf_ktime_get_ns();
+	if (now >= lease->deadline_ns)
+		return XDP_PASS; /* lease ran out: never blackhole past the deadline */
+
+	__sync_fetch_and_add(&lease->drops, 1);
+	lease->last_drop_ns = now;
+	return XDP_DROP;
+}
+
+char _license[] SEC("license") = "GPL";

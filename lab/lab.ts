@@ -1,0 +1,211 @@
+/**
+ * A whole fleet on this machine: the helper topology (lab/topology.ts), a nats-server with
+ * JetStream and the controller on the management host, one agent per host inside its namespace.
+ * labDown removes exactly what labUp made, and works on a half-made lab.
+ *
+ * The root namespace gets one veth into the lab's switch (198.18.<i>.254), so that the demo and
+ * tests, which run in the root namespace, reach the controller's gRPC and NATS as a real
+ * operator's tools would: over the network.
+ */
+import { spawn } from 'node:child_process';
+import { closeSync, mkdirSync, openSync, rmSync } from 'node:fs';
+import { connect } from 'node:net';
+import { join } from 'node:path';
+import { execCommand } from '../lib/exec.js';
+import { REPO_ROOT } from '../lib/rpc.js';
+import { ControllerApi } from '../controller/client.js';
+import { createTopology, destroyTopology, findFreeLabIndex, inNetns, labPrefix, type LabHost, type LabTopology } from './topology.js';
+
+export const NATS_PORT = 4222;
+export const CONTROLLER_PORT = 50050;
+export const AGENT_PORT = 50051;
+const BPF_PIN_ROOT = '/sys/fs/bpf/godwit';
+
+export interface Lab {
+  topology: LabTopology;
+  /** Logs, state folders and images of this lab. */
+  dir: string;
+  natsUrl: string;
+  controllerAddress: string;
+  agentAddress(host: string): string;
+  host(name: string): LabHost;
+  controller: ControllerApi;
+  /** PIDs of the lab's own services, by name. */
+  pids: Map<string, number>;
+  /** Stops an agent (SIGKILL, as a crash would) and starts it again; held locks must survive. */
+  restartAgent(host: string): Promise<void>;
+  down(): Promise<void>;
+}
+
+export interface LabOptions {
+  hosts?: string[];
+  index?: number;
+}
+
+export function labDir(index: number): string {
+  return `/run/godwit/${labPrefix(index)}`;
+}
+
+export function rootLink(index: number): string {
+  return `${labPrefix(index)}-mgmt`;
+}
+
+export function agentPinDir(index: number, host: string): string {
+  return `${BPF_PIN_ROOT}/${labPrefix(index)}-${host}`;
+}
+
+export async function labUp(opts: LabOptions = {}): Promise<Lab> {
+  const index = opts.index ?? (await findFreeLabIndex());
+  const hosts = opts.hosts ?? ['a', 'b'];
+  try {
+    return await build(index, hosts);
+  } catch (err) {
+    await labDown(index);
+    throw err;
+  }
+}
+
+async function build(index: number, hostNames: string[]): Promise<Lab> {
+  const topology = await createTopology({ index, hosts: hostNames });
+  const dir = labDir(index);
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(join(dir, 'logs'), { recursive: true });
+
+  const ctl = topology.ctl;
+  const mgmt = rootLink(index);
+  await execCommand('ip', ['link', 'add', mgmt, 'type', 'veth', 'peer', 'name', 'mgmt', 'netns', ctl.netns]);
+  await execCommand('ip', ['-n', ctl.netns, 'link', 'set', 'mgmt', 'master', 'br0', 'up']);
+  await execCommand('ip', ['addr', 'add', `198.18.${index}.254/24`, 'dev', mgmt]);
+  await execCommand('ip', ['link', 'set', mgmt, 'up']);
+
+  const pids = new Map<string, number>();
+  const start = (name: string, host: LabHost, file: string, args: string[]) => {
+    pids.set(name, startService(dir, name, host, file, args));
+  };
+
+  const natsUrl = `nats://${ctl.address}:${NATS_PORT}`;
+  mkdirSync(join(dir, 'nats'), { recursive: true });
+  start('nats', ctl, 'nats-server', ['-a', ctl.address, '-p', String(NATS_PORT), '-js', '-sd', join(dir, 'nats')]);
+  await waitForPort(ctl.address, NATS_PORT, 10_000, 'nats-server');
+
+  const controllerAddress = `${ctl.address}:${CONTROLLER_PORT}`;
+  const node = process.execPath;
+  start('controller', ctl, node, [join(REPO_ROOT, 'dist', 'controller', 'main.js'), '--nats', natsUrl, '--listen', controllerAddress]);
+
+  const agentArgs = (h: LabHost) => [
+    join(REPO_ROOT, 'dist', 'agent', 'main.js'),
+    '--host', h.name,
+    '--listen', `${h.address}:${AGENT_PORT}`,
+    '--nats', natsUrl,
+    '--iface', h.iface,
+    '--state-dir', join(dir, 'hosts', h.name),
+    '--pin-dir', agentPinDir(index, h.name),
+  ];
+  for (const h of topology.hosts) start(`agent-${h.name}`, h, node, agentArgs(h));
+
+  await waitForPort(ctl.address, CONTROLLER_PORT, 15_000, 'controller');
+  const controller = new ControllerApi(controllerAddress);
+  await waitForHosts(controller, hostNames, 20_000);
+
+  const host = (name: string) => {
+    const h = topology.hosts.find((x) => x.name === name);
+    if (!h) throw new Error(`lab has no host "${name}"`);
+    return h;
+  };
+  return {
+    topology,
+    dir,
+    natsUrl,
+    controllerAddress,
+    agentAddress: (name) => `${host(name).address}:${AGENT_PORT}`,
+    host,
+    controller,
+    pids,
+    async restartAgent(name) {
+      const pid = pids.get(`agent-${name}`);
+      if (pid) await stopPid(pid, 'SIGKILL');
+      start(`agent-${name}`, host(name), node, agentArgs(host(name)));
+      await waitForPort(host(name).address, AGENT_PORT, 15_000, `agent ${name}`);
+    },
+    async down() {
+      controller.close();
+      for (const pid of pids.values()) await stopPid(pid, 'SIGTERM');
+      await labDown(index);
+    },
+  };
+}
+
+/** Removes everything lab `index` made: processes in its namespaces, namespaces, links, pins, files. */
+export async function labDown(index: number): Promise<void> {
+  await destroyTopology(index);
+  await execCommand('ip', ['link', 'del', rootLink(index)], { allowFailure: true });
+  const prefix = `${labPrefix(index)}-`;
+  try {
+    const { readdirSync } = await import('node:fs');
+    for (const d of readdirSync(BPF_PIN_ROOT)) if (d.startsWith(prefix)) rmSync(join(BPF_PIN_ROOT, d), { recursive: true, force: true });
+  } catch {
+    // No pins at all.
+  }
+  rmSync(labDir(index), { recursive: true, force: true });
+}
+
+/** Starts a long-running service inside a host's namespace, output to the lab's log folder. */
+function startService(dir: string, name: string, host: LabHost, file: string, args: string[]): number {
+  const [cmd, cmdArgs] = inNetns(host, file, args);
+  const out = openSync(join(dir, 'logs', `${name}.log`), 'a');
+  const child = spawn(cmd, cmdArgs, { detached: true, stdio: ['ignore', out, out] });
+  closeSync(out);
+  child.unref();
+  if (child.pid === undefined) throw new Error(`could not start ${name}`);
+  return child.pid;
+}
+
+async function stopPid(pid: number, signal: NodeJS.Signals): Promise<void> {
+  try {
+    process.kill(pid, signal);
+  } catch {
+    return;
+  }
+  for (let i = 0; i < 50; i++) {
+    try {
+      process.kill(pid, 0);
+    } catch {
+      return;
+    }
+    await sleep(50);
+  }
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    // gone
+  }
+}
+
+async function waitForPort(host: string, port: number, timeoutMs: number, what: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = connect({ host, port, timeout: 500 });
+      s.once('connect', () => (s.destroy(), resolve(true)));
+      s.once('error', () => resolve(false));
+      s.once('timeout', () => (s.destroy(), resolve(false)));
+    });
+    if (ok) return;
+    await sleep(100);
+  }
+  throw new Error(`${what} did not listen on ${host}:${port} within ${timeoutMs} ms (see the lab's logs)`);
+}
+
+async function waitForHosts(controller: ControllerApi, names: string[], timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let seen: string[] = [];
+  while (Date.now() < deadline) {
+    const r = await controller.listHosts().catch(() => undefined);
+    seen = (r?.hosts ?? []).filter((h) => h.ready).map((h) => h.name);
+    if (names.every((n) => seen.includes(n))) return;
+    await sleep(200);
+  }
+  throw new Error(`agents not registered within ${timeoutMs} ms: want ${names.join(', ')}, have ${seen.join(', ') || 'none'}`);
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
