@@ -1,0 +1,234 @@
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { nsenterArgs, type LabHost } from './topology.js';
+
+/**
+ * The parent side of lab/traffic-client.ts: runs it in the client's network namespace
+ * (`nsenter --net=<client netns> node dist/lab/traffic-client.js ...`) and talks to it over JSON
+ * lines. The compiled client is needed: build with `npx tsc -p tsconfig.json` first.
+ */
+
+export interface TrafficStats {
+  connections: number;
+  /** Connections still open. */
+  alive: number;
+  closed: number;
+  sentBytes: number;
+  /** Raw bytes received, duplicates included. */
+  receivedBytes: number;
+  /** Distinct stream bytes verified (per connection: one past the highest verified offset). */
+  verifiedBytes: number;
+  /** Bytes sent on open connections and not echoed yet. */
+  outstandingBytes: number;
+  /** Bytes sent but never echoed: gaps in a stream, plus what closed connections still owed (after a drain: what every connection still owed). */
+  bytesLost: number;
+  /** Bytes verified a second time (a replay of earlier stream bytes). */
+  bytesDuplicated: number;
+  /** Bytes that arrived after later bytes of their stream (they filled a gap, so they are not lost). */
+  bytesReordered: number;
+  /** Connections whose echo stopped matching their stream (neither replay nor gap). */
+  corrupted: number;
+  /** Longest time a connection had bytes outstanding without receiving any, since the start (ms). */
+  maxStallMs: number;
+  maxStallConnection: number;
+  elapsedMs: number;
+  sending: boolean;
+  /** First socket errors (up to 10). */
+  errors: string[];
+  /** First corrupted connections and the stream offset of their first mismatch (up to 10). */
+  mismatches: { connection: number; offset: number }[];
+}
+
+export interface TrafficWindow extends TrafficStats {
+  /** Length of the window that just closed (ms). */
+  windowMs: number;
+  /** Longest stall within this window (ms); a stall that spans windows counts whole in the window where it is seen. */
+  maxStallMs: number;
+  /** maxStallMs since the start. */
+  totalMaxStallMs: number;
+}
+
+export interface TrafficReport extends TrafficStats {
+  /** Every live connection got back all it sent before the timeout. */
+  drained: boolean;
+  drainMs: number;
+}
+
+export interface TrafficOptions {
+  connections: number;
+  /** Each connection sends one chunk per interval (default 20 ms). */
+  intervalMs?: number;
+  /** Bytes per chunk (default 64). */
+  chunk?: number;
+  /** A connection sends no more while this many bytes wait for their echo (default 256 KiB). */
+  maxOutstandingBytes?: number;
+  connectTimeoutMs?: number;
+  connectConcurrency?: number;
+  /** Varies every connection's stream between runs (default 0). */
+  seed?: number;
+  /** Path of the compiled client (default dist/lab/traffic-client.js of this project). */
+  script?: string;
+}
+
+export interface TrafficHandle {
+  /** PID of the client process (nsenter execs node, so it is node's PID). */
+  readonly pid: number;
+  /** Resolves once every connection is established; rejects if they cannot be. */
+  readonly ready: Promise<void>;
+  /** Resolves with the exit code when the client process ends. */
+  readonly exited: Promise<number | null>;
+  stats(): Promise<TrafficStats>;
+  /** Closes the current stall window and returns its stats; a new window starts. */
+  window(): Promise<TrafficWindow>;
+  /** Stops sending and waits until every live connection got back all it sent (or timeoutMs). */
+  drain(timeoutMs?: number): Promise<TrafficReport>;
+  /** Ends the client: quit, then SIGTERM, then SIGKILL, by PID. Safe to call more than once. */
+  stop(): Promise<void>;
+}
+
+export function trafficClientScript(): string {
+  const here = dirname(fileURLToPath(import.meta.url));
+  const sibling = join(here, 'traffic-client.js');
+  if (existsSync(sibling)) return sibling; // running from dist/lab
+  return join(here, '..', 'dist', 'lab', 'traffic-client.js');
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export function startTraffic(client: LabHost, target: { address: string; port: number }, opts: TrafficOptions): TrafficHandle {
+  const script = opts.script ?? trafficClientScript();
+  if (!existsSync(script)) throw new Error(`${script} does not exist: compile the project (npx tsc -p tsconfig.json)`);
+  const args = [
+    ...nsenterArgs(client),
+    process.execPath,
+    script,
+    '--address',
+    target.address,
+    '--port',
+    String(target.port),
+    '--connections',
+    String(opts.connections),
+    '--interval-ms',
+    String(opts.intervalMs ?? 20),
+    '--chunk',
+    String(opts.chunk ?? 64),
+    '--max-outstanding',
+    String(opts.maxOutstandingBytes ?? 256 * 1024),
+    '--connect-timeout-ms',
+    String(opts.connectTimeoutMs ?? 30_000),
+    '--connect-concurrency',
+    String(opts.connectConcurrency ?? 256),
+    '--seed',
+    String(opts.seed ?? 0),
+  ];
+  const child = spawn('nsenter', args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  if (child.pid === undefined) throw new Error('cannot spawn nsenter for the traffic client');
+  const pid = child.pid;
+
+  let stderrTail = '';
+  child.stderr.on('data', (d: Buffer) => (stderrTail = (stderrTail + d.toString()).slice(-4000)));
+  child.stdin.on('error', () => undefined); // EPIPE once the client is gone
+
+  let exitCode: number | null | undefined;
+  let exitDescription = '';
+  const exited = new Promise<number | null>((resolve) => {
+    child.on('exit', (code, signal) => {
+      exitCode = code;
+      exitDescription = signal ? `killed by ${signal}` : `exited ${code}`;
+      resolve(code);
+    });
+    child.on('error', () => resolve(null));
+  });
+  const gone = (what: string) => new Error(`traffic client ${what}: ${exitDescription}${stderrTail ? ` (${stderrTail.trim().slice(-500)})` : ''}`);
+
+  let readyResolve!: () => void;
+  let readyReject!: (e: Error) => void;
+  const ready = new Promise<void>((res, rej) => {
+    readyResolve = res;
+    readyReject = rej;
+  });
+  ready.catch(() => undefined); // callers that never await ready must not see an unhandled rejection
+
+  const pending = new Map<number, { resolve: (v: Record<string, unknown>) => void; reject: (e: Error) => void }>();
+  let nextId = 1;
+
+  readline.createInterface({ input: child.stdout }).on('line', (line) => {
+    let msg: Record<string, unknown>;
+    try {
+      msg = JSON.parse(line);
+    } catch {
+      return;
+    }
+    if (msg.event === 'ready') readyResolve();
+    else if (msg.event === 'error') readyReject(new Error(`traffic client: ${String(msg.error)}`));
+    else if (typeof msg.id === 'number' && pending.has(msg.id)) {
+      const p = pending.get(msg.id)!;
+      pending.delete(msg.id);
+      if (msg.reply === 'error') p.reject(new Error(`traffic client: ${String(msg.error)}`));
+      else p.resolve(msg);
+    }
+  });
+  void exited.then(() => {
+    readyReject(gone('ended before it was ready'));
+    for (const p of pending.values()) p.reject(gone('ended'));
+    pending.clear();
+  });
+
+  const request = <T>(cmd: Record<string, unknown>, timeoutMs: number): Promise<T> => {
+    if (exitCode !== undefined) return Promise.reject(gone('is not running'));
+    const id = nextId++;
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        pending.delete(id);
+        reject(new Error(`traffic client: no reply to ${String(cmd.cmd)} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      pending.set(id, {
+        resolve: (v) => {
+          clearTimeout(timer);
+          resolve(v as T);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      });
+      child.stdin.write(JSON.stringify({ ...cmd, id }) + '\n');
+    });
+  };
+
+  const waitExit = async (ms: number): Promise<boolean> => {
+    if (exitCode !== undefined) return true;
+    await Promise.race([exited, sleep(ms)]);
+    return exitCode !== undefined;
+  };
+
+  let stopping: Promise<void> | undefined;
+  const stop = (): Promise<void> =>
+    (stopping ??= (async () => {
+      if (exitCode !== undefined) return;
+      await request({ cmd: 'quit' }, 2000).catch(() => undefined);
+      if (await waitExit(2000)) return;
+      for (const signal of ['SIGTERM', 'SIGKILL'] as const) {
+        try {
+          process.kill(pid, signal);
+        } catch {
+          return; // already gone
+        }
+        if (await waitExit(2000)) return;
+      }
+      throw new Error(`traffic client ${pid} survives SIGKILL`);
+    })());
+
+  return {
+    pid,
+    ready,
+    exited,
+    stats: () => request<TrafficStats>({ cmd: 'stats' }, 10_000),
+    window: () => request<TrafficWindow>({ cmd: 'window' }, 10_000),
+    drain: (timeoutMs = 10_000) => request<TrafficReport>({ cmd: 'drain', timeoutMs }, timeoutMs + 10_000),
+    stop,
+  };
+}

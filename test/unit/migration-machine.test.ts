@@ -1,0 +1,98 @@
+import { describe, expect, it } from 'vitest';
+import { decide, FORWARD, freezeMs, newMigration, type MigrationEvent, type MigrationState, type Phase } from '../../controller/migration-machine.js';
+
+const spec = {
+  sourceHost: 'a',
+  targetHost: 'b',
+  workload: { pid: 42, endpoints: [{ proto: 'tcp' as const, address: '198.18.1.200', port: 7000 }] },
+  lockMode: 'EBPF' as const,
+  lockLeaseMs: 120_000,
+};
+
+let clock = 1_000;
+const ok = (phase: Phase, result?: { restoredPid?: number; imageBytes?: number }): MigrationEvent => {
+  clock += 10;
+  return { type: 'phase-succeeded', phase, startedAtMs: clock, durationMs: 5, result };
+};
+const fail = (phase: Phase, error: string): MigrationEvent => {
+  clock += 10;
+  return { type: 'phase-failed', phase, startedAtMs: clock, durationMs: 5, error };
+};
+
+function runToEnd(state: MigrationState, outcome: (phase: Phase) => MigrationEvent): { state: MigrationState; ran: Phase[] } {
+  let d = decide(state, { type: 'start', atMs: 0 });
+  const ran: Phase[] = [];
+  while (d.commands.length > 0) {
+    const phase = d.commands[0].phase;
+    ran.push(phase);
+    d = decide(d.state, outcome(phase));
+  }
+  return { state: d.state, ran };
+}
+
+describe('migration state machine', () => {
+  const fresh = () => newMigration('m-1', spec, '1000', 0);
+
+  it('runs every phase in order and ends DONE with the restored pid', () => {
+    const { state, ran } = runToEnd(fresh(), (p) => ok(p, p === 'RESTORE' ? { restoredPid: 77 } : p === 'DUMP' ? { imageBytes: 4096 } : undefined));
+    expect(ran).toEqual([...FORWARD]);
+    expect(state.phase).toBe('DONE');
+    expect(state.restoredPid).toBe(77);
+    expect(state.imageBytes).toBe(4096);
+    expect(state.timings.map((t) => t.phase)).toEqual([...FORWARD]);
+    expect(state.error).toBeUndefined();
+  });
+
+  for (const failing of ['PREPARE', 'LOCK', 'DUMP', 'TRANSFER', 'RESTORE'] as Phase[]) {
+    it(`rolls back when ${failing} fails (at or before the pivot) and ends FAILED with the cause`, () => {
+      const { state, ran } = runToEnd(fresh(), (p) => (p === failing ? fail(p, `${p} broke`) : ok(p, p === 'ROLLBACK' ? { restoredPid: 99 } : undefined)));
+      expect(ran[ran.length - 1]).toBe('ROLLBACK');
+      expect(ran).not.toContain('UNLOCK');
+      expect(state.phase).toBe('FAILED');
+      expect(state.failedPhase).toBe(failing);
+      expect(state.error).toBe(`${failing} broke`);
+      expect(state.restoredPid).toBe(99);
+    });
+  }
+
+  for (const failing of ['UNLOCK', 'CLEANUP'] as Phase[]) {
+    it(`rolls forward when ${failing} fails after the pivot, recording a warning`, () => {
+      const { state, ran } = runToEnd(fresh(), (p) => (p === failing ? fail(p, 'flaky') : ok(p)));
+      expect(ran).not.toContain('ROLLBACK');
+      expect(state.phase).toBe('DONE');
+      expect(state.warnings).toEqual([`${failing}: flaky`]);
+    });
+  }
+
+  it('records a failed rollback in the error', () => {
+    const { state } = runToEnd(fresh(), (p) => (p === 'DUMP' ? fail(p, 'criu dump failed') : p === 'ROLLBACK' ? fail(p, 'source gone') : ok(p)));
+    expect(state.phase).toBe('FAILED');
+    expect(state.error).toBe('criu dump failed; rollback failed: source gone');
+  });
+
+  it('ignores a late or duplicated report of another phase', () => {
+    const d1 = decide(fresh(), { type: 'start', atMs: 0 });
+    const d2 = decide(d1.state, ok('PREPARE'));
+    expect(d2.state.phase).toBe('LOCK');
+    const dup = decide(d2.state, ok('PREPARE'));
+    expect(dup.state).toBe(d2.state);
+    expect(dup.commands).toEqual([]);
+  });
+
+  it('does nothing once ended', () => {
+    const { state } = runToEnd(fresh(), (p) => ok(p));
+    expect(decide(state, { type: 'start', atMs: 1 })).toEqual({ state, commands: [] });
+  });
+
+  it('measures the freeze from the start of LOCK to the end of UNLOCK', () => {
+    const s = fresh();
+    s.timings = [
+      { phase: 'PREPARE', startedAtMs: 0, durationMs: 50, ok: true },
+      { phase: 'LOCK', startedAtMs: 100, durationMs: 20, ok: true },
+      { phase: 'DUMP', startedAtMs: 120, durationMs: 100, ok: true },
+      { phase: 'UNLOCK', startedAtMs: 500, durationMs: 25, ok: true },
+    ];
+    expect(freezeMs(s)).toBe(425);
+    expect(freezeMs(fresh())).toBeUndefined();
+  });
+});
