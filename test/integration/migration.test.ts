@@ -6,9 +6,10 @@
 import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Bus } from '../../lib/bus.js';
-import { parseEndpoint, type Endpoint } from '../../lib/endpoint.js';
+import { join } from 'node:path';
+import { formatEndpoint, parseEndpoint, type Endpoint } from '../../lib/endpoint.js';
 import { execCommand } from '../../lib/exec.js';
-import { isServiceError } from '../../lib/rpc.js';
+import { isServiceError, REPO_ROOT } from '../../lib/rpc.js';
 import { SUBJECTS } from '../../lib/subjects.js';
 import { endpointToWire } from '../../lib/wire.js';
 import { migrateHop } from '../../lab/hop.js';
@@ -138,6 +139,17 @@ describe('live migration through the controller', () => {
       const err = await attempt((r) => (r.workload.endpoints = [{ protocol: 'TCP', address: lab.topology.workloadAddress(1), port: PORT }]));
       expect(status[err.code]).toBe('FAILED_PRECONDITION');
       expect(err.details).toMatch(new RegExp(`endpoint address ${lab.topology.workloadAddress(1).replace(/\./g, '\\.')} is not on host`));
+    });
+
+    it('the operator CLI prints the status and the fix, and exits 2', async () => {
+      const cli = join(REPO_ROOT, 'dist', 'controller', 'cli.js');
+      const env = { GODWIT_CONTROLLER: lab.controllerAddress };
+      const hosts = await execCommand(process.execPath, [cli, 'hosts'], { env });
+      expect(hosts.stdout).toMatch(/^a +ready/m);
+      const r = await execCommand(process.execPath, [cli, 'migrate', '--from', home, '--to', 'nowhere', '--pid', String(pid), '--endpoint', formatEndpoint(endpoint)], { env, allowFailure: true });
+      expect(r.exitCode).toBe(2);
+      expect(r.stderr).toMatch(/^NOT_FOUND: host "nowhere" is not registered/);
+      await expectConsistent();
     });
 
     it('a malformed endpoint: INVALID_ARGUMENT', async () => {

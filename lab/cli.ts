@@ -1,0 +1,66 @@
+/**
+ * The lab from the command line:
+ *   npm run lab -- up [--hosts a,b,c]     bring up a fleet on this machine; prints where it is
+ *   npm run lab -- down [--index N]       remove lab N, or every godwit lab on this machine
+ *   npm run lab -- list                   the labs that exist
+ * The lab's services keep running after `up` returns; `down` removes exactly what `up` made.
+ */
+import { Command } from 'commander';
+import { labDown, labUp } from './lab.js';
+import { LAB_MAX_INDEX, labPrefix, listNetns } from './topology.js';
+
+async function existingLabs(): Promise<number[]> {
+  const names = await listNetns();
+  const found: number[] = [];
+  for (let i = 1; i <= LAB_MAX_INDEX; i++) if (names.some((n) => n.startsWith(`${labPrefix(i)}-`))) found.push(i);
+  return found;
+}
+
+const program = new Command().name('lab').description('a godwit fleet of network-namespace hosts on this machine');
+
+program
+  .command('up')
+  .option('--hosts <names>', 'comma-separated host names', 'a,b')
+  .option('--index <n>', 'lab number (picks the subnet 198.18.<n>.0/24); default: the first free one', (v) => Number(v))
+  .action(async (o: { hosts: string; index?: number }) => {
+    const lab = await labUp({ hosts: o.hosts.split(',').map((s) => s.trim()), index: o.index });
+    lab.controller.close();
+    const t = lab.topology;
+    process.stdout.write(
+      JSON.stringify(
+        {
+          index: t.index,
+          controller: lab.controllerAddress,
+          nats: lab.natsUrl,
+          hosts: t.hosts.map((h) => ({ name: h.name, netns: h.netns, address: h.address, agent: lab.agentAddress(h.name) })),
+          client: { netns: t.client.netns, address: t.client.address },
+          workloadAddresses: [t.workloadAddress(0), t.workloadAddress(1)],
+          logs: `${lab.dir}/logs`,
+          down: `npm run lab -- down --index ${t.index}`,
+        },
+        null,
+        2,
+      ) + '\n',
+    );
+  });
+
+program
+  .command('down')
+  .option('--index <n>', 'the lab to remove; default: every godwit lab on this machine', (v) => Number(v))
+  .action(async (o: { index?: number }) => {
+    const labs = o.index ? [o.index] : await existingLabs();
+    for (const i of labs) {
+      await labDown(i);
+      process.stderr.write(`lab ${i} removed\n`);
+    }
+    if (labs.length === 0) process.stderr.write('no lab to remove\n');
+  });
+
+program.command('list').action(async () => {
+  process.stdout.write(JSON.stringify(await existingLabs()) + '\n');
+});
+
+program.parseAsync().catch((err: Error) => {
+  process.stderr.write(`lab: ${err.message}\n`);
+  process.exit(1);
+});
