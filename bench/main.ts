@@ -1,0 +1,24 @@
+/**
+ * Benchmarks, each a subcommand with a readable table on stdout and `--json` for machines:
+ *   npm run bench -- lock      migrations under each lock mode vs live connections
+ *   npm run bench -- lockops   lock/unlock of many entries, per method
+ */
+const [which, ...rest] = process.argv.slice(2);
+const benches: Record<string, () => Promise<{ run(argv: string[]): Promise<number> }>> = {
+  lock: () => import('./lock.js'),
+  lockops: () => import('./lockops.js'),
+};
+const load = which ? benches[which] : undefined;
+if (!load) {
+  process.stderr.write(`usage: npm run bench -- <${Object.keys(benches).join('|')}> [options]\n`);
+  process.exit(2);
+}
+load()
+  .then((b) => b.run(rest))
+  .then(
+    (code) => process.exit(code),
+    (err: unknown) => {
+      process.stderr.write(`bench ${which} failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+      process.exit(1);
+    },
+  );
