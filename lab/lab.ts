@@ -34,6 +34,8 @@ export interface Lab {
   pids: Map<string, number>;
   /** Stops an agent (SIGKILL, as a crash would) and starts it again; held locks must survive. */
   restartAgent(host: string): Promise<void>;
+  /** Kills a lab service by name ('controller', 'nats', 'agent-a'...) with SIGKILL, as a crash would. */
+  crash(service: string): Promise<void>;
   down(): Promise<void>;
 }
 
@@ -130,6 +132,12 @@ async function build(index: number, hostNames: string[]): Promise<Lab> {
       if (pid) await stopPid(pid, 'SIGKILL');
       start(`agent-${name}`, host(name), node, agentArgs(host(name)));
       await waitForPort(host(name).address, AGENT_PORT, 15_000, `agent ${name}`);
+    },
+    async crash(service) {
+      const pid = pids.get(service);
+      if (!pid) throw new Error(`lab has no service "${service}"`);
+      await stopPid(pid, 'SIGKILL');
+      pids.delete(service);
     },
     async down() {
       controller.close();
