@@ -15,12 +15,37 @@ export interface LockEntry {
 }
 
 /**
+ * One connection as the host sees it: the local end is the workload's (proto, address, port),
+ * the remote end its peer. The lock matches the packets that arrive from the peer.
+ */
+export interface FourTuple {
+  proto: 'tcp' | 'udp';
+  localAddress: string;
+  localPort: number;
+  remoteAddress: string;
+  remotePort: number;
+}
+
+/** A locked connection as the host sees it; the fields mean what they mean in LockEntry. */
+export interface TupleLockEntry {
+  tuple: FourTuple;
+  version: bigint;
+  deadlineNs: bigint;
+  drops: bigint;
+  expired: boolean;
+}
+
+/**
  * The network lock of one host: while an endpoint is locked, packets to it are dropped
  * silently (no RST), so the peers of a frozen or not-yet-restored workload retransmit later.
  *
  * Every entry is a lease (a lock never outlives its deadline, even if whoever took it died)
  * and carries a version: lock and unlock are idempotent, version-guarded sets, never toggles,
  * so a duplicated or reordered control message cannot flip the state.
+ *
+ * Two kinds of entry, held side by side: an endpoint (every packet to a listening address and
+ * port) and an exact connection (a 4-tuple). A packet is dropped when either matches with a
+ * running lease; each kind has its own versions.
  */
 export interface NetLock {
   /** Load the program and attach it to the interface; reuse pinned maps if present (a held lock survives an agent restart). Idempotent. */
@@ -30,7 +55,15 @@ export interface NetLock {
   /** Remove entries whose version <= version. Idempotent: missing entries are fine. */
   unlock(endpoints: Endpoint[], version: bigint): Promise<void>;
   list(): Promise<LockEntry[]>;
-  /** Delete entries whose lease has passed; returns how many. */
+  /**
+   * Set exact-connection lock entries, like lock(): idempotent, version-guarded (an entry with a
+   * newer version is left alone), with a lease of leaseMs from now. Many thousands per call.
+   */
+  lockTuples(tuples: readonly FourTuple[], version: bigint, leaseMs: number): Promise<void>;
+  /** Remove connection entries whose version <= version. Idempotent: missing entries are fine. */
+  unlockTuples(tuples: readonly FourTuple[], version: bigint): Promise<void>;
+  listTuples(): Promise<TupleLockEntry[]>;
+  /** Delete entries (endpoints and connections) whose lease has passed; returns how many. */
   sweepExpired(): Promise<number>;
   /** Detach the program and remove this host's pins (lab teardown). */
   uninstall(): Promise<void>;
@@ -39,7 +72,7 @@ export interface NetLock {
 /** A lock/unlock request is malformed (bad endpoint, version or lease); fix the request. */
 export class LockRequestError extends Error {
   constructor(
-    readonly field: 'endpoints' | 'version' | 'leaseMs',
+    readonly field: 'endpoints' | 'tuples' | 'version' | 'leaseMs',
     message: string,
   ) {
     super(message);

@@ -1,5 +1,387 @@
-/** Placeholder until the benchmark lands. */
-export async function run(_argv: string[]): Promise<number> {
-  process.stderr.write('bench lockops: not built yet\n');
-  return 2;
+/**
+ * `npm run bench -- lockops`: how long locking and unlocking N connections (exact 4-tuples)
+ * takes, per method:
+ *
+ *   ebpf-batch        EbpfNetLock with the native addon: one batch read (version guard) and one
+ *                     batch write of the tuple map, bpf(2) from this process
+ *   bpftool-batch     the same lock through bpftool: a `map dump` and a `bpftool batch file`
+ *   iptables-restore  one `iptables-restore --noflush` adding N DROP rules in a dedicated chain
+ *                     hooked into INPUT; unlock flushes and deletes the chain
+ *   nftables-set      one `nft -f` creating a table with an N-element set and a drop rule;
+ *                     unlock deletes the table
+ *
+ * Everything runs in a throwaway network namespace (its own veth, its own pins, its own
+ * iptables and nftables rules), removed afterwards, also on failure or Ctrl-C. iptables and nft
+ * run through nsenter, so their times include starting one process (bpftool's too).
+ *
+ * Each method first runs once at 10,000 entries, unreported (loading, JIT). Options:
+ *   --entries 1000,10000,100000  --methods ebpf-batch,...  --runs 3  --json
+ * Every measurement is also appended to bench/results/lockops.jsonl.
+ */
+import { randomBytes } from 'node:crypto';
+import { appendFile, mkdir } from 'node:fs/promises';
+import { release } from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { EbpfNetLock } from '../agent/linux/netlock-ebpf.js';
+import { bpfMapMethods } from '../agent/linux/bpf-map-native.js';
+import { nsExecutor } from '../agent/linux/netns-exec.js';
+import type { FourTuple } from '../agent/netlock.js';
+import { execCommand, type Executor } from '../lib/exec.js';
+import { REPO_ROOT } from '../lib/rpc.js';
+
+const METHODS = ['ebpf-batch', 'bpftool-batch', 'iptables-restore', 'nftables-set'] as const;
+type Method = (typeof METHODS)[number];
+
+/** The workload end of every benchmark connection; peers come from 198.19.0.0/16 (never routed). */
+const LOCAL_ADDRESS = '198.18.0.1';
+const LOCAL_PORT = 7000;
+const CHAIN = 'GODWIT_LOCKOPS';
+const NFT_TABLE = 'godwit_lockops';
+/** iptables-restore of 100,000 rules through nf_tables takes seconds; give a method room before calling it failed. */
+const STEP_TIMEOUT_MS = 600_000;
+/** Leases outlast any run: bpftool at 100,000 entries takes seconds. */
+const LEASE_MS = 600_000;
+/**
+ * Entries per method in the unreported warm-up round (at most the largest size asked for):
+ * a smaller round leaves V8 to optimise the 10,000-entry loops during the first measurement
+ * (about 11 ms there instead of 4.5).
+ */
+const WARMUP_ENTRIES = 10_000;
+const RESULTS = join(REPO_ROOT, 'bench', 'results', 'lockops.jsonl');
+
+interface Options {
+  entries: number[];
+  methods: Method[];
+  runs: number;
+  json: boolean;
+}
+
+/** One run of one method at one size: a measurement line. */
+interface Measurement {
+  method: Method;
+  entries: number;
+  run: number;
+  lockMs: number | null;
+  unlockMs: number | null;
+  error?: string;
+}
+
+class UsageError extends Error {}
+
+function parseOptions(argv: string[]): Options {
+  const o: Options = { entries: [1_000, 10_000, 100_000], methods: [...METHODS], runs: 3, json: false };
+  for (let i = 0; i < argv.length; i++) {
+    const [flag, inline] = argv[i].split(/=(.*)/s, 2);
+    const value = () => {
+      const v = inline ?? argv[++i];
+      if (v === undefined) throw new UsageError(`${flag} needs a value`);
+      return v;
+    };
+    switch (flag) {
+      case '--entries':
+        o.entries = value().split(',').map((x) => Number(x.replace(/_/g, '')));
+        if (o.entries.some((n) => !Number.isInteger(n) || n < 1 || n > 131_072)) throw new UsageError('--entries takes integers 1..131072 (the tuple map holds 131072)');
+        break;
+      case '--methods': {
+        const names = value().split(',');
+        const unknown = names.filter((m) => !(METHODS as readonly string[]).includes(m));
+        if (unknown.length > 0) throw new UsageError(`unknown method(s) ${unknown.join(', ')}; choose from ${METHODS.join(', ')}`);
+        o.methods = names as Method[];
+        break;
+      }
+      case '--runs':
+        o.runs = Number(value());
+        if (!Number.isInteger(o.runs) || o.runs < 1) throw new UsageError('--runs takes a positive integer');
+        break;
+      case '--json':
+        o.json = true;
+        break;
+      default:
+        throw new UsageError(`unknown option ${argv[i]}`);
+    }
+  }
+  return o;
+}
+
+/**
+ * n distinct TCP connections to LOCAL_ADDRESS:LOCAL_PORT, as decoded from a request: the JSON
+ * round trip gives flat strings, where template literals would leave V8 ropes that the first
+ * lock flattens (about 6 ms at 10,000 connections, charged to whichever method comes first).
+ */
+function connections(n: number): FourTuple[] {
+  return JSON.parse(JSON.stringify(generate(n))) as FourTuple[];
+}
+
+function generate(n: number): FourTuple[] {
+  return Array.from({ length: n }, (_, i) => ({
+    proto: 'tcp',
+    localAddress: LOCAL_ADDRESS,
+    localPort: LOCAL_PORT,
+    remoteAddress: `198.19.${(i >> 8) & 255}.${i & 255}`,
+    remotePort: 1024 + (i >> 16),
+  }));
+}
+
+/** The throwaway host: a namespace with a veth pair, the lock installed on one end. */
+class BenchHost {
+  readonly netns = `godwit-lockops-${randomBytes(3).toString('hex')}`;
+  readonly pinDir = `/sys/fs/bpf/${this.netns}`;
+  readonly exec: Executor = nsExecutor(this.netns, execCommand);
+  private created = false;
+  native?: EbpfNetLock;
+  bpftool?: EbpfNetLock;
+
+  async up(): Promise<void> {
+    await execCommand('bash', [join(REPO_ROOT, 'scripts', 'build-bpf.sh')], { timeoutMs: 60_000 });
+    await execCommand('ip', ['netns', 'add', this.netns]);
+    this.created = true;
+    await this.exec('ip', ['link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth1']);
+    for (const dev of ['lo', 'eth0', 'eth1']) await this.exec('ip', ['link', 'set', 'dev', dev, 'up']);
+    await this.exec('ip', ['addr', 'add', `${LOCAL_ADDRESS}/24`, 'dev', 'eth0']);
+    const opts = { iface: 'eth0', pinDir: this.pinDir, objectPath: join(REPO_ROOT, 'build', 'bpf', 'lock.o') };
+    this.native = new EbpfNetLock({ ...opts, exec: this.exec, mapMethod: 'native' });
+    await this.native.install();
+    // Same pinned maps, read and written by bpftool processes (started in this namespace's
+    // parent: maps are not per namespace, and nsenter would add a process to every call).
+    this.bpftool = new EbpfNetLock({ ...opts, exec: execCommand, mapMethod: 'bpftool' });
+  }
+
+  /** Removes the namespace (and with it the veth, the rules, the XDP attachment) and the pins. */
+  async down(): Promise<void> {
+    if (!this.created) return;
+    this.created = false;
+    await execCommand('ip', ['netns', 'del', this.netns], { allowFailure: true });
+    await execCommand('rm', ['-rf', this.pinDir], { allowFailure: true });
+  }
+}
+
+/** One method: lock and unlock N connections; verify() (not timed) proves the lock took. */
+interface LockOps {
+  prepare(tuples: FourTuple[], version: bigint): Promise<void>;
+  lock(): Promise<void>;
+  verifyLocked(n: number): Promise<void>;
+  unlock(): Promise<void>;
+  verifyUnlocked(): Promise<void>;
+  /** Leaves nothing behind after a failure. */
+  reset(): Promise<void>;
+}
+
+function expectCount(what: string, have: number, want: number): void {
+  if (have !== want) throw new Error(`${what}: ${have} entries after the step, expected ${want}`);
+}
+
+function mapOps(lock: () => EbpfNetLock, reader: () => EbpfNetLock): LockOps {
+  let tuples: FourTuple[] = [];
+  let version = 0n;
+  return {
+    async prepare(t, v) {
+      tuples = t;
+      version = v;
+    },
+    lock: () => lock().lockTuples(tuples, version, LEASE_MS),
+    async verifyLocked(n) {
+      const listed = await reader().listTuples();
+      expectCount('tuple map', listed.filter((e) => e.version === version).length, n);
+    },
+    unlock: () => lock().unlockTuples(tuples, version),
+    async verifyUnlocked() {
+      expectCount('tuple map', (await reader().listTuples()).length, 0);
+    },
+    async reset() {
+      await lock().unlockTuples(tuples, 2n ** 64n - 1n);
+    },
+  };
+}
+
+function iptablesOps(host: BenchHost): LockOps {
+  let input = '';
+  const restore = (text: string) => host.exec('iptables-restore', ['--noflush'], { input: text, timeoutMs: STEP_TIMEOUT_MS });
+  const ruleCount = async () => (await host.exec('iptables', ['-S', CHAIN], { allowFailure: true, timeoutMs: STEP_TIMEOUT_MS })).stdout.split('\n').filter((l) => l.startsWith(`-A ${CHAIN} `)).length;
+  return {
+    async prepare(tuples) {
+      const rules = tuples.map((t) => `-A ${CHAIN} -p ${t.proto} -s ${t.remoteAddress}/32 -d ${t.localAddress}/32 -m ${t.proto} --sport ${t.remotePort} --dport ${t.localPort} -j DROP`);
+      input = ['*filter', `:${CHAIN} - [0:0]`, ...rules, `-I INPUT 1 -j ${CHAIN}`, 'COMMIT', ''].join('\n');
+    },
+    lock: async () => {
+      await restore(input);
+    },
+    async verifyLocked(n) {
+      expectCount(`chain ${CHAIN}`, await ruleCount(), n);
+    },
+    unlock: async () => {
+      await restore(['*filter', `-D INPUT -j ${CHAIN}`, `-F ${CHAIN}`, `-X ${CHAIN}`, 'COMMIT', ''].join('\n'));
+    },
+    async verifyUnlocked() {
+      const r = await host.exec('iptables', ['-S', CHAIN], { allowFailure: true });
+      if (r.exitCode === 0) throw new Error(`chain ${CHAIN} still exists after unlock`);
+    },
+    async reset() {
+      await host.exec('iptables', ['-D', 'INPUT', '-j', CHAIN], { allowFailure: true });
+      await host.exec('iptables', ['-F', CHAIN], { allowFailure: true });
+      await host.exec('iptables', ['-X', CHAIN], { allowFailure: true });
+    },
+  };
+}
+
+function nftOps(host: BenchHost): LockOps {
+  let input = '';
+  return {
+    async prepare(tuples) {
+      // One concatenated key per connection, as the packet arrives: peer . its port . us . our port.
+      const elements = tuples.map((t) => `      ${t.remoteAddress} . ${t.remotePort} . ${t.localAddress} . ${t.localPort}`).join(',\n');
+      input = [
+        `table ip ${NFT_TABLE} {`,
+        '  set conns {',
+        '    type ipv4_addr . inet_service . ipv4_addr . inet_service',
+        `    elements = {\n${elements}\n    }`,
+        '  }',
+        '  chain input {',
+        '    type filter hook input priority -300; policy accept;',
+        '    ip saddr . tcp sport . ip daddr . tcp dport @conns drop',
+        '  }',
+        '}',
+        '',
+      ].join('\n');
+    },
+    lock: async () => {
+      await host.exec('nft', ['-f', '-'], { input, timeoutMs: STEP_TIMEOUT_MS });
+    },
+    async verifyLocked(n) {
+      const r = await host.exec('nft', ['-j', 'list', 'set', 'ip', NFT_TABLE, 'conns'], { timeoutMs: STEP_TIMEOUT_MS });
+      const doc = JSON.parse(r.stdout) as { nftables: { set?: { elem?: unknown[] } }[] };
+      expectCount(`set ${NFT_TABLE}.conns`, doc.nftables.find((x) => x.set)?.set?.elem?.length ?? 0, n);
+    },
+    unlock: async () => {
+      await host.exec('nft', ['delete', 'table', 'ip', NFT_TABLE], { timeoutMs: STEP_TIMEOUT_MS });
+    },
+    async verifyUnlocked() {
+      const r = await host.exec('nft', ['list', 'table', 'ip', NFT_TABLE], { allowFailure: true });
+      if (r.exitCode === 0) throw new Error(`table ${NFT_TABLE} still exists after unlock`);
+    },
+    async reset() {
+      await host.exec('nft', ['delete', 'table', 'ip', NFT_TABLE], { allowFailure: true });
+    },
+  };
+}
+
+async function timed(step: () => Promise<void>): Promise<number> {
+  const t0 = performance.now();
+  await step();
+  return performance.now() - t0;
+}
+
+async function measure(method: Method, ops: LockOps, tuples: FourTuple[], run: number, version: bigint): Promise<Measurement> {
+  const m: Measurement = { method, entries: tuples.length, run, lockMs: null, unlockMs: null };
+  try {
+    await ops.prepare(tuples, version);
+    m.lockMs = round(await timed(() => ops.lock()));
+    await ops.verifyLocked(tuples.length);
+    m.unlockMs = round(await timed(() => ops.unlock()));
+    await ops.verifyUnlocked();
+  } catch (err) {
+    m.error = err instanceof Error ? err.message.split('\n')[0].slice(0, 300) : String(err);
+    await ops.reset().catch(() => undefined);
+  }
+  return m;
+}
+
+function round(ms: number): number {
+  return Math.round(ms * 1000) / 1000;
+}
+
+function median(xs: number[]): number | undefined {
+  if (xs.length === 0) return undefined;
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
+}
+
+function fmt(ms: number | undefined): string {
+  if (ms === undefined) return '—';
+  return ms >= 100 ? ms.toFixed(0) : ms >= 10 ? ms.toFixed(1) : ms.toFixed(2);
+}
+
+function table(results: Measurement[], o: Options): string {
+  const lines = [
+    '| method | entries | lock ms (median) | unlock ms (median) | lock / ebpf-batch | unlock / ebpf-batch | runs: lock / unlock ms |',
+    '|---|---:|---:|---:|---:|---:|---|',
+  ];
+  for (const n of o.entries) {
+    const ok = (method: Method) => results.filter((r) => r.method === method && r.entries === n && !r.error);
+    const base = { lock: median(ok('ebpf-batch').map((r) => r.lockMs!)), unlock: median(ok('ebpf-batch').map((r) => r.unlockMs!)) };
+    for (const method of o.methods) {
+      const rows = results.filter((r) => r.method === method && r.entries === n);
+      const good = ok(method);
+      const lock = median(good.map((r) => r.lockMs!));
+      const unlock = median(good.map((r) => r.unlockMs!));
+      const ratio = (x: number | undefined, b: number | undefined) => (x === undefined || !b ? '—' : `${(x / b).toFixed(1)}×`);
+      const runs = rows.map((r) => (r.error ? 'failed' : `${fmt(r.lockMs!)} / ${fmt(r.unlockMs!)}`)).join(', ');
+      lines.push(`| ${method} | ${n.toLocaleString('en-US')} | ${fmt(lock)} | ${fmt(unlock)} | ${ratio(lock, base.lock)} | ${ratio(unlock, base.unlock)} | ${runs} |`);
+    }
+  }
+  const failures = results.filter((r) => r.error);
+  if (failures.length > 0) {
+    lines.push('', 'Failed:');
+    for (const f of failures) lines.push(`- ${f.method} at ${f.entries.toLocaleString('en-US')} (run ${f.run}): ${f.error}`);
+  }
+  return lines.join('\n');
+}
+
+export async function run(argv: string[]): Promise<number> {
+  let o: Options;
+  try {
+    o = parseOptions(argv);
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    process.stderr.write(`bench lockops: ${err.message}\nusage: npm run bench -- lockops [--entries 1000,10000,100000] [--methods ${METHODS.join(',')}] [--runs 3] [--json]\n`);
+    return 2;
+  }
+
+  const host = new BenchHost();
+  const onSignal = () => {
+    void host.down().finally(() => process.exit(130));
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const results: Measurement[] = [];
+  try {
+    await host.up();
+    const ops: Record<Method, LockOps> = {
+      'ebpf-batch': mapOps(() => host.native!, () => host.native!),
+      'bpftool-batch': mapOps(() => host.bpftool!, () => host.native!),
+      'iptables-restore': iptablesOps(host),
+      'nftables-set': nftOps(host),
+    };
+    const meta = { at: new Date().toISOString(), kernel: release(), iptables: (await execCommand('iptables', ['-V'], { allowFailure: true })).stdout.trim() };
+    await mkdir(join(REPO_ROOT, 'bench', 'results'), { recursive: true });
+    let version = 1n;
+    // Warm-up, not reported: the first call of each path pays for loading and JIT-compiling it.
+    const warmup = connections(Math.min(WARMUP_ENTRIES, Math.max(...o.entries)));
+    for (const method of o.methods) await measure(method, ops[method], warmup, 0, version++);
+    for (const n of o.entries) {
+      const tuples = connections(n);
+      for (let r = 1; r <= o.runs; r++) {
+        // Methods interleaved per run, so a slow phase of the machine hits all of them.
+        for (const method of o.methods) {
+          const m = await measure(method, ops[method], tuples, r, version++);
+          results.push(m);
+          const line = JSON.stringify(m);
+          if (o.json) process.stdout.write(line + '\n');
+          else process.stderr.write(`lockops: ${method} ${n} run ${r}: ${m.error ? `failed: ${m.error}` : `lock ${fmt(m.lockMs!)} ms, unlock ${fmt(m.unlockMs!)} ms`}\n`);
+          await appendFile(RESULTS, JSON.stringify({ ...m, ...meta }) + '\n');
+        }
+      }
+    }
+    if (!o.json) {
+      const methods = o.methods.some((m) => m === 'ebpf-batch') ? bpfMapMethods() : undefined;
+      process.stdout.write(table(results, o) + '\n');
+      if (methods) process.stdout.write(`\nebpf-batch kernel calls: lookup ${methods.lookup}, update ${methods.update}, delete ${methods.delete}; kernel ${meta.kernel}; ${meta.iptables}\n`);
+    }
+    return 0;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    await host.down();
+  }
 }

@@ -16,10 +16,17 @@
 
 #include <linux/types.h>
 
-/* ---- Lock map: endpoints whose incoming packets are dropped during a migration ----------- */
-
-#define GODWIT_LOCK_LAYOUT_VERSION 1
+/* ---- Lock maps: what the XDP lock drops during a migration --------------------------------
+ *
+ * Layout versions (of the set of lock maps; the agent checks each pinned map's BTF):
+ *   1  godwit_lock_ep
+ *   2  adds godwit_lock_tuple. godwit_lock_ep is unchanged, so a host's version-1 pin is reused
+ *      as it is and the tuple map is created and pinned next to it.
+ */
+#define GODWIT_LOCK_LAYOUT_VERSION 2
 #define GODWIT_LOCK_EP_MAX_ENTRIES 65536
+/* 100,000 connections with room to spare; a hash map has a power-of-two bucket count anyway. */
+#define GODWIT_LOCK_TUPLE_MAX_ENTRIES 131072
 
 /* Key of godwit_lock_ep: the workload's listening (proto, address, port). 8 bytes. */
 struct godwit_endpoint_key {
@@ -30,7 +37,20 @@ struct godwit_endpoint_key {
 };
 
 /*
- * Value of godwit_lock_ep: a lease. 32 bytes, u64 fields in host byte order.
+ * Key of godwit_lock_tuple: one connection, exactly as its packets arrive at the host (the peer
+ * is the source, the workload the destination). 16 bytes.
+ */
+struct godwit_tuple_key {
+	__u32 saddr;  /* remote (peer) IPv4 address, network byte order */
+	__u32 daddr;  /* local (workload) IPv4 address, network byte order */
+	__u16 sport;  /* remote port, network byte order */
+	__u16 dport;  /* local port, network byte order */
+	__u8 proto;   /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 pad[3];  /* always 0 */
+};
+
+/*
+ * Value of both lock maps: a lease. 32 bytes, u64 fields in host byte order.
  * The program honours an entry only while bpf_ktime_get_ns() < deadline_ns, so an agent or
  * controller that dies mid-migration never blackholes the endpoint for longer than its lease.
  */
@@ -40,18 +60,5 @@ struct godwit_lock_value {
 	__u64 drops;        /* packets dropped for this entry (atomic add in the program) */
 	__u64 last_drop_ns; /* CLOCK_MONOTONIC time of the latest drop, 0 if none */
 };
-
-/*
- * Reserved: an exact 4-tuple lock map (godwit_lock_flow) for locking single connections
- * rather than a whole listening endpoint. Planned layout, 16-byte key, same value struct:
- *
- *   struct godwit_flow_key {
- *           __u32 saddr;  __u32 daddr;   network byte order
- *           __u16 sport;  __u16 dport;   network byte order
- *           __u8 proto;   __u8 pad[3];
- *   };
- *
- * It gets its own layout version constant when it is added.
- */
 
 #endif /* GODWIT_MAPS_H */

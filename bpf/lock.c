@@ -2,9 +2,10 @@
 /*
  * godwit network lock, XDP on a host's interface.
  *
- * While a workload migrates, its endpoint (proto, address, port) has an entry in godwit_lock_ep
- * and packets to it are dropped here: silently, so the kernel sends no RST and the peers just
- * retransmit until the restored process answers. Everything else passes untouched.
+ * While a workload migrates, its endpoint (proto, address, port) has an entry in godwit_lock_ep,
+ * or each of its connections an exact 4-tuple entry in godwit_lock_tuple, and packets that match
+ * an unexpired entry of either are dropped here: silently, so the kernel sends no RST and the
+ * peers just retransmit until the restored process answers. Everything else passes untouched.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -17,8 +18,8 @@
 
 /*
  * Not pinned by libbpf (no LIBBPF_PIN_BY_NAME): that pins under one global root, but bpffs is
- * shared by every network namespace and each lab host needs its own map. The agent pins it
- * per host (bpftool ... pinmaps PINDIR/maps) and reuses that pin on reload.
+ * shared by every network namespace and each lab host needs its own maps. The agent pins them
+ * per host (bpftool ... pinmaps PINDIR/maps) and reuses those pins on reload.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -26,6 +27,15 @@ struct {
 	__type(key, struct godwit_endpoint_key);
 	__type(value, struct godwit_lock_value);
 } godwit_lock_ep SEC(".maps");
+
+/* The kernel keeps the first 15 characters of a map's name (godwit_lock_tup); bpftool pins it
+ * under the full name. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, GODWIT_LOCK_TUPLE_MAX_ENTRIES);
+	__type(key, struct godwit_tuple_key);
+	__type(value, struct godwit_lock_value);
+} godwit_lock_tuple SEC(".maps");
 
 /* Fragment offset mask, from include/net/ip.h (not in uapi). */
 #define GODWIT_IP_OFFSET 0x1fff
@@ -78,8 +88,8 @@ static __always_inline struct l4_ports *parse_l4_ports(struct hdr_cursor *c, voi
 	return ports;
 }
 
-/* Fills key for an IPv4 TCP/UDP packet; returns -1 for anything the lock does not own. */
-static __always_inline int endpoint_key_of(struct xdp_md *ctx, struct godwit_endpoint_key *key)
+/* Fills the 4-tuple of an IPv4 TCP/UDP packet; returns -1 for anything the lock does not own. */
+static __always_inline int tuple_key_of(struct xdp_md *ctx, struct godwit_tuple_key *key)
 {
 	void *data_end = (void *)(long)ctx->data_end;
 	struct hdr_cursor c = { .pos = (void *)(long)ctx->data };
@@ -101,28 +111,51 @@ static __always_inline int endpoint_key_of(struct xdp_md *ctx, struct godwit_end
 	if (!ports)
 		return -1;
 
-	key->addr = iph->daddr;
-	key->port = ports->dest;
+	key->saddr = iph->saddr;
+	key->daddr = iph->daddr;
+	key->sport = ports->source;
+	key->dport = ports->dest;
 	key->proto = iph->protocol;
-	key->pad = 0;
 	return 0;
+}
+
+/* The packet's listening endpoint: the destination half of its 4-tuple. */
+static __always_inline void endpoint_key_of(const struct godwit_tuple_key *t, struct godwit_endpoint_key *key)
+{
+	key->addr = t->daddr;
+	key->port = t->dport;
+	key->proto = t->proto;
+	key->pad = 0;
+}
+
+/* The lease if it is still running; *now is read from the clock once, on first need. */
+static __always_inline struct godwit_lock_value *live_lease(struct godwit_lock_value *lease, __u64 *now)
+{
+	if (!lease)
+		return NULL;
+	if (!*now)
+		*now = bpf_ktime_get_ns();
+	return *now < lease->deadline_ns ? lease : NULL; /* ran out: never blackhole past the deadline */
 }
 
 SEC("xdp")
 int godwit_lock(struct xdp_md *ctx)
 {
-	struct godwit_endpoint_key key = {};
+	struct godwit_tuple_key tuple = {}; /* zeroed: the pad is part of the hashed key */
+	struct godwit_endpoint_key endpoint = {};
 	struct godwit_lock_value *lease;
-	__u64 now;
+	__u64 now = 0;
 
-	if (endpoint_key_of(ctx, &key) < 0)
+	if (tuple_key_of(ctx, &tuple) < 0)
 		return XDP_PASS;
-	lease = bpf_map_lookup_elem(&godwit_lock_ep, &key);
+	/* The exact connection first: its entry counts the drop even when the endpoint is locked too. */
+	lease = live_lease(bpf_map_lookup_elem(&godwit_lock_tuple, &tuple), &now);
+	if (!lease) {
+		endpoint_key_of(&tuple, &endpoint);
+		lease = live_lease(bpf_map_lookup_elem(&godwit_lock_ep, &endpoint), &now);
+	}
 	if (!lease)
 		return XDP_PASS;
-	now = bpf_ktime_get_ns();
-	if (now >= lease->deadline_ns)
-		return XDP_PASS; /* lease ran out: never blackhole past the deadline */
 
 	__sync_fetch_and_add(&lease->drops, 1);
 	lease->last_drop_ns = now;

@@ -38,6 +38,7 @@ if [ ! -f "$stamp" ] || ! cmp -s package-lock.json "$stamp"; then
 fi
 
 bash scripts/build-bpf.sh
+bash scripts/build-native.sh
 bash scripts/build-workload.sh
 log "building TypeScript"
 npm run --silent build

@@ -1,21 +1,32 @@
 import { pino, type Logger } from 'pino';
 import { endpointProblem, formatEndpoint, type Endpoint } from '../../lib/endpoint.js';
 import { CommandError, type Executor } from '../../lib/exec.js';
-import { LockRequestError, type LockEntry, type NetLock } from '../netlock.js';
+import { LockRequestError, type FourTuple, type LockEntry, type NetLock, type TupleLockEntry } from '../netlock.js';
+import { NativeAddonUnavailableError, nativeBpfMapProblem, NativeLockMap } from './bpf-map-native.js';
 import {
-  bpftoolHexArgs,
   decodeEndpointKey,
-  decodeLockValue,
+  decodeLockValueAt,
+  decodeTupleKey,
   encodeEndpointKey,
-  encodeLockValue,
+  encodeEndpointKeys,
+  encodeTupleKeys,
   ENDPOINT_KEY_LAYOUT,
+  expiredKeys,
   fromBpftoolHex,
+  kernelMapName,
   layoutMismatch,
   LOCK_MAP_MAX_ENTRIES,
   LOCK_MAP_NAME,
+  LOCK_TUPLE_MAP_MAX_ENTRIES,
+  LOCK_TUPLE_MAP_NAME,
   LOCK_VALUE_LAYOUT,
+  planLock,
+  planUnlock,
   structLayoutFromBtf,
-  type LockValue,
+  TUPLE_KEY_LAYOUT,
+  type KeptNewer,
+  type PackedEntries,
+  type StructLayout,
 } from './lock-map-codec.js';
 
 /** SEC("xdp") function name in bpf/lock.c; how an attached program is recognised as ours. */
@@ -32,6 +43,15 @@ const XDP_MODE_NAMES: Record<number, XdpMode | 'offload' | 'multi'> = { 1: 'nati
 
 export type XdpMode = 'native' | 'generic';
 
+/**
+ * How the agent reads and writes the lock maps: `native`, the addon's batch syscalls in this
+ * process (native/bpfmap); `bpftool`, a bpftool process per operation, the reference to compare with.
+ */
+export type LockMapMethod = 'native' | 'bpftool';
+
+/** Rows past this many in a log line are only counted: a lock of 100,000 connections is one line. */
+const LOG_SAMPLE = 5;
+
 export interface EbpfNetLockOptions {
   exec: Executor;
   /** The host's interface whose ingress is locked, e.g. eth0. */
@@ -43,6 +63,12 @@ export interface EbpfNetLockOptions {
   pinDir: string;
   /** The compiled bpf/lock.c (build/bpf/lock.o). */
   objectPath: string;
+  /**
+   * Default: `native` when the addon is built (scripts/build-native.sh), else `bpftool` with a
+   * warning. Map access never goes through `exec`: native calls are syscalls of this process, and
+   * bpffs (where the pins live) is the same in every network namespace.
+   */
+  mapMethod?: LockMapMethod;
   log?: Logger;
 }
 
@@ -78,7 +104,10 @@ export interface LockPins {
   progStaging: string;
   /** bpftool `pinmaps` folder: one pin per map, named after the map. */
   mapsDir: string;
+  /** godwit_lock_ep: endpoint entries. */
   lockMap: string;
+  /** godwit_lock_tuple: exact-connection entries. */
+  tupleMap: string;
 }
 
 export function lockPins(pinDir: string): LockPins {
@@ -88,54 +117,125 @@ export function lockPins(pinDir: string): LockPins {
   // `rm -f` of a missing pin). No spaces: bpftool batch splits its lines on whitespace.
   if (!/^[A-Za-z0-9_/-]+$/.test(dir.slice(BPFFS_ROOT.length))) throw new RangeError(`pin dir "${pinDir}" may only use [A-Za-z0-9_/-] below ${BPFFS_ROOT}`);
   const mapsDir = `${dir}/maps`;
-  return { dir, prog: `${dir}/prog`, progStaging: `${dir}/prog_staging`, mapsDir, lockMap: `${mapsDir}/${LOCK_MAP_NAME}` };
+  return {
+    dir,
+    prog: `${dir}/prog`,
+    progStaging: `${dir}/prog_staging`,
+    mapsDir,
+    lockMap: `${mapsDir}/${LOCK_MAP_NAME}`,
+    tupleMap: `${mapsDir}/${LOCK_TUPLE_MAP_NAME}`,
+  };
 }
 
-export interface LockMapRecord {
-  endpoint: Endpoint;
-  value: LockValue;
+/** What a lock map is: its name in bpf/lock.c, key and value sizes, capacity (bpf/godwit_maps.h). */
+export interface LockMapShape {
+  name: string;
+  keySize: number;
+  valueSize: number;
+  maxEntries: number;
 }
 
-export type LockMapWrite = { op: 'set'; endpoint: Endpoint; value: LockValue } | { op: 'delete'; endpoint: Endpoint };
+export const ENDPOINT_MAP_SHAPE: LockMapShape = {
+  name: LOCK_MAP_NAME,
+  keySize: ENDPOINT_KEY_LAYOUT.size,
+  valueSize: LOCK_VALUE_LAYOUT.size,
+  maxEntries: LOCK_MAP_MAX_ENTRIES,
+};
 
-/** Reads and writes of the pinned lock map; swappable for a faster native writer. */
+export const TUPLE_MAP_SHAPE: LockMapShape = {
+  name: LOCK_TUPLE_MAP_NAME,
+  keySize: TUPLE_KEY_LAYOUT.size,
+  valueSize: LOCK_VALUE_LAYOUT.size,
+  maxEntries: LOCK_TUPLE_MAP_MAX_ENTRIES,
+};
+
+/**
+ * Reads and writes of one pinned lock map, whole batches at a time: keys and values packed
+ * back to back in one Buffer each (the layout of the kernel's batch calls).
+ */
 export interface LockMapAccess {
-  dump(): Promise<LockMapRecord[]>;
-  /** Applies writes in order; stops at the first failure (earlier writes stay applied). */
-  apply(writes: readonly LockMapWrite[]): Promise<void>;
+  readonly pin: string;
+  readonly method: LockMapMethod;
+  /** Every entry. */
+  dump(): Promise<PackedEntries>;
+  /** Creates or overwrites every entry; on a failure part way the earlier ones stay written. */
+  update(keys: Buffer, values: Buffer): Promise<void>;
+  /** Deletes entries the caller just read with dump(); returns how many went. */
+  delete(keys: Buffer): Promise<number>;
 }
 
 /**
  * Lock map access through bpftool: one process per dump, one per group of writes
- * (`bpftool batch`, which reopens the pinned map per line: about 10 µs each, FIELD-NOTES).
+ * (`bpftool batch`, which reopens the pinned map per line: 10,000 lines take about 100 ms,
+ * FIELD-NOTES). The reference the native path is measured against, and the fallback where the
+ * addon is not built.
  */
 export class BpftoolLockMap implements LockMapAccess {
+  readonly method = 'bpftool';
+
   constructor(
     private readonly exec: Executor,
-    private readonly mapPin: string,
+    readonly pin: string,
+    private readonly shape: LockMapShape = ENDPOINT_MAP_SHAPE,
   ) {}
 
-  async dump(): Promise<LockMapRecord[]> {
-    const r = await this.exec('bpftool', ['-j', 'map', 'dump', 'pinned', this.mapPin], { timeoutMs: COMMAND_TIMEOUT_MS });
+  async dump(): Promise<PackedEntries> {
+    const r = await this.exec('bpftool', ['-j', 'map', 'dump', 'pinned', this.pin], { timeoutMs: COMMAND_TIMEOUT_MS });
     const rows = JSON.parse(r.stdout) as { key: string[]; value: string[] }[];
-    return rows.map((row) => ({ endpoint: decodeEndpointKey(fromBpftoolHex(row.key)), value: decodeLockValue(fromBpftoolHex(row.value)) }));
+    const { keySize, valueSize } = this.shape;
+    const keys = Buffer.alloc(rows.length * keySize);
+    const values = Buffer.alloc(rows.length * valueSize);
+    rows.forEach((row, i) => {
+      const key = fromBpftoolHex(row.key);
+      const value = fromBpftoolHex(row.value);
+      if (key.length !== keySize || value.length !== valueSize)
+        throw new Error(`${this.pin}: bpftool printed a ${key.length}-byte key and ${value.length}-byte value, expected ${keySize} and ${valueSize}`);
+      key.copy(keys, i * keySize);
+      value.copy(values, i * valueSize);
+    });
+    return { keys, values, count: rows.length };
   }
 
-  async apply(writes: readonly LockMapWrite[]): Promise<void> {
-    if (writes.length === 0) return;
-    const commands = writes.map((w) => {
-      const key = bpftoolHexArgs('key', encodeEndpointKey(w.endpoint));
-      return w.op === 'set'
-        ? ['map', 'update', 'pinned', this.mapPin, ...key, ...bpftoolHexArgs('value', encodeLockValue(w.value))]
-        : ['map', 'delete', 'pinned', this.mapPin, ...key];
-    });
-    if (commands.length === 1) {
-      await this.exec('bpftool', commands[0], { timeoutMs: COMMAND_TIMEOUT_MS });
+  async update(keys: Buffer, values: Buffer): Promise<void> {
+    const { keySize, valueSize } = this.shape;
+    const lines: string[] = [];
+    for (let i = 0; i < keys.length / keySize; i++) {
+      const key = spacedHex(keys, i * keySize, keySize);
+      lines.push(`map update pinned ${this.pin} key hex ${key} value hex ${spacedHex(values, i * valueSize, valueSize)}`);
+    }
+    await this.batch(lines);
+  }
+
+  async delete(keys: Buffer): Promise<number> {
+    const { keySize } = this.shape;
+    const lines: string[] = [];
+    for (let i = 0; i < keys.length / keySize; i++) lines.push(`map delete pinned ${this.pin} key hex ${spacedHex(keys, i * keySize, keySize)}`);
+    await this.batch(lines);
+    return lines.length;
+  }
+
+  private async batch(lines: string[]): Promise<void> {
+    if (lines.length === 0) return;
+    if (lines.length === 1) {
+      await this.exec('bpftool', lines[0].split(' '), { timeoutMs: COMMAND_TIMEOUT_MS });
       return;
     }
-    const input = commands.map((c) => c.join(' ')).join('\n') + '\n';
-    await this.exec('bpftool', ['batch', 'file', '-'], { input, timeoutMs: COMMAND_TIMEOUT_MS });
+    await this.exec('bpftool', ['batch', 'file', '-'], { input: lines.join('\n') + '\n', timeoutMs: COMMAND_TIMEOUT_MS });
   }
+}
+
+/** `c6 12 fa 01`: bytes as bpftool's `hex` arguments, for one batch-file line. */
+function spacedHex(b: Buffer, at: number, size: number): string {
+  return b.toString('hex', at, at + size).replace(/(..)(?!$)/g, '$1 ');
+}
+
+/** One of the host's lock maps, as the driver uses it. */
+interface LockTable {
+  shape: LockMapShape;
+  /** Key struct in bpf/godwit_maps.h (the value is LOCK_VALUE_LAYOUT for both). */
+  key: StructLayout;
+  pin: string;
+  access: LockMapAccess;
 }
 
 interface XdpAttachment {
@@ -145,10 +245,12 @@ interface XdpAttachment {
 }
 
 /**
- * The network lock on one host, as an XDP program on its interface plus a pinned hash map of
- * leases (bpf/lock.c, bpf/godwit_maps.h), driven with bpftool and ip.
+ * The network lock on one host, as an XDP program on its interface plus two pinned hash maps of
+ * leases, endpoints and exact connections (bpf/lock.c, bpf/godwit_maps.h); installed with
+ * bpftool and ip, the maps read and written through the native addon's batch calls.
  *
- * The agent is the map's only writer, and this class runs one operation at a time, so the
+ * Every lock or unlock is one batch read of the map (the version guard) and one batch write.
+ * The agent is the maps' only writer, and this class runs one operation at a time, so the
  * version checks (read the entry, then write it) cannot interleave. The program only adds to
  * drops/last_drop_ns; a lock that rewrites an entry carries those over (a drop counted between
  * the read and the write is lost, which only matters to statistics).
@@ -161,7 +263,8 @@ export class EbpfNetLock implements NetLock {
   private readonly iface: string;
   private readonly objectPath: string;
   private readonly pins: LockPins;
-  private readonly map: LockMapAccess;
+  private readonly endpointMap: LockTable;
+  private readonly tupleMap: LockTable;
   private readonly log: Logger;
   private mode: XdpMode | undefined;
   private tail: Promise<unknown> = Promise.resolve();
@@ -172,8 +275,19 @@ export class EbpfNetLock implements NetLock {
     this.iface = opts.iface;
     this.objectPath = opts.objectPath;
     this.pins = lockPins(opts.pinDir);
-    this.map = new BpftoolLockMap(opts.exec, this.pins.lockMap);
     this.log = (opts.log ?? pino({ enabled: false })).child({ component: 'netlock-ebpf', iface: opts.iface });
+    const nativeProblem = nativeBpfMapProblem();
+    if (opts.mapMethod === 'native' && nativeProblem) throw new NativeAddonUnavailableError(nativeProblem);
+    const method: LockMapMethod = opts.mapMethod ?? (nativeProblem ? 'bpftool' : 'native');
+    if (!opts.mapMethod && nativeProblem) this.log.warn({ problem: nativeProblem }, 'native BPF map addon unavailable; using bpftool per operation');
+    const table = (shape: LockMapShape, key: StructLayout, pin: string): LockTable => ({
+      shape,
+      key,
+      pin,
+      access: method === 'native' ? new NativeLockMap(pin, shape) : new BpftoolLockMap(opts.exec, pin, shape),
+    });
+    this.endpointMap = table(ENDPOINT_MAP_SHAPE, ENDPOINT_KEY_LAYOUT, this.pins.lockMap);
+    this.tupleMap = table(TUPLE_MAP_SHAPE, TUPLE_KEY_LAYOUT, this.pins.tupleMap);
   }
 
   /** How the program is attached after install(): native (driver) XDP, or generic as a fallback. */
@@ -181,57 +295,57 @@ export class EbpfNetLock implements NetLock {
     return this.mode;
   }
 
+  /** How the lock maps are read and written. */
+  get mapMethod(): LockMapMethod {
+    return this.endpointMap.access.method;
+  }
+
   install(): Promise<void> {
     return this.serial(async () => {
       await this.ensureBpffs();
       await this.run('mkdir', ['-p', this.pins.dir]);
-      const reuse = await this.exists(this.pins.lockMap);
-      if (reuse) await this.checkPinnedLayout();
+      const tables = [this.endpointMap, this.tupleMap];
+      const reused: LockTable[] = [];
+      for (const t of tables) {
+        if (!(await this.exists(t.pin))) continue;
+        await this.checkPinnedLayout(t);
+        reused.push(t);
+      }
+      const created = tables.filter((t) => !reused.includes(t));
 
       // Load next to the running program, then swap: the interface is never without a
-      // program, and both programs share the pinned map, so held locks stay held.
+      // program, and both programs share the pinned maps, so held locks stay held.
       await this.run('rm', ['-f', this.pins.progStaging]);
       await this.run('bpftool', [
         'prog', 'load', this.objectPath, this.pins.progStaging, 'type', 'xdp',
-        // bpftool refuses `pinmaps` once a map is reused ("failed to pin map: File exists").
-        // A second map will need its own `map name ... pinned ...` clause here.
-        ...(reuse ? ['map', 'name', LOCK_MAP_NAME, 'pinned', this.pins.lockMap] : ['pinmaps', this.pins.mapsDir]),
+        // bpftool refuses `pinmaps` once any map is reused ("failed to pin map: File exists"),
+        // so each reused map gets its own clause and the maps it created are pinned by id below
+        // (a host whose pins predate the tuple map: layout version 1).
+        ...(reused.length === 0 ? ['pinmaps', this.pins.mapsDir] : reused.flatMap((t) => ['map', 'name', t.shape.name, 'pinned', t.pin])),
       ]);
       try {
+        if (reused.length > 0 && created.length > 0) await this.pinCreatedMaps(this.pins.progStaging, created);
         this.mode = await this.attach(this.pins.progStaging);
       } catch (err) {
         await this.run('rm', ['-f', this.pins.progStaging]);
         throw err;
       }
       await this.run('mv', ['-f', this.pins.progStaging, this.pins.prog]); // bpffs supports rename
-      this.log.info({ mode: this.mode, pinDir: this.pins.dir, reusedMap: reuse }, 'network lock installed');
+      this.log.info(
+        { mode: this.mode, pinDir: this.pins.dir, reusedMaps: reused.map((t) => t.shape.name), createdMaps: created.map((t) => t.shape.name), mapMethod: this.mapMethod },
+        'network lock installed',
+      );
     });
   }
 
   async lock(endpoints: Endpoint[], version: bigint, leaseMs: number): Promise<void> {
     const wanted = uniqueEndpoints(endpoints);
     checkVersion(version);
-    if (!Number.isFinite(leaseMs) || leaseMs <= 0) throw new LockRequestError('leaseMs', `lease ${leaseMs} ms must be a positive number`);
+    checkLease(leaseMs);
     return this.serial(async () => {
       if (wanted.length === 0) return;
-      const current = await this.current();
-      const deadlineNs = monotonicNowNs() + BigInt(Math.ceil(leaseMs * 1e6));
-      const writes: LockMapWrite[] = [];
-      const newer: string[] = [];
-      for (const endpoint of wanted) {
-        const held = current.get(keyId(endpoint));
-        if (held && held.version > version) {
-          newer.push(`${formatEndpoint(endpoint)}@${held.version}`);
-          continue;
-        }
-        writes.push({
-          op: 'set',
-          endpoint,
-          value: { version, deadlineNs, drops: held?.drops ?? 0n, lastDropNs: held?.lastDropNs ?? 0n },
-        });
-      }
-      await this.map.apply(writes);
-      this.log.info({ version: version.toString(), leaseMs, locked: writes.length, keptNewer: newer }, 'lock set');
+      const { locked, keptNewer } = await this.guardedLock(this.endpointMap, encodeEndpointKeys(wanted), version, leaseMs);
+      this.log.info({ version: version.toString(), leaseMs, locked, keptNewer: keptNewer.map((k) => `${formatEndpoint(wanted[k.index])}@${k.heldVersion}`) }, 'lock set');
     });
   }
 
@@ -240,40 +354,74 @@ export class EbpfNetLock implements NetLock {
     checkVersion(version);
     return this.serial(async () => {
       if (wanted.length === 0) return;
-      const current = await this.current();
-      const writes: LockMapWrite[] = [];
-      const newer: string[] = [];
-      for (const endpoint of wanted) {
-        const held = current.get(keyId(endpoint));
-        if (!held) continue;
-        if (held.version > version) newer.push(`${formatEndpoint(endpoint)}@${held.version}`);
-        else writes.push({ op: 'delete', endpoint });
-      }
-      await this.map.apply(writes);
-      this.log.info({ version: version.toString(), unlocked: writes.length, keptNewer: newer }, 'lock removed');
+      const { unlocked, keptNewer } = await this.guardedUnlock(this.endpointMap, encodeEndpointKeys(wanted), version);
+      this.log.info({ version: version.toString(), unlocked, keptNewer: keptNewer.map((k) => `${formatEndpoint(wanted[k.index])}@${k.heldVersion}`) }, 'lock removed');
     });
   }
 
   list(): Promise<LockEntry[]> {
     return this.serial(async () => {
       const now = monotonicNowNs();
-      return (await this.map.dump()).map(({ endpoint, value }) => ({
-        endpoint,
-        version: value.version,
-        deadlineNs: value.deadlineNs,
-        drops: value.drops,
-        expired: now >= value.deadlineNs,
-      }));
+      const held = await this.endpointMap.access.dump();
+      const entries: LockEntry[] = [];
+      for (let i = 0; i < held.count; i++) {
+        const key = held.keys.subarray(i * ENDPOINT_KEY_LAYOUT.size, (i + 1) * ENDPOINT_KEY_LAYOUT.size);
+        const value = decodeLockValueAt(held.values, i * LOCK_VALUE_LAYOUT.size);
+        entries.push({ endpoint: decodeEndpointKey(key), version: value.version, deadlineNs: value.deadlineNs, drops: value.drops, expired: now >= value.deadlineNs });
+      }
+      return entries;
+    });
+  }
+
+  async lockTuples(tuples: readonly FourTuple[], version: bigint, leaseMs: number): Promise<void> {
+    const keys = tupleKeys(tuples);
+    checkVersion(version);
+    checkLease(leaseMs);
+    return this.serial(async () => {
+      if (tuples.length === 0) return;
+      const { locked, keptNewer } = await this.guardedLock(this.tupleMap, keys, version, leaseMs);
+      this.log.info({ version: version.toString(), leaseMs, requested: tuples.length, locked, ...keptNewerLog(tuples, keptNewer) }, 'connection locks set');
+    });
+  }
+
+  async unlockTuples(tuples: readonly FourTuple[], version: bigint): Promise<void> {
+    const keys = tupleKeys(tuples);
+    checkVersion(version);
+    return this.serial(async () => {
+      if (tuples.length === 0) return;
+      const { unlocked, keptNewer } = await this.guardedUnlock(this.tupleMap, keys, version);
+      this.log.info({ version: version.toString(), requested: tuples.length, unlocked, ...keptNewerLog(tuples, keptNewer) }, 'connection locks removed');
+    });
+  }
+
+  listTuples(): Promise<TupleLockEntry[]> {
+    return this.serial(async () => {
+      const now = monotonicNowNs();
+      const held = await this.tupleMap.access.dump();
+      const entries: TupleLockEntry[] = [];
+      for (let i = 0; i < held.count; i++) {
+        const value = decodeLockValueAt(held.values, i * LOCK_VALUE_LAYOUT.size);
+        entries.push({ tuple: decodeTupleKey(held.keys, i * TUPLE_KEY_LAYOUT.size), version: value.version, deadlineNs: value.deadlineNs, drops: value.drops, expired: now >= value.deadlineNs });
+      }
+      return entries;
     });
   }
 
   sweepExpired(): Promise<number> {
     return this.serial(async () => {
-      const now = monotonicNowNs();
-      const expired = (await this.map.dump()).filter((r) => now >= r.value.deadlineNs);
-      await this.map.apply(expired.map((r) => ({ op: 'delete', endpoint: r.endpoint })));
-      if (expired.length > 0) this.log.info({ swept: expired.map((r) => formatEndpoint(r.endpoint)) }, 'expired locks swept');
-      return expired.length;
+      let swept = 0;
+      for (const t of [this.endpointMap, this.tupleMap]) {
+        const expired = expiredKeys(t.shape.keySize, await t.access.dump(), monotonicNowNs());
+        if (expired.count === 0) continue;
+        await t.access.delete(expired.keys);
+        swept += expired.count;
+        const sample =
+          t === this.endpointMap
+            ? { swept: Array.from({ length: expired.count }, (_, i) => formatEndpoint(decodeEndpointKey(expired.keys.subarray(i * ENDPOINT_KEY_LAYOUT.size, (i + 1) * ENDPOINT_KEY_LAYOUT.size)))) }
+            : { sweptConnections: expired.count };
+        this.log.info({ map: t.shape.name, ...sample }, 'expired locks swept');
+      }
+      return swept;
     });
   }
 
@@ -309,8 +457,35 @@ export class EbpfNetLock implements NetLock {
     return (await this.exec('test', ['-e', path], { allowFailure: true, timeoutMs: COMMAND_TIMEOUT_MS })).exitCode === 0;
   }
 
-  private async current(): Promise<Map<string, LockValue>> {
-    return new Map((await this.map.dump()).map((r) => [keyId(r.endpoint), r.value]));
+  /** One batch read (the version guard), one batch write. */
+  private async guardedLock(t: LockTable, keys: Buffer, version: bigint, leaseMs: number): Promise<{ locked: number; keptNewer: KeptNewer[] }> {
+    const held = await t.access.dump();
+    const deadlineNs = monotonicNowNs() + BigInt(Math.ceil(leaseMs * 1e6));
+    const plan = planLock(t.shape.keySize, keys, held, version, deadlineNs);
+    if (plan.writes.count > 0) await t.access.update(plan.writes.keys, plan.writes.values);
+    return { locked: plan.writes.count, keptNewer: plan.keptNewer };
+  }
+
+  private async guardedUnlock(t: LockTable, keys: Buffer, version: bigint): Promise<{ unlocked: number; keptNewer: KeptNewer[] }> {
+    const plan = planUnlock(t.shape.keySize, keys, await t.access.dump(), version);
+    const unlocked = plan.count > 0 ? await t.access.delete(plan.deletes) : 0;
+    return { unlocked, keptNewer: plan.keptNewer };
+  }
+
+  /**
+   * Pins the maps that bpftool created for a program loaded with some maps reused, found by
+   * name among the program's maps (the kernel's name: at most 15 characters).
+   */
+  private async pinCreatedMaps(progPin: string, tables: readonly LockTable[]): Promise<void> {
+    const prog = JSON.parse((await this.run('bpftool', ['-j', 'prog', 'show', 'pinned', progPin])).stdout) as { map_ids?: number[] };
+    for (const id of prog.map_ids ?? []) {
+      const info = JSON.parse((await this.run('bpftool', ['-j', 'map', 'show', 'id', String(id)])).stdout) as { name?: string };
+      const t = tables.find((x) => kernelMapName(x.shape.name) === info.name);
+      if (!t) continue;
+      await this.run('bpftool', ['map', 'pin', 'id', String(id), t.pin]);
+      this.log.info({ map: t.shape.name, id, pin: t.pin }, 'created lock map pinned');
+    }
+    for (const t of tables) if (!(await this.exists(t.pin))) throw new Error(`map ${t.shape.name} of ${this.objectPath} was not found among the loaded program's maps to pin`);
   }
 
   private async ensureBpffs(): Promise<void> {
@@ -321,8 +496,8 @@ export class EbpfNetLock implements NetLock {
   }
 
   /** Refuses a pinned map whose shape or BTF struct layouts differ from the codec's. */
-  private async checkPinnedLayout(): Promise<void> {
-    const pin = this.pins.lockMap;
+  private async checkPinnedLayout(t: LockTable): Promise<void> {
+    const pin = t.pin;
     const info = JSON.parse((await this.run('bpftool', ['-j', 'map', 'show', 'pinned', pin])).stdout) as {
       type: string;
       bytes_key: number;
@@ -331,7 +506,7 @@ export class EbpfNetLock implements NetLock {
       btf_id?: number;
     };
     const shape = (t: string, k: number, v: number, n: number) => `${t} key ${k} value ${v} max_entries ${n}`;
-    const want = shape('hash', ENDPOINT_KEY_LAYOUT.size, LOCK_VALUE_LAYOUT.size, LOCK_MAP_MAX_ENTRIES);
+    const want = shape('hash', t.shape.keySize, t.shape.valueSize, t.shape.maxEntries);
     const have = shape(info.type, info.bytes_key, info.bytes_value, info.max_entries);
     if (want !== have) throw new LockMapLayoutError(pin, `expected ${want}, found ${have}`);
     if (info.btf_id === undefined) {
@@ -339,7 +514,7 @@ export class EbpfNetLock implements NetLock {
       return;
     }
     const btf: unknown = JSON.parse((await this.run('bpftool', ['-j', 'btf', 'dump', 'id', String(info.btf_id)])).stdout);
-    for (const layout of [ENDPOINT_KEY_LAYOUT, LOCK_VALUE_LAYOUT]) {
+    for (const layout of [t.key, LOCK_VALUE_LAYOUT]) {
       const problem = layoutMismatch(layout, structLayoutFromBtf(btf, layout.name));
       if (problem) throw new LockMapLayoutError(pin, problem);
     }
@@ -389,6 +564,28 @@ function monotonicNowNs(): bigint {
 
 function keyId(e: Endpoint): string {
   return encodeEndpointKey(e).toString('hex');
+}
+
+function checkLease(leaseMs: number): void {
+  if (!Number.isFinite(leaseMs) || leaseMs <= 0) throw new LockRequestError('leaseMs', `lease ${leaseMs} ms must be a positive number`);
+}
+
+/** Packed keys of the tuples, checked: a bad one is the request's fault. */
+function tupleKeys(tuples: readonly FourTuple[]): Buffer {
+  if (!Array.isArray(tuples)) throw new LockRequestError('tuples', 'tuples must be an array');
+  try {
+    return encodeTupleKeys(tuples);
+  } catch (err) {
+    throw new LockRequestError('tuples', err instanceof Error ? err.message : String(err));
+  }
+}
+
+function formatTuple(t: FourTuple): string {
+  return `${t.proto}://${t.remoteAddress}:${t.remotePort}->${t.localAddress}:${t.localPort}`;
+}
+
+function keptNewerLog(tuples: readonly FourTuple[], keptNewer: readonly KeptNewer[]) {
+  return { keptNewer: keptNewer.length, keptNewerSample: keptNewer.slice(0, LOG_SAMPLE).map((k) => `${formatTuple(tuples[k.index])}@${k.heldVersion}`) };
 }
 
 function checkVersion(version: bigint): void {

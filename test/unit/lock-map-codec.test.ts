@@ -3,21 +3,35 @@ import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { execCommand } from '../../lib/exec.js';
 import type { Endpoint } from '../../lib/endpoint.js';
+import type { FourTuple } from '../../agent/netlock.js';
 import {
   bpftoolHexArgs,
   decodeEndpointKey,
   decodeLockValue,
+  decodeLockValueAt,
+  decodeTupleKey,
   encodeEndpointKey,
+  encodeEndpointKeys,
   encodeLockValue,
+  encodeTupleKey,
+  encodeTupleKeys,
   ENDPOINT_KEY_LAYOUT,
+  expiredKeys,
   fromBpftoolHex,
+  kernelMapName,
   layoutMismatch,
   LOCK_LAYOUT_VERSION,
   LOCK_MAP_MAX_ENTRIES,
+  LOCK_TUPLE_MAP_MAX_ENTRIES,
+  LOCK_TUPLE_MAP_NAME,
   LOCK_VALUE_LAYOUT,
+  planLock,
+  planUnlock,
   structLayoutFromBtf,
   toBpftoolHex,
+  TUPLE_KEY_LAYOUT,
   type LockValue,
+  type PackedEntries,
 } from '../../agent/linux/lock-map-codec.js';
 
 const repo = fileURLToPath(new URL('../../', import.meta.url));
@@ -77,6 +91,128 @@ describe('lock map codec', () => {
   });
 });
 
+describe('tuple lock keys', () => {
+  const conn: FourTuple = { proto: 'tcp', localAddress: '198.18.250.1', localPort: 7000, remoteAddress: '198.18.250.2', remotePort: 41000 };
+
+  it('encodes the packet\'s view: remote end as source, local end as destination, zero pad', () => {
+    // saddr c6 12 fa 02 | daddr c6 12 fa 01 | sport a0 28 (41000) | dport 1b 58 (7000) | proto 06 | pad 00 00 00
+    expect(encodeTupleKey(conn).toString('hex')).toBe('c612fa02c612fa01a0281b5806000000');
+    expect(encodeTupleKey({ proto: 'udp', localAddress: '10.0.0.255', localPort: 1, remoteAddress: '255.255.255.255', remotePort: 65535 }).toString('hex')).toBe(
+      'ffffffff0a0000ffffff000111000000',
+    );
+  });
+
+  it('round-trips keys, one at a time and packed', () => {
+    const tuples: FourTuple[] = [
+      conn,
+      { proto: 'udp', localAddress: '0.0.0.1', localPort: 1, remoteAddress: '255.255.255.255', remotePort: 65535 },
+      { proto: 'tcp', localAddress: '192.168.100.200', localPort: 443, remoteAddress: '1.2.3.4', remotePort: 50000 },
+    ];
+    for (const t of tuples) expect(decodeTupleKey(encodeTupleKey(t))).toEqual(t);
+    const packed = encodeTupleKeys(tuples);
+    expect(packed.length).toBe(tuples.length * TUPLE_KEY_LAYOUT.size);
+    tuples.forEach((t, i) => {
+      expect(decodeTupleKey(packed, i * TUPLE_KEY_LAYOUT.size)).toEqual(t);
+      expect(packed.subarray(i * 16, i * 16 + 16)).toEqual(encodeTupleKey(t));
+    });
+    expect(encodeEndpointKeys([{ proto: 'tcp', address: '198.18.250.1', port: 7000 }]).toString('hex')).toBe('c612fa011b580600');
+  });
+
+  it('rejects tuples it cannot represent, naming the first bad one', () => {
+    expect(() => encodeTupleKey({ ...conn, remoteAddress: '::1' })).toThrow(/remoteAddress "::1"/);
+    expect(() => encodeTupleKey({ ...conn, localAddress: '198.18.250.01' })).toThrow(/localAddress/); // leading zero, as isIPv4
+    expect(() => encodeTupleKey({ ...conn, localAddress: '198.18.250' })).toThrow(/localAddress/);
+    expect(() => encodeTupleKey({ ...conn, localAddress: '198.18.250.256' })).toThrow(/localAddress/);
+    expect(() => encodeTupleKey({ ...conn, remotePort: 0 })).toThrow(/remotePort 0/);
+    expect(() => encodeTupleKey({ ...conn, localPort: 1.5 })).toThrow(/localPort/);
+    expect(() => encodeTupleKey({ ...conn, proto: 'sctp' as 'tcp' })).toThrow(/proto "sctp"/);
+    expect(() => encodeTupleKeys([conn, conn, { ...conn, remotePort: 70000 }])).toThrow(/lock tuple 2: remotePort 70000/);
+    expect(() => decodeTupleKey(Buffer.from('c612fa02c612fa01a0281b5801000000', 'hex'))).toThrow(/protocol 1/);
+    expect(() => decodeTupleKey(Buffer.alloc(15))).toThrow(/15 bytes/);
+  });
+
+  it('names the tuple map within the kernel\'s 15 characters only in `map show`', () => {
+    expect(LOCK_TUPLE_MAP_NAME).toBe('godwit_lock_tuple');
+    expect(kernelMapName(LOCK_TUPLE_MAP_NAME)).toBe('godwit_lock_tup');
+  });
+});
+
+describe('version-guarded plans over packed entries', () => {
+  // Connection i comes from peer 198.(20 + i / 65536).(i / 256 % 256).(i % 256).
+  const tuple = (i: number): FourTuple => ({ proto: 'tcp', localAddress: '198.18.0.1', localPort: 7000, remoteAddress: `198.${20 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}`, remotePort: 40000 });
+  const keysOf = (ids: number[]) => encodeTupleKeys(ids.map(tuple));
+  const held = (entries: [number, LockValue][]): PackedEntries => ({
+    keys: keysOf(entries.map(([i]) => i)),
+    values: Buffer.concat(entries.map(([, v]) => encodeLockValue(v))),
+    count: entries.length,
+  });
+  const none: PackedEntries = { keys: Buffer.alloc(0), values: Buffer.alloc(0), count: 0 };
+  const ks = TUPLE_KEY_LAYOUT.size;
+  const idsIn = (keys: Buffer) =>
+    Array.from({ length: keys.length / ks }, (_, i) => {
+      const [, b, c, d] = decodeTupleKey(keys, i * ks).remoteAddress.split('.').map(Number);
+      return ((b - 20) << 16) | (c << 8) | d;
+    });
+  const v = (version: bigint, drops = 0n, lastDropNs = 0n): LockValue => ({ version, deadlineNs: 1n, drops, lastDropNs });
+
+  it('writes every key of a fresh lock with the new version and lease', () => {
+    const plan = planLock(ks, keysOf([1, 2, 3]), none, 7n, 123n);
+    expect(plan.writes.count).toBe(3);
+    expect(idsIn(plan.writes.keys)).toEqual([1, 2, 3]);
+    for (let i = 0; i < 3; i++) expect(decodeLockValueAt(plan.writes.values, i * 32)).toEqual({ version: 7n, deadlineNs: 123n, drops: 0n, lastDropNs: 0n });
+    expect(plan.keptNewer).toEqual([]);
+  });
+
+  it('writes a repeated key once', () => {
+    const plan = planLock(ks, keysOf([1, 2, 1, 1]), none, 7n, 123n);
+    expect(idsIn(plan.writes.keys)).toEqual([1, 2]);
+    expect(plan.writes.values.length).toBe(64);
+  });
+
+  it('leaves newer entries alone and carries drop counters over', () => {
+    const plan = planLock(ks, keysOf([1, 2, 3, 4]), held([[2, v(9n)], [3, v(7n, 5n, 99n)], [4, v(6n, 1n, 2n)], [50, v(1n)]]), 7n, 123n);
+    expect(idsIn(plan.writes.keys)).toEqual([1, 3, 4]); // 2 is held at 9 > 7; 50 was not asked for
+    expect(decodeLockValueAt(plan.writes.values, 32)).toEqual({ version: 7n, deadlineNs: 123n, drops: 5n, lastDropNs: 99n }); // equal version rewrites
+    expect(decodeLockValueAt(plan.writes.values, 64)).toEqual({ version: 7n, deadlineNs: 123n, drops: 1n, lastDropNs: 2n });
+    expect(plan.keptNewer).toEqual([{ index: 1, heldVersion: 9n }]);
+  });
+
+  it('compares whole u64 versions (high words too)', () => {
+    const big = 0x1_0000_0000n;
+    expect(planLock(ks, keysOf([1]), held([[1, v(big)]]), big - 1n, 1n).writes.count).toBe(0);
+    expect(planLock(ks, keysOf([1]), held([[1, v(big - 1n)]]), big, 1n).writes.count).toBe(1);
+    expect(planLock(ks, keysOf([1]), held([[1, v(2n ** 64n - 1n)]]), 2n ** 63n, 1n).keptNewer).toEqual([{ index: 0, heldVersion: 2n ** 64n - 1n }]);
+  });
+
+  it('unlocks held entries with version <= the unlock\'s, each once', () => {
+    const plan = planUnlock(ks, keysOf([1, 2, 3, 3, 7]), held([[1, v(5n)], [2, v(6n)], [3, v(4n)], [9, v(1n)]]), 5n);
+    expect(idsIn(plan.deletes).sort()).toEqual([1, 3]);
+    expect(plan.count).toBe(2);
+    expect(plan.keptNewer).toEqual([{ index: 1, heldVersion: 6n }]);
+    expect(planUnlock(ks, keysOf([1]), none, 5n).count).toBe(0);
+  });
+
+  it('finds expired entries by their deadline', () => {
+    const h = held([[1, { ...v(1n), deadlineNs: 100n }], [2, { ...v(1n), deadlineNs: 101n }], [3, { ...v(1n), deadlineNs: 50n }]]);
+    const expired = expiredKeys(ks, h, 100n);
+    expect(expired.count).toBe(2);
+    expect(idsIn(expired.keys)).toEqual([1, 3]);
+  });
+
+  it('plans 100,000 keys against 50,000 held ones correctly', () => {
+    const ids = Array.from({ length: 100_000 }, (_, i) => i);
+    const heldIds = ids.filter((i) => i % 2 === 0);
+    const h = held(heldIds.map((i) => [i, v(i % 4 === 0 ? 10n : 3n)]));
+    const lock = planLock(ks, keysOf(ids), h, 5n, 1n);
+    expect(lock.writes.count).toBe(75_000);
+    expect(lock.keptNewer.length).toBe(25_000);
+    expect(lock.keptNewer.every((k) => k.index % 4 === 0)).toBe(true);
+    const unlock = planUnlock(ks, keysOf(ids), h, 5n);
+    expect(unlock.count).toBe(25_000);
+    expect(idsIn(unlock.deletes).every((i) => i % 4 === 2)).toBe(true);
+  });
+});
+
 describe('lock map layout against the compiled program', () => {
   let btf: unknown;
 
@@ -97,23 +233,43 @@ describe('lock map layout against the compiled program', () => {
     expect(actual).toEqual(LOCK_VALUE_LAYOUT);
   });
 
-  it('declares the map with the key, value and size the codec assumes', () => {
-    // A BTF-defined map is a VAR of an anonymous struct whose members point at
-    // int[type], int[max_entries], key and value.
+  it('matches the tuple key struct byte for byte (pad[3] included)', () => {
+    const actual = structLayoutFromBtf(btf, TUPLE_KEY_LAYOUT.name);
+    expect(actual).toEqual(TUPLE_KEY_LAYOUT);
+    expect(layoutMismatch(TUPLE_KEY_LAYOUT, actual)).toBeUndefined();
+  });
+
+  // A BTF-defined map is a VAR of an anonymous struct whose members point at
+  // int[type], int[max_entries], key and value.
+  const mapDeclaration = (name: string) => {
     const types = (btf as { types: { id: number; kind: string; name: string; type_id?: number; nr_elems?: number }[] }).types;
     const byId = new Map(types.map((t) => [t.id, t]));
-    const mapVar = types.find((t) => t.kind === 'VAR' && t.name === 'godwit_lock_ep');
+    const mapVar = types.find((t) => t.kind === 'VAR' && t.name === name);
     const def = byId.get(mapVar?.type_id ?? -1) as unknown as { members: { name: string; type_id: number }[] };
-    const pointee = (member: string) => byId.get(byId.get(def.members.find((m) => m.name === member)!.type_id)!.type_id!)!;
+    return (member: string) => byId.get(byId.get(def.members.find((m) => m.name === member)!.type_id)!.type_id!)!;
+  };
+
+  it('declares the endpoint map with the key, value and size the codec assumes', () => {
+    const pointee = mapDeclaration('godwit_lock_ep');
     expect(pointee('key').name).toBe(ENDPOINT_KEY_LAYOUT.name);
     expect(pointee('value').name).toBe(LOCK_VALUE_LAYOUT.name);
     expect(pointee('max_entries').nr_elems).toBe(LOCK_MAP_MAX_ENTRIES);
     expect(pointee('type').nr_elems).toBe(1); // BPF_MAP_TYPE_HASH
   });
 
-  it('carries the header\'s layout version and capacity', async () => {
+  it('declares the tuple map with the key, value and size the codec assumes', () => {
+    const pointee = mapDeclaration(LOCK_TUPLE_MAP_NAME);
+    expect(pointee('key').name).toBe(TUPLE_KEY_LAYOUT.name);
+    expect(pointee('value').name).toBe(LOCK_VALUE_LAYOUT.name);
+    expect(pointee('max_entries').nr_elems).toBe(LOCK_TUPLE_MAP_MAX_ENTRIES);
+    expect(LOCK_TUPLE_MAP_MAX_ENTRIES).toBeGreaterThanOrEqual(131072); // 100,000 connections fit
+    expect(pointee('type').nr_elems).toBe(1); // BPF_MAP_TYPE_HASH
+  });
+
+  it('carries the header\'s layout version and capacities', async () => {
     const text = await readFile(header, 'utf8');
     expect(text).toMatch(new RegExp(`#define GODWIT_LOCK_LAYOUT_VERSION ${LOCK_LAYOUT_VERSION}\\b`));
     expect(text).toMatch(new RegExp(`#define GODWIT_LOCK_EP_MAX_ENTRIES ${LOCK_MAP_MAX_ENTRIES}\\b`));
+    expect(text).toMatch(new RegExp(`#define GODWIT_LOCK_TUPLE_MAX_ENTRIES ${LOCK_TUPLE_MAP_MAX_ENTRIES}\\b`));
   });
 });
