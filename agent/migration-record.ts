@@ -6,12 +6,23 @@
 import { mkdirSync, readFileSync, writeFileSync, renameSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Endpoint } from '../lib/endpoint.js';
+import type { CriuLockSet } from './linux/criu-netfilter.js';
+
+export type LockModeName = 'EBPF' | 'IPTABLES' | 'NFTABLES';
 
 export interface AgentMigrationRecord {
   migrationId: string;
   /** Lock entries this agent set, and their version. */
   locked: Endpoint[];
   lockVersion?: string;
+  /** The migration's lock mode, as Lock, Checkpoint or Restore named it (absent: EBPF). */
+  lockMode?: LockModeName;
+  /**
+   * IPTABLES / NFTABLES: CRIU's lock on this host for the migration's connections: on the source
+   * what the dump left behind, on the target what this agent installed before the restore. Release,
+   * Unlock and Abort remove what is left of it.
+   */
+  criuLock?: CriuLockSet;
   /** Addresses this agent brought up for the migration (target side). */
   addedAddresses: string[];
   /** The workload as it was dumped here (source side). */

@@ -15,8 +15,10 @@ import type { Logger } from '../lib/log.js';
 import { agentClient, handleUnary, toServiceError } from '../lib/rpc.js';
 import { endpointsFromWire, versionFromWire, workloadFromWire, type WorkloadSpec } from '../lib/wire.js';
 import { imageTotals, receiveImage, sendImage } from './images.js';
-import { MigrationRecords } from './migration-record.js';
-import type { HostPlatform } from './platform.js';
+import type { CriuLockMode, CriuLockSet } from './linux/criu-netfilter.js';
+import { nftTableName } from './linux/criu-netfilter.js';
+import { MigrationRecords, type LockModeName } from './migration-record.js';
+import type { HostPlatform, NetworkLockMethod } from './platform.js';
 
 export interface AgentServiceOptions {
   host: string;
@@ -63,13 +65,23 @@ export class AgentService {
         const id = migrationId(req.migrationId);
         const endpoints = endpointsFromWire(req.endpoints);
         const version = versionFromWire(req.version);
+        const mode = lockModeFromWire(req.lockMode);
         const leaseMs = req.leaseMs || this.opts.defaultLeaseMs || 120_000;
         const started = performance.now();
-        await this.hostStep('lock', () => p.netlock.lock(endpoints, version, leaseMs));
-        this.records.update(id, (r) => {
-          r.locked = endpoints;
-          r.lockVersion = version.toString();
-        });
+        if (mode === 'EBPF') {
+          await this.hostStep('lock', () => p.netlock.lock(endpoints, version, leaseMs));
+          this.records.update(id, (r) => {
+            r.lockMode = mode;
+            r.locked = endpoints;
+            r.lockVersion = version.toString();
+          });
+        } else {
+          // CRIU locks each connection itself during the dump; here only check that it can.
+          await this.hostStep(`lock (${mode})`, () => p.criuLock.check(mode));
+          this.records.update(id, (r) => {
+            r.lockMode = mode;
+          });
+        }
         return { durationMs: performance.now() - started };
       }),
 
@@ -78,30 +90,39 @@ export class AgentService {
         const endpoints = endpointsFromWire(req.endpoints);
         const version = versionFromWire(req.version);
         const started = performance.now();
-        const dropped = await this.unlock(endpoints, version);
+        const record = this.records.get(id);
+        let dropped = 0n;
+        let leftovers = 0;
+        if (record.locked.length > 0 || !isCriuMode(record.lockMode)) dropped = await this.unlock(endpoints, version);
+        if (record.criuLock) {
+          // CRIU's restore removed the lock installed for it; whatever it left is removed now.
+          const lock = record.criuLock;
+          leftovers = await this.hostStep('unlock (CRIU lock leftovers)', () => p.criuLock.remove(lock));
+          if (leftovers > 0) log.warn({ migrationId: id, leftovers, mode: lock.mode }, 'CRIU restore left part of its lock; removed');
+        }
         this.records.update(id, (r) => {
           r.locked = [];
+          r.criuLock = undefined;
         });
-        return { durationMs: performance.now() - started, droppedPackets: dropped.toString() };
+        return { durationMs: performance.now() - started, droppedPackets: dropped.toString(), lockLeftovers: leftovers };
       }),
 
       Checkpoint: handleUnary(log, 'Checkpoint', async (req) => {
         const id = migrationId(req.migrationId);
         const w = workloadFromWire(req.workload);
+        const mode = lockModeFromWire(req.lockMode);
         const dir = this.imageDir(id);
-        if (!this.records.get(id).dumped) {
+        const record = this.records.get(id);
+        if (!record.dumped) {
           await this.inspect(w);
           await rm(dir, { recursive: true, force: true });
           await mkdirp(dir);
-          const result = await this.hostStep('checkpoint', () => p.checkpoint.dump(w.pid, dir));
-          this.records.update(id, (r) => {
-            r.dumped = { pid: w.pid, endpoints: w.endpoints };
-          });
+          const result = await this.dump(id, w, mode, dir);
           const totals = await imageTotals(dir);
-          return { durationMs: result.durationMs, imageBytes: totals.bytes, imageFiles: totals.files, frozenMs: 0 };
+          return { durationMs: result.durationMs, imageBytes: totals.bytes, imageFiles: totals.files, frozenMs: 0, tcpConnections: result.connections };
         }
         const totals = await imageTotals(dir);
-        return { durationMs: 0, imageBytes: totals.bytes, imageFiles: totals.files, frozenMs: 0 };
+        return { durationMs: 0, imageBytes: totals.bytes, imageFiles: totals.files, frozenMs: 0, tcpConnections: record.criuLock?.connections.length ?? 0 };
       }),
 
       SendImage: handleUnary(log, 'SendImage', async (req) => {
@@ -137,14 +158,15 @@ export class AgentService {
       Restore: handleUnary(log, 'Restore', async (req) => {
         const id = migrationId(req.migrationId);
         const w = workloadFromWire(req.workload);
+        const mode = lockModeFromWire(req.lockMode);
         const record = this.records.get(id);
         if (record.restoredPid && (await p.processInfo(record.restoredPid))) {
-          return { durationMs: 0, pid: record.restoredPid, criuMs: 0 };
+          return { durationMs: 0, pid: record.restoredPid, criuMs: 0, lockInstallMs: 0, lockRules: 0 };
         }
         if (!record.imageReceived) throw new PreconditionError(`migration ${id} has no image on host "${h}"; transfer it first`);
         const started = performance.now();
-        const restored = await this.restoreHere(id, w);
-        return { durationMs: performance.now() - started, pid: restored.pid, criuMs: restored.criuMs };
+        const restored = await this.restoreHere(id, w, mode);
+        return { durationMs: performance.now() - started, pid: restored.pid, criuMs: restored.criuMs, lockInstallMs: restored.lockInstallMs, lockRules: restored.lockRules };
       }),
 
       Release: handleUnary(log, 'Release', async (req) => {
@@ -152,12 +174,20 @@ export class AgentService {
         const endpoints = endpointsFromWire(req.endpoints);
         const version = versionFromWire(req.version);
         const started = performance.now();
+        const record = this.records.get(id);
         // Address down first: while it is still locked, nothing this host sends can reset a peer.
         for (const a of unique(endpoints.map((e) => e.address))) await p.network.removeAddress(a);
-        await this.unlock(endpoints, version);
+        if (record.locked.length > 0 || !isCriuMode(record.lockMode)) await this.unlock(endpoints, version);
+        if (record.criuLock) {
+          // What CRIU's dump left here (rules or its table): the workload runs on the target now.
+          const lock = record.criuLock;
+          const n = await this.hostStep('release (CRIU lock)', () => p.criuLock.remove(lock));
+          log.info({ migrationId: id, mode: lock.mode, removed: n }, "removed CRIU's dump lock");
+        }
         await rm(this.imageDir(id), { recursive: true, force: true });
         this.records.update(id, (r) => {
           r.locked = [];
+          r.criuLock = undefined;
           r.released = true;
         });
         return { durationMs: performance.now() - started };
@@ -189,9 +219,72 @@ export class AgentService {
     return info;
   }
 
-  /** Address up, announced while CRIU restores (the lock holds packets off until unlock). */
-  private async restoreHere(id: string, w: WorkloadSpec): Promise<{ pid: number; criuMs: number }> {
+  /**
+   * criu dump with the mode's --network-lock. IPTABLES / NFTABLES: CRIU locks every connection as
+   * it dumps it and leaves that lock here; the image says which connections, and the record keeps
+   * them for Release (or for the restore in Abort, which needs them). A dump that dies without
+   * unlocking (nftables above about 500 connections: glibc's FD_SETSIZE abort) leaves its lock on
+   * the still-running workload's connections: removed here at once.
+   */
+  private async dump(id: string, w: WorkloadSpec, mode: LockModeName, dir: string): Promise<{ durationMs: number; connections: number }> {
     const p = this.opts.platform;
+    const criuMode = isCriuMode(mode) ? mode : undefined;
+    const tablesBefore = criuMode === 'NFTABLES' ? await p.criuLock.tables().catch(() => [] as string[]) : [];
+    let result: { durationMs: number };
+    try {
+      result = await this.hostStep('checkpoint', () => p.checkpoint.dump(w.pid, dir, lockMethod(mode)));
+    } catch (err) {
+      if (criuMode) {
+        const locals = new Set(w.endpoints.map((e) => `${e.address}:${e.port}`));
+        const removed = await p.criuLock.removeStray(criuMode, locals, tablesBefore).catch((e: Error) => [`cleanup failed: ${e.message}`]);
+        if (removed.length > 0) {
+          this.log.warn({ migrationId: id, removed }, 'dump failed and left CRIU lock behind; removed');
+          if (err instanceof Error) err.message += `; removed what CRIU left: ${removed.join(', ')}`;
+        }
+      }
+      throw err;
+    }
+    let criuLock: CriuLockSet | undefined;
+    if (criuMode) {
+      const info = await this.hostStep('reading the image', () => p.criuLock.imageLock(dir));
+      criuLock = { mode: criuMode, connections: info.connections, ...(criuMode === 'NFTABLES' && info.runId ? { table: nftTableName(info.runId) } : {}) };
+    }
+    this.records.update(id, (r) => {
+      r.dumped = { pid: w.pid, endpoints: w.endpoints };
+      r.lockMode = mode;
+      r.criuLock = criuLock;
+    });
+    const connections = criuLock ? criuLock.connections.length : 0;
+    return { durationMs: result.durationMs, connections };
+  }
+
+  /**
+   * Address up, announced while CRIU restores (the lock holds packets off until unlock).
+   * IPTABLES / NFTABLES: first the lock CRIU's dump made on the source, made here for the image's
+   * connections: CRIU's restore removes it to unlock, right before the workload resumes.
+   */
+  private async restoreHere(id: string, w: WorkloadSpec, mode: LockModeName): Promise<{ pid: number; criuMs: number; lockInstallMs: number; lockRules: number }> {
+    const p = this.opts.platform;
+    let lockInstallMs = 0;
+    let lockRules = 0;
+    const criuMode = isCriuMode(mode) ? mode : undefined;
+    if (criuMode) {
+      const info = await this.hostStep('reading the image', () => p.criuLock.imageLock(this.imageDir(id)));
+      if (info.method !== lockMethod(mode))
+        throw new PreconditionError(
+          `the image of migration ${id} was dumped with --network-lock ${info.method}, not ${lockMethod(mode)} (lock mode ${mode}); CRIU restores with the image's method`,
+        );
+      if (criuMode === 'NFTABLES' && !info.runId) throw new PreconditionError(`the image of migration ${id} records no CRIU run id: cannot name CRIU's nftables table`);
+      const lock: CriuLockSet = { mode: criuMode, connections: info.connections, ...(info.runId && criuMode === 'NFTABLES' ? { table: nftTableName(info.runId) } : {}) };
+      // Recorded first: if the install half-works, Abort still removes what is there.
+      this.records.update(id, (r) => {
+        r.lockMode = mode;
+        r.criuLock = lock;
+      });
+      const t0 = performance.now();
+      lockRules = await this.hostStep(`installing CRIU's ${criuMode} lock`, () => p.criuLock.install(lock));
+      lockInstallMs = performance.now() - t0;
+    }
     for (const a of unique(w.endpoints.map((e) => e.address))) {
       if (await p.network.addAddress(a))
         this.records.update(id, (r) => {
@@ -199,12 +292,15 @@ export class AgentService {
         });
     }
     const announced = Promise.all(unique(w.endpoints.map((e) => e.address)).map((a) => p.network.announce(a)));
-    const restored = await this.hostStep('restore', () => p.checkpoint.restore(this.imageDir(id)));
+    const restored = await this.hostStep('restore', () => p.checkpoint.restore(this.imageDir(id), lockMethod(mode))).catch(async (err: unknown) => {
+      await announced.catch(() => undefined);
+      throw err;
+    });
     await announced;
     this.records.update(id, (r) => {
       r.restoredPid = restored.pid;
     });
-    return { pid: restored.pid, criuMs: restored.durationMs };
+    return { pid: restored.pid, criuMs: restored.durationMs, lockInstallMs, lockRules };
   }
 
   private async unlock(endpoints: WorkloadSpec['endpoints'], version: bigint): Promise<bigint> {
@@ -237,31 +333,55 @@ export class AgentService {
       await p.network.removeAddress(a);
       actions.push(`removed address ${a}`);
     }
+    // A workload that cannot be brought back is lost either way: the locks still go (its peers
+    // then get resets instead of retransmitting into a lock), and the error is reported last.
+    let lost: unknown;
     if (r.dumped) {
       const alive = r.restoredPid ? await p.processInfo(r.restoredPid) : await p.processInfo(r.dumped.pid);
       if (alive) {
         pid = alive.pid;
         actions.push(`workload already running as pid ${alive.pid}`);
       } else {
-        const restored = await this.hostStep('restore on source', () => p.checkpoint.restore(this.imageDir(id)));
-        pid = restored.pid;
-        this.records.update(id, (x) => (x.restoredPid = restored.pid));
-        actions.push(`restored workload from its image as pid ${restored.pid}`);
+        // IPTABLES / NFTABLES: CRIU's dump lock is still here, as this restore needs it.
+        try {
+          const restored = await this.hostStep('restore on source', () => p.checkpoint.restore(this.imageDir(id), lockMethod(r.lockMode ?? 'EBPF')));
+          pid = restored.pid;
+          this.records.update(id, (x) => (x.restoredPid = restored.pid));
+          actions.push(`restored workload from its image as pid ${restored.pid}`);
+        } catch (err) {
+          lost = err;
+        }
       }
-      // Peers may have learned the target's MAC from its announcement: claim the address back.
-      for (const a of unique(r.dumped.endpoints.map((e) => e.address))) await p.network.announce(a);
-      actions.push('announced addresses');
+      if (!lost) {
+        // Peers may have learned the target's MAC from its announcement: claim the address back.
+        for (const a of unique(r.dumped.endpoints.map((e) => e.address))) await p.network.announce(a);
+        actions.push('announced addresses');
+      }
     }
     if (r.locked.length > 0 && r.lockVersion) {
       await p.netlock.unlock(r.locked, BigInt(r.lockVersion));
       actions.push(`unlocked ${r.locked.length} endpoint(s)`);
     }
+    // CRIU's lock: on the target what was installed for a restore that did not finish; on the
+    // source what the restore above did not remove. After the restore, never before it: on the
+    // source it holds the dumped connections' peers off until their sockets exist again.
+    if (r.criuLock) {
+      const lock = r.criuLock;
+      const n = await this.hostStep('removing CRIU lock', () => p.criuLock.remove(lock));
+      if (n > 0) actions.push(`removed ${n} ${lock.mode === 'IPTABLES' ? 'iptables rule(s)' : `nftables element(s) (table ${lock.table})`} of CRIU's lock`);
+    }
     if (!r.dumped) await rm(this.imageDir(id), { recursive: true, force: true });
     this.records.update(id, (x) => {
       x.locked = [];
+      x.criuLock = undefined;
       x.addedAddresses = [];
       x.aborted = true;
     });
+    if (lost) {
+      this.log.error({ migrationId: id, actions, err: String(lost) }, 'abort could not bring the workload back; locks removed, image kept');
+      if (lost instanceof Error) lost.message += ` (locks removed; the image stays in ${this.imageDir(id)})`;
+      throw lost;
+    }
     this.log.info({ migrationId: id, actions }, 'aborted');
     return { actions, pid };
   }
@@ -275,6 +395,22 @@ export class AgentService {
       throw new HostOperationError(this.opts.host, operation, err instanceof Error ? err.message : String(err));
     }
   }
+}
+
+/** The wire's lock mode; unset means EBPF. */
+function lockModeFromWire(mode: string | number | null | undefined): LockModeName {
+  if (mode === undefined || mode === null || mode === 'LOCK_MODE_UNSPECIFIED' || mode === 0 || mode === 'EBPF') return 'EBPF';
+  if (mode === 'IPTABLES' || mode === 'NFTABLES') return mode;
+  throw new InvalidArgumentError('lock_mode', `lock_mode ${String(mode)} is not one of EBPF, IPTABLES, NFTABLES`);
+}
+
+function isCriuMode(mode: LockModeName | undefined): mode is CriuLockMode {
+  return mode === 'IPTABLES' || mode === 'NFTABLES';
+}
+
+/** CRIU's --network-lock for a lock mode. */
+function lockMethod(mode: LockModeName): NetworkLockMethod {
+  return mode === 'IPTABLES' ? 'iptables' : mode === 'NFTABLES' ? 'nftables' : 'skip';
 }
 
 function migrationId(id: string): string {

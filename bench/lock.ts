@@ -1,5 +1,317 @@
-/** Placeholder until the benchmark lands. */
-export async function run(_argv: string[]): Promise<number> {
-  process.stderr.write('bench lock: not built yet\n');
-  return 2;
+/**
+ * npm run bench -- lock: godwit's eBPF lock against CRIU's own iptables and nftables locks.
+ *
+ * One lab (hosts a and b, a client) for the whole run. Per measurement: a fresh echo workload on a
+ * holding N live client connections that check every echoed byte, migrated a -> b through the
+ * controller under one lock mode; then the workload, its address and anything left of the lock are
+ * removed. Modes are interleaved within each N and run, so that drift hits them alike.
+ *
+ *   --connections 0,500,1000,1500,5000   live connections per measurement
+ *   --modes ebpf,iptables,nftables
+ *   --runs 3                             measurements per (N, mode)
+ *   --quick                              N <= 500 only, one run (for CI)
+ *   --json                               JSON lines on stdout (one per measurement), tables on stderr
+ *
+ * Always appends each measurement to bench/results/lock.jsonl as it completes and (re)draws
+ * bench/results/lock-freeze.svg. A migration that fails is a row with its error, not an abort.
+ */
+import { appendFileSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Command, InvalidArgumentError } from 'commander';
+import { CriuNetfilter } from '../agent/linux/criu-netfilter.js';
+import { EbpfNetLock } from '../agent/linux/netlock-ebpf.js';
+import { nsExecutor } from '../agent/linux/netns-exec.js';
+import { parseEndpoint } from '../lib/endpoint.js';
+import { execCommand } from '../lib/exec.js';
+import { REPO_ROOT } from '../lib/rpc.js';
+import { migrateHop, type HopLockMode } from '../lab/hop.js';
+import { agentPinDir, labUp, type Lab } from '../lab/lab.js';
+import { startTraffic, type TrafficHandle } from '../lab/traffic.js';
+import { processAlive, startWorkload, stopWorkload } from '../lab/workload.js';
+import { LOCK_MODES, freezeSvg, measurementTable, summaryTable, type BenchMode, type LockMeasurement } from './lock-report.js';
+
+const DEFAULT_CONNECTIONS = [0, 500, 1000, 1500, 5000];
+const QUICK_MAX_CONNECTIONS = 500;
+const PORT = 7000;
+/** After a long freeze, peers back off up to 120 s between retransmissions: wait that out. */
+const SETTLE_TIMEOUT_MS = 240_000;
+const DRAIN_TIMEOUT_MS = 60_000;
+const WARMUP_MS = 1_000;
+
+interface Options {
+  connections: number[];
+  modes: BenchMode[];
+  runs: number;
+  quick: boolean;
+  json: boolean;
+  results: string;
+}
+
+const say = (line: string) => process.stderr.write(line + '\n');
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function parseList<T>(what: string, check: (s: string) => T): (v: string) => T[] {
+  return (v) => {
+    const items = v.split(',').map((s) => s.trim()).filter(Boolean);
+    if (items.length === 0) throw new InvalidArgumentError(`${what}: give at least one`);
+    return items.map(check);
+  };
+}
+
+export function parseOptions(argv: string[]): Options {
+  const o = new Command()
+    .name('bench lock')
+    .exitOverride()
+    .option('--connections <list>', 'live connections per measurement, comma-separated', parseList('connections', (s) => {
+      const n = Number(s);
+      if (!Number.isInteger(n) || n < 0 || n > 20_000) throw new InvalidArgumentError(`"${s}" is not a connection count 0..20000`);
+      return n;
+    }))
+    .option('--modes <list>', `lock modes, comma-separated (${LOCK_MODES.join(', ')})`, parseList('modes', (s) => {
+      const m = s.toLowerCase();
+      if (!(LOCK_MODES as readonly string[]).includes(m)) throw new InvalidArgumentError(`"${s}" is not one of ${LOCK_MODES.join(', ')}`);
+      return m as BenchMode;
+    }))
+    .option('--runs <n>', 'measurements per connection count and mode', (v) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`"${v}" is not a positive integer`);
+      return n;
+    })
+    .option('--quick', `connection counts up to ${QUICK_MAX_CONNECTIONS} only, one run`)
+    .option('--json', 'JSON lines on stdout')
+    .option('--results <dir>', 'where lock.jsonl and lock-freeze.svg go', join(REPO_ROOT, 'bench', 'results'))
+    .parse(argv, { from: 'user' })
+    .opts<{ connections?: number[]; modes?: BenchMode[]; runs?: number; quick?: boolean; json?: boolean; results: string }>();
+  const quick = !!o.quick;
+  let connections = [...new Set(o.connections ?? DEFAULT_CONNECTIONS)].sort((a, b) => a - b);
+  if (quick) connections = connections.filter((n) => n <= QUICK_MAX_CONNECTIONS);
+  if (connections.length === 0) throw new InvalidArgumentError(`--quick keeps connection counts up to ${QUICK_MAX_CONNECTIONS} only; none given`);
+  return {
+    connections,
+    modes: [...new Set(o.modes ?? [...LOCK_MODES])],
+    runs: quick ? 1 : (o.runs ?? 3),
+    quick,
+    json: !!o.json,
+    results: o.results,
+  };
+}
+
+export async function run(argv: string[]): Promise<number> {
+  let opts: Options;
+  try {
+    opts = parseOptions(argv);
+  } catch (e) {
+    // commander has printed the usage problem already.
+    return (e as { code?: string }).code === 'commander.helpDisplayed' ? 0 : 2;
+  }
+  mkdirSync(opts.results, { recursive: true });
+  const jsonl = join(opts.results, 'lock.jsonl');
+  const svg = join(opts.results, 'lock-freeze.svg');
+
+  const rows: LockMeasurement[] = [];
+  let lab: Lab | undefined;
+  let current: Cleanup | undefined;
+  const cleanupAll = async () => {
+    await current?.run().catch(() => undefined);
+    await lab?.down().catch((e: Error) => say(`lab down: ${e.message}`));
+    lab = undefined;
+  };
+  const onSignal = () => void cleanupAll().then(() => process.exit(130));
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+
+  const total = opts.connections.length * opts.runs * opts.modes.length;
+  const started = Date.now();
+  try {
+    say(`bench lock: N=${opts.connections.join(',')} modes=${opts.modes.join(',')} runs=${opts.runs} (${total} migrations)`);
+    lab = await labUp({ hosts: ['a', 'b'] });
+    let i = 0;
+    for (const n of opts.connections) {
+      for (let r = 1; r <= opts.runs; r++) {
+        for (const mode of opts.modes) {
+          i++;
+          say(`[${i}/${total}] ${mode} N=${n} run ${r} ...`);
+          current = new Cleanup(lab);
+          let row: LockMeasurement;
+          let leftovers = 0;
+          try {
+            row = await measure(lab, mode, n, r, current);
+          } finally {
+            leftovers = await current.run().catch((e: Error) => {
+              say(`  cleanup: ${e.message}`);
+              return 0;
+            });
+            current = undefined;
+          }
+          row.leftovers = leftovers;
+          rows.push(row);
+          appendFileSync(jsonl, JSON.stringify(row) + '\n');
+          if (opts.json) process.stdout.write(JSON.stringify(row) + '\n');
+          say(
+            `  ${row.ok ? 'ok' : 'FAILED'}: freeze ${row.freezeMs.toFixed(0)} ms, lock ${row.lockMs.toFixed(0)} / dump ${row.dumpMs.toFixed(0)} / transfer ${row.transferMs.toFixed(0)} / restore ${row.restoreMs.toFixed(0)} / unlock ${row.unlockMs.toFixed(0)} ms, ` +
+              `max stall ${row.maxStallMs.toFixed(0)} ms, ${row.survived}/${n} survived, ${row.bytesLost} B lost${row.leftovers ? `, ${row.leftovers} leftovers` : ''}${row.workloadRunning ? '' : ', WORKLOAD LOST'}${row.ok ? '' : ` — ${row.error}`}`,
+          );
+          writeFileSync(svg, freezeSvg(rows));
+        }
+      }
+    }
+  } finally {
+    await cleanupAll();
+  }
+  const tables = `${measurementTable(rows)}\n\n${summaryTable(rows)}\n\n(iptables/ebpf, nftables/ebpf: median freeze of the CRIU lock ÷ median freeze of the eBPF lock, successful runs)\n`;
+  if (opts.json) process.stderr.write(tables);
+  else process.stdout.write(tables);
+  say(`bench lock: ${rows.length} migrations in ${((Date.now() - started) / 60_000).toFixed(1)} min; appended to ${jsonl}; plot ${svg}`);
+  return 0;
+}
+
+async function measure(lab: Lab, mode: BenchMode, n: number, runNo: number, cleanup: Cleanup): Promise<LockMeasurement> {
+  const row: LockMeasurement = {
+    mode,
+    connections: n,
+    run: runNo,
+    ok: false,
+    error: '',
+    phase: '',
+    failedPhase: '',
+    migrationId: '',
+    lockMs: 0,
+    dumpMs: 0,
+    transferMs: 0,
+    restoreMs: 0,
+    unlockMs: 0,
+    freezeMs: 0,
+    totalMs: 0,
+    maxStallMs: 0,
+    survived: 0,
+    workloadRunning: false,
+    bytesLost: 0,
+    bytesDuplicated: 0,
+    corrupted: 0,
+    imageBytes: 0,
+    leftovers: 0,
+    at: new Date().toISOString(),
+  };
+  try {
+    const vip = lab.topology.workloadAddress(0);
+    const a = lab.host('a');
+    await execCommand('ip', ['-n', a.netns, 'addr', 'add', `${vip}/32`, 'dev', a.iface]);
+    // The client may still map the address to the host of the previous measurement's workload.
+    await execCommand('ip', ['-n', lab.topology.client.netns, 'neigh', 'flush', 'to', vip], { allowFailure: true });
+    const workload = await startWorkload(a, vip, PORT);
+    cleanup.pids.push(workload.pid);
+    let traffic: TrafficHandle | undefined;
+    if (n > 0) {
+      traffic = startTraffic(lab.topology.client, { address: vip, port: PORT }, { connections: n, seed: runNo, connectTimeoutMs: 120_000 });
+      cleanup.traffic = traffic;
+      await traffic.ready;
+    }
+    await sleep(WARMUP_MS);
+    const hop = await migrateHop(lab.controller, traffic, {
+      from: 'a',
+      to: 'b',
+      pid: workload.pid,
+      endpoints: [parseEndpoint(`tcp://${vip}:${PORT}`)],
+      lockMode: mode.toUpperCase() as HopLockMode,
+      settleTimeoutMs: SETTLE_TIMEOUT_MS,
+    });
+    if (hop.pid) cleanup.pids.push(hop.pid);
+    const m = await lab.controller.getMigration(hop.migrationId);
+    Object.assign(row, {
+      ok: hop.phase === 'DONE',
+      error: hop.error,
+      phase: hop.phase,
+      failedPhase: m.failedPhase === 'PHASE_UNSPECIFIED' ? '' : String(m.failedPhase),
+      migrationId: hop.migrationId,
+      lockMs: hop.lockMs,
+      dumpMs: hop.dumpMs,
+      transferMs: hop.transferMs,
+      restoreMs: hop.restoreMs,
+      unlockMs: hop.unlockMs,
+      freezeMs: hop.phase === 'DONE' ? hop.freezeMs : 0,
+      totalMs: hop.totalMs,
+      maxStallMs: hop.maxStallMs,
+      imageBytes: hop.imageBytes,
+    });
+    row.workloadRunning = (await echoServers(lab)).length > 0;
+    if (traffic) {
+      // Every byte each live connection sent must come back: what does not within the drain is lost.
+      const final = await traffic.drain(DRAIN_TIMEOUT_MS);
+      // Without a workload an open client socket is only one that has not timed out yet.
+      Object.assign(row, { survived: row.workloadRunning ? final.alive : 0, bytesLost: final.bytesLost, bytesDuplicated: final.bytesDuplicated, corrupted: final.corrupted });
+      if (row.ok && !final.drained) row.error = `client: drain incomplete after ${final.drainMs} ms`;
+    }
+  } catch (e) {
+    row.ok = false;
+    row.error = row.error || (e instanceof Error ? e.message : String(e));
+  }
+  for (const k of ['lockMs', 'dumpMs', 'transferMs', 'restoreMs', 'unlockMs', 'freezeMs', 'totalMs', 'maxStallMs'] as const) row[k] = Math.round(row[k] * 10) / 10;
+  return row;
+}
+
+/** PIDs of the echo-servers running in the lab's hosts (zombies excluded). */
+async function echoServers(lab: Lab): Promise<number[]> {
+  const out: number[] = [];
+  for (const h of lab.topology.hosts) {
+    const r = await execCommand('ip', ['netns', 'pids', h.netns], { allowFailure: true });
+    for (const p of r.stdout.split(/\s+/).filter(Boolean).map(Number)) {
+      const comm = await readFile(`/proc/${p}/comm`, 'utf8').catch(() => '');
+      if (comm.trim() === 'echo-server' && processAlive(p)) out.push(p);
+    }
+  }
+  return out;
+}
+
+/**
+ * What one measurement leaves to remove: its client, its workload wherever it runs, the address,
+ * the images, and anything left of a lock on either host (counted: a migration must leave none).
+ */
+class Cleanup {
+  traffic?: TrafficHandle;
+  pids: number[] = [];
+
+  constructor(private readonly lab: Lab) {}
+
+  /** Removes it all; returns how many lock rules, tables or entries were still on the hosts. */
+  async run(): Promise<number> {
+    const lab = this.lab;
+    await this.traffic?.stop().catch(() => undefined);
+    this.traffic = undefined;
+    // The workload: every echo-server in the lab's hosts is this measurement's (the lab is ours).
+    const pids = new Set([...this.pids, ...(await echoServers(lab))]);
+    for (const p of pids) if (processAlive(p)) await stopWorkload(p).catch(() => undefined);
+    this.pids = [];
+    const vip = lab.topology.workloadAddress(0);
+    let leftovers = 0;
+    for (const h of lab.topology.hosts) {
+      await execCommand('ip', ['-n', h.netns, 'addr', 'del', `${vip}/32`, 'dev', h.iface], { allowFailure: true });
+      const nf = new CriuNetfilter(nsExecutor(h.netns, execCommand));
+      const rules = await nf.iptablesRules();
+      if (rules.length > 0) {
+        leftovers += rules.length;
+        const locals = new Set(rules.map((r) => (r.chain === 'INPUT' ? `${r.destination}:${r.dport}` : `${r.source}:${r.sport}`)));
+        await nf.removeStray('IPTABLES', locals, []);
+      }
+      const tables = await nf.tables();
+      if (tables.length > 0) {
+        leftovers += tables.length;
+        await nf.removeStray('NFTABLES', new Set(), []);
+      }
+      const xdp = new EbpfNetLock({ exec: execCommand, iface: h.iface, pinDir: agentPinDir(lab.topology.index, h.name), objectPath: join(REPO_ROOT, 'build', 'bpf', 'lock.o') });
+      const entries = await xdp.list().catch(() => []);
+      if (entries.length > 0) {
+        leftovers += entries.length;
+        for (const e of entries) await xdp.unlock([e.endpoint], e.version).catch(() => undefined);
+      }
+      // Images the agents keep (the target keeps the one it restored): the lab's tmpfs is finite.
+      const images = join(lab.dir, 'hosts', h.name, 'images');
+      try {
+        for (const d of readdirSync(images)) rmSync(join(images, d), { recursive: true, force: true });
+      } catch {
+        // no images
+      }
+    }
+    return leftovers;
+  }
 }

@@ -17,6 +17,25 @@ import { endpointToWire, workloadToWire, type WorkloadSpec } from '../lib/wire.j
 const PROBE_MS = 10_000;
 /** Steps whose time grows with the workload (memory to dump, image to move): generous. */
 const HEAVY_MS = 10 * 60_000;
+/**
+ * Under CRIU's own lock (IPTABLES / NFTABLES) dump and restore grow with the connections, the
+ * iptables restore faster than linearly (two `iptables -D` processes per connection, each reading
+ * every rule: FIELD-NOTES measured 55 s at 1,000 connections); removing what the dump left on the
+ * source takes one iptables-restore that also grows with the rules.
+ */
+const CRIU_LOCK_MS = 3 * 60 * 60_000;
+
+export type LockModeName = 'EBPF' | 'IPTABLES' | 'NFTABLES';
+
+/** Deadline of a step that grows with the workload, under this lock mode. */
+export function heavyMs(mode: LockModeName): number {
+  return mode === 'EBPF' ? HEAVY_MS : CRIU_LOCK_MS;
+}
+
+/** Deadline of Unlock and Release: quick with the XDP lock, CRIU's leftovers may take a while. */
+function unlockMs(mode: LockModeName): number {
+  return mode === 'EBPF' ? PROBE_MS : HEAVY_MS;
+}
 
 export class AgentHandle {
   private readonly client: AgentClient;
@@ -33,32 +52,32 @@ export class AgentHandle {
     return unary(this.client, this.client.InspectWorkload, { workload: workloadToWire(w) }, PROBE_MS);
   }
 
-  lock(migrationId: string, endpoints: Endpoint[], version: string, leaseMs: number): Promise<LockResponse__Output> {
-    return unary(this.client, this.client.Lock, { migrationId, endpoints: endpoints.map(endpointToWire), version, leaseMs }, PROBE_MS);
+  lock(migrationId: string, endpoints: Endpoint[], version: string, leaseMs: number, lockMode: LockModeName = 'EBPF'): Promise<LockResponse__Output> {
+    return unary(this.client, this.client.Lock, { migrationId, endpoints: endpoints.map(endpointToWire), version, leaseMs, lockMode }, PROBE_MS);
   }
 
-  unlock(migrationId: string, endpoints: Endpoint[], version: string): Promise<UnlockResponse__Output> {
-    return unary(this.client, this.client.Unlock, { migrationId, endpoints: endpoints.map(endpointToWire), version }, PROBE_MS);
+  unlock(migrationId: string, endpoints: Endpoint[], version: string, lockMode: LockModeName = 'EBPF'): Promise<UnlockResponse__Output> {
+    return unary(this.client, this.client.Unlock, { migrationId, endpoints: endpoints.map(endpointToWire), version }, unlockMs(lockMode));
   }
 
-  checkpoint(migrationId: string, w: WorkloadSpec): Promise<CheckpointResponse__Output> {
-    return unary(this.client, this.client.Checkpoint, { migrationId, workload: workloadToWire(w) }, HEAVY_MS);
+  checkpoint(migrationId: string, w: WorkloadSpec, lockMode: LockModeName = 'EBPF'): Promise<CheckpointResponse__Output> {
+    return unary(this.client, this.client.Checkpoint, { migrationId, workload: workloadToWire(w), lockMode }, heavyMs(lockMode));
   }
 
   sendImage(migrationId: string, peerAddress: string): Promise<SendImageResponse__Output> {
     return unary(this.client, this.client.SendImage, { migrationId, peerAddress }, HEAVY_MS);
   }
 
-  restore(migrationId: string, w: WorkloadSpec): Promise<RestoreResponse__Output> {
-    return unary(this.client, this.client.Restore, { migrationId, workload: workloadToWire(w) }, HEAVY_MS);
+  restore(migrationId: string, w: WorkloadSpec, lockMode: LockModeName = 'EBPF'): Promise<RestoreResponse__Output> {
+    return unary(this.client, this.client.Restore, { migrationId, workload: workloadToWire(w), lockMode }, heavyMs(lockMode));
   }
 
-  release(migrationId: string, endpoints: Endpoint[], version: string): Promise<ReleaseResponse__Output> {
-    return unary(this.client, this.client.Release, { migrationId, endpoints: endpoints.map(endpointToWire), version }, PROBE_MS);
+  release(migrationId: string, endpoints: Endpoint[], version: string, lockMode: LockModeName = 'EBPF'): Promise<ReleaseResponse__Output> {
+    return unary(this.client, this.client.Release, { migrationId, endpoints: endpoints.map(endpointToWire), version }, unlockMs(lockMode));
   }
 
-  abort(migrationId: string): Promise<AbortResponse__Output> {
-    return unary(this.client, this.client.Abort, { migrationId }, HEAVY_MS);
+  abort(migrationId: string, lockMode: LockModeName = 'EBPF'): Promise<AbortResponse__Output> {
+    return unary(this.client, this.client.Abort, { migrationId }, heavyMs(lockMode));
   }
 
   close(): void {

@@ -11,6 +11,7 @@
 import { Command } from 'commander';
 import { status } from '@grpc/grpc-js';
 import type { Migration__Output } from '../proto/gen/godwit/v1/Migration.js';
+import type { LockMode } from '../proto/gen/godwit/v1/LockMode.js';
 import { parseEndpoint } from '../lib/endpoint.js';
 import { isServiceError } from '../lib/rpc.js';
 import { endpointToWire } from '../lib/wire.js';
@@ -50,8 +51,9 @@ program
   .requiredOption('--pid <pid>', 'host PID of the workload\'s root process', (v) => Number(v))
   .requiredOption('--endpoint <endpoint...>', 'endpoint(s) the workload owns, tcp://ADDRESS:PORT')
   .option('--lease-ms <ms>', 'lock lease', (v) => Number(v))
+  .option('--lock-mode <mode>', 'EBPF (default), IPTABLES or NFTABLES (CRIU\'s own lock)', (v) => v.toUpperCase())
   .option('--wait', 'follow the migration until it ends')
-  .action(async (o: { from: string; to: string; pid: number; endpoint: string[]; leaseMs?: number; wait?: boolean }) => {
+  .action(async (o: { from: string; to: string; pid: number; endpoint: string[]; leaseMs?: number; lockMode?: string; wait?: boolean }) => {
     const c = api();
     let endpoints;
     try {
@@ -59,7 +61,10 @@ program
     } catch (e) {
       throw Object.assign(new Error((e as Error).message), { usage: true });
     }
-    let m = await c.migrate({ sourceHost: o.from, targetHost: o.to, workload: { pid: o.pid, endpoints }, lockLeaseMs: o.leaseMs });
+    if (o.lockMode !== undefined && !['EBPF', 'IPTABLES', 'NFTABLES'].includes(o.lockMode))
+      throw Object.assign(new Error(`--lock-mode ${o.lockMode} is not one of EBPF, IPTABLES, NFTABLES`), { usage: true });
+    const lockMode = o.lockMode as LockMode | undefined;
+    let m = await c.migrate({ sourceHost: o.from, targetHost: o.to, workload: { pid: o.pid, endpoints }, lockLeaseMs: o.leaseMs, lockMode });
     if (o.wait) {
       m = await c.wait(m.id, (e) => !json() && e.kind !== 'SNAPSHOT' && process.stderr.write(`${e.phase} ${e.kind}${e.detail ? `: ${e.detail}` : ''}\n`));
     }

@@ -21,16 +21,20 @@ export const PHASE_ACTIONS: Partial<Record<Phase, PhaseAction>> = {
 
   // Both hosts: the source so that nothing reaches the freezing process, the target so that
   // nothing is reset there between the address coming up and the restore finishing.
+  // IPTABLES / NFTABLES: no lock entries; both agents check that they have CRIU's tool. CRIU
+  // then locks each connection on the source during DUMP, and the target makes the same lock
+  // in RESTORE before the address comes up (CRIU's restore removes it to unlock).
   LOCK: async ({ state, source, target }) => {
     const { endpoints } = state.request.workload;
+    const { lockLeaseMs, lockMode } = state.request;
     await Promise.all([
-      source.lock(state.id, endpoints, state.lockVersion, state.request.lockLeaseMs),
-      target.lock(state.id, endpoints, state.lockVersion, state.request.lockLeaseMs),
+      source.lock(state.id, endpoints, state.lockVersion, lockLeaseMs, lockMode),
+      target.lock(state.id, endpoints, state.lockVersion, lockLeaseMs, lockMode),
     ]);
   },
 
   DUMP: async ({ state, source }) => {
-    const r = await source.checkpoint(state.id, state.request.workload);
+    const r = await source.checkpoint(state.id, state.request.workload, state.request.lockMode);
     return { imageBytes: Number(r.imageBytes) };
   },
 
@@ -39,23 +43,24 @@ export const PHASE_ACTIONS: Partial<Record<Phase, PhaseAction>> = {
   },
 
   RESTORE: async ({ state, target }) => {
-    const r = await target.restore(state.id, state.request.workload);
+    const r = await target.restore(state.id, state.request.workload, state.request.lockMode);
     return { restoredPid: r.pid };
   },
 
   UNLOCK: async ({ state, target }) => {
-    await target.unlock(state.id, state.request.workload.endpoints, state.lockVersion);
+    const r = await target.unlock(state.id, state.request.workload.endpoints, state.lockVersion, state.request.lockMode);
+    if (r.lockLeftovers > 0) throw new Error(`CRIU's restore left ${r.lockLeftovers} rule(s) or element(s) of its ${state.request.lockMode} lock on the target (removed)`);
   },
 
   CLEANUP: async ({ state, source }) => {
-    await source.release(state.id, state.request.workload.endpoints, state.lockVersion);
+    await source.release(state.id, state.request.workload.endpoints, state.lockVersion, state.request.lockMode);
   },
 
   // Target first, so that the workload never runs on both hosts; then the source brings it back.
   ROLLBACK: async ({ state, source, target }) => {
     const errors: string[] = [];
-    await target.abort(state.id).catch((e: Error) => errors.push(`target: ${detail(e)}`));
-    const r = await source.abort(state.id).catch((e: Error) => {
+    await target.abort(state.id, state.request.lockMode).catch((e: Error) => errors.push(`target: ${detail(e)}`));
+    const r = await source.abort(state.id, state.request.lockMode).catch((e: Error) => {
       errors.push(`source: ${detail(e)}`);
       return undefined;
     });

@@ -13,7 +13,8 @@ export async function checkHostsFit(req: MigrationRequestSpec, source: AgentHand
   const [sp, tp] = await Promise.all([source.probe().catch(rethrowAgentError), target.probe().catch(rethrowAgentError)]);
   for (const [role, p] of [['source', sp], ['target', tp]] as const) {
     if (!p.criuOk) throw new PreconditionError(`${role} host "${p.host}" cannot checkpoint: criu ${p.criuVersion}: ${p.criuProblem}; run scripts/setup.sh there`);
-    if (!p.lockOk) throw new PreconditionError(`${role} host "${p.host}" has no network lock: ${p.lockProblem}`);
+    // The XDP lock is what EBPF mode uses; CRIU's own lock modes do without it.
+    if (!p.lockOk && req.lockMode === 'EBPF') throw new PreconditionError(`${role} host "${p.host}" has no network lock: ${p.lockProblem}`);
   }
   for (const e of req.workload.endpoints) {
     if (tp.addresses.includes(e.address))

@@ -6,7 +6,7 @@ import type { MigrateRequest__Output } from '../proto/gen/godwit/v1/MigrateReque
 import type { Migration } from '../proto/gen/godwit/v1/Migration.js';
 import type { MigrationEvent } from '../proto/gen/godwit/v1/MigrationEvent.js';
 import type { WatchMigrationRequest__Output } from '../proto/gen/godwit/v1/WatchMigrationRequest.js';
-import { InvalidArgumentError, MigrationNotFoundError, NotImplementedError, PreconditionError } from '../lib/errors.js';
+import { InvalidArgumentError, MigrationNotFoundError, PreconditionError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
 import { handleUnary, toServiceError } from '../lib/rpc.js';
 import { HOST_NAME } from '../lib/subjects.js';
@@ -22,6 +22,7 @@ import type { HostRegistry } from './registry.js';
 export const DEFAULT_LEASE_MS = 120_000;
 const MIN_LEASE_MS = 1_000;
 const MAX_LEASE_MS = 3_600_000;
+const LOCK_MODES: readonly LockMode[] = ['EBPF', 'IPTABLES', 'NFTABLES'];
 
 export interface ControllerServiceOptions {
   registry: HostRegistry;
@@ -120,7 +121,8 @@ export function validateMigrate(req: MigrateRequest__Output): MigrationRequestSp
   const keys = workload.endpoints.map((e) => `${e.proto}/${e.address}/${e.port}`);
   if (new Set(keys).size !== keys.length) throw new InvalidArgumentError('workload.endpoints', 'workload.endpoints lists an endpoint twice');
   const lockMode: LockMode = req.lockMode === 'LOCK_MODE_UNSPECIFIED' || !req.lockMode ? 'EBPF' : (req.lockMode as LockMode);
-  if (lockMode !== 'EBPF') throw new NotImplementedError(`lock_mode ${lockMode} is not implemented yet; use EBPF (or leave it unset)`);
+  if (!LOCK_MODES.includes(lockMode))
+    throw new InvalidArgumentError('lock_mode', `lock_mode ${String(req.lockMode)} is not one of ${LOCK_MODES.join(', ')}`);
   const lease = req.lockLeaseMs || DEFAULT_LEASE_MS;
   if (lease < MIN_LEASE_MS || lease > MAX_LEASE_MS)
     throw new InvalidArgumentError('lock_lease_ms', `lock_lease_ms must be between ${MIN_LEASE_MS} and ${MAX_LEASE_MS}, got ${lease}`);

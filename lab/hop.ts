@@ -9,6 +9,8 @@ import type { Endpoint } from '../lib/endpoint.js';
 import { endpointToWire } from '../lib/wire.js';
 import type { TrafficHandle, TrafficWindow } from './traffic.js';
 
+export type HopLockMode = 'EBPF' | 'IPTABLES' | 'NFTABLES';
+
 export interface HopResult {
   from: string;
   to: string;
@@ -37,7 +39,18 @@ export interface HopSpec {
   to: string;
   pid: number;
   endpoints: Endpoint[];
+  /** The migration's lock mode (default: the controller's, EBPF). */
+  lockMode?: HopLockMode;
+  /**
+   * Longest wait after the migration ends for every live connection to catch up (default 180 s:
+   * a peer that retransmitted into the lock for long backs off up to 120 s between tries).
+   */
+  settleTimeoutMs?: number;
 }
+
+/** At least this long after the migration ends before the stall window closes. */
+const MIN_SETTLE_MS = 1_000;
+const DEFAULT_SETTLE_TIMEOUT_MS = 180_000;
 
 export async function migrateHop(controller: ControllerApi, traffic: TrafficHandle | undefined, spec: HopSpec): Promise<HopResult> {
   const before = await traffic?.window();
@@ -45,13 +58,34 @@ export async function migrateHop(controller: ControllerApi, traffic: TrafficHand
     sourceHost: spec.from,
     targetHost: spec.to,
     workload: { pid: spec.pid, endpoints: spec.endpoints.map(endpointToWire) },
+    ...(spec.lockMode ? { lockMode: spec.lockMode } : {}),
   });
   const m = await controller.wait(accepted.id);
-  // Let the connections catch up after the unlock before closing the stall window.
-  await new Promise((r) => setTimeout(r, 1_000));
+  if (traffic) await settle(traffic, spec.settleTimeoutMs ?? DEFAULT_SETTLE_TIMEOUT_MS);
   const after = await traffic?.window();
   return hopResult(spec, m, before, after);
 }
+
+/**
+ * Waits until the connections have caught up after the migration, so that the stall window
+ * holds every stall the migration caused, whole: until no live connection is still stalled since
+ * before the migration ended (every stall going on now began after it), and at least
+ * MIN_SETTLE_MS. Gives up after timeoutMs (a connection that never recovers; the window then
+ * shows its stall so far).
+ */
+export async function settle(traffic: TrafficHandle, timeoutMs: number): Promise<{ settled: boolean; waitedMs: number }> {
+  const t0 = performance.now();
+  await sleep(MIN_SETTLE_MS);
+  for (;;) {
+    const before = performance.now() - t0;
+    const s = await traffic.stats();
+    if (s.currentStallMs < before) return { settled: true, waitedMs: performance.now() - t0 };
+    if (performance.now() - t0 > timeoutMs) return { settled: false, waitedMs: performance.now() - t0 };
+    await sleep(200);
+  }
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export function hopResult(spec: HopSpec, m: Migration__Output, before?: TrafficWindow, after?: TrafficWindow): HopResult {
   const ms = (phase: string) => m.timings.filter((t) => t.phase === phase).reduce((s, t) => s + t.durationMs, 0);

@@ -267,6 +267,7 @@ class TrafficClient {
       corrupted,
       maxStallMs: round(maxStallMs),
       maxStallConnection: maxStallMs === this.maxStall ? this.maxStallConn : ongoing.conn,
+      currentStallMs: round(ongoing.ms),
       elapsedMs: round(now - this.startedAt),
       sending: this.sending,
       errors: this.errors,

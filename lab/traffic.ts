@@ -34,6 +34,8 @@ export interface TrafficStats {
   /** Longest time a connection had bytes outstanding without receiving any, since the start (ms). */
   maxStallMs: number;
   maxStallConnection: number;
+  /** The longest stall going on now: a live connection with bytes outstanding and nothing received for this long (ms). */
+  currentStallMs: number;
   elapsedMs: number;
   sending: boolean;
   /** First socket errors (up to 10). */

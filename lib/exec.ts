@@ -27,8 +27,10 @@ export class CommandError extends Error {
     readonly command: string,
     readonly exitCode: number,
     readonly stderr: string,
+    /** The signal that ended the command, if one did (exitCode is then -1). */
+    readonly signal?: string,
   ) {
-    super(`${command} exited ${exitCode}: ${stderr.trim().split('\n').slice(-3).join(' | ')}`);
+    super(`${command} ${signal ? `killed by ${signal}` : `exited ${exitCode}`}: ${stderr.trim().split('\n').slice(-3).join(' | ')}`);
     this.name = 'CommandError';
   }
 }
@@ -44,7 +46,7 @@ export const execCommand: Executor = async (file, args, opts = {}) => {
   });
   const result = { stdout: r.stdout ?? '', stderr: r.stderr ?? '', exitCode: r.exitCode ?? -1 };
   if (result.exitCode !== 0 && !opts.allowFailure) {
-    throw new CommandError([file, ...args].join(' '), result.exitCode, result.stderr || (r.timedOut ? 'timed out' : ''));
+    throw new CommandError([file, ...args].join(' '), result.exitCode, result.stderr || (r.timedOut ? 'timed out' : ''), r.signal ?? undefined);
   }
   return result;
 };

@@ -1,9 +1,12 @@
 /**
  * The one place that runs CRIU. Flags and why:
  *  --tcp-established     established connections are dumped and restored with TCP repair
- *  --network-lock skip   godwit holds the network itself (XDP lock entries, agent/netlock.ts);
- *                        CRIU's iptables lock costs two processes per connection
- *                        (FIELD-NOTES: 5.5 s dump, 55 s restore at 1,000 connections)
+ *  --network-lock M      skip (lock mode EBPF): godwit holds the network itself (XDP lock
+ *                        entries, agent/netlock.ts); iptables / nftables (lock modes IPTABLES /
+ *                        NFTABLES): CRIU's own per-connection lock (agent/linux/criu-netfilter.ts),
+ *                        two iptables processes or two nftables elements per connection.
+ *                        Restore ignores the flag and uses the method recorded in the image
+ *                        ("--network-lock will be ignored in restore command"); it is passed anyway.
  *  restore -d            detach: the agent is not the restored tree's parent
  */
 import { readFile } from 'node:fs/promises';
@@ -15,6 +18,8 @@ export interface CriuOptions {
   /** The criu command: a working CRIU 4.2+ (scripts/install-criu.sh). */
   criuPath: string;
 }
+
+export type CriuNetworkLock = 'skip' | 'iptables' | 'nftables';
 
 export interface DumpResult {
   durationMs: number;
@@ -54,23 +59,23 @@ export class Criu {
   }
 
   /** Dumps the tree rooted at `pid` into `imageDir`; the tree is gone afterwards. */
-  async dump(pid: number, imageDir: string): Promise<DumpResult> {
+  async dump(pid: number, imageDir: string, networkLock: CriuNetworkLock = 'skip'): Promise<DumpResult> {
     const started = performance.now();
     await this.run('dump', imageDir, DUMP_LOG, [
       'dump', '--tree', String(pid), '--images-dir', imageDir,
-      '--tcp-established', '--network-lock', 'skip',
+      '--tcp-established', '--network-lock', networkLock,
       '--log-file', DUMP_LOG, '-v4',
     ]);
     return { durationMs: performance.now() - started };
   }
 
   /** Restores the tree from `imageDir`, detached; returns its root's PID in this PID namespace. */
-  async restore(imageDir: string): Promise<RestoreResult> {
+  async restore(imageDir: string, networkLock: CriuNetworkLock = 'skip'): Promise<RestoreResult> {
     const started = performance.now();
     const pidFile = join(imageDir, 'restored.pid');
     await this.run('restore', imageDir, RESTORE_LOG, [
       'restore', '--images-dir', imageDir, '--restore-detached', '--pidfile', pidFile,
-      '--tcp-established', '--network-lock', 'skip',
+      '--tcp-established', '--network-lock', networkLock,
       '--log-file', RESTORE_LOG, '-v4',
     ]);
     const pid = Number((await readFile(pidFile, 'utf8')).trim());
@@ -82,7 +87,11 @@ export class Criu {
       await this.opts.exec(this.opts.criuPath, args, { cwd: imageDir });
     } catch (err) {
       const tail = await logErrors(join(imageDir, logName));
-      throw new CriuError(operation, tail, err instanceof CommandError ? `exit ${err.exitCode}` : String(err));
+      // CRIU's own stderr says what its log cannot, e.g. glibc's abort message when it dies
+      // ("*** bit out of range 0 - FD_SETSIZE on fd_set ***: terminated", exit 134).
+      const said = err instanceof CommandError ? stderrProblem(err.stderr) : '';
+      const cause = err instanceof CommandError ? `${err.signal ? `killed by ${err.signal}` : `exit ${err.exitCode}`}${said ? `: ${said}` : ''}` : String(err);
+      throw new CriuError(operation, tail, cause);
     }
   }
 }
@@ -95,6 +104,16 @@ export async function logErrors(path: string): Promise<string> {
   } catch {
     return '';
   }
+}
+
+/** The last meaningful lines of CRIU's stderr (the harmless RLIMIT_NOFILE line dropped). */
+export function stderrProblem(stderr: string): string {
+  return stderr
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l && !/RLIMIT_NOFILE/.test(l))
+    .slice(-2)
+    .join(' | ');
 }
 
 /** RLIMIT_NOFILE complaint is in every log on these machines and harmless (FIELD-NOTES). */

@@ -2,8 +2,10 @@
 import type { Executor } from '../../lib/exec.js';
 import type { Logger } from '../../lib/log.js';
 import type { NetLock } from '../netlock.js';
-import type { HostPlatform, PlatformProbe } from '../platform.js';
+import type { CriuLockControl, HostPlatform, PlatformProbe } from '../platform.js';
 import { Criu } from './criu.js';
+import { readImageLock } from './criu-image.js';
+import { CriuNetfilter } from './criu-netfilter.js';
 import { HostNetwork } from './host-network.js';
 import { EbpfNetLock } from './netlock-ebpf.js';
 import { inspectProcess } from './process-tree.js';
@@ -21,11 +23,22 @@ export class LinuxPlatform implements HostPlatform {
   readonly checkpoint: Criu;
   readonly netlock: NetLock;
   readonly network: HostNetwork;
+  readonly criuLock: CriuLockControl;
   private lockProblem = 'not installed yet';
 
   constructor(private readonly opts: LinuxPlatformOptions) {
     this.checkpoint = new Criu({ exec: opts.exec, criuPath: opts.criuPath });
     this.network = new HostNetwork({ exec: opts.exec, iface: opts.iface });
+    const netfilter = new CriuNetfilter(opts.exec);
+    this.criuLock = {
+      check: (mode) => netfilter.check(mode),
+      imageLock: (dir) => readImageLock(dir),
+      install: (lock) => netfilter.install(lock),
+      count: (lock) => netfilter.count(lock),
+      remove: (lock) => netfilter.remove(lock),
+      tables: () => netfilter.tables(),
+      removeStray: (mode, locals, before) => netfilter.removeStray(mode, locals, before),
+    };
     this.netlock = new EbpfNetLock({
       exec: opts.exec,
       iface: opts.iface,

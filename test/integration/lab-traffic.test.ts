@@ -128,6 +128,9 @@ describe('lab: topology, echo workload, traffic checker', () => {
     await t2.ready;
     await stopWorkload(w.pid);
     workloads.delete(w.pid);
+    // The closes arrive as the kernel tears the server's sockets down: wait for them rather than
+    // bound their arrival in time.
+    for (let i = 0; i < 100 && (await t2.stats()).alive > 0; i++) await sleep(100);
     const r2 = await t2.drain(2000);
     expect(r2.alive).toBe(0);
     expect(r2.corrupted).toBe(0);

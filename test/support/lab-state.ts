@@ -1,7 +1,9 @@
 /** What a test asks of a lab's hosts, read from the hosts themselves (not from godwit's records). */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { CriuNetfilter } from '../../agent/linux/criu-netfilter.js';
 import { EbpfNetLock } from '../../agent/linux/netlock-ebpf.js';
+import { nsExecutor } from '../../agent/linux/netns-exec.js';
 import type { LockEntry } from '../../agent/netlock.js';
 import { execCommand } from '../../lib/exec.js';
 import { REPO_ROOT } from '../../lib/rpc.js';
@@ -37,4 +39,14 @@ export async function lockEntries(lab: Lab, host: string): Promise<LockEntry[]> 
 export async function addressesOn(lab: Lab, host: string): Promise<string[]> {
   const r = await execCommand('ip', ['-n', lab.host(host).netns, '-j', '-4', 'addr', 'show', 'dev', 'eth0']);
   return (JSON.parse(r.stdout) as { addr_info: { local: string }[] }[]).flatMap((l) => l.addr_info.map((a) => a.local));
+}
+
+/**
+ * CRIU's network lock on a host, read from the host's netfilter: its per-connection iptables
+ * rules (the ones with `-m mark ! --mark 0xc114`) and its nftables tables (inet CRIU-*).
+ */
+export async function criuLockOn(lab: Lab, host: string): Promise<{ iptablesRules: number; nftTables: string[] }> {
+  const netfilter = new CriuNetfilter(nsExecutor(lab.host(host).netns, execCommand));
+  const [rules, tables] = await Promise.all([netfilter.iptablesRules(), netfilter.tables()]);
+  return { iptablesRules: rules.length, nftTables: tables };
 }

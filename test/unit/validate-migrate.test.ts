@@ -30,6 +30,14 @@ describe('Migrate request validation', () => {
     expect(spec.workload.endpoints).toEqual([{ proto: 'tcp', address: '198.18.1.200', port: 7000 }]);
   });
 
+  for (const mode of ['EBPF', 'IPTABLES', 'NFTABLES'] as const) {
+    it(`accepts lock mode ${mode}`, () => {
+      const r = good();
+      r.lockMode = mode;
+      expect(validateMigrate(r).lockMode).toBe(mode);
+    });
+  }
+
   const cases: [string, (r: MigrateRequest__Output) => void, status, RegExp][] = [
     ['no source', (r) => (r.sourceHost = ''), status.INVALID_ARGUMENT, /source_host is required/],
     ['a bad host name', (r) => (r.targetHost = 'B/../x'), status.INVALID_ARGUMENT, /target_host .* not a valid host name/],
@@ -43,7 +51,7 @@ describe('Migrate request validation', () => {
     ['no protocol', (r) => (r.workload!.endpoints[0].protocol = 'PROTOCOL_UNSPECIFIED'), status.INVALID_ARGUMENT, /protocol must be TCP or UDP/],
     ['a duplicate endpoint', (r) => r.workload!.endpoints.push({ ...r.workload!.endpoints[0] }), status.INVALID_ARGUMENT, /twice/],
     ['a lease too short', (r) => (r.lockLeaseMs = 10), status.INVALID_ARGUMENT, /lock_lease_ms/],
-    ['an unimplemented lock mode', (r) => (r.lockMode = 'IPTABLES'), status.UNIMPLEMENTED, /IPTABLES is not implemented/],
+    ['an unknown lock mode', (r) => (r.lockMode = 'BOGUS' as MigrateRequest__Output['lockMode']), status.INVALID_ARGUMENT, /lock_mode BOGUS is not one of EBPF, IPTABLES, NFTABLES/],
   ];
   for (const [name, mutate, code, message] of cases) {
     it(`rejects ${name}`, () => {
