@@ -2,7 +2,7 @@
  * The agent's gRPC service: the only thing that changes a host. Each call is keyed by migration
  * id, recorded in MigrationRecords, and safe to repeat.
  */
-import { rm } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { release } from 'node:os';
 import type * as grpc from '@grpc/grpc-js';
@@ -116,7 +116,7 @@ export class AgentService {
         if (!record.dumped) {
           await this.inspect(w);
           await rm(dir, { recursive: true, force: true });
-          await mkdirp(dir);
+          await mkdir(dir, { recursive: true });
           const result = await this.dump(id, w, mode, dir);
           const totals = await imageTotals(dir);
           return { durationMs: result.durationMs, imageBytes: totals.bytes, imageFiles: totals.files, frozenMs: 0, tcpConnections: result.connections };
@@ -420,9 +420,4 @@ function migrationId(id: string): string {
 
 function unique<T>(xs: T[]): T[] {
   return [...new Set(xs)];
-}
-
-async function mkdirp(dir: string) {
-  const { mkdir } = await import('node:fs/promises');
-  await mkdir(dir, { recursive: true });
 }

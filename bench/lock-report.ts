@@ -3,11 +3,14 @@
  * the Markdown tables and the SVG plot. No I/O here (bench/lock.ts runs the migrations).
  */
 
+import type { PhaseTimes } from '../lab/hop.js';
+
 export const LOCK_MODES = ['ebpf', 'iptables', 'nftables'] as const;
 export type BenchMode = (typeof LOCK_MODES)[number];
 
 /** One migration of one workload holding `connections` live connections under one lock mode. */
-export interface LockMeasurement {
+/** freezeMs is 0 when the migration failed before unlocking. */
+export interface LockMeasurement extends PhaseTimes {
   mode: BenchMode;
   connections: number;
   run: number;
@@ -17,14 +20,6 @@ export interface LockMeasurement {
   phase: string;
   failedPhase: string;
   migrationId: string;
-  lockMs: number;
-  dumpMs: number;
-  transferMs: number;
-  restoreMs: number;
-  unlockMs: number;
-  /** Lock to unlock as the controller saw it (0 when the migration failed before unlocking). */
-  freezeMs: number;
-  totalMs: number;
   /** Longest time any client connection waited for its echo, around the migration. */
   maxStallMs: number;
   /** Client connections still open after the migration (and the drain that follows it); 0 when the workload was lost. */

@@ -25,10 +25,10 @@ import { nsExecutor } from '../agent/linux/netns-exec.js';
 import { parseEndpoint } from '../lib/endpoint.js';
 import { execCommand } from '../lib/exec.js';
 import { REPO_ROOT } from '../lib/rpc.js';
-import { migrateHop, type HopLockMode } from '../lab/hop.js';
-import { agentPinDir, labUp, type Lab } from '../lab/lab.js';
+import { migrateHop, PHASE_TIME_KEYS, phaseTimes, type HopLockMode, type PhaseTimes } from '../lab/hop.js';
+import { agentPinDir, labUp, type Lab, startLabWorkload } from '../lab/lab.js';
 import { startTraffic, type TrafficHandle } from '../lab/traffic.js';
-import { processAlive, startWorkload, stopWorkload } from '../lab/workload.js';
+import { processAlive, stopWorkload } from '../lab/workload.js';
 import { LOCK_MODES, freezeSvg, measurementTable, summaryTable, type BenchMode, type LockMeasurement } from './lock-report.js';
 
 const DEFAULT_CONNECTIONS = [0, 500, 1000, 1500, 5000];
@@ -176,13 +176,7 @@ async function measure(lab: Lab, mode: BenchMode, n: number, runNo: number, clea
     phase: '',
     failedPhase: '',
     migrationId: '',
-    lockMs: 0,
-    dumpMs: 0,
-    transferMs: 0,
-    restoreMs: 0,
-    unlockMs: 0,
-    freezeMs: 0,
-    totalMs: 0,
+    ...Object.fromEntries(PHASE_TIME_KEYS.map((k) => [k, 0])) as unknown as PhaseTimes,
     maxStallMs: 0,
     survived: 0,
     workloadRunning: false,
@@ -195,11 +189,9 @@ async function measure(lab: Lab, mode: BenchMode, n: number, runNo: number, clea
   };
   try {
     const vip = lab.topology.workloadAddress(0);
-    const a = lab.host('a');
-    await execCommand('ip', ['-n', a.netns, 'addr', 'add', `${vip}/32`, 'dev', a.iface]);
     // The client may still map the address to the host of the previous measurement's workload.
     await execCommand('ip', ['-n', lab.topology.client.netns, 'neigh', 'flush', 'to', vip], { allowFailure: true });
-    const workload = await startWorkload(a, vip, PORT);
+    const workload = await startLabWorkload(lab, 'a', PORT);
     cleanup.pids.push(workload.pid);
     let traffic: TrafficHandle | undefined;
     if (n > 0) {
@@ -224,13 +216,8 @@ async function measure(lab: Lab, mode: BenchMode, n: number, runNo: number, clea
       phase: hop.phase,
       failedPhase: m.failedPhase === 'PHASE_UNSPECIFIED' ? '' : String(m.failedPhase),
       migrationId: hop.migrationId,
-      lockMs: hop.lockMs,
-      dumpMs: hop.dumpMs,
-      transferMs: hop.transferMs,
-      restoreMs: hop.restoreMs,
-      unlockMs: hop.unlockMs,
+      ...phaseTimes(hop),
       freezeMs: hop.phase === 'DONE' ? hop.freezeMs : 0,
-      totalMs: hop.totalMs,
       maxStallMs: hop.maxStallMs,
       imageBytes: hop.imageBytes,
     });
@@ -246,7 +233,7 @@ async function measure(lab: Lab, mode: BenchMode, n: number, runNo: number, clea
     row.ok = false;
     row.error = row.error || (e instanceof Error ? e.message : String(e));
   }
-  for (const k of ['lockMs', 'dumpMs', 'transferMs', 'restoreMs', 'unlockMs', 'freezeMs', 'totalMs', 'maxStallMs'] as const) row[k] = Math.round(row[k] * 10) / 10;
+  for (const k of [...PHASE_TIME_KEYS, 'maxStallMs'] as const) row[k] = Math.round(row[k] * 10) / 10;
   return row;
 }
 

@@ -7,11 +7,9 @@
  *   npm run demo -- --json            the same as one JSON object on the last line
  */
 import { Command } from 'commander';
-import { parseEndpoint } from '../lib/endpoint.js';
-import { labUp, type Lab } from './lab.js';
+import { labUp, startLabWorkload, type Lab } from './lab.js';
 import { migrateHop, type HopResult } from './hop.js';
 import { startTraffic, type TrafficHandle } from './traffic.js';
-import { startWorkload } from './workload.js';
 
 const o = new Command()
   .name('demo')
@@ -39,14 +37,10 @@ async function main(): Promise<number> {
   try {
     say(`lab: bringing up hosts ${hosts.join(', ')}, a client, nats-server and the controller`);
     lab = await labUp({ hosts });
-    const vip = lab.topology.workloadAddress(0);
-    const endpoint = parseEndpoint(`tcp://${vip}:${o.port}`);
-    const first = lab.host(route[0]);
-    // The operator's part: the workload's address lives on its first host.
-    const { execCommand } = await import('../lib/exec.js');
-    await execCommand('ip', ['-n', first.netns, 'addr', 'add', `${vip}/32`, 'dev', first.iface]);
-    const workload = await startWorkload(first, vip, o.port);
-    say(`workload: echo-server pid ${workload.pid} on ${first.name}, ${vip}:${o.port}`);
+    const workload = await startLabWorkload(lab, route[0], o.port);
+    const { endpoint } = workload;
+    const vip = endpoint.address;
+    say(`workload: echo-server pid ${workload.pid} on ${route[0]}, ${vip}:${o.port}`);
     traffic = startTraffic(lab.topology.client, { address: vip, port: o.port }, { connections: o.connections });
     await traffic.ready;
     say(`client: ${o.connections} connections sending and checking every byte`);

@@ -11,13 +11,8 @@ import type { TrafficHandle, TrafficWindow } from './traffic.js';
 
 export type HopLockMode = 'EBPF' | 'IPTABLES' | 'NFTABLES';
 
-export interface HopResult {
-  from: string;
-  to: string;
-  migrationId: string;
-  phase: string;
-  error: string;
-  pid: number;
+/** The controller's figures for one migration (ms): phase times, lock to unlock, request to end. */
+export interface PhaseTimes {
   lockMs: number;
   dumpMs: number;
   transferMs: number;
@@ -25,6 +20,21 @@ export interface HopResult {
   unlockMs: number;
   freezeMs: number;
   totalMs: number;
+}
+
+export const PHASE_TIME_KEYS = ['lockMs', 'dumpMs', 'transferMs', 'restoreMs', 'unlockMs', 'freezeMs', 'totalMs'] as const satisfies readonly (keyof PhaseTimes)[];
+
+export function phaseTimes(from: PhaseTimes): PhaseTimes {
+  return Object.fromEntries(PHASE_TIME_KEYS.map((k) => [k, from[k]])) as unknown as PhaseTimes;
+}
+
+export interface HopResult extends PhaseTimes {
+  from: string;
+  to: string;
+  migrationId: string;
+  phase: string;
+  error: string;
+  pid: number;
   imageBytes: number;
   maxStallMs: number;
   connections: number;

@@ -14,6 +14,8 @@ import { join } from 'node:path';
 import { execCommand } from '../lib/exec.js';
 import { REPO_ROOT } from '../lib/rpc.js';
 import { ControllerApi } from '../controller/client.js';
+import { parseEndpoint, type Endpoint } from '../lib/endpoint.js';
+import { startWorkload } from './workload.js';
 import { createTopology, destroyTopology, findFreeLabIndex, inNetns, labPrefix, type LabHost, type LabTopology } from './topology.js';
 
 export const NATS_PORT = 4222;
@@ -145,6 +147,18 @@ async function build(index: number, hostNames: string[]): Promise<Lab> {
       await labDown(index);
     },
   };
+}
+
+/**
+ * The operator's part of placing a workload: its own address (the lab's workload address
+ * `addressIndex`) on its first host, then the echo server bound to it there.
+ */
+export async function startLabWorkload(lab: Lab, hostName: string, port: number, addressIndex = 0): Promise<{ pid: number; endpoint: Endpoint }> {
+  const host = lab.host(hostName);
+  const endpoint = parseEndpoint(`tcp://${lab.topology.workloadAddress(addressIndex)}:${port}`);
+  await execCommand('ip', ['-n', host.netns, 'addr', 'add', `${endpoint.address}/32`, 'dev', host.iface]);
+  const { pid } = await startWorkload(host, endpoint.address, port);
+  return { pid, endpoint };
 }
 
 /** Removes everything lab `index` made: processes in its namespaces, namespaces, links, pins, files. */

@@ -7,9 +7,8 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseEndpoint, type Endpoint } from '../../lib/endpoint.js';
-import { execCommand } from '../../lib/exec.js';
 import { migrateHop, type HopLockMode } from '../../lab/hop.js';
-import { labUp, type Lab } from '../../lab/lab.js';
+import { labUp, startLabWorkload, type Lab } from '../../lab/lab.js';
 import { startTraffic, type TrafficHandle } from '../../lab/traffic.js';
 import { startWorkload, stopWorkload } from '../../lab/workload.js';
 import { addressesOn, criuLockOn, lockEntries, processesNamed } from '../support/lab-state.js';
@@ -26,10 +25,8 @@ describe('lock modes IPTABLES and NFTABLES (CRIU\'s own lock)', () => {
 
   beforeAll(async () => {
     lab = await labUp({ hosts: ['a', 'b'] });
-    const vip = lab.topology.workloadAddress(0);
-    endpoint = parseEndpoint(`tcp://${vip}:${PORT}`);
-    await execCommand('ip', ['-n', lab.host('a').netns, 'addr', 'add', `${vip}/32`, 'dev', 'eth0']);
-    pid = (await startWorkload(lab.host('a'), vip, PORT)).pid;
+    ({ pid, endpoint } = await startLabWorkload(lab, 'a', PORT));
+    const vip = endpoint.address;
     traffic = startTraffic(lab.topology.client, { address: vip, port: PORT }, { connections: CONNECTIONS });
     await traffic.ready;
   });
@@ -123,9 +120,8 @@ describe('NFTABLES with many connections (CRIU 4.2 aborts above about 500: FD_SE
   });
 
   it('either moves every connection, or ends FAILED with the cause and the workload running once on the source, unlocked', async () => {
-    const vip = lab.topology.workloadAddress(0);
-    await execCommand('ip', ['-n', lab.host('a').netns, 'addr', 'add', `${vip}/32`, 'dev', 'eth0']);
-    const { pid } = await startWorkload(lab.host('a'), vip, PORT);
+    const { pid, endpoint: moved } = await startLabWorkload(lab, 'a', PORT);
+    const vip = moved.address;
     traffic = startTraffic(lab.topology.client, { address: vip, port: PORT }, { connections: MANY });
     await traffic.ready;
     const hop = await migrateHop(lab.controller, traffic, { from: 'a', to: 'b', pid, endpoints: [parseEndpoint(`tcp://${vip}:${PORT}`)], lockMode: 'NFTABLES' });

@@ -7,13 +7,13 @@ import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Bus } from '../../lib/bus.js';
 import { join } from 'node:path';
-import { formatEndpoint, parseEndpoint, type Endpoint } from '../../lib/endpoint.js';
+import { formatEndpoint, type Endpoint } from '../../lib/endpoint.js';
 import { execCommand } from '../../lib/exec.js';
 import { isServiceError, REPO_ROOT } from '../../lib/rpc.js';
 import { SUBJECTS } from '../../lib/subjects.js';
 import { endpointToWire } from '../../lib/wire.js';
 import { migrateHop } from '../../lab/hop.js';
-import { labUp, type Lab } from '../../lab/lab.js';
+import { labUp, startLabWorkload, type Lab } from '../../lab/lab.js';
 import { startTraffic, type TrafficHandle } from '../../lab/traffic.js';
 import { startWorkload, stopWorkload } from '../../lab/workload.js';
 import { addressesOn, lockEntries, processesNamed } from '../support/lab-state.js';
@@ -32,10 +32,8 @@ describe('live migration through the controller', () => {
 
   beforeAll(async () => {
     lab = await labUp({ hosts: ['a', 'b'] });
-    const vip = lab.topology.workloadAddress(0);
-    endpoint = parseEndpoint(`tcp://${vip}:${PORT}`);
-    await execCommand('ip', ['-n', lab.host('a').netns, 'addr', 'add', `${vip}/32`, 'dev', 'eth0']);
-    pid = (await startWorkload(lab.host('a'), vip, PORT)).pid;
+    ({ pid, endpoint } = await startLabWorkload(lab, 'a', PORT));
+    const vip = endpoint.address;
     bus = await Bus.connect({ servers: lab.natsUrl, name: 'migration-test' });
     bus.subscribe<{ phase: string; kind: string; migrationId: string }>('godwit.events.migration.>', (e, subject) =>
       events.push({ subject, phase: e.phase, kind: e.kind, migrationId: e.migrationId }),
