@@ -11,6 +11,7 @@ import { Bus } from '../lib/bus.js';
 import { execCommand } from '../lib/exec.js';
 import { createLogger } from '../lib/log.js';
 import { AgentService as AgentServiceDef, REPO_ROOT, bindServer } from '../lib/rpc.js';
+import { exitOnSignals } from '../lib/shutdown.js';
 import { HOST_NAME } from '../lib/subjects.js';
 import { startHeartbeat } from './heartbeat.js';
 import { LinuxPlatform } from './linux/platform.js';
@@ -49,7 +50,7 @@ async function main() {
   });
   await platform.start();
   const sweeper = setInterval(() => {
-    platform.netlock.sweepExpired().then(
+    platform.sweep().then(
       (n) => n > 0 && log.warn({ swept: n }, 'lock leases ran out; entries removed'),
       (err: Error) => log.error({ err }, 'lock sweep failed'),
     );
@@ -71,16 +72,15 @@ async function main() {
   });
   log.info({ listen: o.listen, criu: probe.criuVersion, criuOk: probe.criuOk }, 'agent ready');
 
-  const shutdown = async (signal: string) => {
-    log.info({ signal }, 'shutting down; held locks stay until their leases run out');
-    stopHeartbeat();
-    clearInterval(sweeper);
-    server.forceShutdown();
-    await bus.close().catch(() => undefined);
-    process.exit(0);
-  };
-  process.once('SIGTERM', () => void shutdown('SIGTERM'));
-  process.once('SIGINT', () => void shutdown('SIGINT'));
+  exitOnSignals(
+    [
+      { name: 'heartbeat', run: stopHeartbeat },
+      { name: 'lock sweeper', run: () => clearInterval(sweeper) },
+      { name: 'grpc server', run: () => server.forceShutdown() },
+      { name: 'nats', run: () => bus.close() },
+    ],
+    { log, message: 'shutting down; held locks stay until their leases run out' },
+  );
 }
 
 main().catch((err) => {

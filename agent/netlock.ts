@@ -8,7 +8,7 @@ export interface LockEntry {
   endpoint: Endpoint;
   version: bigint;
   deadlineNs: bigint;
-  /** Packets dropped for this entry so far. */
+  /** Packets dropped for this entry since it was last written (a lock that rewrites an entry starts it over). */
   drops: bigint;
   /** The lease has run out: the lock no longer drops anything, the entry just awaits a sweep. */
   expired: boolean;

@@ -2,6 +2,7 @@
  * Everything the agent does to its host goes through this interface. Linux is real today
  * (agent/linux/); a FreeBSD driver (jails, RCTL, its CRIU port) implements the same interface.
  */
+import type { Endpoint } from '../lib/endpoint.js';
 import type { NetLock } from './netlock.js';
 import type { ImageLockInfo } from './linux/criu-image.js';
 import type { CriuLockMode, CriuLockSet } from './linux/criu-netfilter.js';
@@ -49,6 +50,31 @@ export interface AddressControl {
   announce(address: string): Promise<void>;
 }
 
+/** Packets in the packed form they travel and are stored in: [u32 length LE][IP packet] each. */
+export interface HeldPackets {
+  count: number;
+  bytes: Buffer;
+}
+
+/**
+ * The packets the network lock stopped, kept so that they can be delivered after unlock
+ * instead of waiting for their peers to retransmit (agent/linux/packet-hold.ts says why).
+ */
+export interface HeldTraffic {
+  /**
+   * Takes the held packets addressed to these endpoints, in arrival order, each connection's
+   * contiguous TCP data already joined into one segment; later takes will not see them again.
+   */
+  take(endpoints: readonly Endpoint[]): HeldPackets;
+  /**
+   * Sends the packets on from this host to their destination address, each connection's
+   * contiguous TCP data joined into one segment; returns how many packets went.
+   */
+  deliver(held: HeldPackets): number;
+  /** Forgets every held packet (when no lock is held, nothing waits for them); returns how many records went. */
+  discardAll(): number;
+}
+
 export interface PlatformProbe {
   criuVersion: string;
   criuOk: boolean;
@@ -61,8 +87,11 @@ export interface PlatformProbe {
 export interface HostPlatform {
   readonly checkpoint: Checkpointer;
   readonly netlock: NetLock;
+  readonly held: HeldTraffic;
   readonly criuLock: CriuLockControl;
   readonly network: AddressControl;
   processInfo(pid: number): Promise<ProcessSummary | undefined>;
+  /** TCP connections (sockets with a peer) held by the process and its descendants: what CRIU's own locks lock one by one. */
+  tcpConnections(pid: number): Promise<number>;
   probe(): Promise<PlatformProbe>;
 }

@@ -14,6 +14,7 @@ import { HostOperationError, InvalidArgumentError, PreconditionError, ProcessNot
 import type { Logger } from '../lib/log.js';
 import { agentClient, handleUnary, toServiceError } from '../lib/rpc.js';
 import { endpointsFromWire, versionFromWire, workloadFromWire, type WorkloadSpec } from '../lib/wire.js';
+import { appendHeldFile, concatHeld, readHeldFile, removeHeldFile } from './held-packets.js';
 import { imageTotals, receiveImage, sendImage } from './images.js';
 import type { CriuLockMode, CriuLockSet } from './linux/criu-netfilter.js';
 import { nftTableName } from './linux/criu-netfilter.js';
@@ -58,7 +59,7 @@ export class AgentService {
       InspectWorkload: handleUnary(log, 'InspectWorkload', async (req) => {
         const w = workloadFromWire(req.workload);
         const info = await this.inspect(w);
-        return { command: info.command, processes: info.processes };
+        return { command: info.command, processes: info.processes, tcpConnections: await p.tcpConnections(w.pid) };
       }),
 
       Lock: handleUnary(log, 'Lock', async (req) => {
@@ -93,7 +94,11 @@ export class AgentService {
         const record = this.records.get(id);
         let dropped = 0n;
         let leftovers = 0;
-        if (record.locked.length > 0 || !isCriuMode(record.lockMode)) dropped = await this.unlock(endpoints, version);
+        let delivered = 0;
+        if (record.locked.length > 0 || !isCriuMode(record.lockMode)) {
+          dropped = await this.unlock(endpoints, version);
+          delivered = await this.deliverHeld(id, endpoints);
+        }
         if (record.criuLock) {
           // CRIU's restore removed the lock installed for it; whatever it left is removed now.
           const lock = record.criuLock;
@@ -104,7 +109,7 @@ export class AgentService {
           r.locked = [];
           r.criuLock = undefined;
         });
-        return { durationMs: performance.now() - started, droppedPackets: dropped.toString(), lockLeftovers: leftovers };
+        return { durationMs: performance.now() - started, droppedPackets: dropped.toString(), lockLeftovers: leftovers, deliveredPackets: delivered };
       }),
 
       Checkpoint: handleUnary(log, 'Checkpoint', async (req) => {
@@ -128,8 +133,15 @@ export class AgentService {
       SendImage: handleUnary(log, 'SendImage', async (req) => {
         const id = migrationId(req.migrationId);
         if (!req.peerAddress) throw new InvalidArgumentError('peer_address', 'peer_address is required: the target agent\'s gRPC address');
-        if (!this.records.get(id).dumped) throw new PreconditionError(`migration ${id} has no checkpoint on host "${h}" to send`);
+        const record = this.records.get(id);
+        if (!record.dumped) throw new PreconditionError(`migration ${id} has no checkpoint on host "${h}" to send`);
         const started = performance.now();
+        // What the lock stopped here so far goes with the image, for the target to deliver.
+        if (!isCriuMode(record.lockMode)) {
+          const held = p.held.take(record.dumped.endpoints);
+          await appendHeldFile(this.imageDir(id), held);
+          log.info({ migrationId: id, held: held.count, ms: performance.now() - started }, 'held packets added to the image');
+        }
         const client = agentClient(req.peerAddress);
         try {
           const t = await sendImage(client, id, this.imageDir(id), TRANSFER_TIMEOUT_MS);
@@ -177,7 +189,10 @@ export class AgentService {
         const record = this.records.get(id);
         // Address down first: while it is still locked, nothing this host sends can reset a peer.
         for (const a of unique(endpoints.map((e) => e.address))) await p.network.removeAddress(a);
-        if (record.locked.length > 0 || !isCriuMode(record.lockMode)) await this.unlock(endpoints, version);
+        if (record.locked.length > 0 || !isCriuMode(record.lockMode)) {
+          await this.unlock(endpoints, version);
+          this.discardHeld(id, endpoints, 'stopped on the source after the image left');
+        }
         if (record.criuLock) {
           // What CRIU's dump left here (rules or its table): the workload runs on the target now.
           const lock = record.criuLock;
@@ -315,6 +330,39 @@ export class AgentService {
   }
 
   /**
+   * EBPF lock, right after unlock on the host where the workload now runs: delivers the packets
+   * the locks stopped, first those that came with the image (stopped on the source), then those
+   * stopped here. Best effort: what does not go, its peers retransmit, as without holding.
+   */
+  private async deliverHeld(id: string, endpoints: WorkloadSpec['endpoints']): Promise<number> {
+    const p = this.opts.platform;
+    const dir = this.imageDir(id);
+    try {
+      const t0 = performance.now();
+      const fromImage = await readHeldFile(dir);
+      const held = concatHeld(fromImage, p.held.take(endpoints));
+      const t1 = performance.now();
+      const delivered = p.held.deliver(held);
+      await removeHeldFile(dir);
+      this.log.info({ migrationId: id, delivered, fromImage: fromImage.count, takeMs: t1 - t0, deliverMs: performance.now() - t1 }, 'held packets delivered');
+      return delivered;
+    } catch (err) {
+      this.log.warn({ migrationId: id, err: String(err) }, 'held packets not delivered; their peers retransmit');
+      return 0;
+    }
+  }
+
+  /** Takes and forgets held packets that have nowhere to go from this host. */
+  private discardHeld(id: string, endpoints: WorkloadSpec['endpoints'], why: string): void {
+    try {
+      const n = this.opts.platform.held.take(endpoints).count;
+      if (n > 0) this.log.info({ migrationId: id, discarded: n, why }, 'held packets discarded; their peers retransmit');
+    } catch (err) {
+      this.log.warn({ migrationId: id, err: String(err) }, 'held packets could not be read');
+    }
+  }
+
+  /**
    * Undo this host's part of a migration, in the order that keeps the workload running once:
    * kill a copy restored here by this migration (target), bring back a workload dumped here
    * (source), then drop the addresses it added and the lock entries it set.
@@ -361,6 +409,12 @@ export class AgentService {
     if (r.locked.length > 0 && r.lockVersion) {
       await p.netlock.unlock(r.locked, BigInt(r.lockVersion));
       actions.push(`unlocked ${r.locked.length} endpoint(s)`);
+      if (r.dumped && !lost) {
+        const n = await this.deliverHeld(id, r.locked);
+        if (n > 0) actions.push(`delivered ${n} held packet(s)`);
+      } else {
+        this.discardHeld(id, r.locked, 'the workload does not run here');
+      }
     }
     // CRIU's lock: on the target what was installed for a restore that did not finish; on the
     // source what the restore above did not remove. After the restore, never before it: on the

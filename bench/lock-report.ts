@@ -30,6 +30,8 @@ export interface LockMeasurement extends PhaseTimes {
   bytesDuplicated: number;
   corrupted: number;
   imageBytes: number;
+  /** EBPF: stopped packets delivered right after unlock (each connection's data joined). */
+  deliveredPackets: number;
   /** Rules, tables or lock entries of the migration found on either host afterwards (then removed). */
   leftovers: number;
   at: string;

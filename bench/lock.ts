@@ -184,6 +184,7 @@ async function measure(lab: Lab, mode: BenchMode, n: number, runNo: number, clea
     bytesDuplicated: 0,
     corrupted: 0,
     imageBytes: 0,
+    deliveredPackets: 0,
     leftovers: 0,
     at: new Date().toISOString(),
   };
@@ -206,6 +207,8 @@ async function measure(lab: Lab, mode: BenchMode, n: number, runNo: number, clea
       pid: workload.pid,
       endpoints: [parseEndpoint(`tcp://${vip}:${PORT}`)],
       lockMode: mode.toUpperCase() as HopLockMode,
+      // The point is to measure CRIU's locks where they fail: the controller must not refuse them.
+      allowUnsafeLock: true,
       settleTimeoutMs: SETTLE_TIMEOUT_MS,
     });
     if (hop.pid) cleanup.pids.push(hop.pid);
@@ -220,6 +223,7 @@ async function measure(lab: Lab, mode: BenchMode, n: number, runNo: number, clea
       freezeMs: hop.phase === 'DONE' ? hop.freezeMs : 0,
       maxStallMs: hop.maxStallMs,
       imageBytes: hop.imageBytes,
+      deliveredPackets: hop.deliveredPackets,
     });
     row.workloadRunning = (await echoServers(lab)).length > 0;
     if (traffic) {

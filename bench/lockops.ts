@@ -2,9 +2,10 @@
  * `npm run bench -- lockops`: how long locking and unlocking N connections (exact 4-tuples)
  * takes, per method:
  *
- *   ebpf-batch        EbpfNetLock with the native addon: one batch read (version guard) and one
- *                     batch write of the tuple map, bpf(2) from this process
- *   bpftool-batch     the same lock through bpftool: a `map dump` and a `bpftool batch file`
+ *   ebpf-batch        the agent's own path, EbpfNetLock.lockTuples / unlockTuples with the native
+ *                     addon: the version guard against the agent's mirror of the tuple map
+ *                     (agent/linux/lock-mirror.ts), then one batch write, bpf(2) from this process
+ *   bpftool-batch     the same lock through bpftool: one `bpftool batch file` per operation
  *   iptables-restore  one `iptables-restore --noflush` adding N DROP rules in a dedicated chain
  *                     hooked into INPUT; unlock flushes and deletes the chain
  *   nftables-set      one `nft -f` creating a table with an N-element set and a drop rule;
@@ -14,7 +15,8 @@
  * iptables and nftables rules), removed afterwards, also on failure or Ctrl-C. iptables and nft
  * run through nsenter, so their times include starting one process (bpftool's too).
  *
- * Each method first runs once at 10,000 entries, unreported (loading, JIT). Options:
+ * Each method first runs once at 10,000 entries, unreported (loading, JIT; for the eBPF methods
+ * also the one dump that loads the mirror, which the agent does when it starts). Options:
  *   --entries 1000,10000,100000  --methods ebpf-batch,...  --runs 3  --json
  * Every measurement is also appended to bench/results/lockops.jsonl.
  */
@@ -144,6 +146,7 @@ class BenchHost {
     await this.native.install();
     // Same pinned maps, read and written by bpftool processes (started in this namespace's
     // parent: maps are not per namespace, and nsenter would add a process to every call).
+    // Two writers of one map, but in turns, and each leaves it empty: both mirrors stay true.
     this.bpftool = new EbpfNetLock({ ...opts, exec: execCommand, mapMethod: 'bpftool' });
   }
 
@@ -189,7 +192,10 @@ function mapOps(lock: () => EbpfNetLock, reader: () => EbpfNetLock): LockOps {
       expectCount('tuple map', (await reader().listTuples()).length, 0);
     },
     async reset() {
+      // After a failure the map may differ from either instance's mirror: a sweep's dump resyncs it.
+      await lock().sweepExpired();
       await lock().unlockTuples(tuples, 2n ** 64n - 1n);
+      await reader().sweepExpired();
     },
   };
 }

@@ -4,8 +4,9 @@
  *
  * While a workload migrates, its endpoint (proto, address, port) has an entry in godwit_lock_ep,
  * or each of its connections an exact 4-tuple entry in godwit_lock_tuple, and packets that match
- * an unexpired entry of either are dropped here: silently, so the kernel sends no RST and the
- * peers just retransmit until the restored process answers. Everything else passes untouched.
+ * an unexpired entry of either are stopped here: silently, so the kernel sends no RST. A copy
+ * of each stopped packet is held in a ring for the agent to deliver after unlock (see
+ * godwit_maps.h); what cannot be held its peer retransmits. Everything else passes untouched.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -36,6 +37,33 @@ struct {
 	__type(key, struct godwit_tuple_key);
 	__type(value, struct godwit_lock_value);
 } godwit_lock_tuple SEC(".maps");
+
+/* Stopped packets, for the agent to deliver after unlock. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, GODWIT_HELD_RING_BYTES);
+} godwit_held SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct godwit_hold_stats);
+} godwit_hold_stats SEC(".maps");
+
+/* Where a record is put together before it goes into the ring: the BPF stack (512 bytes) is too
+ * small for a frame. Per CPU, and XDP runs to completion on its CPU, so no one else uses it. */
+struct held_record {
+	struct godwit_held_hdr hdr;
+	__u8 frame[GODWIT_HELD_MAX_FRAME];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct held_record);
+} godwit_held_scratch SEC(".maps");
 
 /* Fragment offset mask, from include/net/ip.h (not in uapi). */
 #define GODWIT_IP_OFFSET 0x1fff
@@ -138,6 +166,34 @@ static __always_inline struct godwit_lock_value *live_lease(struct godwit_lock_v
 	return *now < lease->deadline_ns ? lease : NULL; /* ran out: never blackhole past the deadline */
 }
 
+/* Copies the frame into the ring of held packets, or counts why it could not. */
+static __always_inline void hold(struct xdp_md *ctx, __u64 now)
+{
+	__u32 zero = 0;
+	struct godwit_hold_stats *stats = bpf_map_lookup_elem(&godwit_hold_stats, &zero);
+	struct held_record *rec = bpf_map_lookup_elem(&godwit_held_scratch, &zero);
+	__u64 len = bpf_xdp_get_buff_len(ctx);
+
+	if (!stats || !rec)
+		return;
+	if (len == 0 || len > GODWIT_HELD_MAX_FRAME) {
+		stats->too_long++;
+		return;
+	}
+	if (bpf_xdp_load_bytes(ctx, 0, rec->frame, len) < 0) {
+		stats->too_long++;
+		return;
+	}
+	rec->hdr.time_ns = now;
+	rec->hdr.ifindex = ctx->ingress_ifindex;
+	rec->hdr.frame_len = len;
+	if (bpf_ringbuf_output(&godwit_held, rec, sizeof(rec->hdr) + len, 0) < 0) {
+		stats->ring_full++;
+		return;
+	}
+	stats->held++;
+}
+
 SEC("xdp")
 int godwit_lock(struct xdp_md *ctx)
 {
@@ -159,6 +215,7 @@ int godwit_lock(struct xdp_md *ctx)
 
 	__sync_fetch_and_add(&lease->drops, 1);
 	lease->last_drop_ns = now;
+	hold(ctx, now);
 	return XDP_DROP;
 }
 

@@ -3,6 +3,7 @@
  *
  *   godwit hosts
  *   godwit migrate --from a --to b --pid 1234 --endpoint tcp://198.18.1.200:7000 [--wait]
+ *                  [--lock-mode EBPF|IPTABLES|NFTABLES] [--allow-unsafe-lock]
  *   godwit get <id> | godwit list | godwit watch <id>
  *
  * --json prints the API's own messages; otherwise a short human summary. A gRPC error is printed
@@ -31,6 +32,7 @@ function summary(m: Migration__Output): string {
   const lines = [`${m.id}  ${r.sourceHost} -> ${r.targetHost}  pid ${r.workload?.pid}  ${m.phase}`];
   for (const t of m.timings) lines.push(`  ${String(t.phase).padEnd(9)} ${t.durationMs.toFixed(0).padStart(6)} ms ${t.ok ? '' : `FAILED: ${t.error}`}`);
   if (m.freezeMs) lines.push(`  freeze ${m.freezeMs.toFixed(0)} ms`);
+  if (Number(m.deliveredPackets) > 0) lines.push(`  ${m.deliveredPackets} packet(s) held during the freeze, delivered after it`);
   if (m.restoredPid) lines.push(`  workload pid now ${m.restoredPid}`);
   if (m.error) lines.push(`  error: ${m.error}`);
   for (const w of m.warnings) lines.push(`  warning: ${w}`);
@@ -52,8 +54,9 @@ program
   .requiredOption('--endpoint <endpoint...>', 'endpoint(s) the workload owns, tcp://ADDRESS:PORT')
   .option('--lease-ms <ms>', 'lock lease', (v) => Number(v))
   .option('--lock-mode <mode>', 'EBPF (default), IPTABLES or NFTABLES (CRIU\'s own lock)', (v) => v.toUpperCase())
+  .option('--allow-unsafe-lock', 'run IPTABLES / NFTABLES even at a connection count where CRIU\'s lock is known to fail')
   .option('--wait', 'follow the migration until it ends')
-  .action(async (o: { from: string; to: string; pid: number; endpoint: string[]; leaseMs?: number; lockMode?: string; wait?: boolean }) => {
+  .action(async (o: { from: string; to: string; pid: number; endpoint: string[]; leaseMs?: number; lockMode?: string; allowUnsafeLock?: boolean; wait?: boolean }) => {
     const c = api();
     let endpoints;
     try {
@@ -64,7 +67,14 @@ program
     if (o.lockMode !== undefined && !['EBPF', 'IPTABLES', 'NFTABLES'].includes(o.lockMode))
       throw Object.assign(new Error(`--lock-mode ${o.lockMode} is not one of EBPF, IPTABLES, NFTABLES`), { usage: true });
     const lockMode = o.lockMode as LockMode | undefined;
-    let m = await c.migrate({ sourceHost: o.from, targetHost: o.to, workload: { pid: o.pid, endpoints }, lockLeaseMs: o.leaseMs, lockMode });
+    let m = await c.migrate({
+      sourceHost: o.from,
+      targetHost: o.to,
+      workload: { pid: o.pid, endpoints },
+      lockLeaseMs: o.leaseMs,
+      lockMode,
+      allowUnsafeLock: o.allowUnsafeLock === true,
+    });
     if (o.wait) {
       m = await c.wait(m.id, (e) => !json() && e.kind !== 'SNAPSHOT' && process.stderr.write(`${e.phase} ${e.kind}${e.detail ? `: ${e.detail}` : ''}\n`));
     }

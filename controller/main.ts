@@ -4,6 +4,7 @@ import * as grpc from '@grpc/grpc-js';
 import { Bus } from '../lib/bus.js';
 import { createLogger } from '../lib/log.js';
 import { ControllerService as ControllerServiceDef, bindServer } from '../lib/rpc.js';
+import { exitOnSignals } from '../lib/shutdown.js';
 import { MIGRATIONS_BUCKET } from '../lib/subjects.js';
 import { AgentPool } from './agent-client.js';
 import type { MigrationState } from './migration-machine.js';
@@ -35,16 +36,15 @@ async function main() {
   await bindServer(server, o.listen);
   log.info({ listen: o.listen, nats: o.nats }, 'controller ready');
 
-  const shutdown = async (signal: string) => {
-    log.info({ signal }, 'shutting down');
-    registry.stop();
-    server.forceShutdown();
-    agents.close();
-    await bus.close().catch(() => undefined);
-    process.exit(0);
-  };
-  process.once('SIGTERM', () => void shutdown('SIGTERM'));
-  process.once('SIGINT', () => void shutdown('SIGINT'));
+  exitOnSignals(
+    [
+      { name: 'host registry', run: () => registry.stop() },
+      { name: 'grpc server', run: () => server.forceShutdown() },
+      { name: 'agent channels', run: () => agents.close() },
+      { name: 'nats', run: () => bus.close() },
+    ],
+    { log },
+  );
 }
 
 main().catch((err) => {

@@ -27,6 +27,8 @@ export interface MigrationRequestSpec {
   workload: WorkloadSpec;
   lockMode: LockMode;
   lockLeaseMs: number;
+  /** Run a CRIU lock mode past its known limit (criu-lock-limits.ts). Absent in older records: false. */
+  allowUnsafeLock?: boolean;
 }
 
 export interface PhaseTiming {
@@ -49,6 +51,8 @@ export interface MigrationState {
   /** Where the workload runs now, if it was restored (on the target, or on the source after rollback). */
   restoredPid?: number;
   imageBytes: number;
+  /** EBPF lock: packets the locks stopped that the target delivered right after unlock. */
+  deliveredPackets?: number;
   warnings: string[];
   createdAtMs: number;
   updatedAtMs: number;
@@ -57,6 +61,7 @@ export interface MigrationState {
 export interface PhaseResult {
   restoredPid?: number;
   imageBytes?: number;
+  deliveredPackets?: number;
 }
 
 export type MigrationEvent =
@@ -112,6 +117,7 @@ export function decide(state: MigrationState, event: MigrationEvent): Decision {
       ...base,
       restoredPid: event.result?.restoredPid ?? base.restoredPid,
       imageBytes: event.result?.imageBytes ?? base.imageBytes,
+      deliveredPackets: event.result?.deliveredPackets ?? base.deliveredPackets,
     };
     return next ? enter(s, next) : { state: { ...s, phase: 'DONE' }, commands: [] };
   }

@@ -50,6 +50,7 @@ export const PHASE_ACTIONS: Partial<Record<Phase, PhaseAction>> = {
   UNLOCK: async ({ state, target }) => {
     const r = await target.unlock(state.id, state.request.workload.endpoints, state.lockVersion, state.request.lockMode);
     if (r.lockLeftovers > 0) throw new Error(`CRIU's restore left ${r.lockLeftovers} rule(s) or element(s) of its ${state.request.lockMode} lock on the target (removed)`);
+    return { deliveredPackets: Number(r.deliveredPackets) };
   },
 
   CLEANUP: async ({ state, source }) => {

@@ -5,11 +5,15 @@
 import { PreconditionError } from '../lib/errors.js';
 import { isServiceError } from '../lib/rpc.js';
 import type { AgentHandle } from './agent-client.js';
+import { unsafeLockRefusal } from './criu-lock-limits.js';
 import type { MigrationRequestSpec } from './migration-machine.js';
 
 export async function checkHostsFit(req: MigrationRequestSpec, source: AgentHandle, target: AgentHandle): Promise<void> {
   // The agent answers NOT_FOUND / FAILED_PRECONDITION with a message naming what to fix; pass it on.
-  await source.inspectWorkload(req.workload).catch(rethrowAgentError);
+  const workload = await source.inspectWorkload(req.workload).catch(rethrowAgentError);
+  // CRIU's own locks lose the workload or its connections past a connection count.
+  const refusal = unsafeLockRefusal(req.lockMode, workload.tcpConnections, req.allowUnsafeLock);
+  if (refusal) throw refusal;
   const [sp, tp] = await Promise.all([source.probe().catch(rethrowAgentError), target.probe().catch(rethrowAgentError)]);
   for (const [role, p] of [['source', sp], ['target', tp]] as const) {
     if (!p.criuOk) throw new PreconditionError(`${role} host "${p.host}" cannot checkpoint: criu ${p.criuVersion}: ${p.criuProblem}; run scripts/setup.sh there`);

@@ -126,7 +126,7 @@ export function validateMigrate(req: MigrateRequest__Output): MigrationRequestSp
   const lease = req.lockLeaseMs || DEFAULT_LEASE_MS;
   if (lease < MIN_LEASE_MS || lease > MAX_LEASE_MS)
     throw new InvalidArgumentError('lock_lease_ms', `lock_lease_ms must be between ${MIN_LEASE_MS} and ${MAX_LEASE_MS}, got ${lease}`);
-  return { sourceHost: req.sourceHost, targetHost: req.targetHost, workload, lockMode, lockLeaseMs: lease };
+  return { sourceHost: req.sourceHost, targetHost: req.targetHost, workload, lockMode, lockLeaseMs: lease, allowUnsafeLock: req.allowUnsafeLock === true };
 }
 
 function newMigrationId(): string {
@@ -142,6 +142,7 @@ export function toWire(m: MigrationState): Migration {
       workload: workloadToWire(m.request.workload),
       lockMode: m.request.lockMode,
       lockLeaseMs: m.request.lockLeaseMs,
+      allowUnsafeLock: m.request.allowUnsafeLock === true,
     },
     phase: m.phase,
     timings: m.timings.map((t) => ({ phase: t.phase, startedAtMs: t.startedAtMs, durationMs: t.durationMs, ok: t.ok, error: t.error ?? '' })),
@@ -152,6 +153,7 @@ export function toWire(m: MigrationState): Migration {
     updatedAtMs: m.updatedAtMs,
     freezeMs: freezeMs(m) ?? 0,
     imageBytes: m.imageBytes,
+    deliveredPackets: m.deliveredPackets ?? 0,
     warnings: m.warnings,
   };
 }

@@ -96,6 +96,7 @@ function renderTable(hops: HopResult[]): string {
     ['freeze ms', (h) => fmt(h.freezeMs)],
     ['max stall ms', (h) => fmt(h.maxStallMs)],
     ['image MiB', (h) => (h.imageBytes / 1048576).toFixed(1)],
+    ['delivered pkts', (h) => String(h.deliveredPackets)],
     ['alive', (h) => `${h.alive}/${h.connections}`],
     ['bytes lost', (h) => String(h.bytesLost)],
     ['bytes dup', (h) => String(h.bytesDuplicated)],

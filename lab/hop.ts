@@ -36,6 +36,8 @@ export interface HopResult extends PhaseTimes {
   error: string;
   pid: number;
   imageBytes: number;
+  /** EBPF: packets the locks stopped that were delivered right after unlock (joined per connection). */
+  deliveredPackets: number;
   maxStallMs: number;
   connections: number;
   alive: number;
@@ -51,6 +53,8 @@ export interface HopSpec {
   endpoints: Endpoint[];
   /** The migration's lock mode (default: the controller's, EBPF). */
   lockMode?: HopLockMode;
+  /** Run a CRIU lock mode even where it is known to fail (MigrateRequest.allow_unsafe_lock). */
+  allowUnsafeLock?: boolean;
   /**
    * Longest wait after the migration ends for every live connection to catch up (default 180 s:
    * a peer that retransmitted into the lock for long backs off up to 120 s between tries).
@@ -69,6 +73,7 @@ export async function migrateHop(controller: ControllerApi, traffic: TrafficHand
     targetHost: spec.to,
     workload: { pid: spec.pid, endpoints: spec.endpoints.map(endpointToWire) },
     ...(spec.lockMode ? { lockMode: spec.lockMode } : {}),
+    ...(spec.allowUnsafeLock ? { allowUnsafeLock: true } : {}),
   });
   const m = await controller.wait(accepted.id);
   if (traffic) await settle(traffic, spec.settleTimeoutMs ?? DEFAULT_SETTLE_TIMEOUT_MS);
@@ -114,6 +119,7 @@ export function hopResult(spec: HopSpec, m: Migration__Output, before?: TrafficW
     freezeMs: m.freezeMs,
     totalMs: m.updatedAtMs - m.createdAtMs,
     imageBytes: Number(m.imageBytes),
+    deliveredPackets: Number(m.deliveredPackets),
     maxStallMs: after?.maxStallMs ?? 0,
     connections: after?.connections ?? 0,
     alive: after?.alive ?? 0,

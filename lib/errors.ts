@@ -50,6 +50,27 @@ export class PreconditionError extends GodwitError {
   }
 }
 
+/**
+ * The requested CRIU lock mode is known to fail at the workload's connection count (dump aborted,
+ * restore failed, workload lost); the request may accept the risk with allow_unsafe_lock.
+ */
+export class UnsafeLockModeError extends PreconditionError {
+  constructor(
+    readonly lockMode: string,
+    readonly tcpConnections: number,
+    /** The connection count the mode is refused from. */
+    readonly refuseAt: number,
+    /** What goes wrong at that count, as measured. */
+    readonly failure: string,
+  ) {
+    super(
+      `lock_mode ${lockMode} is not safe for this workload's ${tcpConnections} TCP connections (refused from ${refuseAt}): ${failure}; ` +
+        'use lock_mode EBPF, or set allow_unsafe_lock to accept the risk',
+    );
+    this.name = 'UnsafeLockModeError';
+  }
+}
+
 export class NotImplementedError extends GodwitError {
   readonly code = status.UNIMPLEMENTED;
   constructor(message: string) {

@@ -38,7 +38,7 @@ gyp="${NODE_GYP:-$(npm root -g 2>/dev/null)/npm/node_modules/node-gyp/bin/node-g
 
 stale=0
 [ -f "$addon" ] || stale=1
-for dep in "$src_dir"/*.c "$src_dir/binding.gyp" "$0"; do
+for dep in "$src_dir"/*.c "$src_dir"/*.h "$src_dir/binding.gyp" "$0"; do
   [ "$dep" -nt "$addon" ] && stale=1
 done
 
@@ -58,7 +58,7 @@ fi
 # Prove it loads into this node and has what agent/linux/bpf-map-native.ts calls.
 node -e '
   const m = require(process.argv[1]);
-  const missing = ["open", "close", "update", "delete", "dump", "methods"].filter((f) => typeof m[f] !== "function");
+  const missing = ["open", "close", "update", "delete", "dump", "methods", "ringDrain", "select", "coalesce", "rawSend"].filter((f) => typeof m[f] !== "function");
   if (missing.length) { console.error("missing exports: " + missing.join(", ")); process.exit(1); }
 ' "$addon" || die "$addon does not load into $(node -v); delete native/bpfmap/build and rerun"
 [ "$stale" -eq 0 ] || say "built native/bpfmap/build/Release/bpfmap.node"

@@ -3,7 +3,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { PackedEntries } from './lock-map-codec.js';
-import type { LockMapAccess, LockMapShape } from './netlock-ebpf.js';
+import type { LockMapAccess, LockMapDump, LockMapShape } from './netlock-ebpf.js';
 
 /*
  * The native BPF map addon (native/bpfmap, built by scripts/build-native.sh) and the lock map
@@ -45,6 +45,14 @@ interface BpfMapAddon {
   delete(fd: number, keys: Buffer, keySize: number): number;
   dump(fd: number, keySize: number, valueSize: number): PackedEntries;
   methods(): BpfMapMethods;
+  /** Records taken from a BPF ring buffer map: [u32 length LE][record] each (held.c). */
+  ringDrain(fd: number, size: number): Buffer;
+  /** Of ringDrain's records: the IPv4 packets to these endpoint keys (packed), and the other records. */
+  select(records: Buffer, endpointKeys: Buffer): { taken: Buffer; kept: Buffer };
+  /** The same packets with each connection's contiguous TCP data joined (held.c says how). */
+  coalesce(packets: Buffer): Buffer;
+  /** Sends [u32 length LE][IPv4 packet] items through a raw socket; returns how many went. */
+  rawSend(packets: Buffer): number;
 }
 
 /** The addon is not built or does not load here; build it with scripts/build-native.sh. */
@@ -78,6 +86,21 @@ export class BpfMapShapeError extends Error {
   ) {
     super(`${pin}: ${problem}`);
     this.name = 'BpfMapShapeError';
+  }
+}
+
+/**
+ * The pin names another map than the one a write was planned against (its entries were read
+ * from map `expectedId`; the lock was reinstalled meanwhile). Nothing was written.
+ */
+export class BpfMapReplacedError extends Error {
+  constructor(
+    readonly pin: string,
+    readonly expectedId: number,
+    readonly foundId: number,
+  ) {
+    super(`${pin}: now names map ${foundId}, not map ${expectedId} that the write was planned against`);
+    this.name = 'BpfMapReplacedError';
   }
 }
 
@@ -137,7 +160,24 @@ function asBpfMapError(pin: string, err: unknown): unknown {
  * operation costs two syscalls and means a pin replaced meanwhile (uninstall, reinstall) is
  * never written through a stale fd.
  */
-function withPinnedMap<T>(pin: string, shape: LockMapShape, op: (m: BpfMapAddon, fd: number) => T): T {
+function withPinnedMap<T>(pin: string, shape: LockMapShape, op: (m: BpfMapAddon, fd: number, mapId: number) => T, expectMapId?: number): T {
+  let mapId = 0;
+  return withOpenedMap(
+    pin,
+    (opened) => {
+      const want = `hash key ${shape.keySize} value ${shape.valueSize}`;
+      const have = `${opened.type === BPF_MAP_TYPE_HASH ? 'hash' : `type ${opened.type}`} key ${opened.keySize} value ${opened.valueSize}`;
+      if (want !== have) return `expected a ${want} map (${shape.name}), found ${have}`;
+      if (expectMapId !== undefined && opened.id !== expectMapId) throw new BpfMapReplacedError(pin, expectMapId, opened.id);
+      mapId = opened.id;
+      return undefined;
+    },
+    (m, fd) => op(m, fd, mapId),
+  );
+}
+
+/** Opens the pin, refuses it when `problem` finds one, runs op, closes. */
+function withOpenedMap<T>(pin: string, problem: (opened: OpenedBpfMap) => string | undefined, op: (m: BpfMapAddon, fd: number) => T): T {
   const m = addon();
   let opened: OpenedBpfMap;
   try {
@@ -146,9 +186,8 @@ function withPinnedMap<T>(pin: string, shape: LockMapShape, op: (m: BpfMapAddon,
     throw asBpfMapError(pin, err);
   }
   try {
-    const want = `hash key ${shape.keySize} value ${shape.valueSize}`;
-    const have = `${opened.type === BPF_MAP_TYPE_HASH ? 'hash' : `type ${opened.type}`} key ${opened.keySize} value ${opened.valueSize}`;
-    if (want !== have) throw new BpfMapShapeError(pin, `expected a ${want} map (${shape.name}), found ${have}`);
+    const p = problem(opened);
+    if (p) throw new BpfMapShapeError(pin, p);
     return op(m, opened.fd);
   } catch (err) {
     throw asBpfMapError(pin, err);
@@ -173,17 +212,66 @@ export class NativeLockMap implements LockMapAccess {
     addon(); // fail here, at construction, when the addon is missing
   }
 
-  async dump(): Promise<PackedEntries> {
-    return withPinnedMap(this.pin, this.shape, (m, fd) => m.dump(fd, this.shape.keySize, this.shape.valueSize));
+  /** Every entry, and the kernel's id of the map they came from. */
+  async dump(): Promise<LockMapDump> {
+    return withPinnedMap(this.pin, this.shape, (m, fd, mapId) => ({ ...m.dump(fd, this.shape.keySize, this.shape.valueSize), mapId }));
   }
 
-  async update(keys: Buffer, values: Buffer): Promise<void> {
-    if (keys.length === 0) return;
-    withPinnedMap(this.pin, this.shape, (m, fd) => m.update(fd, keys, values, this.shape.keySize, this.shape.valueSize));
+  /**
+   * Given mapId, refuses (BpfMapReplacedError) a pin that names another map, before writing; also
+   * with no keys, so that a plan that writes nothing (every key kept by a newer entry) is still
+   * checked against the map it was made for.
+   */
+  async update(keys: Buffer, values: Buffer, mapId?: number): Promise<void> {
+    if (keys.length === 0 && mapId === undefined) return;
+    withPinnedMap(this.pin, this.shape, (m, fd) => (keys.length === 0 ? 0 : m.update(fd, keys, values, this.shape.keySize, this.shape.valueSize)), mapId);
   }
 
-  async delete(keys: Buffer): Promise<number> {
-    if (keys.length === 0) return 0;
-    return withPinnedMap(this.pin, this.shape, (m, fd) => m.delete(fd, keys, this.shape.keySize));
+  /** Given mapId, refuses (BpfMapReplacedError) a pin that names another map, before deleting (also with no keys, as update()). */
+  async delete(keys: Buffer, mapId?: number): Promise<number> {
+    if (keys.length === 0 && mapId === undefined) return 0;
+    return withPinnedMap(this.pin, this.shape, (m, fd) => (keys.length === 0 ? 0 : m.delete(fd, keys, this.shape.keySize)), mapId);
+  }
+}
+
+/** bpf_map_type BPF_MAP_TYPE_RINGBUF (uapi linux/bpf.h). */
+const BPF_MAP_TYPE_RINGBUF = 27;
+
+/** Takes every complete record from the ring pinned at `pin` (of `size` bytes). */
+export function drainRing(pin: string, size: number): Buffer {
+  return withOpenedMap(
+    pin,
+    (o) => (o.type === BPF_MAP_TYPE_RINGBUF && o.maxEntries === size ? undefined : `expected a ring buffer of ${size} bytes, found map type ${o.type} of ${o.maxEntries}`),
+    (m, fd) => m.ringDrain(fd, size),
+  );
+}
+
+/**
+ * Splits held-ring records ([u32 length LE][record] each) into the IPv4 packets addressed to one
+ * of the endpoints (packed [u32 length LE][packet]) and the records of everything else.
+ */
+export function selectHeld(records: Buffer, endpointKeys: Buffer): { taken: Buffer; kept: Buffer } {
+  try {
+    return addon().select(records, endpointKeys);
+  } catch (err) {
+    throw asBpfMapError('select', err);
+  }
+}
+
+/** Packed IPv4 packets ([u32 length LE][packet]) with each connection's contiguous TCP data joined into one segment. */
+export function coalescePackets(packets: Buffer): Buffer {
+  try {
+    return addon().coalesce(packets);
+  } catch (err) {
+    throw asBpfMapError('coalesce', err);
+  }
+}
+
+/** Sends packed IPv4 packets ([u32 length LE][packet]) through a raw socket of this network namespace. */
+export function sendRawPackets(packets: Buffer): number {
+  try {
+    return addon().rawSend(packets);
+  } catch (err) {
+    throw asBpfMapError('raw socket', err);
   }
 }

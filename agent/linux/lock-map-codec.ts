@@ -11,8 +11,8 @@ import type { FourTuple } from '../netlock.js';
  * before reusing it.
  */
 
-/** GODWIT_LOCK_LAYOUT_VERSION in bpf/godwit_maps.h (2: the tuple map was added). */
-export const LOCK_LAYOUT_VERSION = 2;
+/** GODWIT_LOCK_LAYOUT_VERSION in bpf/godwit_maps.h (2: the tuple map was added; 3: the held-packet ring). */
+export const LOCK_LAYOUT_VERSION = 3;
 /** Map name in bpf/lock.c; also the file name bpftool pins it under. */
 export const LOCK_MAP_NAME = 'godwit_lock_ep';
 /** GODWIT_LOCK_EP_MAX_ENTRIES in bpf/godwit_maps.h. */
@@ -180,13 +180,34 @@ function isPort(p: number): boolean {
   return Number.isInteger(p) && p >= 1 && p <= 0xffff;
 }
 
+/**
+ * The local address of the tuple last written, and where its bytes are: the connections of one
+ * request mostly share the workload's address, so it is parsed once (a string compare is cheaper).
+ */
+interface LocalAddressMemo {
+  text: string;
+  at: number;
+}
+
 /** Why tuple `t` cannot be a lock key, or undefined; written into b at `at` when it can. */
-function writeTupleKey(t: FourTuple, b: Buffer, at: number): string | undefined {
+function writeTupleKey(t: FourTuple, b: Buffer, at: number, local?: LocalAddressMemo): string | undefined {
   if (t === null || typeof t !== 'object') return 'not a 4-tuple object';
   const proto = t.proto === 'tcp' ? IPPROTO.tcp : t.proto === 'udp' ? IPPROTO.udp : undefined;
   if (proto === undefined) return `proto "${String(t.proto)}" is not tcp or udp`;
   if (!writeIPv4(t.remoteAddress, b, at + TUPLE.saddr)) return `remoteAddress "${String(t.remoteAddress)}" is not an IPv4 address`;
-  if (!writeIPv4(t.localAddress, b, at + TUPLE.daddr)) return `localAddress "${String(t.localAddress)}" is not an IPv4 address`;
+  const d = at + TUPLE.daddr;
+  if (local && local.at >= 0 && t.localAddress === local.text) {
+    const from = local.at;
+    b[d] = b[from];
+    b[d + 1] = b[from + 1];
+    b[d + 2] = b[from + 2];
+    b[d + 3] = b[from + 3];
+  } else if (!writeIPv4(t.localAddress, b, d)) {
+    return `localAddress "${String(t.localAddress)}" is not an IPv4 address`;
+  } else if (local) {
+    local.text = t.localAddress;
+    local.at = d;
+  }
   if (!isPort(t.remotePort)) return `remotePort ${String(t.remotePort)} is not 1-65535`;
   if (!isPort(t.localPort)) return `localPort ${String(t.localPort)} is not 1-65535`;
   b[at + TUPLE.sport] = t.remotePort >>> 8;
@@ -215,8 +236,9 @@ export function encodeTupleKey(t: FourTuple): Buffer {
 export function encodeTupleKeys(tuples: readonly FourTuple[]): Buffer {
   const size = TUPLE_KEY_LAYOUT.size;
   const b = Buffer.allocUnsafe(tuples.length * size);
+  const local: LocalAddressMemo = { text: '', at: -1 };
   for (let i = 0; i < tuples.length; i++) {
-    const problem = writeTupleKey(tuples[i], b, i * size);
+    const problem = writeTupleKey(tuples[i], b, i * size, local);
     if (problem) throw new RangeError(`lock tuple ${i}: ${problem}`);
   }
   return b;
@@ -298,14 +320,43 @@ export interface UnlockPlan {
   keptNewer: KeptNewer[];
 }
 
+/**
+ * The entries a plan is made against, found by key: a dump of the map (heldEntries()) or the
+ * agent's mirror of it (lock-mirror.ts). A plan only reads it.
+ */
+export interface HeldVersions {
+  /** How many entries are held. */
+  readonly size: number;
+  /** find() returns slots below this. */
+  readonly slotCount: number;
+  /** The slot of the entry whose key is keys[at..] (u32 words, see keyWords()), or -1. */
+  find(keys: Uint32Array, at: number): number;
+  /** High and low u32 of the version of the entry in a slot. */
+  versionHi(slot: number): number;
+  versionLo(slot: number): number;
+}
+
 /*
- * Keys are compared as u32 words (both key sizes are multiples of 4) through a small
- * open-addressing hash table: building a string per key costs more than the bpf(2) batch that
+ * Keys are compared as u32 words (both key sizes are multiples of 4) through small
+ * open-addressing hash tables: building a string per key costs more than the bpf(2) batch that
  * writes it (10,000 keys: about 1.5 ms of strings against 3 ms of kernel work, measured here).
  */
-function words(b: Buffer): Uint32Array {
+
+/** The u32 words of packed keys (or values), without a copy when b is 4-byte aligned. */
+export function keyWords(b: Buffer): Uint32Array {
   if (b.byteOffset % 4 !== 0) b = Buffer.from(b); // a slice at an odd offset; a copy starts aligned
   return new Uint32Array(b.buffer, b.byteOffset, b.length >>> 2);
+}
+
+/** A 32-bit hash of the perKey u32 words at k[at..]; tables take its low bits. */
+export function hashKeyWords(k: Uint32Array, at: number, perKey: number): number {
+  let h = 0x9e3779b9;
+  for (let w = 0; w < perKey; w++) {
+    h = Math.imul(h ^ k[at + w], 0x85ebca6b);
+    h ^= h >>> 15;
+  }
+  h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35);
+  return (h ^ (h >>> 16)) >>> 0;
 }
 
 /** A set of the distinct keys in a packed key buffer, each found by its first index. */
@@ -340,7 +391,7 @@ class PackedKeyIndex {
 
   /** Index of the key equal to other[at..at+perKey] (u32 words), or -1. */
   find(other: Uint32Array, at: number): number {
-    for (let slot = this.hash(other, at); ; slot = (slot + 1) & this.mask) {
+    for (let slot = hashKeyWords(other, at, this.perKey) & this.mask; ; slot = (slot + 1) & this.mask) {
       const entry = this.slots[slot] - 1;
       if (entry < 0) return -1;
       if (this.equal(entry, other, at)) return entry;
@@ -349,7 +400,7 @@ class PackedKeyIndex {
 
   /** Adds key i unless an equal key is there; returns the index that holds it. */
   private insert(i: number): number {
-    for (let slot = this.hash(this.keys, i * this.perKey); ; slot = (slot + 1) & this.mask) {
+    for (let slot = hashKeyWords(this.keys, i * this.perKey, this.perKey) & this.mask; ; slot = (slot + 1) & this.mask) {
       const entry = this.slots[slot] - 1;
       if (entry < 0) {
         this.slots[slot] = i + 1;
@@ -364,28 +415,23 @@ class PackedKeyIndex {
     for (let w = 0; w < this.perKey; w++) if (this.keys[base + w] !== other[at + w]) return false;
     return true;
   }
-
-  private hash(k: Uint32Array, at: number): number {
-    let h = 0x9e3779b9;
-    for (let w = 0; w < this.perKey; w++) {
-      h = Math.imul(h ^ k[at + w], 0x85ebca6b);
-      h ^= h >>> 15;
-    }
-    h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35);
-    return (h ^ (h >>> 16)) & this.mask;
-  }
 }
 
 const VALUE_WORDS = LOCK_VALUE_LAYOUT.size / 4;
+/** Word offsets of the u64 fields in a value, low word first (little-endian). */
+export const VALUE_WORD = { version: VALUE.version / 4, deadlineNs: VALUE.deadlineNs / 4 } as const;
 
-/** Whether the u64 version at value word offset `at` is greater than (hi, lo). */
-function versionAbove(values: Uint32Array, at: number, hi: number, lo: number): boolean {
-  const vHi = values[at + VALUE.version / 4 + 1];
-  return vHi > hi || (vHi === hi && values[at + VALUE.version / 4] > lo);
+/** Whether the u64 (vHi, vLo) is greater than (hi, lo). */
+function above(vHi: number, vLo: number, hi: number, lo: number): boolean {
+  return vHi > hi || (vHi === hi && vLo > lo);
 }
 
-function splitU64(v: bigint): [hi: number, lo: number] {
+export function splitU64(v: bigint): [hi: number, lo: number] {
   return [Number(v >> 32n), Number(v & 0xffff_ffffn)];
+}
+
+export function joinU64(hi: number, lo: number): bigint {
+  return (BigInt(hi) << 32n) | BigInt(lo);
 }
 
 function checkPacked(what: string, keys: Buffer, keySize: number): number {
@@ -398,83 +444,78 @@ function copyWords(from: Uint32Array, at: number, to: Uint32Array, dst: number, 
   for (let w = 0; w < perKey; w++) to[dst + w] = from[at + w];
 }
 
-function u64At(values: Uint32Array, wordAt: number): bigint {
-  return (BigInt(values[wordAt + 1]) << 32n) | BigInt(values[wordAt]);
+/** A dump of the map (packed entries of keySize-byte keys) as the entries a plan is made against. */
+export function heldEntries(keySize: number, held: PackedEntries): HeldVersions {
+  checkPacked('held keys', held.keys, keySize);
+  const perKey = keySize / 4;
+  const index = new PackedKeyIndex(keyWords(held.keys.subarray(0, held.count * keySize)), perKey);
+  const values = keyWords(held.values);
+  return {
+    size: index.distinct,
+    slotCount: held.count,
+    find: (keys, at) => index.find(keys, at),
+    versionHi: (slot) => values[slot * VALUE_WORDS + VALUE_WORD.version + 1],
+    versionLo: (slot) => values[slot * VALUE_WORDS + VALUE_WORD.version],
+  };
 }
 
 /**
- * A lock of every distinct key in `wanted` (packed keys of keySize bytes) over what the map
- * `held`: a key is written unless its entry has a newer version than `version`. A rewritten
- * entry keeps its drop counters (the program only ever adds to them).
+ * A lock of every distinct key in `wanted` (packed keys of keySize bytes) over what is `held`:
+ * a key is written unless its entry has a newer version than `version`. Every value is written
+ * whole, so a rewritten entry starts its drop counters over: carrying them would take reading
+ * the map, which the agent no longer does on a lock (netlock-ebpf.ts).
  */
-export function planLock(keySize: number, wanted: Buffer, held: PackedEntries, version: bigint, deadlineNs: bigint): LockPlan {
+export function planLock(keySize: number, wanted: Buffer, held: HeldVersions, version: bigint, deadlineNs: bigint): LockPlan {
   const n = checkPacked('lock keys', wanted, keySize);
   const perKey = keySize / 4;
   const vs = LOCK_VALUE_LAYOUT.size;
   const fresh = encodeLockValue({ version, deadlineNs, drops: 0n, lastDropNs: 0n });
-  const wantedWords = words(wanted);
+  const wantedWords = keyWords(wanted);
   const index = new PackedKeyIndex(wantedWords, perKey);
-  if (held.count === 0 && index.distinct === n) {
+  if (held.size === 0 && index.distinct === n) {
     // The common case, a fresh lock: every key as it came, one template value each.
     return { writes: { keys: wanted, values: Buffer.alloc(n * vs, fresh), count: n }, keptNewer: [] };
   }
 
-  // Which held entry each wanted key has (-1: none), and which keys a newer entry keeps.
-  const heldFor = new Int32Array(n).fill(-1);
-  const keep = new Uint8Array(n);
-  const keptNewer: KeptNewer[] = [];
   const [hi, lo] = splitU64(version);
-  const heldKeys = words(held.keys);
-  const heldValues = words(held.values);
-  for (let h = 0; h < held.count; h++) {
-    const i = index.find(heldKeys, h * perKey);
-    if (i < 0) continue;
-    if (versionAbove(heldValues, h * VALUE_WORDS, hi, lo)) {
-      keep[i] = 1;
-      keptNewer.push({ index: i, heldVersion: u64At(heldValues, h * VALUE_WORDS + VALUE.version / 4) });
-    } else {
-      heldFor[i] = h;
-    }
-  }
-
-  const keys = Buffer.alloc(index.distinct * keySize);
-  const values = Buffer.alloc(index.distinct * vs, fresh);
-  const keyWords = words(keys);
-  const valueWords = words(values);
-  const drops = VALUE.drops / 4;
-  const counters = (VALUE.lastDropNs + 8 - VALUE.drops) / 4; // drops and last_drop_ns
+  const keys = Buffer.allocUnsafe(index.distinct * keySize);
+  const keyOut = keyWords(keys);
+  const keptNewer: KeptNewer[] = [];
   let count = 0;
   for (let i = 0; i < n; i++) {
-    if (index.firstOf[i] !== i || keep[i]) continue;
-    copyWords(wantedWords, i * perKey, keyWords, count * perKey, perKey);
-    const h = heldFor[i];
-    if (h >= 0) copyWords(heldValues, h * VALUE_WORDS + drops, valueWords, count * VALUE_WORDS + drops, counters);
-    count++;
-  }
-  return { writes: { keys: keys.subarray(0, count * keySize), values: values.subarray(0, count * vs), count }, keptNewer };
-}
-
-/** An unlock of the keys in `wanted`: deletes each held entry whose version <= `version`. */
-export function planUnlock(keySize: number, wanted: Buffer, held: PackedEntries, version: bigint): UnlockPlan {
-  checkPacked('unlock keys', wanted, keySize);
-  const perKey = keySize / 4;
-  if (held.count === 0) return { deletes: Buffer.alloc(0), count: 0, keptNewer: [] };
-  const index = new PackedKeyIndex(words(wanted), perKey);
-  const [hi, lo] = splitU64(version);
-  const heldKeys = words(held.keys);
-  const heldValues = words(held.values);
-  const deletes = Buffer.alloc(Math.min(held.count, index.distinct) * keySize);
-  const deleteWords = words(deletes);
-  const keptNewer: KeptNewer[] = [];
-  let count = 0;
-  for (let h = 0; h < held.count; h++) {
-    const i = index.find(heldKeys, h * perKey);
-    if (i < 0) continue;
-    if (versionAbove(heldValues, h * VALUE_WORDS, hi, lo)) {
-      keptNewer.push({ index: i, heldVersion: u64At(heldValues, h * VALUE_WORDS + VALUE.version / 4) });
+    if (index.firstOf[i] !== i) continue;
+    const s = held.size === 0 ? -1 : held.find(wantedWords, i * perKey);
+    if (s >= 0 && above(held.versionHi(s), held.versionLo(s), hi, lo)) {
+      keptNewer.push({ index: i, heldVersion: joinU64(held.versionHi(s), held.versionLo(s)) });
       continue;
     }
-    copyWords(heldKeys, h * perKey, deleteWords, count * perKey, perKey);
+    copyWords(wantedWords, i * perKey, keyOut, count * perKey, perKey);
+    count++;
+  }
+  return { writes: { keys: keys.subarray(0, count * keySize), values: Buffer.alloc(count * vs, fresh), count }, keptNewer };
+}
+
+/** An unlock of the keys in `wanted`: deletes each held entry whose version <= `version`, once. */
+export function planUnlock(keySize: number, wanted: Buffer, held: HeldVersions, version: bigint): UnlockPlan {
+  const n = checkPacked('unlock keys', wanted, keySize);
+  const perKey = keySize / 4;
+  if (held.size === 0 || n === 0) return { deletes: Buffer.alloc(0), count: 0, keptNewer: [] };
+  const [hi, lo] = splitU64(version);
+  const wantedWords = keyWords(wanted);
+  const seen = new Uint8Array(held.slotCount); // a key asked for twice is one entry
+  const deletes = Buffer.allocUnsafe(Math.min(n, held.size) * keySize);
+  const deleteWords = keyWords(deletes);
+  const keptNewer: KeptNewer[] = [];
+  let count = 0;
+  for (let i = 0; i < n; i++) {
+    const s = held.find(wantedWords, i * perKey);
+    if (s < 0 || seen[s]) continue;
+    seen[s] = 1;
+    if (above(held.versionHi(s), held.versionLo(s), hi, lo)) {
+      keptNewer.push({ index: i, heldVersion: joinU64(held.versionHi(s), held.versionLo(s)) });
+      continue;
+    }
+    copyWords(wantedWords, i * perKey, deleteWords, count * perKey, perKey);
     count++;
   }
   return { deletes: deletes.subarray(0, count * keySize), count, keptNewer };

@@ -2,7 +2,8 @@ import { pino, type Logger } from 'pino';
 import { endpointProblem, formatEndpoint, type Endpoint } from '../../lib/endpoint.js';
 import { CommandError, type Executor } from '../../lib/exec.js';
 import { LockRequestError, type FourTuple, type LockEntry, type NetLock, type TupleLockEntry } from '../netlock.js';
-import { NativeAddonUnavailableError, nativeBpfMapProblem, NativeLockMap } from './bpf-map-native.js';
+import { BpfMapReplacedError, NativeAddonUnavailableError, nativeBpfMapProblem, NativeLockMap } from './bpf-map-native.js';
+import { HELD_RING_BYTES } from './packet-hold.js';
 import {
   decodeEndpointKey,
   decodeLockValueAt,
@@ -28,6 +29,7 @@ import {
   type PackedEntries,
   type StructLayout,
 } from './lock-map-codec.js';
+import { LockMirror } from './lock-mirror.js';
 
 /** SEC("xdp") function name in bpf/lock.c; how an attached program is recognised as ours. */
 export const LOCK_PROG_NAME = 'godwit_lock';
@@ -108,6 +110,8 @@ export interface LockPins {
   lockMap: string;
   /** godwit_lock_tuple: exact-connection entries. */
   tupleMap: string;
+  /** godwit_held: the ring of stopped packets (agent/linux/packet-hold.ts). */
+  heldRing: string;
 }
 
 export function lockPins(pinDir: string): LockPins {
@@ -124,6 +128,7 @@ export function lockPins(pinDir: string): LockPins {
     mapsDir,
     lockMap: `${mapsDir}/${LOCK_MAP_NAME}`,
     tupleMap: `${mapsDir}/${LOCK_TUPLE_MAP_NAME}`,
+    heldRing: `${mapsDir}/${HELD_MAPS[0].name}`,
   };
 }
 
@@ -157,18 +162,28 @@ export interface LockMapAccess {
   readonly pin: string;
   readonly method: LockMapMethod;
   /** Every entry. */
-  dump(): Promise<PackedEntries>;
-  /** Creates or overwrites every entry; on a failure part way the earlier ones stay written. */
-  update(keys: Buffer, values: Buffer): Promise<void>;
-  /** Deletes entries the caller just read with dump(); returns how many went. */
-  delete(keys: Buffer): Promise<number>;
+  dump(): Promise<LockMapDump>;
+  /**
+   * Creates or overwrites every entry; on a failure part way the earlier ones stay written.
+   * Given a mapId (a dump's), a pin that now names another map is refused before anything is
+   * written (BpfMapReplacedError); an access that cannot tell (bpftool) ignores it.
+   */
+  update(keys: Buffer, values: Buffer, mapId?: number): Promise<void>;
+  /** Deletes the entries of these keys, skipping keys the map does not hold; returns how many went. mapId as for update(). */
+  delete(keys: Buffer, mapId?: number): Promise<number>;
+}
+
+/** Every entry of a lock map, with the kernel's id of the map when the access knows it (native). */
+export interface LockMapDump extends PackedEntries {
+  mapId?: number;
 }
 
 /**
  * Lock map access through bpftool: one process per dump, one per group of writes
  * (`bpftool batch`, which reopens the pinned map per line: 10,000 lines take about 100 ms,
  * FIELD-NOTES). The reference the native path is measured against, and the fallback where the
- * addon is not built.
+ * addon is not built. It cannot tell which map a pin names without one more process, so it
+ * reports no map id and checks none.
  */
 export class BpftoolLockMap implements LockMapAccess {
   readonly method = 'bpftool';
@@ -179,7 +194,7 @@ export class BpftoolLockMap implements LockMapAccess {
     private readonly shape: LockMapShape = ENDPOINT_MAP_SHAPE,
   ) {}
 
-  async dump(): Promise<PackedEntries> {
+  async dump(): Promise<LockMapDump> {
     const r = await this.exec('bpftool', ['-j', 'map', 'dump', 'pinned', this.pin], { timeoutMs: COMMAND_TIMEOUT_MS });
     const rows = JSON.parse(r.stdout) as { key: string[]; value: string[] }[];
     const { keySize, valueSize } = this.shape;
@@ -229,6 +244,28 @@ function spacedHex(b: Buffer, at: number, size: number): string {
   return b.toString('hex', at, at + size).replace(/(..)(?!$)/g, '$1 ');
 }
 
+/**
+ * A map of bpf/lock.c as install() pins it and, on a later install, reuses it: pinned state is
+ * what survives an agent restart. Shapes as `bpftool -j map show` prints them.
+ */
+interface PinnedMapSpec {
+  name: string;
+  pin: string;
+  type: 'hash' | 'ringbuf' | 'percpu_array';
+  keySize: number;
+  valueSize: number;
+  maxEntries: number;
+  /** Structs whose BTF layout must match the codec's (key first, then value); none for the held maps. */
+  structs: readonly StructLayout[];
+}
+
+/** The held-packet maps (bpf/lock.c, bpf/godwit_maps.h): the ring, its counters, the per-CPU scratch record. */
+const HELD_MAPS = [
+  { name: 'godwit_held', type: 'ringbuf', keySize: 0, valueSize: 0, maxEntries: HELD_RING_BYTES },
+  { name: 'godwit_hold_stats', type: 'percpu_array', keySize: 4, valueSize: 24, maxEntries: 1 },
+  { name: 'godwit_held_scratch', type: 'percpu_array', keySize: 4, valueSize: 16 + 1536, maxEntries: 1 },
+] as const;
+
 /** One of the host's lock maps, as the driver uses it. */
 interface LockTable {
   shape: LockMapShape;
@@ -236,6 +273,8 @@ interface LockTable {
   key: StructLayout;
   pin: string;
   access: LockMapAccess;
+  /** What the map holds, as this class last wrote or read it; undefined until loaded, or while in doubt. */
+  mirror?: LockMirror;
 }
 
 interface XdpAttachment {
@@ -249,11 +288,13 @@ interface XdpAttachment {
  * leases, endpoints and exact connections (bpf/lock.c, bpf/godwit_maps.h); installed with
  * bpftool and ip, the maps read and written through the native addon's batch calls.
  *
- * Every lock or unlock is one batch read of the map (the version guard) and one batch write.
- * The agent is the maps' only writer, and this class runs one operation at a time, so the
- * version checks (read the entry, then write it) cannot interleave. The program only adds to
- * drops/last_drop_ns; a lock that rewrites an entry carries those over (a drop counted between
- * the read and the write is lost, which only matters to statistics).
+ * Every lock or unlock is one batch write, version-guarded against a mirror of the map kept in
+ * this process (lock-mirror.ts says why that is safe: the agent is the maps' only writer, and
+ * this class runs one operation at a time). The mirror is loaded from one dump on first use and
+ * checked against the map by the dump sweepExpired() makes anyway; list() and listTuples() read
+ * the map itself. A lock writes each value whole, so rewriting an entry (a newer version, or
+ * the same one for a longer lease) starts its drops/last_drop_ns over: carrying them over would
+ * take reading the map on every lock, which costs as much as the write.
  *
  * Deadlines are process.hrtime.bigint(), which is CLOCK_MONOTONIC like bpf_ktime_get_ns().
  * (Run the agent outside any time namespace: bpf_ktime_get_ns ignores its offsets.)
@@ -304,14 +345,14 @@ export class EbpfNetLock implements NetLock {
     return this.serial(async () => {
       await this.ensureBpffs();
       await this.run('mkdir', ['-p', this.pins.dir]);
-      const tables = [this.endpointMap, this.tupleMap];
-      const reused: LockTable[] = [];
-      for (const t of tables) {
-        if (!(await this.exists(t.pin))) continue;
-        await this.checkPinnedLayout(t);
-        reused.push(t);
+      const maps = this.pinnedMaps();
+      const reused: PinnedMapSpec[] = [];
+      for (const m of maps) {
+        if (!(await this.exists(m.pin))) continue;
+        await this.checkPinnedLayout(m);
+        reused.push(m);
       }
-      const created = tables.filter((t) => !reused.includes(t));
+      const created = maps.filter((m) => !reused.includes(m));
 
       // Load next to the running program, then swap: the interface is never without a
       // program, and both programs share the pinned maps, so held locks stay held.
@@ -321,7 +362,7 @@ export class EbpfNetLock implements NetLock {
         // bpftool refuses `pinmaps` once any map is reused ("failed to pin map: File exists"),
         // so each reused map gets its own clause and the maps it created are pinned by id below
         // (a host whose pins predate the tuple map: layout version 1).
-        ...(reused.length === 0 ? ['pinmaps', this.pins.mapsDir] : reused.flatMap((t) => ['map', 'name', t.shape.name, 'pinned', t.pin])),
+        ...(reused.length === 0 ? ['pinmaps', this.pins.mapsDir] : reused.flatMap((m) => ['map', 'name', m.name, 'pinned', m.pin])),
       ]);
       try {
         if (reused.length > 0 && created.length > 0) await this.pinCreatedMaps(this.pins.progStaging, created);
@@ -332,7 +373,7 @@ export class EbpfNetLock implements NetLock {
       }
       await this.run('mv', ['-f', this.pins.progStaging, this.pins.prog]); // bpffs supports rename
       this.log.info(
-        { mode: this.mode, pinDir: this.pins.dir, reusedMaps: reused.map((t) => t.shape.name), createdMaps: created.map((t) => t.shape.name), mapMethod: this.mapMethod },
+        { mode: this.mode, pinDir: this.pins.dir, reusedMaps: reused.map((m) => m.name), createdMaps: created.map((m) => m.name), mapMethod: this.mapMethod },
         'network lock installed',
       );
     });
@@ -411,9 +452,18 @@ export class EbpfNetLock implements NetLock {
     return this.serial(async () => {
       let swept = 0;
       for (const t of [this.endpointMap, this.tupleMap]) {
-        const expired = expiredKeys(t.shape.keySize, await t.access.dump(), monotonicNowNs());
+        // The dump that finds ended leases also checks the mirror against the map.
+        const held = await t.access.dump();
+        const mirror = this.resync(t, 'sweep', held);
+        const expired = expiredKeys(t.shape.keySize, held, monotonicNowNs());
         if (expired.count === 0) continue;
-        await t.access.delete(expired.keys);
+        try {
+          await t.access.delete(expired.keys, held.mapId);
+        } catch (err) {
+          await this.reload(t, `sweep delete failed: ${err instanceof Error ? err.message : String(err)}`);
+          throw err;
+        }
+        mirror.forget(expired.keys);
         swept += expired.count;
         const sample =
           t === this.endpointMap
@@ -438,6 +488,7 @@ export class EbpfNetLock implements NetLock {
         this.log.warn({ progName: attached.progName, progId: attached.progId }, 'interface runs another XDP program; leaving it');
       }
       await this.run('rm', ['-rf', this.pins.dir]);
+      for (const t of [this.endpointMap, this.tupleMap]) t.mirror = undefined; // a later install creates new maps
       this.mode = undefined;
       this.log.info({ pinDir: this.pins.dir }, 'network lock uninstalled');
     });
@@ -457,35 +508,112 @@ export class EbpfNetLock implements NetLock {
     return (await this.exec('test', ['-e', path], { allowFailure: true, timeoutMs: COMMAND_TIMEOUT_MS })).exitCode === 0;
   }
 
-  /** One batch read (the version guard), one batch write. */
+  /** The version guard against the mirror, then one batch update. */
   private async guardedLock(t: LockTable, keys: Buffer, version: bigint, leaseMs: number): Promise<{ locked: number; keptNewer: KeptNewer[] }> {
-    const held = await t.access.dump();
     const deadlineNs = monotonicNowNs() + BigInt(Math.ceil(leaseMs * 1e6));
-    const plan = planLock(t.shape.keySize, keys, held, version, deadlineNs);
-    if (plan.writes.count > 0) await t.access.update(plan.writes.keys, plan.writes.values);
+    const plan = await this.writePlanned(
+      t,
+      (held) => planLock(t.shape.keySize, keys, held, version, deadlineNs),
+      // Also when it writes nothing: the access then still checks that the pin names the mirrored map.
+      (p, mapId) => t.access.update(p.writes.keys, p.writes.values, mapId),
+      (mirror, p) => mirror.record(p.writes.keys, version, deadlineNs),
+    );
     return { locked: plan.writes.count, keptNewer: plan.keptNewer };
   }
 
+  /** The version guard against the mirror, then one batch delete. */
   private async guardedUnlock(t: LockTable, keys: Buffer, version: bigint): Promise<{ unlocked: number; keptNewer: KeptNewer[] }> {
-    const plan = planUnlock(t.shape.keySize, keys, await t.access.dump(), version);
-    const unlocked = plan.count > 0 ? await t.access.delete(plan.deletes) : 0;
+    let unlocked = 0;
+    const plan = await this.writePlanned(
+      t,
+      (held) => planUnlock(t.shape.keySize, keys, held, version),
+      async (p, mapId) => {
+        unlocked = await t.access.delete(p.deletes, mapId);
+      },
+      // The plan's keys are distinct entries of this mirror: as many as it holds means all of them.
+      (mirror, p) => (p.count === mirror.size ? mirror.clear() : mirror.forget(p.deletes)),
+    );
+    if (unlocked !== plan.count) {
+      // Something else deleted entries (the mirror has forgotten those now): look for more now, not at the next sweep.
+      this.log.warn({ map: t.shape.name, planned: plan.count, deleted: unlocked }, 'unlock found entries already gone from the map');
+      await this.reload(t, `unlock deleted ${unlocked} of ${plan.count} entries`);
+    }
     return { unlocked, keptNewer: plan.keptNewer };
+  }
+
+  /**
+   * One version-guarded write: plan against t's mirror (loaded from a dump on first use), write,
+   * and record in the mirror what the kernel took. A failed write may have gone in part way, so
+   * the mirror is reloaded from the map before the error goes on; a write refused because the pin
+   * names another map than the mirror's (the lock was reinstalled meanwhile) is planned again
+   * against the new map and tried once more.
+   */
+  private async writePlanned<P>(
+    t: LockTable,
+    plan: (held: LockMirror) => P,
+    write: (p: P, mapId: number | undefined) => Promise<void>,
+    record: (mirror: LockMirror, p: P) => void,
+  ): Promise<P> {
+    for (let attempt = 1; ; attempt++) {
+      const mirror = t.mirror ?? this.resync(t, 'first use', await t.access.dump());
+      const p = plan(mirror);
+      try {
+        await write(p, mirror.mapId);
+      } catch (err) {
+        await this.reload(t, `write failed: ${err instanceof Error ? err.message : String(err)}`);
+        if (err instanceof BpfMapReplacedError && attempt === 1) continue;
+        throw err;
+      }
+      record(mirror, p);
+      return p;
+    }
+  }
+
+  /** Makes t's mirror what the dump `held` says, logging any difference from what it held. */
+  private resync(t: LockTable, why: string, held: LockMapDump): LockMirror {
+    const mirror = t.mirror;
+    if (!mirror) {
+      t.mirror = new LockMirror(t.shape.keySize, held, held.mapId);
+      this.log.debug({ map: t.shape.name, entries: held.count, mapId: held.mapId, why }, 'lock map mirror loaded');
+      return t.mirror;
+    }
+    const diff = mirror.differences(held);
+    if (diff.unknown === 0 && diff.missing === 0 && diff.changed === 0 && mirror.mapId === held.mapId) return mirror;
+    this.log.warn({ map: t.shape.name, why, ...diff, mapId: held.mapId, mirroredMapId: mirror.mapId }, 'lock map differed from what this agent wrote; mirror reloaded');
+    mirror.reset(held, held.mapId);
+    return mirror;
+  }
+
+  /** Reloads t's mirror from a fresh dump, or drops it (the next operation loads it) when the map cannot be read. Never throws. */
+  private async reload(t: LockTable, why: string): Promise<void> {
+    try {
+      this.resync(t, why, await t.access.dump());
+    } catch (err) {
+      t.mirror = undefined;
+      this.log.warn({ map: t.shape.name, err, why }, 'lock map unreadable; mirror dropped until the next operation');
+    }
   }
 
   /**
    * Pins the maps that bpftool created for a program loaded with some maps reused, found by
    * name among the program's maps (the kernel's name: at most 15 characters).
    */
-  private async pinCreatedMaps(progPin: string, tables: readonly LockTable[]): Promise<void> {
+  private async pinCreatedMaps(progPin: string, maps: readonly PinnedMapSpec[]): Promise<void> {
     const prog = JSON.parse((await this.run('bpftool', ['-j', 'prog', 'show', 'pinned', progPin])).stdout) as { map_ids?: number[] };
     for (const id of prog.map_ids ?? []) {
       const info = JSON.parse((await this.run('bpftool', ['-j', 'map', 'show', 'id', String(id)])).stdout) as { name?: string };
-      const t = tables.find((x) => kernelMapName(x.shape.name) === info.name);
-      if (!t) continue;
-      await this.run('bpftool', ['map', 'pin', 'id', String(id), t.pin]);
-      this.log.info({ map: t.shape.name, id, pin: t.pin }, 'created lock map pinned');
+      const m = maps.find((x) => kernelMapName(x.name) === info.name);
+      if (!m) continue;
+      await this.run('bpftool', ['map', 'pin', 'id', String(id), m.pin]);
+      this.log.info({ map: m.name, id, pin: m.pin }, 'created lock map pinned');
     }
-    for (const t of tables) if (!(await this.exists(t.pin))) throw new Error(`map ${t.shape.name} of ${this.objectPath} was not found among the loaded program's maps to pin`);
+    for (const m of maps) if (!(await this.exists(m.pin))) throw new Error(`map ${m.name} of ${this.objectPath} was not found among the loaded program's maps to pin`);
+  }
+
+  /** Every map of bpf/lock.c, as install() pins and reuses it. */
+  private pinnedMaps(): PinnedMapSpec[] {
+    const table = (t: LockTable): PinnedMapSpec => ({ ...t.shape, pin: t.pin, type: 'hash', structs: [t.key, LOCK_VALUE_LAYOUT] });
+    return [table(this.endpointMap), table(this.tupleMap), ...HELD_MAPS.map((m) => ({ ...m, pin: `${this.pins.mapsDir}/${m.name}`, structs: [] }))];
   }
 
   private async ensureBpffs(): Promise<void> {
@@ -496,8 +624,8 @@ export class EbpfNetLock implements NetLock {
   }
 
   /** Refuses a pinned map whose shape or BTF struct layouts differ from the codec's. */
-  private async checkPinnedLayout(t: LockTable): Promise<void> {
-    const pin = t.pin;
+  private async checkPinnedLayout(m: PinnedMapSpec): Promise<void> {
+    const pin = m.pin;
     const info = JSON.parse((await this.run('bpftool', ['-j', 'map', 'show', 'pinned', pin])).stdout) as {
       type: string;
       bytes_key: number;
@@ -506,15 +634,16 @@ export class EbpfNetLock implements NetLock {
       btf_id?: number;
     };
     const shape = (t: string, k: number, v: number, n: number) => `${t} key ${k} value ${v} max_entries ${n}`;
-    const want = shape('hash', t.shape.keySize, t.shape.valueSize, t.shape.maxEntries);
+    const want = shape(m.type, m.keySize, m.valueSize, m.maxEntries);
     const have = shape(info.type, info.bytes_key, info.bytes_value, info.max_entries);
     if (want !== have) throw new LockMapLayoutError(pin, `expected ${want}, found ${have}`);
+    if (m.structs.length === 0) return;
     if (info.btf_id === undefined) {
       this.log.warn({ pin }, 'pinned lock map has no BTF; checked its sizes only');
       return;
     }
     const btf: unknown = JSON.parse((await this.run('bpftool', ['-j', 'btf', 'dump', 'id', String(info.btf_id)])).stdout);
-    for (const layout of [t.key, LOCK_VALUE_LAYOUT]) {
+    for (const layout of m.structs) {
       const problem = layoutMismatch(layout, structLayoutFromBtf(btf, layout.name));
       if (problem) throw new LockMapLayoutError(pin, problem);
     }

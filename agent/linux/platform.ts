@@ -2,13 +2,14 @@
 import type { Executor } from '../../lib/exec.js';
 import type { Logger } from '../../lib/log.js';
 import type { NetLock } from '../netlock.js';
-import type { CriuLockControl, HostPlatform, PlatformProbe } from '../platform.js';
+import type { CriuLockControl, HeldTraffic, HostPlatform, PlatformProbe } from '../platform.js';
 import { Criu } from './criu.js';
 import { readImageLock } from './criu-image.js';
 import { CriuNetfilter } from './criu-netfilter.js';
 import { HostNetwork } from './host-network.js';
-import { EbpfNetLock } from './netlock-ebpf.js';
-import { inspectProcess } from './process-tree.js';
+import { EbpfNetLock, lockPins } from './netlock-ebpf.js';
+import { RingHeldTraffic } from './packet-hold.js';
+import { countTcpConnections, inspectProcess } from './process-tree.js';
 
 export interface LinuxPlatformOptions {
   exec: Executor;
@@ -22,6 +23,7 @@ export interface LinuxPlatformOptions {
 export class LinuxPlatform implements HostPlatform {
   readonly checkpoint: Criu;
   readonly netlock: NetLock;
+  readonly held: HeldTraffic;
   readonly network: HostNetwork;
   readonly criuLock: CriuLockControl;
   private lockProblem = 'not installed yet';
@@ -46,6 +48,7 @@ export class LinuxPlatform implements HostPlatform {
       objectPath: opts.bpfObject,
       log: opts.log,
     });
+    this.held = new RingHeldTraffic({ ringPin: lockPins(opts.pinDir).heldRing, log: opts.log });
   }
 
   /** Attaches the lock program (keeping any held lock) and drops leases that ran out meanwhile. */
@@ -61,8 +64,27 @@ export class LinuxPlatform implements HostPlatform {
     }
   }
 
+  /**
+   * Every second: removes lock entries whose lease ran out, and once no lock is held, the held
+   * packets nobody will claim (a migration that died), so that they do not fill the ring that the
+   * next migration's packets need. Returns how many entries went.
+   */
+  async sweep(): Promise<number> {
+    const swept = await this.netlock.sweepExpired();
+    const live = (await this.netlock.list()).length + (await this.netlock.listTuples()).length;
+    if (live === 0) {
+      const discarded = this.held.discardAll();
+      if (discarded > 0) this.opts.log.info({ discarded }, 'held packets of ended locks discarded');
+    }
+    return swept;
+  }
+
   processInfo(pid: number) {
     return inspectProcess(pid);
+  }
+
+  tcpConnections(pid: number) {
+    return countTcpConnections(pid);
   }
 
   async probe(): Promise<PlatformProbe> {

@@ -2,9 +2,10 @@
   "targets": [
     {
       "target_name": "bpfmap",
-      "sources": ["bpfmap.c"],
+      "sources": ["bpfmap.c", "held.c"],
       "defines": ["NAPI_VERSION=8"],
-      "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Werror", "-std=gnu11"]
+      "libraries": ["-lpthread"],
+      "cflags": ["-O2", "-pthread", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Werror", "-std=gnu11"]
     }
   ]
 }

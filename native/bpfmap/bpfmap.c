@@ -15,13 +15,17 @@
  *   open(path)                                 -> { fd, id, type, keySize, valueSize, maxEntries, flags, name }
  *   close(fd)
  *   update(fd, keys, values, keySize, valueSize) -> entries written (BPF_ANY); a failure part
- *                                                  way also carries .applied (entries written before it)
+ *                                                  way also carries .applied (entries written, not
+ *                                                  necessarily the first ones: large writes run
+ *                                                  in parallel ranges)
  *   delete(fd, keys, keySize)                  -> entries deleted; keys not in the map are skipped
  *   dump(fd, keySize, valueSize)               -> { keys, values, count }: every entry
  *   methods()                                  -> { lookup, update, delete }: 'batch' or 'element'
+ *   ringDrain, rawSend                         -> held packets: see held.c
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -32,6 +36,8 @@
 
 #include <linux/bpf.h>
 #include <node_api.h>
+
+#include "addon.h"
 
 /* Kernel-internal errno (include/linux/errno.h), not in libc: what bpf(2) answers for a batch
  * command the map type does not implement. */
@@ -47,8 +53,9 @@
 
 enum map_op { OP_LOOKUP, OP_UPDATE, OP_DELETE, OP_COUNT };
 
-/* Set once the kernel refused an op's batch command: later calls go per element directly. */
-static bool batch_refused[OP_COUNT];
+/* Set once the kernel refused an op's batch command: later calls go per element directly.
+ * Parallel ranges may set it at the same time; they all set the same value. */
+static volatile bool batch_refused[OP_COUNT];
 
 static uint64_t ptr_u64(const void *p)
 {
@@ -80,7 +87,7 @@ static void set_prop(napi_env env, napi_value obj, const char *name, napi_value 
 	napi_set_named_property(env, obj, name, v);
 }
 
-static napi_value throw_errno(napi_env env, int err, const char *syscall_name, const char *what, int64_t applied)
+napi_value throw_errno(napi_env env, int err, const char *syscall_name, const char *what, int64_t applied)
 {
 	char msg[512];
 	const char *name = err == ENOTSUPP ? "ENOTSUPP" : strerrorname_np(err);
@@ -257,40 +264,50 @@ static napi_value map_close(napi_env env, napi_callback_info info)
 	return NULL;
 }
 
-/* ---- update ------------------------------------------------------------------------------ */
+/* ---- update and delete -------------------------------------------------------------------
+ *
+ * Both work on a range of packed keys (and values). A large write is split into one range per
+ * CPU, each written by its own thread at the same time: the kernel's hash map locks per bucket,
+ * so disjoint keys go in side by side, and the batch's time is nearly all kernel time (10,000
+ * entries: about 3.5 ms in one thread on this machine kind).
+ */
 
-static napi_value map_update(napi_env env, napi_callback_info info)
-{
-	uint32_t key_size, value_size, count, done = 0;
-	uint8_t *keys, *values;
-	size_t klen, vlen;
-	union bpf_attr attr;
-	napi_value argv[5];
-	int64_t n;
+/* Below this many entries per thread a thread costs more than it saves. */
+#define PARALLEL_MIN_PER_THREAD 2048u
+#define PARALLEL_MAX_THREADS 8u
+
+enum write_op { WRITE_UPDATE, WRITE_DELETE };
+
+struct write_range {
+	enum write_op op;
 	int fd;
+	const uint8_t *keys, *values;
+	uint32_t key_size, value_size, count;
+	/* out */
+	uint32_t done;    /* update: entries written; delete: entries deleted */
+	int err;          /* errno of the failure, 0 if none */
+	const char *syscall_name;
+};
 
-	if (!get_args(env, info, 5, argv) || !get_fd(env, argv[0], &fd) || !get_buffer(env, argv[1], "keys", &keys, &klen) ||
-	    !get_buffer(env, argv[2], "values", &values, &vlen) || !get_u32(env, argv[3], "keySize", 1, &key_size) ||
-	    !get_u32(env, argv[4], "valueSize", 1, &value_size))
-		return NULL;
-	if ((n = packed_count(env, klen, key_size)) < 0)
-		return NULL;
-	count = (uint32_t)n;
-	if (vlen != (size_t)count * value_size)
-		return throw_arg(env, "values must hold one valueSize-byte value per key");
+static void update_range(struct write_range *r)
+{
+	union bpf_attr attr;
+	uint32_t done = 0;
 
-	while (!batch_refused[OP_UPDATE] && done < count) {
-		uint32_t want = count - done;
+	while (!batch_refused[OP_UPDATE] && done < r->count) {
+		uint32_t want = r->count - done;
 		int e;
 
 		memset(&attr, 0, sizeof(attr));
-		attr.batch.map_fd = (uint32_t)fd;
-		attr.batch.keys = ptr_u64(keys + (size_t)done * key_size);
-		attr.batch.values = ptr_u64(values + (size_t)done * value_size);
+		attr.batch.map_fd = (uint32_t)r->fd;
+		attr.batch.keys = ptr_u64(r->keys + (size_t)done * r->key_size);
+		attr.batch.values = ptr_u64(r->values + (size_t)done * r->value_size);
 		attr.batch.count = want;
 		attr.batch.elem_flags = BPF_ANY;
-		if (sys_bpf(BPF_MAP_UPDATE_BATCH, &attr) == 0)
-			return u32_value(env, count);
+		if (sys_bpf(BPF_MAP_UPDATE_BATCH, &attr) == 0) {
+			r->done = r->count;
+			return;
+		}
 		e = errno;
 		done += batch_processed(&attr, want);
 		if (done == 0 && is_batch_refusal(e)) {
@@ -299,51 +316,46 @@ static napi_value map_update(napi_env env, napi_callback_info info)
 				batch_refused[OP_UPDATE] = true;
 			break;
 		}
-		return throw_errno(env, e, "BPF_MAP_UPDATE_BATCH", "update", done);
+		r->done = done;
+		r->err = e;
+		r->syscall_name = "BPF_MAP_UPDATE_BATCH";
+		return;
 	}
 
-	for (; done < count; done++) {
+	for (; done < r->count; done++) {
 		memset(&attr, 0, sizeof(attr));
-		attr.map_fd = (uint32_t)fd;
-		attr.key = ptr_u64(keys + (size_t)done * key_size);
-		attr.value = ptr_u64(values + (size_t)done * value_size);
+		attr.map_fd = (uint32_t)r->fd;
+		attr.key = ptr_u64(r->keys + (size_t)done * r->key_size);
+		attr.value = ptr_u64(r->values + (size_t)done * r->value_size);
 		attr.flags = BPF_ANY;
-		if (sys_bpf(BPF_MAP_UPDATE_ELEM, &attr) < 0)
-			return throw_errno(env, errno, "BPF_MAP_UPDATE_ELEM", "update", done);
+		if (sys_bpf(BPF_MAP_UPDATE_ELEM, &attr) < 0) {
+			r->err = errno;
+			r->syscall_name = "BPF_MAP_UPDATE_ELEM";
+			break;
+		}
 	}
-	return u32_value(env, count);
+	r->done = done;
 }
 
-/* ---- delete ------------------------------------------------------------------------------ */
-
-static napi_value map_delete(napi_env env, napi_callback_info info)
+/* Keys the map does not hold are skipped, not an error. */
+static void delete_range(struct write_range *r)
 {
-	uint32_t key_size, count, done = 0, deleted = 0;
+	uint32_t done = 0, deleted = 0;
 	bool first = true;
 	union bpf_attr attr;
-	napi_value argv[3];
-	uint8_t *keys;
-	size_t klen;
-	int64_t n;
-	int fd;
 
-	if (!get_args(env, info, 3, argv) || !get_fd(env, argv[0], &fd) || !get_buffer(env, argv[1], "keys", &keys, &klen) ||
-	    !get_u32(env, argv[2], "keySize", 1, &key_size))
-		return NULL;
-	if ((n = packed_count(env, klen, key_size)) < 0)
-		return NULL;
-	count = (uint32_t)n;
-
-	while (!batch_refused[OP_DELETE] && done < count) {
-		uint32_t want = count - done, processed;
+	while (!batch_refused[OP_DELETE] && done < r->count) {
+		uint32_t want = r->count - done, processed;
 		int e;
 
 		memset(&attr, 0, sizeof(attr));
-		attr.batch.map_fd = (uint32_t)fd;
-		attr.batch.keys = ptr_u64(keys + (size_t)done * key_size);
+		attr.batch.map_fd = (uint32_t)r->fd;
+		attr.batch.keys = ptr_u64(r->keys + (size_t)done * r->key_size);
 		attr.batch.count = want;
-		if (sys_bpf(BPF_MAP_DELETE_BATCH, &attr) == 0)
-			return u32_value(env, deleted + want);
+		if (sys_bpf(BPF_MAP_DELETE_BATCH, &attr) == 0) {
+			r->done = deleted + want;
+			return;
+		}
 		e = errno;
 		processed = batch_processed(&attr, want);
 		done += processed;
@@ -359,19 +371,132 @@ static napi_value map_delete(napi_env env, napi_callback_info info)
 				batch_refused[OP_DELETE] = true;
 			break;
 		}
-		return throw_errno(env, e, "BPF_MAP_DELETE_BATCH", "delete", deleted);
+		r->done = deleted;
+		r->err = e;
+		r->syscall_name = "BPF_MAP_DELETE_BATCH";
+		return;
 	}
 
-	for (; done < count; done++) {
+	for (; done < r->count; done++) {
 		memset(&attr, 0, sizeof(attr));
-		attr.map_fd = (uint32_t)fd;
-		attr.key = ptr_u64(keys + (size_t)done * key_size);
-		if (sys_bpf(BPF_MAP_DELETE_ELEM, &attr) == 0)
+		attr.map_fd = (uint32_t)r->fd;
+		attr.key = ptr_u64(r->keys + (size_t)done * r->key_size);
+		if (sys_bpf(BPF_MAP_DELETE_ELEM, &attr) == 0) {
 			deleted++;
-		else if (errno != ENOENT)
-			return throw_errno(env, errno, "BPF_MAP_DELETE_ELEM", "delete", deleted);
+		} else if (errno != ENOENT) {
+			r->err = errno;
+			r->syscall_name = "BPF_MAP_DELETE_ELEM";
+			break;
+		}
 	}
-	return u32_value(env, deleted);
+	r->done = deleted;
+}
+
+static void *write_range_thread(void *arg)
+{
+	struct write_range *r = arg;
+	if (r->op == WRITE_UPDATE)
+		update_range(r);
+	else
+		delete_range(r);
+	return NULL;
+}
+
+/*
+ * Runs the write on `whole`, split over the online CPUs when it is large enough; the calling
+ * thread writes the first range. Ranges are disjoint, so their order does not matter. Afterwards
+ * whole->done is the total over every range, and whole->err and ->syscall_name the first
+ * failure's, if any.
+ */
+static void write_parallel(struct write_range *whole)
+{
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	uint32_t threads = whole->count / PARALLEL_MIN_PER_THREAD;
+	if (cpus > 0 && threads > (uint32_t)cpus)
+		threads = (uint32_t)cpus;
+	if (threads > PARALLEL_MAX_THREADS)
+		threads = PARALLEL_MAX_THREADS;
+	if (threads < 2) {
+		write_range_thread(whole);
+		return;
+	}
+
+	struct write_range part[PARALLEL_MAX_THREADS];
+	pthread_t tid[PARALLEL_MAX_THREADS];
+	bool started[PARALLEL_MAX_THREADS] = { false };
+	uint32_t per = (whole->count + threads - 1) / threads, at = 0;
+	for (uint32_t t = 0; t < threads; t++) {
+		uint32_t n = whole->count - at < per ? whole->count - at : per;
+		part[t] = *whole;
+		part[t].keys = whole->keys + (size_t)at * whole->key_size;
+		part[t].values = whole->values ? whole->values + (size_t)at * whole->value_size : NULL;
+		part[t].count = n;
+		at += n;
+	}
+	for (uint32_t t = 1; t < threads; t++)
+		started[t] = pthread_create(&tid[t], NULL, write_range_thread, &part[t]) == 0;
+	write_range_thread(&part[0]);
+	for (uint32_t t = 1; t < threads; t++) {
+		if (started[t])
+			pthread_join(tid[t], NULL);
+		else
+			write_range_thread(&part[t]); /* no thread: written here instead */
+	}
+	whole->done = 0;
+	for (uint32_t t = 0; t < threads; t++) {
+		whole->done += part[t].done;
+		if (part[t].err && !whole->err) {
+			whole->err = part[t].err;
+			whole->syscall_name = part[t].syscall_name;
+		}
+	}
+}
+
+static napi_value map_update(napi_env env, napi_callback_info info)
+{
+	uint32_t key_size, value_size;
+	uint8_t *keys, *values;
+	size_t klen, vlen;
+	napi_value argv[5];
+	int64_t n;
+	int fd;
+
+	if (!get_args(env, info, 5, argv) || !get_fd(env, argv[0], &fd) || !get_buffer(env, argv[1], "keys", &keys, &klen) ||
+	    !get_buffer(env, argv[2], "values", &values, &vlen) || !get_u32(env, argv[3], "keySize", 1, &key_size) ||
+	    !get_u32(env, argv[4], "valueSize", 1, &value_size))
+		return NULL;
+	if ((n = packed_count(env, klen, key_size)) < 0)
+		return NULL;
+	if (vlen != (size_t)n * value_size)
+		return throw_arg(env, "values must hold one valueSize-byte value per key");
+
+	struct write_range w = { .op = WRITE_UPDATE, .fd = fd, .keys = keys, .values = values, .key_size = key_size, .value_size = value_size, .count = (uint32_t)n };
+	write_parallel(&w);
+	if (w.err)
+		return throw_errno(env, w.err, w.syscall_name, "update", w.done);
+	return u32_value(env, w.done);
+}
+
+static napi_value map_delete(napi_env env, napi_callback_info info)
+{
+	uint32_t key_size;
+	napi_value argv[3];
+	uint8_t *keys;
+	size_t klen;
+	int64_t n;
+	int fd;
+
+	if (!get_args(env, info, 3, argv) || !get_fd(env, argv[0], &fd) || !get_buffer(env, argv[1], "keys", &keys, &klen) ||
+	    !get_u32(env, argv[2], "keySize", 1, &key_size))
+		return NULL;
+	if ((n = packed_count(env, klen, key_size)) < 0)
+		return NULL;
+
+	struct write_range w = { .op = WRITE_DELETE, .fd = fd, .keys = keys, .key_size = key_size, .count = (uint32_t)n };
+	write_parallel(&w);
+	if (w.err)
+		return throw_errno(env, w.err, w.syscall_name, "delete", w.done);
+	return u32_value(env, w.done);
 }
 
 /* ---- dump -------------------------------------------------------------------------------- */
@@ -570,6 +695,7 @@ static napi_value init(napi_env env, napi_value exports)
 
 	if (napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props) != napi_ok)
 		return NULL;
+	held_register(env, exports);
 	return exports;
 }
 

@@ -1,29 +1,26 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execCommand } from '../../lib/exec.js';
 import type { Endpoint } from '../../lib/endpoint.js';
 import type { FourTuple } from '../../agent/netlock.js';
-import { EbpfNetLock, LockMapLayoutError, TUPLE_MAP_SHAPE, type EbpfNetLockOptions } from '../../agent/linux/netlock-ebpf.js';
+import { EbpfNetLock, LockMapLayoutError, TUPLE_MAP_SHAPE } from '../../agent/linux/netlock-ebpf.js';
 import { BpfMapError, BpfMapShapeError, bpfMapMethods, NativeLockMap } from '../../agent/linux/bpf-map-native.js';
 import { encodeLockValue, encodeTupleKeys } from '../../agent/linux/lock-map-codec.js';
-import { nsExecutor, netnsPath } from '../../agent/linux/netns-exec.js';
+import { netnsPath } from '../../agent/linux/netns-exec.js';
+import { LockNetns } from '../support/lock-netns.js';
 
 /*
  * Exact-connection (4-tuple) lock entries on a veth host, through the native batch path.
  * "a" (198.18.251.1) runs a TCP echo server on :7000 with the lock on its eth0; "b"
  * (198.18.251.2) holds two established connections to it from fixed ports, plus short probes.
  */
-const repo = fileURLToPath(new URL('../../', import.meta.url));
-const suffix = randomBytes(3).toString('hex');
-const nsA = `godwit-tt-${suffix}-a`;
-const nsB = `godwit-tt-${suffix}-b`;
-const pinRoot = `/sys/fs/bpf/godwit-tt-${suffix}`;
-const ADDR_A = '198.18.251.1';
-const ADDR_B = '198.18.251.2';
+const net = new LockNetns({ tag: 'tt', subnet: 251, buildNative: true });
+const nsB = net.b.netns;
+const pinRoot = net.pinRoot;
+const ADDR_A = net.a.address;
+const ADDR_B = net.b.address;
 const PORT = 7000;
 /** Local ports of the two long-lived connections from b. */
 const CLIENT_PORTS = [41001, 41002];
@@ -31,8 +28,7 @@ const endpoint: Endpoint = { proto: 'tcp', address: ADDR_A, port: PORT };
 const conn = (remotePort: number): FourTuple => ({ proto: 'tcp', localAddress: ADDR_A, localPort: PORT, remoteAddress: ADDR_B, remotePort });
 const [conn1, conn2] = CLIENT_PORTS.map(conn);
 
-const execA = nsExecutor(nsA, execCommand);
-const lockOpts: EbpfNetLockOptions = { exec: execA, iface: 'eth0', pinDir: `${pinRoot}/a`, objectPath: `${repo}build/bpf/lock.o` };
+const lockOpts = net.lockOpts;
 
 /** Echo server: every byte back. */
 const ECHO_SERVER = `
@@ -73,7 +69,6 @@ s.on('error', (e) => done(e.code || e.message));
 setTimeout(() => done('timeout'), Number(ms));
 `;
 
-let server: ChildProcess | undefined;
 let client: ChildProcess | undefined;
 let lock: EbpfNetLock | undefined;
 const echoes: string[] = [];
@@ -81,29 +76,10 @@ const echoWaiters: (() => void)[] = [];
 /** Fresh source ports for probes: a 4-tuple is never reused (no TIME_WAIT surprises). */
 let nextProbePort = 42000;
 
-function startInNetns(ns: string, script: string, args: string[], ready: string): Promise<ChildProcess> {
-  const child = spawn('nsenter', [`--net=${netnsPath(ns)}`, process.execPath, '-e', script, ...args], { stdio: ['pipe', 'pipe', 'inherit'] });
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${ready} not seen within 10 s`)), 10_000);
-    child.once('error', reject);
-    child.once('exit', (code) => reject(new Error(`child exited ${code} before "${ready}"`)));
-    createInterface({ input: child.stdout! }).on('line', (line) => {
-      if (line === ready) {
-        clearTimeout(timer);
-        resolve(child);
-      } else {
-        echoes.push(line);
-        echoWaiters.splice(0).forEach((w) => w());
-      }
-    });
-  });
-}
-
-async function killChild(child: ChildProcess | undefined): Promise<void> {
-  if (child?.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  process.kill(child.pid, 'SIGKILL');
-  await exited;
+/** Collects the client's echo lines and wakes whoever waits for one. */
+function onEcho(line: string): void {
+  echoes.push(line);
+  echoWaiters.splice(0).forEach((w) => w());
 }
 
 /** Sends a token on connection i; resolves whether its echo came back within ms. */
@@ -145,39 +121,13 @@ function manyTuples(n: number, from = 0): FourTuple[] {
 const tupleId = (t: FourTuple) => `${t.proto}/${t.remoteAddress}/${t.remotePort}/${t.localAddress}/${t.localPort}`;
 
 beforeAll(async () => {
-  await execCommand(`${repo}scripts/build-bpf.sh`, [], { timeoutMs: 60_000 });
-  await execCommand('bash', [`${repo}scripts/build-native.sh`], { timeoutMs: 120_000 });
-  await execCommand('ip', ['netns', 'add', nsA]);
-  await execCommand('ip', ['netns', 'add', nsB]);
-  await execCommand('ip', ['link', 'add', 'eth0', 'netns', nsA, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', nsB]);
-  for (const [ns, addr] of [[nsA, ADDR_A], [nsB, ADDR_B]]) {
-    await execCommand('ip', ['-n', ns, 'addr', 'add', `${addr}/24`, 'dev', 'eth0']);
-    await execCommand('ip', ['-n', ns, 'link', 'set', 'dev', 'eth0', 'up']);
-    await execCommand('ip', ['-n', ns, 'link', 'set', 'dev', 'lo', 'up']);
-  }
-  server = await startInNetns(nsA, ECHO_SERVER, [], 'listening');
-  lock = new EbpfNetLock(lockOpts);
-  await lock.install();
-  client = await startInNetns(nsB, TWO_CONNECTIONS, [ADDR_A, String(PORT), ...CLIENT_PORTS.map(String)], 'ready');
+  await net.setUp();
+  await net.startNode(net.a, ECHO_SERVER, [], { ready: 'listening', onLine: onEcho });
+  lock = net.lock;
+  client = await net.startNode(net.b, TWO_CONNECTIONS, [ADDR_A, String(PORT), ...CLIENT_PORTS.map(String)], { ready: 'ready', onLine: onEcho });
 });
 
-afterAll(async () => {
-  // Every step runs even if an earlier one (or the setup) failed.
-  const problems: unknown[] = [];
-  const attempt = async (step: () => Promise<unknown>) => {
-    try {
-      await step();
-    } catch (err) {
-      problems.push(err);
-    }
-  };
-  await attempt(async () => lock?.uninstall());
-  await attempt(() => killChild(client));
-  await attempt(() => killChild(server));
-  for (const ns of [nsA, nsB]) await attempt(() => execCommand('ip', ['netns', 'del', ns], { allowFailure: true }));
-  await attempt(() => execCommand('rm', ['-rf', pinRoot]));
-  if (problems.length > 0) throw new AggregateError(problems, 'netlock-tuples test teardown failed');
-});
+afterAll(() => net.tearDown());
 
 describe('exact-connection lock entries', () => {
   it('installs both maps, read and written natively', async () => {
@@ -250,10 +200,10 @@ describe('exact-connection lock entries', () => {
     expect(entry?.version).toBe(5n);
     expect(entry?.deadlineNs).toBe(locked!.deadlineNs);
 
-    await lock!.lockTuples([conn1], 7n, 30_000); // newer lock: wins, keeps the drop count
+    await lock!.lockTuples([conn1], 7n, 30_000); // newer lock: wins, rewrites the entry whole
     entry = await tupleEntry(conn1);
     expect(entry?.version).toBe(7n);
-    expect(entry!.drops).toBeGreaterThan(0n);
+    expect(entry!.deadlineNs).toBeGreaterThan(locked!.deadlineNs); // its drop count started over
 
     await lock!.unlockTuples([conn1], 7n);
     expect(await lock!.listTuples()).toEqual([]);

@@ -1,35 +1,25 @@
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execCommand } from '../../lib/exec.js';
 import type { Endpoint } from '../../lib/endpoint.js';
-import { EbpfNetLock, LockMapLayoutError, type EbpfNetLockOptions } from '../../agent/linux/netlock-ebpf.js';
-import { nsExecutor, netnsPath } from '../../agent/linux/netns-exec.js';
+import { EbpfNetLock, LockMapLayoutError } from '../../agent/linux/netlock-ebpf.js';
+import { netnsPath } from '../../agent/linux/netns-exec.js';
+import { LockNetns } from '../support/lock-netns.js';
 
 /*
  * Two lab hosts as network namespaces joined by a veth pair: "a" (198.18.250.1) runs a TCP
  * server on :7000 with the lock on its eth0, "b" (198.18.250.2) is the peer that connects.
  */
-const repo = fileURLToPath(new URL('../../', import.meta.url));
-const suffix = randomBytes(3).toString('hex');
-const nsA = `godwit-t-${suffix}-a`;
-const nsB = `godwit-t-${suffix}-b`;
-const pinRoot = `/sys/fs/bpf/godwit-t-${suffix}`;
-const ADDR_A = '198.18.250.1';
-const ADDR_B = '198.18.250.2';
+const net = new LockNetns({ tag: 't', subnet: 250 });
+const nsB = net.b.netns;
+const pinRoot = net.pinRoot;
+const ADDR_A = net.a.address;
 const PORT = 7000;
 const tcpEp: Endpoint = { proto: 'tcp', address: ADDR_A, port: PORT };
 const udpEp: Endpoint = { proto: 'udp', address: ADDR_A, port: PORT };
 
-const execA = nsExecutor(nsA, execCommand);
-const lockOpts: EbpfNetLockOptions = {
-  exec: execA,
-  iface: 'eth0',
-  pinDir: `${pinRoot}/a`,
-  objectPath: `${repo}build/bpf/lock.o`,
-};
+const execA = net.a.exec;
+const lockOpts = net.lockOpts;
 
 /** Prints "connected", an error code (ECONNREFUSED when a RST came back) or "timeout". */
 const CONNECT_PROBE = `
@@ -64,64 +54,18 @@ async function entryFor(e: Endpoint) {
   return (await lock!.list()).find((x) => x.endpoint.proto === e.proto && x.endpoint.address === e.address && x.endpoint.port === e.port);
 }
 
-let server: ChildProcess | undefined;
 let lock: EbpfNetLock | undefined;
 
-async function startServer(): Promise<ChildProcess> {
-  // Probes exit right after connecting, so the server sees resets: ignore them per socket.
-  const script = `require('node:net').createServer((s) => { s.on('error', () => {}); s.end('hi\\n'); }).listen(${PORT}, '${ADDR_A}', () => console.log('listening'))`;
-  const child = spawn('nsenter', [`--net=${netnsPath(nsA)}`, process.execPath, '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('test server did not start within 10 s')), 10_000);
-    child.once('error', reject);
-    child.once('exit', (code) => reject(new Error(`test server exited ${code}`)));
-    child.stdout!.on('data', (d: Buffer) => {
-      if (d.toString().includes('listening')) {
-        clearTimeout(timer);
-        resolve();
-      }
-    });
-  });
-  return child;
-}
+// Probes exit right after connecting, so the server sees resets: ignore them per socket.
+const SERVER = `require('node:net').createServer((s) => { s.on('error', () => {}); s.end('hi\\n'); }).listen(${PORT}, '${ADDR_A}', () => console.log('listening'))`;
 
 beforeAll(async () => {
-  await execCommand(`${repo}scripts/build-bpf.sh`, [], { timeoutMs: 60_000 });
-  await execCommand('ip', ['netns', 'add', nsA]);
-  await execCommand('ip', ['netns', 'add', nsB]);
-  await execCommand('ip', ['link', 'add', 'eth0', 'netns', nsA, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', nsB]);
-  for (const [ns, addr] of [[nsA, ADDR_A], [nsB, ADDR_B]]) {
-    await execCommand('ip', ['-n', ns, 'addr', 'add', `${addr}/24`, 'dev', 'eth0']);
-    await execCommand('ip', ['-n', ns, 'link', 'set', 'dev', 'eth0', 'up']);
-    await execCommand('ip', ['-n', ns, 'link', 'set', 'dev', 'lo', 'up']);
-  }
-  server = await startServer();
-  lock = new EbpfNetLock(lockOpts);
-  await lock.install();
+  await net.setUp();
+  await net.startNode(net.a, SERVER, [], { ready: 'listening' });
+  lock = net.lock;
 });
 
-afterAll(async () => {
-  // Every step runs even if an earlier one (or the setup) failed.
-  const problems: unknown[] = [];
-  const attempt = async (step: () => Promise<unknown>) => {
-    try {
-      await step();
-    } catch (err) {
-      problems.push(err);
-    }
-  };
-  await attempt(async () => lock?.uninstall());
-  await attempt(async () => {
-    if (server?.pid !== undefined && server.exitCode === null) {
-      const exited = new Promise((resolve) => server!.once('exit', resolve));
-      process.kill(server.pid, 'SIGKILL');
-      await exited;
-    }
-  });
-  for (const ns of [nsA, nsB]) await attempt(() => execCommand('ip', ['netns', 'del', ns], { allowFailure: true }));
-  await attempt(() => execCommand('rm', ['-rf', pinRoot]));
-  if (problems.length > 0) throw new AggregateError(problems, 'netlock test teardown failed');
-});
+afterAll(() => net.tearDown());
 
 describe('EbpfNetLock on a veth host', () => {
   it('installs natively with an empty lock map', async () => {
@@ -168,10 +112,11 @@ describe('EbpfNetLock on a veth host', () => {
     expect(entry.version).toBe(5n);
     expect(entry.deadlineNs).toBe(locked.deadlineNs);
 
-    await lock!.lock([tcpEp], 7n, 30_000); // newer lock: wins, keeps the drop count
+    await lock!.lock([tcpEp], 7n, 30_000); // newer lock: wins, rewrites the entry whole
     [entry] = await lock!.list();
     expect(entry.version).toBe(7n);
-    expect(entry.drops).toBeGreaterThan(0n);
+    expect(entry.deadlineNs).toBeGreaterThan(locked.deadlineNs);
+    expect(entry.drops).toBe(0n); // the count starts over (a lock does not read the map); no SYN came since
 
     await lock!.unlock([tcpEp], 7n);
     expect(await lock!.list()).toEqual([]);

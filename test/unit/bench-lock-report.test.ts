@@ -6,7 +6,8 @@ function row(mode: LockMeasurement['mode'], connections: number, freezeMs: numbe
     mode, connections, run, ok, error: ok ? '' : 'checkpoint on host "a" failed: criu dump failed: killed by SIGABRT: *** bit out of range 0 - FD_SETSIZE on fd_set ***',
     phase: ok ? 'DONE' : 'FAILED', failedPhase: ok ? '' : 'DUMP', migrationId: 'm', lockMs: 1, dumpMs: 2, transferMs: 3, restoreMs: 4, unlockMs: 5,
     freezeMs: ok ? freezeMs : 0, totalMs: 20, maxStallMs: freezeMs + 100, survived: ok ? connections : connections - 300, workloadRunning: true,
-    bytesLost: 0, bytesDuplicated: 0, corrupted: 0, imageBytes: 1, leftovers: 0, at: '2026-01-01T00:00:00Z',
+    bytesLost: 0, bytesDuplicated: 0, corrupted: 0, imageBytes: 1,
+    deliveredPackets: 0, leftovers: 0, at: '2026-01-01T00:00:00Z',
   };
 }
 

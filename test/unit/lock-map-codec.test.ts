@@ -18,6 +18,7 @@ import {
   ENDPOINT_KEY_LAYOUT,
   expiredKeys,
   fromBpftoolHex,
+  heldEntries,
   kernelMapName,
   layoutMismatch,
   LOCK_LAYOUT_VERSION,
@@ -137,16 +138,17 @@ describe('tuple lock keys', () => {
   });
 });
 
-describe('version-guarded plans over packed entries', () => {
+describe('version-guarded plans over a dump of the map', () => {
   // Connection i comes from peer 198.(20 + i / 65536).(i / 256 % 256).(i % 256).
   const tuple = (i: number): FourTuple => ({ proto: 'tcp', localAddress: '198.18.0.1', localPort: 7000, remoteAddress: `198.${20 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}`, remotePort: 40000 });
   const keysOf = (ids: number[]) => encodeTupleKeys(ids.map(tuple));
-  const held = (entries: [number, LockValue][]): PackedEntries => ({
+  const packed = (entries: [number, LockValue][]): PackedEntries => ({
     keys: keysOf(entries.map(([i]) => i)),
     values: Buffer.concat(entries.map(([, v]) => encodeLockValue(v))),
     count: entries.length,
   });
-  const none: PackedEntries = { keys: Buffer.alloc(0), values: Buffer.alloc(0), count: 0 };
+  const held = (entries: [number, LockValue][]) => heldEntries(TUPLE_KEY_LAYOUT.size, packed(entries));
+  const none = held([]);
   const ks = TUPLE_KEY_LAYOUT.size;
   const idsIn = (keys: Buffer) =>
     Array.from({ length: keys.length / ks }, (_, i) => {
@@ -169,12 +171,21 @@ describe('version-guarded plans over packed entries', () => {
     expect(plan.writes.values.length).toBe(64);
   });
 
-  it('leaves newer entries alone and carries drop counters over', () => {
+  it('leaves newer entries alone and rewrites the rest whole, drop counters started over', () => {
     const plan = planLock(ks, keysOf([1, 2, 3, 4]), held([[2, v(9n)], [3, v(7n, 5n, 99n)], [4, v(6n, 1n, 2n)], [50, v(1n)]]), 7n, 123n);
     expect(idsIn(plan.writes.keys)).toEqual([1, 3, 4]); // 2 is held at 9 > 7; 50 was not asked for
-    expect(decodeLockValueAt(plan.writes.values, 32)).toEqual({ version: 7n, deadlineNs: 123n, drops: 5n, lastDropNs: 99n }); // equal version rewrites
-    expect(decodeLockValueAt(plan.writes.values, 64)).toEqual({ version: 7n, deadlineNs: 123n, drops: 1n, lastDropNs: 2n });
+    expect(decodeLockValueAt(plan.writes.values, 32)).toEqual({ version: 7n, deadlineNs: 123n, drops: 0n, lastDropNs: 0n }); // equal version rewrites
+    expect(decodeLockValueAt(plan.writes.values, 64)).toEqual({ version: 7n, deadlineNs: 123n, drops: 0n, lastDropNs: 0n });
     expect(plan.keptNewer).toEqual([{ index: 1, heldVersion: 9n }]);
+  });
+
+  it('reports a key asked for twice and kept by a newer entry once', () => {
+    const plan = planLock(ks, keysOf([2, 1, 2]), held([[2, v(9n)]]), 7n, 123n);
+    expect(idsIn(plan.writes.keys)).toEqual([1]);
+    expect(plan.keptNewer).toEqual([{ index: 0, heldVersion: 9n }]);
+    const unlock = planUnlock(ks, keysOf([2, 2]), held([[2, v(9n)]]), 7n);
+    expect(unlock.count).toBe(0);
+    expect(unlock.keptNewer).toEqual([{ index: 0, heldVersion: 9n }]);
   });
 
   it('compares whole u64 versions (high words too)', () => {
@@ -193,7 +204,7 @@ describe('version-guarded plans over packed entries', () => {
   });
 
   it('finds expired entries by their deadline', () => {
-    const h = held([[1, { ...v(1n), deadlineNs: 100n }], [2, { ...v(1n), deadlineNs: 101n }], [3, { ...v(1n), deadlineNs: 50n }]]);
+    const h = packed([[1, { ...v(1n), deadlineNs: 100n }], [2, { ...v(1n), deadlineNs: 101n }], [3, { ...v(1n), deadlineNs: 50n }]]);
     const expired = expiredKeys(ks, h, 100n);
     expect(expired.count).toBe(2);
     expect(idsIn(expired.keys)).toEqual([1, 3]);

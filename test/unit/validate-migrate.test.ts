@@ -10,6 +10,7 @@ const good = (): MigrateRequest__Output => ({
   workload: { pid: 1234, endpoints: [{ protocol: 'TCP', address: '198.18.1.200', port: 7000 }] },
   lockMode: 'LOCK_MODE_UNSPECIFIED',
   lockLeaseMs: 0,
+  allowUnsafeLock: false,
 });
 
 function codeOf(req: MigrateRequest__Output): { code: status; message: string } {
@@ -27,6 +28,7 @@ describe('Migrate request validation', () => {
     const spec = validateMigrate(good());
     expect(spec.lockMode).toBe('EBPF');
     expect(spec.lockLeaseMs).toBe(120_000);
+    expect(spec.allowUnsafeLock).toBe(false);
     expect(spec.workload.endpoints).toEqual([{ proto: 'tcp', address: '198.18.1.200', port: 7000 }]);
   });
 
@@ -37,6 +39,13 @@ describe('Migrate request validation', () => {
       expect(validateMigrate(r).lockMode).toBe(mode);
     });
   }
+
+  it('carries allow_unsafe_lock into the migration', () => {
+    const r = good();
+    r.lockMode = 'NFTABLES';
+    r.allowUnsafeLock = true;
+    expect(validateMigrate(r).allowUnsafeLock).toBe(true);
+  });
 
   const cases: [string, (r: MigrateRequest__Output) => void, status, RegExp][] = [
     ['no source', (r) => (r.sourceHost = ''), status.INVALID_ARGUMENT, /source_host is required/],
