@@ -411,6 +411,9 @@ static void *write_range_thread(void *arg)
 static void write_parallel(struct write_range *whole)
 {
 	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	const char *cap = getenv("GODWIT_BPFMAP_THREADS"); /* an operator's cap, e.g. 1 on a busy host */
+	if (cap && atoi(cap) > 0 && (cpus <= 0 || atoi(cap) < cpus))
+		cpus = atoi(cap);
 	uint32_t threads = whole->count / PARALLEL_MIN_PER_THREAD;
 	if (cpus > 0 && threads > (uint32_t)cpus)
 		threads = (uint32_t)cpus;
