@@ -65,6 +65,11 @@ export interface NetLock {
   listTuples(): Promise<TupleLockEntry[]>;
   /** Delete entries (endpoints and connections) whose lease has passed; returns how many. */
   sweepExpired(): Promise<number>;
+  /**
+   * Entries (endpoints and connections) as this process last wrote or read them, without reading
+   * the maps: exact right after sweepExpired(); undefined before anything was read.
+   */
+  entryCount(): number | undefined;
   /** Detach the program and remove this host's pins (lab teardown). */
   uninstall(): Promise<void>;
 }

@@ -475,6 +475,11 @@ export class EbpfNetLock implements NetLock {
     });
   }
 
+  entryCount(): number | undefined {
+    const { endpointMap: e, tupleMap: t } = this;
+    return e.mirror && t.mirror ? e.mirror.size + t.mirror.size : undefined;
+  }
+
   uninstall(): Promise<void> {
     return this.serial(async () => {
       const attached = await this.xdpAttachment().catch((err: unknown) => {

@@ -3,6 +3,8 @@
 #ifndef GODWIT_ADDON_H
 #define GODWIT_ADDON_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <node_api.h>
 
@@ -10,7 +12,16 @@
  * (items done before the failure); returns NULL for the caller to return. */
 napi_value throw_errno(napi_env env, int err, const char *syscall_name, const char *what, int64_t applied);
 
-/* Adds ringDrain and rawSend (held.c) to the exports. */
+/* Throws a TypeError (ERR_INVALID_ARG_TYPE) with msg; returns NULL. */
+napi_value throw_arg(napi_env env, const char *msg);
+
+/* Argument readers: each returns false with an exception thrown when the argument is wrong. */
+bool get_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv);
+bool get_u32(napi_env env, napi_value v, const char *name, uint32_t min, uint32_t *out);
+bool get_fd(napi_env env, napi_value v, int *fd);
+bool get_buffer(napi_env env, napi_value v, const char *name, uint8_t **data, size_t *len);
+
+/* Adds ringDrain, select, coalesce and rawSend (held.c) to the exports. */
 void held_register(napi_env env, napi_value exports);
 
 #endif

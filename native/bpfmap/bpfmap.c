@@ -109,7 +109,7 @@ napi_value throw_errno(napi_env env, int err, const char *syscall_name, const ch
 	return NULL;
 }
 
-static napi_value throw_arg(napi_env env, const char *msg)
+napi_value throw_arg(napi_env env, const char *msg)
 {
 	napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", msg);
 	return NULL;
@@ -117,7 +117,7 @@ static napi_value throw_arg(napi_env env, const char *msg)
 
 /* ---- arguments --------------------------------------------------------------------------- */
 
-static bool get_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv)
+bool get_args(napi_env env, napi_callback_info info, size_t want, napi_value *argv)
 {
 	size_t argc = want;
 
@@ -130,7 +130,7 @@ static bool get_args(napi_env env, napi_callback_info info, size_t want, napi_va
 	return true;
 }
 
-static bool get_u32(napi_env env, napi_value v, const char *name, uint32_t min, uint32_t *out)
+bool get_u32(napi_env env, napi_value v, const char *name, uint32_t min, uint32_t *out)
 {
 	napi_valuetype t;
 	double d;
@@ -146,7 +146,7 @@ static bool get_u32(napi_env env, napi_value v, const char *name, uint32_t min, 
 	return true;
 }
 
-static bool get_fd(napi_env env, napi_value v, int *fd)
+bool get_fd(napi_env env, napi_value v, int *fd)
 {
 	uint32_t u;
 
@@ -160,7 +160,7 @@ static bool get_fd(napi_env env, napi_value v, int *fd)
 	return true;
 }
 
-static bool get_buffer(napi_env env, napi_value v, const char *name, uint8_t **data, size_t *len)
+bool get_buffer(napi_env env, napi_value v, const char *name, uint8_t **data, size_t *len)
 {
 	bool is = false;
 	char msg[128];

@@ -51,11 +51,6 @@ struct ring_hdr {
 	uint32_t pg_off;
 };
 
-static napi_value throw_type(napi_env env, const char *msg)
-{
-	napi_throw_type_error(env, NULL, msg);
-	return NULL;
-}
 
 /* ---- ringDrain ---------------------------------------------------------------------------- */
 
@@ -83,25 +78,34 @@ static int out_append(struct out_buf *o, const void *rec, uint32_t len)
 	return 0;
 }
 
+/* A Node Buffer with o's bytes; frees o. NULL with an exception if there is no memory. */
+static napi_value take_buffer(napi_env env, struct out_buf *o)
+{
+	napi_value result;
+	void *copy;
+	napi_status st = napi_create_buffer_copy(env, o->len, o->len ? (const void *)o->data : (const void *)"", &copy, &result);
+	free(o->data);
+	*o = (struct out_buf){ 0 };
+	if (st != napi_ok)
+		return throw_errno(env, ENOMEM, "napi_create_buffer_copy", "returning held packets", -1);
+	return result;
+}
+
 static napi_value ring_drain(napi_env env, napi_callback_info info)
 {
-	size_t argc = 2;
 	napi_value argv[2];
-	int32_t fd;
-	int64_t size64;
-	if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2)
-		return throw_type(env, "ringDrain(fd, size) takes 2 arguments");
-	if (napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0)
-		return throw_type(env, "fd must be a non-negative integer");
-	if (napi_get_value_int64(env, argv[1], &size64) != napi_ok || size64 <= 0 || (size64 & (size64 - 1)) != 0)
-		return throw_type(env, "size must be the ring's size, a power of two");
+	uint32_t size;
+	int fd;
+	if (!get_args(env, info, 2, argv) || !get_fd(env, argv[0], &fd) || !get_u32(env, argv[1], "size", 1, &size))
+		return NULL;
+	if ((size & (size - 1)) != 0)
+		return throw_arg(env, "size must be the ring's size, a power of two");
 
 	const size_t page = (size_t)sysconf(_SC_PAGESIZE);
-	const size_t size = (size_t)size64;
 	void *cons_page = mmap(NULL, page, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	if (cons_page == MAP_FAILED)
 		return throw_errno(env, errno, "mmap", "mapping the ring's consumer page", -1);
-	void *prod_area = mmap(NULL, page + 2 * size, PROT_READ, MAP_SHARED, fd, (off_t)page);
+	void *prod_area = mmap(NULL, page + 2 * (size_t)size, PROT_READ, MAP_SHARED, fd, (off_t)page);
 	if (prod_area == MAP_FAILED) {
 		int e = errno;
 		munmap(cons_page, page);
@@ -132,20 +136,14 @@ static napi_value ring_drain(napi_env env, napi_callback_info info)
 		if (cons >= prod)
 			prod = __atomic_load_n(prod_pos, __ATOMIC_ACQUIRE);
 	}
-	munmap(prod_area, page + 2 * size);
+	munmap(prod_area, page + 2 * (size_t)size);
 	munmap(cons_page, page);
 	if (failed) {
 		free(out.data);
 		return throw_errno(env, failed, "malloc", "copying held packets", -1);
 	}
 
-	napi_value result;
-	void *copy;
-	napi_status st = napi_create_buffer_copy(env, out.len, out.len ? (const void *)out.data : (const void *)"", &copy, &result);
-	free(out.data);
-	if (st != napi_ok)
-		return throw_errno(env, ENOMEM, "napi_create_buffer_copy", "returning held packets", -1);
-	return result;
+	return take_buffer(env, &out);
 }
 
 /* ---- select ------------------------------------------------------------------------------ */
@@ -177,17 +175,14 @@ static const uint8_t *record_ipv4(const uint8_t *rec, uint32_t rec_len, uint32_t
 
 static napi_value select_held(napi_env env, napi_callback_info info)
 {
-	size_t argc = 2;
 	napi_value argv[2];
 	uint8_t *recs, *keys;
 	size_t recs_len, keys_len;
-	bool b1 = false, b2 = false;
-	if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2)
-		return throw_type(env, "select(records, endpoints) takes 2 arguments");
-	if (napi_is_buffer(env, argv[0], &b1) != napi_ok || !b1 || napi_is_buffer(env, argv[1], &b2) != napi_ok || !b2 ||
-	    napi_get_buffer_info(env, argv[0], (void **)&recs, &recs_len) != napi_ok ||
-	    napi_get_buffer_info(env, argv[1], (void **)&keys, &keys_len) != napi_ok || keys_len % 8 != 0)
-		return throw_type(env, "records must be a Buffer, endpoints a Buffer of 8-byte keys");
+	if (!get_args(env, info, 2, argv) || !get_buffer(env, argv[0], "records", &recs, &recs_len) ||
+	    !get_buffer(env, argv[1], "endpoints", &keys, &keys_len))
+		return NULL;
+	if (keys_len % 8 != 0)
+		return throw_arg(env, "endpoints must be a Buffer of 8-byte keys");
 
 	struct out_buf taken = { 0 }, kept = { 0 };
 	int failed = 0;
@@ -223,14 +218,14 @@ static napi_value select_held(napi_env env, napi_callback_info info)
 		return throw_errno(env, failed, "select", failed == EINVAL ? "malformed record list" : "selecting held packets", -1);
 	}
 	napi_value result, t, k;
-	void *copy;
+	t = take_buffer(env, &taken);
+	if (!t) {
+		free(kept.data);
+		return NULL;
+	}
+	if (!(k = take_buffer(env, &kept)))
+		return NULL;
 	napi_create_object(env, &result);
-	napi_status st1 = napi_create_buffer_copy(env, taken.len, taken.len ? (const void *)taken.data : (const void *)"", &copy, &t);
-	napi_status st2 = napi_create_buffer_copy(env, kept.len, kept.len ? (const void *)kept.data : (const void *)"", &copy, &k);
-	free(taken.data);
-	free(kept.data);
-	if (st1 != napi_ok || st2 != napi_ok)
-		return throw_errno(env, ENOMEM, "napi_create_buffer_copy", "returning held packets", -1);
 	napi_set_named_property(env, result, "taken", t);
 	napi_set_named_property(env, result, "kept", k);
 	return result;
@@ -295,16 +290,11 @@ static int fix_checksum(uint8_t *pkt, size_t len)
 
 static napi_value raw_send(napi_env env, napi_callback_info info)
 {
-	size_t argc = 1;
 	napi_value argv[1];
 	uint8_t *buf;
 	size_t buf_len;
-	bool is_buffer = false;
-	if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1)
-		return throw_type(env, "rawSend(packets) takes 1 argument");
-	if (napi_is_buffer(env, argv[0], &is_buffer) != napi_ok || !is_buffer ||
-	    napi_get_buffer_info(env, argv[0], (void **)&buf, &buf_len) != napi_ok)
-		return throw_type(env, "packets must be a Buffer");
+	if (!get_args(env, info, 1, argv) || !get_buffer(env, argv[0], "packets", &buf, &buf_len))
+		return NULL;
 
 	int fd = socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_RAW); /* IPPROTO_RAW implies IP_HDRINCL */
 	if (fd < 0)
@@ -477,18 +467,13 @@ struct run {
 
 static napi_value coalesce(napi_env env, napi_callback_info info)
 {
-	size_t argc = 1;
 	napi_value argv[1];
 	uint8_t *in;
 	size_t in_len;
-	bool is_buffer = false;
-	if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1)
-		return throw_type(env, "coalesce(packets) takes 1 argument");
-	if (napi_is_buffer(env, argv[0], &is_buffer) != napi_ok || !is_buffer ||
-	    napi_get_buffer_info(env, argv[0], (void **)&in, &in_len) != napi_ok)
-		return throw_type(env, "packets must be a Buffer");
+	if (!get_args(env, info, 1, argv) || !get_buffer(env, argv[0], "packets", &in, &in_len))
+		return NULL;
 	if (in_len > UINT32_MAX)
-		return throw_type(env, "packets: at most 4 GiB");
+		return throw_arg(env, "packets: at most 4 GiB");
 
 	/* Index the packets. */
 	size_t n = 0;
