@@ -2,10 +2,18 @@
  * `npm run bench -- lockops`: how long locking and unlocking N connections (exact 4-tuples)
  * takes, per method:
  *
- *   ebpf-batch        the agent's own path, EbpfNetLock.lockTuples / unlockTuples with the native
- *                     addon: the version guard against the agent's mirror of the tuple map
- *                     (agent/linux/lock-mirror.ts), then one batch write, bpf(2) from this process
- *   bpftool-batch     the same lock through bpftool: one `bpftool batch file` per operation
+ *   ebpf              godwit's lock, EbpfNetLock.lockTuples / unlockTuples: writes each entry
+ *                     straight into the mmapped table godwit_lock_conn, version-guarded against
+ *                     what the table holds; no system call
+ *   bpf-hash-batch    the kernel's fastest system call path, on a plain BPF hash map of the shape
+ *                     godwit_lock_tuple had (how godwit's lock wrote its entries before
+ *                     godwit_lock_conn): BPF_MAP_UPDATE_BATCH to lock, BPF_MAP_DELETE_BATCH to
+ *                     unlock, through the native addon from this process, no version guard. From
+ *                     4,096 entries the addon splits a write into ranges of 2,048 or more, up to
+ *                     one per CPU, each one batch call from its own thread (GODWIT_BPFMAP_THREADS=1:
+ *                     a single call)
+ *   bpftool-batch     the same hash map written by one `bpftool batch file` per operation, which
+ *                     opens the pinned map again and makes one update or delete call per entry
  *   iptables-restore  one `iptables-restore --noflush` adding N DROP rules in a dedicated chain
  *                     hooked into INPUT; unlock flushes and deletes the chain
  *   nftables-set      one `nft -f` creating a table with an N-element set and a drop rule;
@@ -15,9 +23,10 @@
  * iptables and nftables rules), removed afterwards, also on failure or Ctrl-C. iptables and nft
  * run through nsenter, so their times include starting one process (bpftool's too).
  *
- * Each method first runs once at 10,000 entries, unreported (loading, JIT; for the eBPF methods
- * also the one dump that loads the mirror, which the agent does when it starts). Options:
- *   --entries 1000,10000,100000  --methods ebpf-batch,...  --runs 3  --json
+ * Each method first runs once at 10,000 entries, unreported (loading and JIT-compiling its
+ * path; for ebpf also anything its first call sets up once, which a running agent did long
+ * before). Options:
+ *   --entries 1000,10000,100000  --methods ebpf,...  --runs 3  --json
  * Every measurement is also appended to bench/results/lockops.jsonl.
  */
 import { randomBytes } from 'node:crypto';
@@ -25,14 +34,15 @@ import { appendFile, mkdir } from 'node:fs/promises';
 import { release } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { EbpfNetLock } from '../agent/linux/netlock-ebpf.js';
-import { bpfMapMethods } from '../agent/linux/bpf-map-native.js';
+import { bpfMapMethods, NativeLockMap } from '../agent/linux/bpf-map-native.js';
+import { encodeLockValue, encodeTupleKeys, LOCK_VALUE_LAYOUT, TUPLE_KEY_LAYOUT } from '../agent/linux/lock-map-codec.js';
+import { BpftoolLockMap, EbpfNetLock, type LockMapShape } from '../agent/linux/netlock-ebpf.js';
 import { nsExecutor } from '../agent/linux/netns-exec.js';
 import type { FourTuple } from '../agent/netlock.js';
 import { execCommand, type Executor } from '../lib/exec.js';
 import { REPO_ROOT } from '../lib/rpc.js';
 
-const METHODS = ['ebpf-batch', 'bpftool-batch', 'iptables-restore', 'nftables-set'] as const;
+const METHODS = ['ebpf', 'bpf-hash-batch', 'bpftool-batch', 'iptables-restore', 'nftables-set'] as const;
 type Method = (typeof METHODS)[number];
 
 /** The workload end of every benchmark connection; peers come from 198.19.0.0/16 (never routed). */
@@ -46,11 +56,25 @@ const STEP_TIMEOUT_MS = 600_000;
 const LEASE_MS = 600_000;
 /**
  * Entries per method in the unreported warm-up round (at most the largest size asked for):
- * a smaller round leaves V8 to optimise the 10,000-entry loops during the first measurement
- * (about 11 ms there instead of 4.5).
+ * a smaller round leaves V8 to optimise the per-entry loops of godwit's lock during the first
+ * measurement (measured with its batch-writing path before godwit_lock_conn: 10,000 entries took
+ * about 11 ms there instead of 4.5).
  */
 const WARMUP_ENTRIES = 10_000;
 const RESULTS = join(REPO_ROOT, 'bench', 'results', 'lockops.jsonl');
+/** The largest u64: an unlock at this version wins against every entry. */
+const NEWEST_VERSION = 2n ** 64n - 1n;
+
+/**
+ * The hash methods' map: the shape of godwit_lock_tuple, the hash map that held connection locks
+ * up to layout version 3 (bpf/godwit_maps.h). The kernel keeps 15 characters of the name.
+ */
+const HASH_MAP_SHAPE: LockMapShape = {
+  name: 'godwit_bench_hash',
+  keySize: TUPLE_KEY_LAYOUT.size,
+  valueSize: LOCK_VALUE_LAYOUT.size,
+  maxEntries: 131_072,
+};
 
 interface Options {
   entries: number[];
@@ -83,7 +107,7 @@ function parseOptions(argv: string[]): Options {
     switch (flag) {
       case '--entries':
         o.entries = value().split(',').map((x) => Number(x.replace(/_/g, '')));
-        if (o.entries.some((n) => !Number.isInteger(n) || n < 1 || n > 131_072)) throw new UsageError('--entries takes integers 1..131072 (the tuple map holds 131072)');
+        if (o.entries.some((n) => !Number.isInteger(n) || n < 1 || n > 131_072)) throw new UsageError('--entries takes integers 1..131072 (godwit_lock_conn and the hash map hold 131072)');
         break;
       case '--methods': {
         const names = value().split(',');
@@ -125,14 +149,16 @@ function generate(n: number): FourTuple[] {
   }));
 }
 
-/** The throwaway host: a namespace with a veth pair, the lock installed on one end. */
+/** The throwaway host: a namespace with a veth pair, the lock installed on one end, and the hash methods' map. */
 class BenchHost {
   readonly netns = `godwit-lockops-${randomBytes(3).toString('hex')}`;
   readonly pinDir = `/sys/fs/bpf/${this.netns}`;
+  readonly hashPin = `${this.pinDir}/hash_conns`;
   readonly exec: Executor = nsExecutor(this.netns, execCommand);
   private created = false;
   native?: EbpfNetLock;
-  bpftool?: EbpfNetLock;
+  hashMap?: NativeLockMap;
+  hashMapByBpftool?: BpftoolLockMap;
 
   async up(): Promise<void> {
     await execCommand('bash', [join(REPO_ROOT, 'scripts', 'build-bpf.sh')], { timeoutMs: 60_000 });
@@ -143,11 +169,21 @@ class BenchHost {
     await this.exec('ip', ['addr', 'add', `${LOCAL_ADDRESS}/24`, 'dev', 'eth0']);
     const opts = { iface: 'eth0', pinDir: this.pinDir, objectPath: join(REPO_ROOT, 'build', 'bpf', 'lock.o') };
     this.native = new EbpfNetLock({ ...opts, exec: this.exec, mapMethod: 'native' });
-    await this.native.install();
-    // Same pinned maps, read and written by bpftool processes (started in this namespace's
-    // parent: maps are not per namespace, and nsenter would add a process to every call).
-    // Two writers of one map, but in turns, and each leaves it empty: both mirrors stay true.
-    this.bpftool = new EbpfNetLock({ ...opts, exec: execCommand, mapMethod: 'bpftool' });
+    await this.native.install(); // also mounts bpffs where it is missing
+    await this.createHashMap();
+  }
+
+  /**
+   * A standalone hash map pinned in pinDir (removed with it), no program attached: written by the
+   * addon and by bpftool in turns, each leaving it empty. bpftool runs in this namespace's parent:
+   * maps are not per namespace, and nsenter would add a process to every call.
+   */
+  private async createHashMap(): Promise<void> {
+    const { name, keySize, valueSize, maxEntries } = HASH_MAP_SHAPE;
+    await execCommand('mkdir', ['-p', this.pinDir]);
+    await execCommand('bpftool', ['map', 'create', this.hashPin, 'type', 'hash', 'key', String(keySize), 'value', String(valueSize), 'entries', String(maxEntries), 'name', name]);
+    this.hashMap = new NativeLockMap(this.hashPin, HASH_MAP_SHAPE);
+    this.hashMapByBpftool = new BpftoolLockMap(execCommand, this.hashPin, HASH_MAP_SHAPE);
   }
 
   /** Removes the namespace (and with it the veth, the rules, the XDP attachment) and the pins. */
@@ -174,9 +210,11 @@ function expectCount(what: string, have: number, want: number): void {
   if (have !== want) throw new Error(`${what}: ${have} entries after the step, expected ${want}`);
 }
 
-function mapOps(lock: () => EbpfNetLock, reader: () => EbpfNetLock): LockOps {
+/** godwit's lock: the tuples go to EbpfNetLock as a request brings them; listTuples() reads the table back. */
+function ebpfOps(host: BenchHost): LockOps {
   let tuples: FourTuple[] = [];
   let version = 0n;
+  const lock = () => host.native!;
   return {
     async prepare(t, v) {
       tuples = t;
@@ -184,18 +222,52 @@ function mapOps(lock: () => EbpfNetLock, reader: () => EbpfNetLock): LockOps {
     },
     lock: () => lock().lockTuples(tuples, version, LEASE_MS),
     async verifyLocked(n) {
-      const listed = await reader().listTuples();
-      expectCount('tuple map', listed.filter((e) => e.version === version).length, n);
+      const listed = await lock().listTuples();
+      expectCount('godwit_lock_conn', listed.filter((e) => e.version === version).length, n);
     },
     unlock: () => lock().unlockTuples(tuples, version),
     async verifyUnlocked() {
-      expectCount('tuple map', (await reader().listTuples()).length, 0);
+      expectCount('godwit_lock_conn', (await lock().listTuples()).length, 0);
     },
     async reset() {
-      // After a failure the map may differ from either instance's mirror: a sweep's dump resyncs it.
-      await lock().sweepExpired();
-      await lock().unlockTuples(tuples, 2n ** 64n - 1n);
-      await reader().sweepExpired();
+      // Whatever a failed step left, of this run or an earlier one.
+      const held = await lock().listTuples();
+      await lock().unlockTuples(held.map((e) => e.tuple), NEWEST_VERSION);
+    },
+  };
+}
+
+/** What a hash method writes through: NativeLockMap (bpf(2) batches) or BpftoolLockMap (one bpftool process). */
+type HashMapWriter = Pick<NativeLockMap, 'update' | 'delete'>;
+
+/**
+ * The hash map written in one call per operation, keys and values packed beforehand (untimed:
+ * the timed step is the kernel's, or bpftool's, work); read back through the addon's dump,
+ * which is faster than bpftool's JSON.
+ */
+function hashMapOps(writer: () => HashMapWriter, reader: () => NativeLockMap): LockOps {
+  let keys: Buffer = Buffer.alloc(0);
+  let values: Buffer = Buffer.alloc(0);
+  return {
+    async prepare(tuples, version) {
+      keys = encodeTupleKeys(tuples);
+      const deadlineNs = process.hrtime.bigint() + BigInt(LEASE_MS) * 1_000_000n;
+      // Every entry the same lease, as a fresh lock by godwit writes it.
+      values = Buffer.alloc(tuples.length * HASH_MAP_SHAPE.valueSize, encodeLockValue({ version, deadlineNs, drops: 0n, lastDropNs: 0n }));
+    },
+    lock: () => writer().update(keys, values),
+    async verifyLocked(n) {
+      expectCount(HASH_MAP_SHAPE.name, (await reader().dump()).count, n);
+    },
+    unlock: async () => {
+      await writer().delete(keys);
+    },
+    async verifyUnlocked() {
+      expectCount(HASH_MAP_SHAPE.name, (await reader().dump()).count, 0);
+    },
+    async reset() {
+      const held = await reader().dump();
+      await reader().delete(held.keys.subarray(0, held.count * HASH_MAP_SHAPE.keySize));
     },
   };
 }
@@ -319,12 +391,12 @@ function fmt(ms: number | undefined): string {
 
 function table(results: Measurement[], o: Options): string {
   const lines = [
-    '| method | entries | lock ms (median) | unlock ms (median) | lock / ebpf-batch | unlock / ebpf-batch | runs: lock / unlock ms |',
+    '| method | entries | lock ms (median) | unlock ms (median) | lock / ebpf | unlock / ebpf | runs: lock / unlock ms |',
     '|---|---:|---:|---:|---:|---:|---|',
   ];
   for (const n of o.entries) {
     const ok = (method: Method) => results.filter((r) => r.method === method && r.entries === n && !r.error);
-    const base = { lock: median(ok('ebpf-batch').map((r) => r.lockMs!)), unlock: median(ok('ebpf-batch').map((r) => r.unlockMs!)) };
+    const base = { lock: median(ok('ebpf').map((r) => r.lockMs!)), unlock: median(ok('ebpf').map((r) => r.unlockMs!)) };
     for (const method of o.methods) {
       const rows = results.filter((r) => r.method === method && r.entries === n);
       const good = ok(method);
@@ -363,8 +435,9 @@ export async function run(argv: string[]): Promise<number> {
   try {
     await host.up();
     const ops: Record<Method, LockOps> = {
-      'ebpf-batch': mapOps(() => host.native!, () => host.native!),
-      'bpftool-batch': mapOps(() => host.bpftool!, () => host.native!),
+      ebpf: ebpfOps(host),
+      'bpf-hash-batch': hashMapOps(() => host.hashMap!, () => host.hashMap!),
+      'bpftool-batch': hashMapOps(() => host.hashMapByBpftool!, () => host.hashMap!),
       'iptables-restore': iptablesOps(host),
       'nftables-set': nftOps(host),
     };
@@ -389,9 +462,11 @@ export async function run(argv: string[]): Promise<number> {
       }
     }
     if (!o.json) {
-      const methods = o.methods.some((m) => m === 'ebpf-batch') ? bpfMapMethods() : undefined;
       process.stdout.write(table(results, o) + '\n');
-      if (methods) process.stdout.write(`\nebpf-batch kernel calls: lookup ${methods.lookup}, update ${methods.update}, delete ${methods.delete}; kernel ${meta.kernel}; ${meta.iptables}\n`);
+      // 'element' where the kernel refused a batch call: the addon then made one call per entry.
+      const calls = o.methods.includes('bpf-hash-batch') ? bpfMapMethods() : undefined;
+      const hashCalls = calls ? `bpf-hash-batch kernel calls: update ${calls.update}, delete ${calls.delete}; ` : '';
+      process.stdout.write(`\n${hashCalls}kernel ${meta.kernel}; ${meta.iptables}\n`);
     }
     return 0;
   } finally {

@@ -24,11 +24,12 @@
  *      as it is and the tuple map is created and pinned next to it.
  *   3  adds godwit_held (ring of held packets) and godwit_hold_stats. The lock maps are
  *      unchanged; older pins are reused and the new maps created and pinned next to them.
+ *   4  replaces the hash map godwit_lock_tuple with godwit_lock_conn, an mmapped table the agent
+ *      writes in memory (below). On install the live entries of a pinned godwit_lock_tuple are
+ *      copied into the new table before the new program is attached, then that pin is removed.
  */
-#define GODWIT_LOCK_LAYOUT_VERSION 3
+#define GODWIT_LOCK_LAYOUT_VERSION 4
 #define GODWIT_LOCK_EP_MAX_ENTRIES 65536
-/* 100,000 connections with room to spare; a hash map has a power-of-two bucket count anyway. */
-#define GODWIT_LOCK_TUPLE_MAX_ENTRIES 131072
 
 /* Key of godwit_lock_ep: the workload's listening (proto, address, port). 8 bytes. */
 struct godwit_endpoint_key {
@@ -52,7 +53,7 @@ struct godwit_tuple_key {
 };
 
 /*
- * Value of both lock maps: a lease. 32 bytes, u64 fields in host byte order.
+ * Value of a lock entry: a lease. 32 bytes, u64 fields in host byte order.
  * The program honours an entry only while bpf_ktime_get_ns() < deadline_ns, so an agent or
  * controller that dies mid-migration never blackholes the endpoint for longer than its lease.
  */
@@ -62,6 +63,76 @@ struct godwit_lock_value {
 	__u64 drops;        /* packets dropped for this entry (atomic add in the program) */
 	__u64 last_drop_ns; /* CLOCK_MONOTONIC time of the latest drop, 0 if none */
 };
+
+/* ---- godwit_lock_conn: the exact-connection lock, a table the agent writes in memory --------
+ *
+ * Locking 10,000 connections as 10,000 hash map updates costs the kernel 3-8 ms of bucket locks
+ * and element allocation, even in one BPF_MAP_UPDATE_BATCH. So the connection entries live in an
+ * mmappable array used as an open-addressing hash table with linear probing: the agent maps it
+ * into its memory and locks or unlocks a connection with a few stores, no system call at all
+ * (agent/linux/conn-lock-table.ts, the only writer); the XDP program only reads it.
+ *
+ * A slot is EMPTY (never used since the last cleanup: a probe stops here), LIVE (an entry) or
+ * DELETED (was an entry: a probe goes on past it, an insert may reuse it). Every entry sits
+ * within GODWIT_CONN_MAX_PROBE slots of its home slot, godwit_conn_hash(key) masked, so a lookup
+ * reads at most that many slots. The writer publishes an entry by storing its state LIVE only
+ * after the key and lease, and empties DELETED slots only where the next slot is EMPTY, so a
+ * concurrent lookup never misses an entry that stays LIVE.
+ */
+/* A power of two, twice the entries allowed: linear probing stays short at a load of 1/2. */
+#define GODWIT_CONN_SLOTS (1u << 18)
+/* At most this many LIVE entries (100,000 connections with room to spare). */
+#define GODWIT_CONN_MAX_ENTRIES 131072
+/* Longest probe. At a load of 1/2 a run this long is vanishingly rare; an insert that finds no
+ * free slot within it is refused and the agent reports the lock as failed. */
+#define GODWIT_CONN_MAX_PROBE 64
+
+#define GODWIT_SLOT_EMPTY 0
+#define GODWIT_SLOT_LIVE 1
+#define GODWIT_SLOT_DELETED 2
+
+/* One slot of godwit_lock_conn: 56 bytes, u64 fields 8-aligned (the array's values are laid out
+ * back to back at 56-byte strides). */
+struct godwit_conn_slot {
+	__u32 state;                    /* GODWIT_SLOT_*, stored last by the writer */
+	__u32 pad;                      /* always 0 */
+	struct godwit_tuple_key key;
+	struct godwit_lock_value lease;
+};
+
+/*
+ * Home slot hash of a connection key: MurmurHash3's 32-bit mixing over the key's four
+ * little-endian words, with no seed (the agent's TypeScript copy must give the same number for
+ * every key; test/integration/netlock-tuples.test.ts checks them against each other through
+ * packets that only a colliding, probed entry can stop).
+ */
+static __inline __u32 godwit_conn_mix(__u32 h, __u32 w)
+{
+	w *= 0xcc9e2d51u;
+	w = (w << 15) | (w >> 17);
+	w *= 0x1b873593u;
+	h ^= w;
+	h = (h << 13) | (h >> 19);
+	return h * 5 + 0xe6546b64u;
+}
+
+static __inline __u32 godwit_conn_hash(const struct godwit_tuple_key *key)
+{
+	const __u32 *w = (const __u32 *)key;
+	__u32 h = 0;
+
+	h = godwit_conn_mix(h, w[0]);
+	h = godwit_conn_mix(h, w[1]);
+	h = godwit_conn_mix(h, w[2]);
+	h = godwit_conn_mix(h, w[3]);
+	h ^= 16;
+	h ^= h >> 16;
+	h *= 0x85ebca6bu;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35u;
+	h ^= h >> 16;
+	return h;
+}
 
 /* ---- Held packets: what the lock keeps instead of losing ------------------------------------
  *

@@ -3,7 +3,7 @@
  * godwit network lock, XDP on a host's interface.
  *
  * While a workload migrates, its endpoint (proto, address, port) has an entry in godwit_lock_ep,
- * or each of its connections an exact 4-tuple entry in godwit_lock_tuple, and packets that match
+ * or each of its connections an exact 4-tuple entry in the table godwit_lock_conn, and packets that match
  * an unexpired entry of either are stopped here: silently, so the kernel sends no RST. A copy
  * of each stopped packet is held in a ring for the agent to deliver after unlock (see
  * godwit_maps.h); what cannot be held its peer retransmits. Everything else passes untouched.
@@ -29,14 +29,16 @@ struct {
 	__type(value, struct godwit_lock_value);
 } godwit_lock_ep SEC(".maps");
 
-/* The kernel keeps the first 15 characters of a map's name (godwit_lock_tup); bpftool pins it
- * under the full name. */
+/* The open-addressing table of connection entries (godwit_maps.h). Mmappable: the agent writes
+ * it in memory. The kernel keeps the first 15 characters of a map's name (godwit_lock_con);
+ * bpftool pins it under the full name. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, GODWIT_LOCK_TUPLE_MAX_ENTRIES);
-	__type(key, struct godwit_tuple_key);
-	__type(value, struct godwit_lock_value);
-} godwit_lock_tuple SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, GODWIT_CONN_SLOTS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct godwit_conn_slot);
+} godwit_lock_conn SEC(".maps");
 
 /* Stopped packets, for the agent to deliver after unlock. */
 struct {
@@ -156,6 +158,38 @@ static __always_inline void endpoint_key_of(const struct godwit_tuple_key *t, st
 	key->pad = 0;
 }
 
+/*
+ * The lease of the connection's entry in godwit_lock_conn, or NULL. Reads the state before the
+ * key: the writer stores the key first and the state last, and x86 keeps loads in order (a
+ * weakly ordered CPU would need a load-acquire here). A key read mid-rewrite cannot match
+ * wrongly for long: the writer reuses only DELETED slots, never a LIVE one.
+ */
+static __always_inline struct godwit_lock_value *conn_lease(const struct godwit_tuple_key *key)
+{
+	__u32 home = godwit_conn_hash(key);
+	const __u64 *want = (const __u64 *)key;
+
+	for (__u32 i = 0; i < GODWIT_CONN_MAX_PROBE; i++) {
+		__u32 idx = (home + i) & (GODWIT_CONN_SLOTS - 1);
+		struct godwit_conn_slot *slot = bpf_map_lookup_elem(&godwit_lock_conn, &idx);
+		const __u64 *have;
+		__u32 state;
+
+		if (!slot)
+			return NULL;
+		state = *(volatile __u32 *)&slot->state;
+		if (state == GODWIT_SLOT_EMPTY)
+			return NULL;
+		if (state != GODWIT_SLOT_LIVE)
+			continue;
+		asm volatile("" ::: "memory"); /* the key loads stay after the state load */
+		have = (const __u64 *)&slot->key;
+		if (have[0] == want[0] && have[1] == want[1])
+			return &slot->lease;
+	}
+	return NULL;
+}
+
 /* The lease if it is still running; *now is read from the clock once, on first need. */
 static __always_inline struct godwit_lock_value *live_lease(struct godwit_lock_value *lease, __u64 *now)
 {
@@ -197,7 +231,7 @@ static __always_inline void hold(struct xdp_md *ctx, __u64 now)
 SEC("xdp")
 int godwit_lock(struct xdp_md *ctx)
 {
-	struct godwit_tuple_key tuple = {}; /* zeroed: the pad is part of the hashed key */
+	struct godwit_tuple_key tuple = {}; /* zeroed: the pad is part of the hashed, compared key */
 	struct godwit_endpoint_key endpoint = {};
 	struct godwit_lock_value *lease;
 	__u64 now = 0;
@@ -205,7 +239,7 @@ int godwit_lock(struct xdp_md *ctx)
 	if (tuple_key_of(ctx, &tuple) < 0)
 		return XDP_PASS;
 	/* The exact connection first: its entry counts the drop even when the endpoint is locked too. */
-	lease = live_lease(bpf_map_lookup_elem(&godwit_lock_tuple, &tuple), &now);
+	lease = live_lease(conn_lease(&tuple), &now);
 	if (!lease) {
 		endpoint_key_of(&tuple, &endpoint);
 		lease = live_lease(bpf_map_lookup_elem(&godwit_lock_ep, &endpoint), &now);

@@ -53,6 +53,8 @@ interface BpfMapAddon {
   coalesce(packets: Buffer): Buffer;
   /** Sends [u32 length LE][IPv4 packet] items through a raw socket; returns how many went. */
   rawSend(packets: Buffer): number;
+  /** The values of an mmappable array map, shared with the kernel; unmapped when collected. */
+  mmap(fd: number, bytes: number): ArrayBuffer;
 }
 
 /** The addon is not built or does not load here; build it with scripts/build-native.sh. */
@@ -232,6 +234,64 @@ export class NativeLockMap implements LockMapAccess {
     if (keys.length === 0 && mapId === undefined) return 0;
     return withPinnedMap(this.pin, this.shape, (m, fd) => (keys.length === 0 ? 0 : m.delete(fd, keys, this.shape.keySize)), mapId);
   }
+}
+
+/** bpf_map_type BPF_MAP_TYPE_ARRAY and map flag BPF_F_MMAPABLE (uapi linux/bpf.h). */
+const BPF_MAP_TYPE_ARRAY = 2;
+const BPF_F_MMAPABLE = 1 << 10;
+
+/** What an mmappable array map must be: its value size and number of values. */
+export interface ArrayMapShape {
+  name: string;
+  valueSize: number;
+  maxEntries: number;
+}
+
+/** An mmappable array map's values in this process's memory, and the kernel's id of the map. */
+export interface MappedArrayMap {
+  memory: ArrayBuffer;
+  mapId: number;
+}
+
+function arrayMapProblem(o: OpenedBpfMap, shape: ArrayMapShape): string | undefined {
+  const describe = (type: string, mmappable: boolean, valueSize: number, entries: number) => `${type}${mmappable ? ' (mmappable)' : ''} of ${entries} ${valueSize}-byte values`;
+  const want = describe('array', true, shape.valueSize, shape.maxEntries);
+  const have = describe(o.type === BPF_MAP_TYPE_ARRAY ? 'array' : `map type ${o.type}`, (o.flags & BPF_F_MMAPABLE) !== 0, o.valueSize, o.maxEntries);
+  return want === have ? undefined : `expected an ${want} (${shape.name}), found ${have}`;
+}
+
+/**
+ * Maps the values of the mmappable array pinned at `pin` into this process (the fd is closed
+ * right away; the mapping keeps the map alive until the ArrayBuffer is collected). The kernel
+ * lays the values out back to back, each rounded up to 8 bytes, from the start of the mapping.
+ */
+export function mapPinnedArray(pin: string, shape: ArrayMapShape): MappedArrayMap {
+  let mapId = 0;
+  const stride = Math.ceil(shape.valueSize / 8) * 8;
+  const bytes = Math.ceil((stride * shape.maxEntries) / 4096) * 4096;
+  const memory = withOpenedMap(
+    pin,
+    (o) => {
+      mapId = o.id;
+      return arrayMapProblem(o, shape);
+    },
+    (m, fd) => m.mmap(fd, bytes),
+  );
+  return { memory, mapId };
+}
+
+/** The kernel's id of the map pinned at `pin`: whether the pin still names a map mapped earlier. */
+export function pinnedMapId(pin: string): number {
+  let id = 0;
+  withOpenedMap(
+    pin,
+    (o) => {
+      id = o.id;
+      return undefined;
+    },
+    () => undefined,
+  );
+  return id;
 }
 
 /** bpf_map_type BPF_MAP_TYPE_RINGBUF (uapi linux/bpf.h). */

@@ -11,16 +11,21 @@ import type { FourTuple } from '../netlock.js';
  * before reusing it.
  */
 
-/** GODWIT_LOCK_LAYOUT_VERSION in bpf/godwit_maps.h (2: the tuple map was added; 3: the held-packet ring). */
-export const LOCK_LAYOUT_VERSION = 3;
+/** GODWIT_LOCK_LAYOUT_VERSION in bpf/godwit_maps.h (2: the tuple map was added; 3: the held-packet ring; 4: the connection table replaced the tuple map). */
+export const LOCK_LAYOUT_VERSION = 4;
 /** Map name in bpf/lock.c; also the file name bpftool pins it under. */
 export const LOCK_MAP_NAME = 'godwit_lock_ep';
 /** GODWIT_LOCK_EP_MAX_ENTRIES in bpf/godwit_maps.h. */
 export const LOCK_MAP_MAX_ENTRIES = 65536;
-/** The exact 4-tuple map in bpf/lock.c; bpftool pins it under this full name. */
-export const LOCK_TUPLE_MAP_NAME = 'godwit_lock_tuple';
-/** GODWIT_LOCK_TUPLE_MAX_ENTRIES in bpf/godwit_maps.h. */
-export const LOCK_TUPLE_MAP_MAX_ENTRIES = 131072;
+/** The table of exact-connection entries in bpf/lock.c (agent/linux/conn-lock-table.ts); bpftool pins it under this full name. */
+export const LOCK_CONN_MAP_NAME = 'godwit_lock_conn';
+/**
+ * Layouts 2 and 3 kept exact-connection entries in this hash map (16-byte tuple key, 32-byte
+ * lease, LEGACY_TUPLE_MAP_MAX_ENTRIES); install copies a pinned one's live entries into the
+ * connection table and removes it.
+ */
+export const LEGACY_TUPLE_MAP_NAME = 'godwit_lock_tuple';
+export const LEGACY_TUPLE_MAP_MAX_ENTRIES = 131072;
 
 /** The kernel keeps a map's name in BPF_OBJ_NAME_LEN (16) bytes with the NUL: `bpftool map show` prints at most 15 characters. */
 export function kernelMapName(name: string): string {
@@ -73,6 +78,18 @@ export const TUPLE_KEY_LAYOUT: StructLayout = {
     { name: 'dport', offset: 10, size: 2 },
     { name: 'proto', offset: 12, size: 1 },
     { name: 'pad', offset: 13, size: 3 },
+  ],
+};
+
+/** One slot of godwit_lock_conn (conn-lock-table.ts reads and writes it by these offsets). */
+export const CONN_SLOT_LAYOUT: StructLayout = {
+  name: 'godwit_conn_slot',
+  size: 56,
+  members: [
+    { name: 'state', offset: 0, size: 4 },
+    { name: 'pad', offset: 4, size: 4 },
+    { name: 'key', offset: 8, size: TUPLE_KEY_LAYOUT.size },
+    { name: 'lease', offset: 24, size: LOCK_VALUE_LAYOUT.size },
   ],
 };
 

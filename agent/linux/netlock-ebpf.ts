@@ -2,11 +2,13 @@ import { pino, type Logger } from 'pino';
 import { endpointProblem, formatEndpoint, type Endpoint } from '../../lib/endpoint.js';
 import { CommandError, type Executor } from '../../lib/exec.js';
 import { LockRequestError, type FourTuple, type LockEntry, type NetLock, type TupleLockEntry } from '../netlock.js';
-import { BpfMapReplacedError, NativeAddonUnavailableError, nativeBpfMapProblem, NativeLockMap } from './bpf-map-native.js';
+import { BpfMapReplacedError, mapPinnedArray, NativeAddonUnavailableError, nativeBpfMapProblem, NativeLockMap, pinnedMapId } from './bpf-map-native.js';
+import { CONN_SLOT_BYTES, CONN_TABLE_SHAPE, ConnLockTable } from './conn-lock-table.js';
 import { HELD_RING_BYTES } from './packet-hold.js';
 import {
   decodeEndpointKey,
   decodeLockValueAt,
+  CONN_SLOT_LAYOUT,
   decodeTupleKey,
   encodeEndpointKey,
   encodeEndpointKeys,
@@ -14,12 +16,14 @@ import {
   ENDPOINT_KEY_LAYOUT,
   expiredKeys,
   fromBpftoolHex,
+  keyWords,
   kernelMapName,
   layoutMismatch,
   LOCK_MAP_MAX_ENTRIES,
   LOCK_MAP_NAME,
-  LOCK_TUPLE_MAP_MAX_ENTRIES,
-  LOCK_TUPLE_MAP_NAME,
+  LEGACY_TUPLE_MAP_MAX_ENTRIES,
+  LEGACY_TUPLE_MAP_NAME,
+  LOCK_CONN_MAP_NAME,
   LOCK_VALUE_LAYOUT,
   planLock,
   planUnlock,
@@ -108,8 +112,10 @@ export interface LockPins {
   mapsDir: string;
   /** godwit_lock_ep: endpoint entries. */
   lockMap: string;
-  /** godwit_lock_tuple: exact-connection entries. */
-  tupleMap: string;
+  /** godwit_lock_conn: the table of exact-connection entries (conn-lock-table.ts). */
+  connTable: string;
+  /** godwit_lock_tuple: where layouts 2 and 3 kept connection entries; install() migrates it away. */
+  legacyTupleMap: string;
   /** godwit_held: the ring of stopped packets (agent/linux/packet-hold.ts). */
   heldRing: string;
 }
@@ -127,7 +133,8 @@ export function lockPins(pinDir: string): LockPins {
     progStaging: `${dir}/prog_staging`,
     mapsDir,
     lockMap: `${mapsDir}/${LOCK_MAP_NAME}`,
-    tupleMap: `${mapsDir}/${LOCK_TUPLE_MAP_NAME}`,
+    connTable: `${mapsDir}/${LOCK_CONN_MAP_NAME}`,
+    legacyTupleMap: `${mapsDir}/${LEGACY_TUPLE_MAP_NAME}`,
     heldRing: `${mapsDir}/${HELD_MAPS[0].name}`,
   };
 }
@@ -147,12 +154,16 @@ export const ENDPOINT_MAP_SHAPE: LockMapShape = {
   maxEntries: LOCK_MAP_MAX_ENTRIES,
 };
 
-export const TUPLE_MAP_SHAPE: LockMapShape = {
-  name: LOCK_TUPLE_MAP_NAME,
+/** The hash map of connection entries of layouts 2 and 3 (LEGACY_TUPLE_MAP_NAME). */
+export const LEGACY_TUPLE_MAP_SHAPE: LockMapShape = {
+  name: LEGACY_TUPLE_MAP_NAME,
   keySize: TUPLE_KEY_LAYOUT.size,
   valueSize: LOCK_VALUE_LAYOUT.size,
-  maxEntries: LOCK_TUPLE_MAP_MAX_ENTRIES,
+  maxEntries: LEGACY_TUPLE_MAP_MAX_ENTRIES,
 };
+
+/** godwit_lock_conn as mapPinnedArray() checks it. */
+const CONN_ARRAY_SHAPE = { name: LOCK_CONN_MAP_NAME, valueSize: CONN_SLOT_BYTES, maxEntries: CONN_TABLE_SHAPE.slots };
 
 /**
  * Reads and writes of one pinned lock map, whole batches at a time: keys and values packed
@@ -251,10 +262,12 @@ function spacedHex(b: Buffer, at: number, size: number): string {
 interface PinnedMapSpec {
   name: string;
   pin: string;
-  type: 'hash' | 'ringbuf' | 'percpu_array';
+  type: 'hash' | 'array' | 'ringbuf' | 'percpu_array';
   keySize: number;
   valueSize: number;
   maxEntries: number;
+  /** Map flags that must be set (BPF_F_MMAPABLE for the connection table). */
+  flags?: number;
   /** Structs whose BTF layout must match the codec's (key first, then value); none for the held maps. */
   structs: readonly StructLayout[];
 }
@@ -266,15 +279,24 @@ const HELD_MAPS = [
   { name: 'godwit_held_scratch', type: 'percpu_array', keySize: 4, valueSize: 16 + 1536, maxEntries: 1 },
 ] as const;
 
-/** One of the host's lock maps, as the driver uses it. */
+/** BPF_F_MMAPABLE (uapi linux/bpf.h), as `bpftool -j map show` prints it in "flags". */
+const BPF_F_MMAPABLE = 1 << 10;
+
+/** The endpoint map, as the driver uses it. */
 interface LockTable {
   shape: LockMapShape;
-  /** Key struct in bpf/godwit_maps.h (the value is LOCK_VALUE_LAYOUT for both). */
+  /** Key struct in bpf/godwit_maps.h (the value is LOCK_VALUE_LAYOUT). */
   key: StructLayout;
   pin: string;
   access: LockMapAccess;
   /** What the map holds, as this class last wrote or read it; undefined until loaded, or while in doubt. */
   mirror?: LockMirror;
+}
+
+/** The connection table mapped into this process, and the id of the map it is. */
+interface MappedConnTable {
+  table: ConnLockTable;
+  mapId: number;
 }
 
 interface XdpAttachment {
@@ -284,17 +306,17 @@ interface XdpAttachment {
 }
 
 /**
- * The network lock on one host, as an XDP program on its interface plus two pinned hash maps of
- * leases, endpoints and exact connections (bpf/lock.c, bpf/godwit_maps.h); installed with
- * bpftool and ip, the maps read and written through the native addon's batch calls.
- *
- * Every lock or unlock is one batch write, version-guarded against a mirror of the map kept in
- * this process (lock-mirror.ts says why that is safe: the agent is the maps' only writer, and
- * this class runs one operation at a time). The mirror is loaded from one dump on first use and
- * checked against the map by the dump sweepExpired() makes anyway; list() and listTuples() read
- * the map itself. A lock writes each value whole, so rewriting an entry (a newer version, or
- * the same one for a longer lease) starts its drops/last_drop_ns over: carrying them over would
- * take reading the map on every lock, which costs as much as the write.
+ * The network lock on one host, as an XDP program on its interface plus two pinned maps of
+ * leases (bpf/lock.c, bpf/godwit_maps.h), installed with bpftool and ip:
+ *  - endpoints in a hash map, read and written through the native addon's batch calls. Every
+ *    lock or unlock is one batch write, version-guarded against a mirror of the map kept in this
+ *    process (lock-mirror.ts says why that is safe: the agent is the map's only writer, and this
+ *    class runs one operation at a time). The mirror is loaded from one dump on first use and
+ *    checked against the map by the dump sweepExpired() makes anyway; list() reads the map. A
+ *    lock writes each value whole, so rewriting an endpoint entry starts its drops over.
+ *  - exact connections in the table godwit_lock_conn, mapped into this process and written in
+ *    memory (conn-lock-table.ts): no system call per lock, and the memory is the state, so it
+ *    needs no mirror. Needs the native addon (for mmap) whatever the map method.
  *
  * Deadlines are process.hrtime.bigint(), which is CLOCK_MONOTONIC like bpf_ktime_get_ns().
  * (Run the agent outside any time namespace: bpf_ktime_get_ns ignores its offsets.)
@@ -305,7 +327,7 @@ export class EbpfNetLock implements NetLock {
   private readonly objectPath: string;
   private readonly pins: LockPins;
   private readonly endpointMap: LockTable;
-  private readonly tupleMap: LockTable;
+  private conn: MappedConnTable | undefined;
   private readonly log: Logger;
   private mode: XdpMode | undefined;
   private tail: Promise<unknown> = Promise.resolve();
@@ -328,7 +350,6 @@ export class EbpfNetLock implements NetLock {
       access: method === 'native' ? new NativeLockMap(pin, shape) : new BpftoolLockMap(opts.exec, pin, shape),
     });
     this.endpointMap = table(ENDPOINT_MAP_SHAPE, ENDPOINT_KEY_LAYOUT, this.pins.lockMap);
-    this.tupleMap = table(TUPLE_MAP_SHAPE, TUPLE_KEY_LAYOUT, this.pins.tupleMap);
   }
 
   /** How the program is attached after install(): native (driver) XDP, or generic as a fallback. */
@@ -361,17 +382,20 @@ export class EbpfNetLock implements NetLock {
         'prog', 'load', this.objectPath, this.pins.progStaging, 'type', 'xdp',
         // bpftool refuses `pinmaps` once any map is reused ("failed to pin map: File exists"),
         // so each reused map gets its own clause and the maps it created are pinned by id below
-        // (a host whose pins predate the tuple map: layout version 1).
+        // (a host whose pins predate some maps: every layout since 1 added maps).
         ...(reused.length === 0 ? ['pinmaps', this.pins.mapsDir] : reused.flatMap((m) => ['map', 'name', m.name, 'pinned', m.pin])),
       ]);
       try {
         if (reused.length > 0 && created.length > 0) await this.pinCreatedMaps(this.pins.progStaging, created);
+        // Before the new program runs: a connection the old program held stays held.
+        await this.copyLegacyTupleLocks();
         this.mode = await this.attach(this.pins.progStaging);
       } catch (err) {
         await this.run('rm', ['-f', this.pins.progStaging]);
         throw err;
       }
       await this.run('mv', ['-f', this.pins.progStaging, this.pins.prog]); // bpffs supports rename
+      await this.run('rm', ['-f', this.pins.legacyTupleMap]);
       this.log.info(
         { mode: this.mode, pinDir: this.pins.dir, reusedMaps: reused.map((m) => m.name), createdMaps: created.map((m) => m.name), mapMethod: this.mapMethod },
         'network lock installed',
@@ -420,7 +444,8 @@ export class EbpfNetLock implements NetLock {
     checkLease(leaseMs);
     return this.serial(async () => {
       if (tuples.length === 0) return;
-      const { locked, keptNewer } = await this.guardedLock(this.tupleMap, keys, version, leaseMs);
+      const deadlineNs = monotonicNowNs() + BigInt(Math.ceil(leaseMs * 1e6));
+      const { locked, keptNewer } = this.connTable().lock(keyWords(keys), version, deadlineNs);
       this.log.info({ version: version.toString(), leaseMs, requested: tuples.length, locked, ...keptNewerLog(tuples, keptNewer) }, 'connection locks set');
     });
   }
@@ -430,7 +455,7 @@ export class EbpfNetLock implements NetLock {
     checkVersion(version);
     return this.serial(async () => {
       if (tuples.length === 0) return;
-      const { unlocked, keptNewer } = await this.guardedUnlock(this.tupleMap, keys, version);
+      const { unlocked, keptNewer } = this.connTable().unlock(keyWords(keys), version);
       this.log.info({ version: version.toString(), requested: tuples.length, unlocked, ...keptNewerLog(tuples, keptNewer) }, 'connection locks removed');
     });
   }
@@ -438,7 +463,7 @@ export class EbpfNetLock implements NetLock {
   listTuples(): Promise<TupleLockEntry[]> {
     return this.serial(async () => {
       const now = monotonicNowNs();
-      const held = await this.tupleMap.access.dump();
+      const held = this.connTable().entries();
       const entries: TupleLockEntry[] = [];
       for (let i = 0; i < held.count; i++) {
         const value = decodeLockValueAt(held.values, i * LOCK_VALUE_LAYOUT.size);
@@ -450,13 +475,12 @@ export class EbpfNetLock implements NetLock {
 
   sweepExpired(): Promise<number> {
     return this.serial(async () => {
-      let swept = 0;
-      for (const t of [this.endpointMap, this.tupleMap]) {
-        // The dump that finds ended leases also checks the mirror against the map.
-        const held = await t.access.dump();
-        const mirror = this.resync(t, 'sweep', held);
-        const expired = expiredKeys(t.shape.keySize, held, monotonicNowNs());
-        if (expired.count === 0) continue;
+      const t = this.endpointMap;
+      // The dump that finds ended leases also checks the mirror against the map.
+      const held = await t.access.dump();
+      const mirror = this.resync(t, 'sweep', held);
+      const expired = expiredKeys(t.shape.keySize, held, monotonicNowNs());
+      if (expired.count > 0) {
         try {
           await t.access.delete(expired.keys, held.mapId);
         } catch (err) {
@@ -464,20 +488,21 @@ export class EbpfNetLock implements NetLock {
           throw err;
         }
         mirror.forget(expired.keys);
-        swept += expired.count;
-        const sample =
-          t === this.endpointMap
-            ? { swept: Array.from({ length: expired.count }, (_, i) => formatEndpoint(decodeEndpointKey(expired.keys.subarray(i * ENDPOINT_KEY_LAYOUT.size, (i + 1) * ENDPOINT_KEY_LAYOUT.size)))) }
-            : { sweptConnections: expired.count };
-        this.log.info({ map: t.shape.name, ...sample }, 'expired locks swept');
+        const swept = Array.from({ length: expired.count }, (_, i) => formatEndpoint(decodeEndpointKey(expired.keys.subarray(i * ENDPOINT_KEY_LAYOUT.size, (i + 1) * ENDPOINT_KEY_LAYOUT.size))));
+        this.log.info({ map: t.shape.name, swept }, 'expired locks swept');
       }
-      return swept;
+      // Without the addon there is no mapping, and nothing this agent could have written there.
+      const conns = nativeBpfMapProblem() ? 0 : this.connTable().sweepExpired(monotonicNowNs());
+      if (conns > 0) this.log.info({ map: LOCK_CONN_MAP_NAME, sweptConnections: conns }, 'expired locks swept');
+      return expired.count + conns;
     });
   }
 
   entryCount(): number | undefined {
-    const { endpointMap: e, tupleMap: t } = this;
-    return e.mirror && t.mirror ? e.mirror.size + t.mirror.size : undefined;
+    const endpoints = this.endpointMap.mirror?.size;
+    if (endpoints === undefined) return undefined;
+    if (this.conn) return endpoints + this.conn.table.size;
+    return nativeBpfMapProblem() ? endpoints : undefined;
   }
 
   uninstall(): Promise<void> {
@@ -493,7 +518,9 @@ export class EbpfNetLock implements NetLock {
         this.log.warn({ progName: attached.progName, progId: attached.progId }, 'interface runs another XDP program; leaving it');
       }
       await this.run('rm', ['-rf', this.pins.dir]);
-      for (const t of [this.endpointMap, this.tupleMap]) t.mirror = undefined; // a later install creates new maps
+      // A later install creates new maps.
+      this.endpointMap.mirror = undefined;
+      this.conn = undefined;
       this.mode = undefined;
       this.log.info({ pinDir: this.pins.dir }, 'network lock uninstalled');
     });
@@ -511,6 +538,44 @@ export class EbpfNetLock implements NetLock {
 
   private async exists(path: string): Promise<boolean> {
     return (await this.exec('test', ['-e', path], { allowFailure: true, timeoutMs: COMMAND_TIMEOUT_MS })).exitCode === 0;
+  }
+
+  /**
+   * The connection table, mapped on first use and mapped again when the pin names another map
+   * than the one mapped (the lock was reinstalled): one BPF_OBJ_GET per operation, no more.
+   */
+  private connTable(): ConnLockTable {
+    const mapId = pinnedMapId(this.pins.connTable);
+    if (this.conn?.mapId === mapId) return this.conn.table;
+    const mapped = mapPinnedArray(this.pins.connTable, CONN_ARRAY_SHAPE);
+    this.conn = { table: new ConnLockTable(mapped.memory), mapId: mapped.mapId };
+    this.log.debug({ map: LOCK_CONN_MAP_NAME, mapId: mapped.mapId, entries: this.conn.table.size }, 'connection table mapped');
+    return this.conn.table;
+  }
+
+  /**
+   * Copies the running entries of a layout-3 tuple hash map, if one is pinned, into the
+   * connection table, each with its own version and deadline. install() removes that pin once
+   * the new program runs.
+   */
+  private async copyLegacyTupleLocks(): Promise<void> {
+    if (!(await this.exists(this.pins.legacyTupleMap))) return;
+    const problem = nativeBpfMapProblem();
+    if (problem) {
+      this.log.warn({ pin: this.pins.legacyTupleMap, problem }, 'cannot copy connection locks of the older layout without the native addon; they end with their pin');
+      return;
+    }
+    const held = await new NativeLockMap(this.pins.legacyTupleMap, LEGACY_TUPLE_MAP_SHAPE).dump();
+    const table = this.connTable();
+    const now = monotonicNowNs();
+    let copied = 0;
+    for (let i = 0; i < held.count; i++) {
+      const lease = decodeLockValueAt(held.values, i * LOCK_VALUE_LAYOUT.size);
+      if (lease.deadlineNs <= now) continue;
+      const key = held.keys.subarray(i * TUPLE_KEY_LAYOUT.size, (i + 1) * TUPLE_KEY_LAYOUT.size);
+      copied += table.lock(keyWords(key), lease.version, lease.deadlineNs).locked;
+    }
+    this.log.info({ from: this.pins.legacyTupleMap, entries: held.count, copied }, 'connection locks of the older layout copied into the connection table');
   }
 
   /** The version guard against the mirror, then one batch update. */
@@ -617,8 +682,12 @@ export class EbpfNetLock implements NetLock {
 
   /** Every map of bpf/lock.c, as install() pins and reuses it. */
   private pinnedMaps(): PinnedMapSpec[] {
-    const table = (t: LockTable): PinnedMapSpec => ({ ...t.shape, pin: t.pin, type: 'hash', structs: [t.key, LOCK_VALUE_LAYOUT] });
-    return [table(this.endpointMap), table(this.tupleMap), ...HELD_MAPS.map((m) => ({ ...m, pin: `${this.pins.mapsDir}/${m.name}`, structs: [] }))];
+    const e = this.endpointMap;
+    return [
+      { ...e.shape, pin: e.pin, type: 'hash', structs: [e.key, LOCK_VALUE_LAYOUT] },
+      { ...CONN_ARRAY_SHAPE, pin: this.pins.connTable, type: 'array', keySize: 4, flags: BPF_F_MMAPABLE, structs: [CONN_SLOT_LAYOUT] },
+      ...HELD_MAPS.map((m) => ({ ...m, pin: `${this.pins.mapsDir}/${m.name}`, structs: [] })),
+    ];
   }
 
   private async ensureBpffs(): Promise<void> {
@@ -636,11 +705,12 @@ export class EbpfNetLock implements NetLock {
       bytes_key: number;
       bytes_value: number;
       max_entries: number;
+      flags?: number;
       btf_id?: number;
     };
-    const shape = (t: string, k: number, v: number, n: number) => `${t} key ${k} value ${v} max_entries ${n}`;
-    const want = shape(m.type, m.keySize, m.valueSize, m.maxEntries);
-    const have = shape(info.type, info.bytes_key, info.bytes_value, info.max_entries);
+    const shape = (t: string, k: number, v: number, n: number, f: number) => `${t} key ${k} value ${v} max_entries ${n}${f ? ` flags ${f}` : ''}`;
+    const want = shape(m.type, m.keySize, m.valueSize, m.maxEntries, m.flags ?? 0);
+    const have = shape(info.type, info.bytes_key, info.bytes_value, info.max_entries, (info.flags ?? 0) & (m.flags ?? 0));
     if (want !== have) throw new LockMapLayoutError(pin, `expected ${want}, found ${have}`);
     if (m.structs.length === 0) return;
     if (info.btf_id === undefined) {

@@ -21,6 +21,10 @@
  *   delete(fd, keys, keySize)                  -> entries deleted; keys not in the map are skipped
  *   dump(fd, keySize, valueSize)               -> { keys, values, count }: every entry
  *   methods()                                  -> { lookup, update, delete }: 'batch' or 'element'
+ *   mmap(fd, bytes)                            -> ArrayBuffer over an mmappable map's values
+ *                                                  (BPF_F_MMAPABLE array), shared with the
+ *                                                  kernel; unmapped when the ArrayBuffer is
+ *                                                  collected. The fd may be closed right after.
  *   ringDrain, rawSend                         -> held packets: see held.c
  */
 #define _GNU_SOURCE
@@ -31,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -670,6 +675,33 @@ static napi_value map_dump(napi_env env, napi_callback_info info)
 	return obj;
 }
 
+/* ---- mmap -------------------------------------------------------------------------------- */
+
+static void unmap_finalize(napi_env env, void *data, void *hint)
+{
+	(void)env;
+	munmap(data, (size_t)(uintptr_t)hint);
+}
+
+static napi_value map_mmap(napi_env env, napi_callback_info info)
+{
+	napi_value argv[2], ab;
+	uint32_t bytes;
+	void *mem;
+	int fd;
+
+	if (!get_args(env, info, 2, argv) || !get_fd(env, argv[0], &fd) || !get_u32(env, argv[1], "bytes", 1, &bytes))
+		return NULL;
+	mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (mem == MAP_FAILED)
+		return throw_errno(env, errno, "mmap", "BPF map", -1);
+	if (napi_create_external_arraybuffer(env, mem, bytes, unmap_finalize, (void *)(uintptr_t)bytes, &ab) != napi_ok) {
+		munmap(mem, bytes);
+		return throw_errno(env, ENOMEM, "napi_create_external_arraybuffer", "BPF map", -1);
+	}
+	return ab;
+}
+
 /* ---- module ------------------------------------------------------------------------------ */
 
 static napi_value map_methods(napi_env env, napi_callback_info info)
@@ -694,6 +726,7 @@ static napi_value init(napi_env env, napi_value exports)
 		{ "delete", NULL, map_delete, NULL, NULL, NULL, napi_enumerable, NULL },
 		{ "dump", NULL, map_dump, NULL, NULL, NULL, napi_enumerable, NULL },
 		{ "methods", NULL, map_methods, NULL, NULL, NULL, napi_enumerable, NULL },
+		{ "mmap", NULL, map_mmap, NULL, NULL, NULL, napi_enumerable, NULL },
 	};
 
 	if (napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props) != napi_ok)

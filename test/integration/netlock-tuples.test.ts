@@ -5,14 +5,16 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { execCommand } from '../../lib/exec.js';
 import type { Endpoint } from '../../lib/endpoint.js';
 import type { FourTuple } from '../../agent/netlock.js';
-import { EbpfNetLock, LockMapLayoutError, TUPLE_MAP_SHAPE } from '../../agent/linux/netlock-ebpf.js';
-import { BpfMapError, BpfMapShapeError, bpfMapMethods, NativeLockMap } from '../../agent/linux/bpf-map-native.js';
-import { encodeLockValue, encodeTupleKeys } from '../../agent/linux/lock-map-codec.js';
+import { EbpfNetLock, LEGACY_TUPLE_MAP_SHAPE as TUPLE_MAP_SHAPE, LockMapLayoutError, lockPins } from '../../agent/linux/netlock-ebpf.js';
+import { BpfMapError, BpfMapShapeError, NativeLockMap } from '../../agent/linux/bpf-map-native.js';
+import { connHash, CONN_TABLE_SHAPE } from '../../agent/linux/conn-lock-table.js';
+import { encodeLockValue, encodeTupleKey, encodeTupleKeys, keyWords } from '../../agent/linux/lock-map-codec.js';
 import { netnsPath } from '../../agent/linux/netns-exec.js';
 import { LockNetns } from '../support/lock-netns.js';
 
 /*
- * Exact-connection (4-tuple) lock entries on a veth host, through the native batch path.
+ * Exact-connection (4-tuple) lock entries on a veth host, in the connection table the agent
+ * writes in memory and the XDP program reads.
  * "a" (198.18.251.1) runs a TCP echo server on :7000 with the lock on its eth0; "b"
  * (198.18.251.2) holds two established connections to it from fixed ports, plus short probes.
  */
@@ -130,7 +132,7 @@ beforeAll(async () => {
 afterAll(() => net.tearDown());
 
 describe('exact-connection lock entries', () => {
-  it('installs both maps, read and written natively', async () => {
+  it('installs both lock maps, read and written natively', async () => {
     expect(lock!.mapMethod).toBe('native');
     expect(await lock!.listTuples()).toEqual([]);
     expect(await echoWithin(0, 2000)).toBe(true);
@@ -200,10 +202,11 @@ describe('exact-connection lock entries', () => {
     expect(entry?.version).toBe(5n);
     expect(entry?.deadlineNs).toBe(locked!.deadlineNs);
 
-    await lock!.lockTuples([conn1], 7n, 30_000); // newer lock: wins, rewrites the entry whole
+    await lock!.lockTuples([conn1], 7n, 30_000); // newer lock: wins, re-leases the entry
     entry = await tupleEntry(conn1);
     expect(entry?.version).toBe(7n);
-    expect(entry!.deadlineNs).toBeGreaterThan(locked!.deadlineNs); // its drop count started over
+    expect(entry!.deadlineNs).toBeGreaterThan(locked!.deadlineNs);
+    expect(entry!.drops).toBeGreaterThanOrEqual(1n); // the drops so far are kept
 
     await lock!.unlockTuples([conn1], 7n);
     expect(await lock!.listTuples()).toEqual([]);
@@ -217,7 +220,7 @@ describe('exact-connection lock entries', () => {
     expect(await lock!.listTuples()).toEqual([]);
   });
 
-  it('round-trips 10,000 connections through the native batch path, version guard included', async () => {
+  it('round-trips 10,000 connections through the connection table, version guard included', async () => {
     const tuples = manyTuples(10_000);
     await lock!.lockTuples(tuples, 10n, 60_000);
     let listed = await lock!.listTuples();
@@ -225,10 +228,9 @@ describe('exact-connection lock entries', () => {
     expect(new Set(listed.map((e) => tupleId(e.tuple)))).toEqual(new Set(tuples.map(tupleId)));
     expect(listed.every((e) => e.version === 10n && !e.expired)).toBe(true);
 
-    // bpftool reads back the same entries the addon wrote.
-    const viaBpftool = new EbpfNetLock({ ...lockOpts, mapMethod: 'bpftool' });
-    expect(viaBpftool.mapMethod).toBe('bpftool');
-    expect((await viaBpftool.listTuples()).length).toBe(10_000);
+    // Another agent on the same pins (a restarted one) reads the same entries from the kernel's table.
+    const other = new EbpfNetLock(lockOpts);
+    expect((await other.listTuples()).length).toBe(10_000);
 
     // A newer lock of half of them; an unlock of all at a version between: only the newer half stays.
     const newer = tuples.filter((_, i) => i % 2 === 0);
@@ -241,7 +243,29 @@ describe('exact-connection lock entries', () => {
 
     await lock!.unlockTuples(tuples, 20n);
     expect(await lock!.listTuples()).toEqual([]);
-    expect(bpfMapMethods()).toEqual({ lookup: 'batch', update: 'batch', delete: 'batch' });
+  });
+
+  it('stops a connection whose entry sits down a probe run, past colliding and deleted entries', async () => {
+    // Decoys: made-up peers whose keys have conn1's home slot, locked first, so conn1's entry
+    // lands three slots further. Only a program that hashes and probes as the agent does finds it.
+    const k = keyWords(encodeTupleKey(conn1));
+    const home = connHash(k, 0) & (CONN_TABLE_SHAPE.slots - 1);
+    const decoys: FourTuple[] = [];
+    for (let i = 1; decoys.length < 3; i++) {
+      const t: FourTuple = { ...conn1, remoteAddress: `198.19.${(i >> 8) & 255}.${i & 255}`, remotePort: 40000 + (i >> 16) };
+      if ((connHash(keyWords(encodeTupleKey(t)), 0) & (CONN_TABLE_SHAPE.slots - 1)) === home) decoys.push(t);
+    }
+    await lock!.lockTuples(decoys, 8n, 30_000);
+    await lock!.lockTuples([conn1], 8n, 30_000);
+    const held = 'probe-' + randomBytes(4).toString('hex');
+    expect(await echoWithin(0, 600, held)).toBe(false);
+    expect((await tupleEntry(conn1))!.drops).toBeGreaterThan(0n);
+
+    await lock!.unlockTuples(decoys, 8n); // their slots are DELETED now, not EMPTY: the probe goes on past them
+    expect(await waitForEcho(0, held, 600)).toBe(false);
+    await lock!.unlockTuples([conn1], 8n);
+    expect(await waitForEcho(0, held, 10_000)).toBe(true);
+    expect(await lock!.listTuples()).toEqual([]);
   });
 
   it('keeps held connection locks across a reinstall', async () => {
@@ -257,27 +281,34 @@ describe('exact-connection lock entries', () => {
     expect(await waitForEcho(0, held, 10_000)).toBe(true);
   });
 
-  it('upgrades a host whose pins predate the tuple map (layout version 1)', async () => {
+  it('upgrades a host whose connection entries are in the older hash map (layout 3), keeping them held', async () => {
+    // What a layout-3 host has: no connection table, a tuple hash map holding conn2.
+    const pins = lockPins(lockOpts.pinDir);
     await lock!.lock([endpoint], 40n, 30_000);
-    await execCommand('rm', ['-f', `${lockOpts.pinDir}/maps/godwit_lock_tuple`]);
+    await execCommand('rm', ['-f', pins.connTable]);
+    await execCommand('bpftool', ['map', 'create', pins.legacyTupleMap, 'type', 'hash', 'key', '16', 'value', '32', 'entries', String(TUPLE_MAP_SHAPE.maxEntries), 'name', 'godwit_lock_tup']);
+    const far = process.hrtime.bigint() + 30_000_000_000n;
+    await new NativeLockMap(pins.legacyTupleMap, TUPLE_MAP_SHAPE).update(encodeTupleKeys([conn2]), encodeLockValue({ version: 6n, deadlineNs: far, drops: 0n, lastDropNs: 0n }));
+
     const upgraded = new EbpfNetLock(lockOpts);
     await upgraded.install();
     lock = upgraded;
     expect((await lock.list()).map((e) => e.version)).toEqual([40n]); // the endpoint map was reused
-    expect(await lock.listTuples()).toEqual([]); // a fresh tuple map, pinned ...
-    await lock.lockTuples([conn2], 1n, 30_000); // ... and the running program's
+    expect(await lock.listTuples()).toMatchObject([{ tuple: conn2, version: 6n, deadlineNs: far }]); // copied over
+    expect((await execCommand('test', ['-e', pins.legacyTupleMap], { allowFailure: true })).exitCode).not.toBe(0); // and the old pin gone
     await lock.unlock([endpoint], 40n);
     const held = 'up-' + randomBytes(4).toString('hex');
-    expect(await echoWithin(1, 400, held)).toBe(false);
+    expect(await echoWithin(1, 400, held)).toBe(false); // the new program holds conn2
     expect(await echoWithin(0, 2000)).toBe(true);
-    await lock.unlockTuples([conn2], 1n);
+    await lock.unlockTuples([conn2], 6n);
     expect(await waitForEcho(1, held, 10_000)).toBe(true);
   });
 
-  it('refuses to reuse a pinned tuple map with another layout', async () => {
+  it('refuses to reuse a pinned connection table with another layout', async () => {
     const badDir = `${pinRoot}/bad`;
     await execCommand('mkdir', ['-p', `${badDir}/maps`]);
-    await execCommand('bpftool', ['map', 'create', `${badDir}/maps/godwit_lock_tuple`, 'type', 'hash', 'key', '12', 'value', '32', 'entries', '16', 'name', 'godwit_lock_tup']);
+    // The right size, but not mmappable: the agent could not write it in memory.
+    await execCommand('bpftool', ['map', 'create', `${badDir}/maps/godwit_lock_conn`, 'type', 'array', 'key', '4', 'value', '56', 'entries', String(CONN_TABLE_SHAPE.slots), 'name', 'godwit_lock_con']);
     await expect(new EbpfNetLock({ ...lockOpts, pinDir: badDir }).install()).rejects.toBeInstanceOf(LockMapLayoutError);
     await execCommand('rm', ['-rf', badDir]);
   });

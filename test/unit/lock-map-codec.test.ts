@@ -23,8 +23,9 @@ import {
   layoutMismatch,
   LOCK_LAYOUT_VERSION,
   LOCK_MAP_MAX_ENTRIES,
-  LOCK_TUPLE_MAP_MAX_ENTRIES,
-  LOCK_TUPLE_MAP_NAME,
+  CONN_SLOT_LAYOUT,
+  LEGACY_TUPLE_MAP_NAME,
+  LOCK_CONN_MAP_NAME,
   LOCK_VALUE_LAYOUT,
   planLock,
   planUnlock,
@@ -34,6 +35,7 @@ import {
   type LockValue,
   type PackedEntries,
 } from '../../agent/linux/lock-map-codec.js';
+import { CONN_SLOT_BYTES, CONN_TABLE_SHAPE } from '../../agent/linux/conn-lock-table.js';
 
 const repo = fileURLToPath(new URL('../../', import.meta.url));
 const object = `${repo}build/bpf/lock.o`;
@@ -132,9 +134,9 @@ describe('tuple lock keys', () => {
     expect(() => decodeTupleKey(Buffer.alloc(15))).toThrow(/15 bytes/);
   });
 
-  it('names the tuple map within the kernel\'s 15 characters only in `map show`', () => {
-    expect(LOCK_TUPLE_MAP_NAME).toBe('godwit_lock_tuple');
-    expect(kernelMapName(LOCK_TUPLE_MAP_NAME)).toBe('godwit_lock_tup');
+  it('names the connection maps within the kernel\'s 15 characters only in `map show`', () => {
+    expect(kernelMapName(LOCK_CONN_MAP_NAME)).toBe('godwit_lock_con');
+    expect(kernelMapName(LEGACY_TUPLE_MAP_NAME)).toBe('godwit_lock_tup');
   });
 });
 
@@ -268,19 +270,29 @@ describe('lock map layout against the compiled program', () => {
     expect(pointee('type').nr_elems).toBe(1); // BPF_MAP_TYPE_HASH
   });
 
-  it('declares the tuple map with the key, value and size the codec assumes', () => {
-    const pointee = mapDeclaration(LOCK_TUPLE_MAP_NAME);
-    expect(pointee('key').name).toBe(TUPLE_KEY_LAYOUT.name);
-    expect(pointee('value').name).toBe(LOCK_VALUE_LAYOUT.name);
-    expect(pointee('max_entries').nr_elems).toBe(LOCK_TUPLE_MAP_MAX_ENTRIES);
-    expect(LOCK_TUPLE_MAP_MAX_ENTRIES).toBeGreaterThanOrEqual(131072); // 100,000 connections fit
-    expect(pointee('type').nr_elems).toBe(1); // BPF_MAP_TYPE_HASH
+  it('matches the connection table slot byte for byte', () => {
+    const actual = structLayoutFromBtf(btf, CONN_SLOT_LAYOUT.name);
+    expect(actual).toEqual(CONN_SLOT_LAYOUT);
+    expect(CONN_SLOT_BYTES).toBe(CONN_SLOT_LAYOUT.size);
+    expect(CONN_SLOT_LAYOUT.size % 8).toBe(0); // the kernel's array stride: slots back to back
+  });
+
+  it('declares the connection table as the mmappable array the agent maps', () => {
+    const pointee = mapDeclaration(LOCK_CONN_MAP_NAME);
+    expect(pointee('value').name).toBe(CONN_SLOT_LAYOUT.name);
+    expect(pointee('max_entries').nr_elems).toBe(CONN_TABLE_SHAPE.slots);
+    expect(pointee('type').nr_elems).toBe(2); // BPF_MAP_TYPE_ARRAY
+    expect(pointee('map_flags').nr_elems).toBe(1 << 10); // BPF_F_MMAPABLE
+    expect(CONN_TABLE_SHAPE.maxEntries).toBeGreaterThanOrEqual(100_000);
+    expect(CONN_TABLE_SHAPE.maxEntries * 2).toBeLessThanOrEqual(CONN_TABLE_SHAPE.slots); // load <= 1/2
   });
 
   it('carries the header\'s layout version and capacities', async () => {
     const text = await readFile(header, 'utf8');
     expect(text).toMatch(new RegExp(`#define GODWIT_LOCK_LAYOUT_VERSION ${LOCK_LAYOUT_VERSION}\\b`));
     expect(text).toMatch(new RegExp(`#define GODWIT_LOCK_EP_MAX_ENTRIES ${LOCK_MAP_MAX_ENTRIES}\\b`));
-    expect(text).toMatch(new RegExp(`#define GODWIT_LOCK_TUPLE_MAX_ENTRIES ${LOCK_TUPLE_MAP_MAX_ENTRIES}\\b`));
+    expect(text).toMatch(new RegExp(`#define GODWIT_CONN_SLOTS \\(1u << ${Math.log2(CONN_TABLE_SHAPE.slots)}\\)`));
+    expect(text).toMatch(new RegExp(`#define GODWIT_CONN_MAX_ENTRIES ${CONN_TABLE_SHAPE.maxEntries}\\b`));
+    expect(text).toMatch(new RegExp(`#define GODWIT_CONN_MAX_PROBE ${CONN_TABLE_SHAPE.maxProbe}\\b`));
   });
 });
