@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { PackedEntries } from './lock-map-codec.js';
+import type { KeptNewer, PackedEntries } from './lock-map-codec.js';
 import type { LockMapAccess, LockMapDump, LockMapShape } from './netlock-ebpf.js';
 
 /*
@@ -38,7 +38,7 @@ export interface OpenedBpfMap {
 }
 
 /** The addon's exports (native/bpfmap/bpfmap.c); each throws an Error with code, errno, syscall. */
-interface BpfMapAddon {
+export interface BpfMapAddon {
   open(path: string): OpenedBpfMap;
   close(fd: number): void;
   update(fd: number, keys: Buffer, values: Buffer, keySize: number, valueSize: number): number;
@@ -55,6 +55,12 @@ interface BpfMapAddon {
   rawSend(packets: Buffer): number;
   /** The values of an mmappable array map, shared with the kernel; unmapped when collected. */
   mmap(fd: number, bytes: number): ArrayBuffer;
+  /** The connection lock table's writer (conn_table.c); a full table throws with code ENTRIES or PROBE. */
+  connLock(memory: ArrayBuffer, slots: number, maxProbe: number, room: number, keys: Uint8Array, version: bigint, deadlineNs: bigint): { locked: number; inserted: number; keptNewer: KeptNewer[] };
+  connUnlock(memory: ArrayBuffer, slots: number, maxProbe: number, keys: Uint8Array, version: bigint): { unlocked: number; keptNewer: KeptNewer[] };
+  connSweep(memory: ArrayBuffer, slots: number, nowNs: bigint): number;
+  /** godwit_conn_hash (bpf/godwit_maps.h) of one 16-byte tuple key. */
+  connHash(key: Uint8Array): number;
 }
 
 /** The addon is not built or does not load here; build it with scripts/build-native.sh. */
@@ -144,6 +150,11 @@ function addon(): BpfMapAddon {
 export function nativeBpfMapProblem(): string | undefined {
   const l = load();
   return 'problem' in l ? l.problem : undefined;
+}
+
+/** The addon itself, for modules that wrap one of its parts (conn-lock-table.ts). */
+export function bpfMapAddon(): BpfMapAddon {
+  return addon();
 }
 
 /** Whether the kernel has taken batches so far (per operation, process-wide). */

@@ -16,7 +16,6 @@ import {
   ENDPOINT_KEY_LAYOUT,
   expiredKeys,
   fromBpftoolHex,
-  keyWords,
   kernelMapName,
   layoutMismatch,
   LOCK_MAP_MAX_ENTRIES,
@@ -445,7 +444,7 @@ export class EbpfNetLock implements NetLock {
     return this.serial(async () => {
       if (tuples.length === 0) return;
       const deadlineNs = monotonicNowNs() + BigInt(Math.ceil(leaseMs * 1e6));
-      const { locked, keptNewer } = this.connTable().lock(keyWords(keys), version, deadlineNs);
+      const { locked, keptNewer } = this.connTable().lock(keys, version, deadlineNs);
       this.log.info({ version: version.toString(), leaseMs, requested: tuples.length, locked, ...keptNewerLog(tuples, keptNewer) }, 'connection locks set');
     });
   }
@@ -455,7 +454,7 @@ export class EbpfNetLock implements NetLock {
     checkVersion(version);
     return this.serial(async () => {
       if (tuples.length === 0) return;
-      const { unlocked, keptNewer } = this.connTable().unlock(keyWords(keys), version);
+      const { unlocked, keptNewer } = this.connTable().unlock(keys, version);
       this.log.info({ version: version.toString(), requested: tuples.length, unlocked, ...keptNewerLog(tuples, keptNewer) }, 'connection locks removed');
     });
   }
@@ -573,7 +572,7 @@ export class EbpfNetLock implements NetLock {
       const lease = decodeLockValueAt(held.values, i * LOCK_VALUE_LAYOUT.size);
       if (lease.deadlineNs <= now) continue;
       const key = held.keys.subarray(i * TUPLE_KEY_LAYOUT.size, (i + 1) * TUPLE_KEY_LAYOUT.size);
-      copied += table.lock(keyWords(key), lease.version, lease.deadlineNs).locked;
+      copied += table.lock(key, lease.version, lease.deadlineNs).locked;
     }
     this.log.info({ from: this.pins.legacyTupleMap, entries: held.count, copied }, 'connection locks of the older layout copied into the connection table');
   }

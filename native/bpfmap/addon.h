@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* What the addon's source files share (bpfmap.c, held.c). */
+/* What the addon's source files share (bpfmap.c, held.c, conn_table.c). */
 #ifndef GODWIT_ADDON_H
 #define GODWIT_ADDON_H
 
@@ -23,5 +23,8 @@ bool get_buffer(napi_env env, napi_value v, const char *name, uint8_t **data, si
 
 /* Adds ringDrain, select, coalesce and rawSend (held.c) to the exports. */
 void held_register(napi_env env, napi_value exports);
+
+/* Adds connLock, connUnlock, connSweep and connHash (conn_table.c) to the exports. */
+void conn_table_register(napi_env env, napi_value exports);
 
 #endif

@@ -26,6 +26,7 @@
  *                                                  kernel; unmapped when the ArrayBuffer is
  *                                                  collected. The fd may be closed right after.
  *   ringDrain, rawSend                         -> held packets: see held.c
+ *   connLock, connUnlock, connSweep, connHash  -> the connection lock table: see conn_table.c
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -732,6 +733,7 @@ static napi_value init(napi_env env, napi_value exports)
 	if (napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props) != napi_ok)
 		return NULL;
 	held_register(env, exports);
+	conn_table_register(env, exports);
 	return exports;
 }
 

@@ -8,7 +8,7 @@ import type { FourTuple } from '../../agent/netlock.js';
 import { EbpfNetLock, LEGACY_TUPLE_MAP_SHAPE as TUPLE_MAP_SHAPE, LockMapLayoutError, lockPins } from '../../agent/linux/netlock-ebpf.js';
 import { BpfMapError, BpfMapShapeError, NativeLockMap } from '../../agent/linux/bpf-map-native.js';
 import { connHash, CONN_TABLE_SHAPE } from '../../agent/linux/conn-lock-table.js';
-import { encodeLockValue, encodeTupleKey, encodeTupleKeys, keyWords } from '../../agent/linux/lock-map-codec.js';
+import { encodeLockValue, encodeTupleKey, encodeTupleKeys } from '../../agent/linux/lock-map-codec.js';
 import { netnsPath } from '../../agent/linux/netns-exec.js';
 import { LockNetns } from '../support/lock-netns.js';
 
@@ -247,13 +247,13 @@ describe('exact-connection lock entries', () => {
 
   it('stops a connection whose entry sits down a probe run, past colliding and deleted entries', async () => {
     // Decoys: made-up peers whose keys have conn1's home slot, locked first, so conn1's entry
-    // lands three slots further. Only a program that hashes and probes as the agent does finds it.
-    const k = keyWords(encodeTupleKey(conn1));
-    const home = connHash(k, 0) & (CONN_TABLE_SHAPE.slots - 1);
+    // lands three slots further. Only a program that hashes and probes as the agent's writer
+    // (native/bpfmap/conn_table.c, the same godwit_maps.h) does finds it.
+    const home = connHash(encodeTupleKey(conn1)) & (CONN_TABLE_SHAPE.slots - 1);
     const decoys: FourTuple[] = [];
     for (let i = 1; decoys.length < 3; i++) {
       const t: FourTuple = { ...conn1, remoteAddress: `198.19.${(i >> 8) & 255}.${i & 255}`, remotePort: 40000 + (i >> 16) };
-      if ((connHash(keyWords(encodeTupleKey(t)), 0) & (CONN_TABLE_SHAPE.slots - 1)) === home) decoys.push(t);
+      if ((connHash(encodeTupleKey(t)) & (CONN_TABLE_SHAPE.slots - 1)) === home) decoys.push(t);
     }
     await lock!.lockTuples(decoys, 8n, 30_000);
     await lock!.lockTuples([conn1], 8n, 30_000);
