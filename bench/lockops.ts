@@ -3,8 +3,10 @@
  * takes, per method:
  *
  *   ebpf              godwit's lock, EbpfNetLock.lockTuples / unlockTuples: writes each entry
- *                     straight into the mmapped table godwit_lock_conn, version-guarded against
- *                     what the table holds; no system call
+ *                     straight into the mmapped table godwit_lock_conn (native/bpfmap/
+ *                     conn_table.c), version-guarded against what the table holds; no system
+ *                     call. Its time includes checking and encoding the request's tuples, which
+ *                     the two hash methods do untimed, before the clock starts
  *   bpf-hash-batch    the kernel's fastest system call path, on a plain BPF hash map of the shape
  *                     godwit_lock_tuple had (how godwit's lock wrote its entries before
  *                     godwit_lock_conn): BPF_MAP_UPDATE_BATCH to lock, BPF_MAP_DELETE_BATCH to

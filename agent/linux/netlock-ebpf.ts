@@ -314,8 +314,8 @@ interface XdpAttachment {
  *    checked against the map by the dump sweepExpired() makes anyway; list() reads the map. A
  *    lock writes each value whole, so rewriting an endpoint entry starts its drops over.
  *  - exact connections in the table godwit_lock_conn, mapped into this process and written in
- *    memory (conn-lock-table.ts): no system call per lock, and the memory is the state, so it
- *    needs no mirror. Needs the native addon (for mmap) whatever the map method.
+ *    memory by the native addon (conn-lock-table.ts): no system call per lock, and the memory is
+ *    the state, so it needs no mirror. Needs the addon whatever the map method.
  *
  * Deadlines are process.hrtime.bigint(), which is CLOCK_MONOTONIC like bpf_ktime_get_ns().
  * (Run the agent outside any time namespace: bpf_ktime_get_ns ignores its offsets.)
