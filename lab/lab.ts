@@ -8,7 +8,7 @@
  * operator's tools would: over the network.
  */
 import { spawn } from 'node:child_process';
-import { closeSync, mkdirSync, openSync, rmSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readdirSync, rmdirSync, rmSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { execCommand } from '../lib/exec.js';
@@ -167,10 +167,10 @@ export async function labDown(index: number): Promise<void> {
   await execCommand('ip', ['link', 'del', rootLink(index)], { allowFailure: true });
   const prefix = `${labPrefix(index)}-`;
   try {
-    const { readdirSync } = await import('node:fs');
     for (const d of readdirSync(BPF_PIN_ROOT)) if (d.startsWith(prefix)) rmSync(join(BPF_PIN_ROOT, d), { recursive: true, force: true });
+    rmdirSync(BPF_PIN_ROOT); // the last lab out removes the folder too; another lab's pins keep it (ENOTEMPTY)
   } catch {
-    // No pins at all.
+    // No pins at all, or another lab's.
   }
   const dir = labDir(index);
   for (let i = 0; i < 5 && (await execCommand('mountpoint', ['-q', dir], { allowFailure: true })).exitCode === 0; i++) {
