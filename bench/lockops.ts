@@ -37,8 +37,8 @@ import { release } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { bpfMapMethods, NativeLockMap } from '../agent/linux/bpf-map-native.js';
-import { encodeLockValue, encodeTupleKeys, LOCK_VALUE_LAYOUT, TUPLE_KEY_LAYOUT } from '../agent/linux/lock-map-codec.js';
-import { BpftoolLockMap, EbpfNetLock, type LockMapShape } from '../agent/linux/netlock-ebpf.js';
+import { encodeLockValue, encodeTupleKeys } from '../agent/linux/lock-map-codec.js';
+import { BpftoolLockMap, EbpfNetLock, LEGACY_TUPLE_MAP_SHAPE, type LockMapShape } from '../agent/linux/netlock-ebpf.js';
 import { nsExecutor } from '../agent/linux/netns-exec.js';
 import type { FourTuple } from '../agent/netlock.js';
 import { execCommand, type Executor } from '../lib/exec.js';
@@ -71,12 +71,7 @@ const NEWEST_VERSION = 2n ** 64n - 1n;
  * The hash methods' map: the shape of godwit_lock_tuple, the hash map that held connection locks
  * up to layout version 3 (bpf/godwit_maps.h). The kernel keeps 15 characters of the name.
  */
-const HASH_MAP_SHAPE: LockMapShape = {
-  name: 'godwit_bench_hash',
-  keySize: TUPLE_KEY_LAYOUT.size,
-  valueSize: LOCK_VALUE_LAYOUT.size,
-  maxEntries: 131_072,
-};
+const HASH_MAP_SHAPE: LockMapShape = { ...LEGACY_TUPLE_MAP_SHAPE, name: 'godwit_bench_hash' };
 
 interface Options {
   entries: number[];

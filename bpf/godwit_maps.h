@@ -70,7 +70,7 @@ struct godwit_lock_value {
  * and element allocation, even in one BPF_MAP_UPDATE_BATCH. So the connection entries live in an
  * mmappable array used as an open-addressing hash table with linear probing: the agent maps it
  * into its memory and locks or unlocks a connection with a few stores, no system call at all
- * (agent/linux/conn-lock-table.ts, the only writer); the XDP program only reads it.
+ * (native/bpfmap/conn_table.c, the only writer); the XDP program only reads it.
  *
  * A slot is EMPTY (never used since the last cleanup: a probe stops here), LIVE (an entry) or
  * DELETED (was an entry: a probe goes on past it, an insert may reuse it). Every entry sits
@@ -102,9 +102,9 @@ struct godwit_conn_slot {
 
 /*
  * Home slot hash of a connection key: MurmurHash3's 32-bit mixing over the key's four
- * little-endian words, with no seed (the agent's TypeScript copy must give the same number for
- * every key; test/integration/netlock-tuples.test.ts checks them against each other through
- * packets that only a colliding, probed entry can stop).
+ * little-endian words, with no seed. The agent's writer (native/bpfmap/conn_table.c) compiles
+ * this same function; test/integration/netlock-tuples.test.ts checks that writer and program
+ * agree through packets that only a colliding, probed entry can stop.
  */
 static __inline __u32 godwit_conn_mix(__u32 h, __u32 w)
 {

@@ -249,7 +249,7 @@ export class NativeLockMap implements LockMapAccess {
 
 /** bpf_map_type BPF_MAP_TYPE_ARRAY and map flag BPF_F_MMAPABLE (uapi linux/bpf.h). */
 const BPF_MAP_TYPE_ARRAY = 2;
-const BPF_F_MMAPABLE = 1 << 10;
+export const BPF_F_MMAPABLE = 1 << 10;
 
 /** What an mmappable array map must be: its value size and number of values. */
 export interface ArrayMapShape {

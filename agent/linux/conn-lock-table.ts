@@ -39,8 +39,15 @@ export const SLOT_DELETED = 2;
 /** sizeof(struct godwit_conn_slot): u32 state, u32 pad, the 16-byte tuple key, the 32-byte lease. */
 export const CONN_SLOT_BYTES = CONN_SLOT_LAYOUT.size;
 const SLOT_WORDS = CONN_SLOT_BYTES / 4;
-const KEY_BYTE = 8;
-const LEASE_BYTE = KEY_BYTE + TUPLE_KEY_LAYOUT.size;
+/** Byte offsets of the key and the lease in a slot. */
+const KEY_BYTE = slotMemberOffset('key');
+const LEASE_BYTE = slotMemberOffset('lease');
+
+function slotMemberOffset(name: string): number {
+  const m = CONN_SLOT_LAYOUT.members.find((x) => x.name === name);
+  if (!m) throw new Error(`${CONN_SLOT_LAYOUT.name} has no member ${name}`);
+  return m.offset;
+}
 
 /** A lock found no room: nothing of that call was left written. */
 export class ConnTableFullError extends Error {

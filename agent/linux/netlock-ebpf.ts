@@ -2,7 +2,7 @@ import { pino, type Logger } from 'pino';
 import { endpointProblem, formatEndpoint, type Endpoint } from '../../lib/endpoint.js';
 import { CommandError, type Executor } from '../../lib/exec.js';
 import { LockRequestError, type FourTuple, type LockEntry, type NetLock, type TupleLockEntry } from '../netlock.js';
-import { BpfMapReplacedError, mapPinnedArray, NativeAddonUnavailableError, nativeBpfMapProblem, NativeLockMap, pinnedMapId } from './bpf-map-native.js';
+import { BPF_F_MMAPABLE, BpfMapReplacedError, mapPinnedArray, NativeAddonUnavailableError, nativeBpfMapProblem, NativeLockMap, pinnedMapId } from './bpf-map-native.js';
 import { CONN_SLOT_BYTES, CONN_TABLE_SHAPE, ConnLockTable } from './conn-lock-table.js';
 import { HELD_RING_BYTES } from './packet-hold.js';
 import {
@@ -278,9 +278,6 @@ const HELD_MAPS = [
   { name: 'godwit_held_scratch', type: 'percpu_array', keySize: 4, valueSize: 16 + 1536, maxEntries: 1 },
 ] as const;
 
-/** BPF_F_MMAPABLE (uapi linux/bpf.h), as `bpftool -j map show` prints it in "flags". */
-const BPF_F_MMAPABLE = 1 << 10;
-
 /** The endpoint map, as the driver uses it. */
 interface LockTable {
   shape: LockMapShape;
@@ -443,8 +440,7 @@ export class EbpfNetLock implements NetLock {
     checkLease(leaseMs);
     return this.serial(async () => {
       if (tuples.length === 0) return;
-      const deadlineNs = monotonicNowNs() + BigInt(Math.ceil(leaseMs * 1e6));
-      const { locked, keptNewer } = this.connTable().lock(keys, version, deadlineNs);
+      const { locked, keptNewer } = this.connTable().lock(keys, version, leaseDeadline(leaseMs));
       this.log.info({ version: version.toString(), leaseMs, requested: tuples.length, locked, ...keptNewerLog(tuples, keptNewer) }, 'connection locks set');
     });
   }
@@ -579,7 +575,7 @@ export class EbpfNetLock implements NetLock {
 
   /** The version guard against the mirror, then one batch update. */
   private async guardedLock(t: LockTable, keys: Buffer, version: bigint, leaseMs: number): Promise<{ locked: number; keptNewer: KeptNewer[] }> {
-    const deadlineNs = monotonicNowNs() + BigInt(Math.ceil(leaseMs * 1e6));
+    const deadlineNs = leaseDeadline(leaseMs);
     const plan = await this.writePlanned(
       t,
       (held) => planLock(t.shape.keySize, keys, held, version, deadlineNs),
@@ -763,6 +759,11 @@ export class EbpfNetLock implements NetLock {
 
 function monotonicNowNs(): bigint {
   return process.hrtime.bigint();
+}
+
+/** The deadline of a lease of leaseMs starting now, as the program compares it. */
+function leaseDeadline(leaseMs: number): bigint {
+  return monotonicNowNs() + BigInt(Math.ceil(leaseMs * 1e6));
 }
 
 function keyId(e: Endpoint): string {

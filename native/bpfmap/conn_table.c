@@ -44,13 +44,14 @@ struct released {
 	uint64_t deadline_ns;
 };
 
+/* max_probe NULL: a call that does not probe (a sweep walks every slot). */
 static bool get_table(napi_env env, napi_value memory, napi_value slots, napi_value max_probe, struct table *t)
 {
-	uint32_t n, probe;
+	uint32_t n, probe = 1;
 	size_t len;
 	void *data;
 
-	if (!get_u32(env, slots, "slots", 2, &n) || !get_u32(env, max_probe, "maxProbe", 1, &probe))
+	if (!get_u32(env, slots, "slots", 2, &n) || (max_probe && !get_u32(env, max_probe, "maxProbe", 1, &probe)))
 		return false;
 	if ((n & (n - 1)) != 0 || probe > n) {
 		throw_arg(env, "slots must be a power of two and maxProbe at most slots");
@@ -66,12 +67,13 @@ static bool get_table(napi_env env, napi_value memory, napi_value slots, napi_va
 	return true;
 }
 
-static bool get_u64(napi_env env, napi_value v, const char *name, uint64_t *out)
+/* msg: what the TypeError says when v is not a BigInt that fits a u64. */
+static bool get_u64(napi_env env, napi_value v, const char *msg, uint64_t *out)
 {
 	bool lossless;
 
 	if (napi_get_value_bigint_uint64(env, v, out, &lossless) != napi_ok || !lossless) {
-		throw_arg(env, name);
+		throw_arg(env, msg);
 		return false;
 	}
 	return true;
@@ -317,10 +319,7 @@ static napi_value conn_sweep(napi_env env, napi_callback_info info)
 	struct table t;
 	uint64_t now;
 
-	if (!get_args(env, info, 3, argv))
-		return NULL;
-	napi_create_uint32(env, 1, &v); /* maxProbe does not matter to a sweep */
-	if (!get_table(env, argv[0], argv[1], v, &t) || !get_u64(env, argv[2], "nowNs must be a u64 bigint", &now))
+	if (!get_args(env, info, 3, argv) || !get_table(env, argv[0], argv[1], NULL, &t) || !get_u64(env, argv[2], "nowNs must be a u64 bigint", &now))
 		return NULL;
 	for (uint32_t s = 0; s <= t.mask; s++) {
 		if (state_of(&t.slot[s]) != GODWIT_SLOT_LIVE || t.slot[s].lease.deadline_ns > now)
