@@ -69,7 +69,7 @@ const NEWEST_VERSION = 2n ** 64n - 1n;
 
 /**
  * The hash methods' map: the shape of godwit_lock_tuple, the hash map that held connection locks
- * up to layout version 3 (bpf/godwit_maps.h). The kernel keeps 15 characters of the name.
+ * up to layout version 3 (bpf/lock_maps.h). The kernel keeps 15 characters of the name.
  */
 const HASH_MAP_SHAPE: LockMapShape = { ...LEGACY_TUPLE_MAP_SHAPE, name: 'godwit_bench_hash' };
 

@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * godwit network lock, XDP on a host's interface.
+ * godwit network lock, XDP on a host's interface: slot GODWIT_SLOT_LOCK of the chain that
+ * bpf/root.c runs (lib/chain.h), first, so a locked packet is never steered.
  *
  * While a workload migrates, its endpoint (proto, address, port) has an entry in godwit_lock_ep,
  * or each of its connections an exact 4-tuple entry in the table godwit_lock_conn, and packets that match
  * an unexpired entry of either are stopped here: silently, so the kernel sends no RST. A copy
  * of each stopped packet is held in a ring for the agent to deliver after unlock (see
- * godwit_maps.h); what cannot be held its peer retransmits. Everything else passes untouched.
+ * lock_maps.h); what cannot be held its peer retransmits. Everything else goes on to the next
+ * program of the chain, untouched.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -15,7 +17,9 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
-#include "godwit_maps.h"
+#include "lib/chain.h"
+#include "lib/parse.h"
+#include "lock_maps.h"
 
 /*
  * Not pinned by libbpf (no LIBBPF_PIN_BY_NAME): that pins under one global root, but bpffs is
@@ -29,7 +33,7 @@ struct {
 	__type(value, struct godwit_lock_value);
 } godwit_lock_ep SEC(".maps");
 
-/* The open-addressing table of connection entries (godwit_maps.h). Mmappable: the agent writes
+/* The open-addressing table of connection entries (lock_maps.h). Mmappable: the agent writes
  * it in memory. The kernel keeps the first 15 characters of a map's name (godwit_lock_con);
  * bpftool pins it under the full name. */
 struct {
@@ -66,57 +70,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct held_record);
 } godwit_held_scratch SEC(".maps");
-
-/* Fragment offset mask, from include/net/ip.h (not in uapi). */
-#define GODWIT_IP_OFFSET 0x1fff
-
-/* Source and destination port, the first 4 bytes of both TCP and UDP headers. */
-struct l4_ports {
-	__be16 source;
-	__be16 dest;
-};
-
-struct hdr_cursor {
-	void *pos;
-};
-
-/* Returns the EtherType (network order), or -1 if the frame is too short. No VLAN parsing:
- * godwit's hosts carry untagged frames; a tagged frame is simply not ours (XDP_PASS). */
-static __always_inline int parse_ethhdr(struct hdr_cursor *c, void *data_end)
-{
-	struct ethhdr *eth = c->pos;
-
-	if ((void *)(eth + 1) > data_end)
-		return -1;
-	c->pos = eth + 1;
-	return eth->h_proto;
-}
-
-/* Returns the IPv4 header with options skipped by the cursor, or NULL if truncated/malformed. */
-static __always_inline struct iphdr *parse_iphdr(struct hdr_cursor *c, void *data_end)
-{
-	struct iphdr *iph = c->pos;
-	__u32 hdr_len;
-
-	if ((void *)(iph + 1) > data_end)
-		return NULL;
-	hdr_len = iph->ihl * 4;
-	if (hdr_len < sizeof(*iph))
-		return NULL;
-	if (c->pos + hdr_len > data_end)
-		return NULL;
-	c->pos += hdr_len;
-	return iph;
-}
-
-static __always_inline struct l4_ports *parse_l4_ports(struct hdr_cursor *c, void *data_end)
-{
-	struct l4_ports *ports = c->pos;
-
-	if ((void *)(ports + 1) > data_end)
-		return NULL;
-	return ports;
-}
 
 /* Fills the 4-tuple of an IPv4 TCP/UDP packet; returns -1 for anything the lock does not own. */
 static __always_inline int tuple_key_of(struct xdp_md *ctx, struct godwit_tuple_key *key)
@@ -237,7 +190,7 @@ int godwit_lock(struct xdp_md *ctx)
 	__u64 now = 0;
 
 	if (tuple_key_of(ctx, &tuple) < 0)
-		return XDP_PASS;
+		return godwit_chain_next(ctx, GODWIT_SLOT_LOCK);
 	/* The exact connection first: its entry counts the drop even when the endpoint is locked too. */
 	lease = live_lease(conn_lease(&tuple), &now);
 	if (!lease) {
@@ -245,7 +198,7 @@ int godwit_lock(struct xdp_md *ctx)
 		lease = live_lease(bpf_map_lookup_elem(&godwit_lock_ep, &endpoint), &now);
 	}
 	if (!lease)
-		return XDP_PASS;
+		return godwit_chain_next(ctx, GODWIT_SLOT_LOCK);
 
 	__sync_fetch_and_add(&lease->drops, 1);
 	lease->last_drop_ns = now;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds every bpf/*.c into build/bpf/*.o. Idempotent: rebuilds an object only when its source
-# or a bpf/*.h header is newer. Run from anywhere; paths are relative to the repository root.
+# or a header under bpf/ (bpf/*.h, bpf/lib/*.h) is newer. Run from anywhere; paths are relative to the repository root.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,7 +21,7 @@ fi
 
 shopt -s nullglob
 sources=("$src_dir"/*.c)
-headers=("$src_dir"/*.h)
+headers=("$src_dir"/*.h "$src_dir"/lib/*.h)
 if [ ${#sources[@]} -eq 0 ]; then
   echo "build-bpf: no sources in $src_dir" >&2
   exit 1
@@ -40,6 +40,7 @@ for src in "${sources[@]}"; do
     continue
   fi
   # Write to a temporary name first so a failed build never leaves a half-written object.
+  # -I bpf/: programs include their own headers ("lock_maps.h") and the shared ones ("lib/parse.h").
   "$clang_bin" -O2 -g -Wall -Werror -target bpf -I"$multiarch_inc" -I"$src_dir" \
     -c "$src" -o "$obj.tmp"
   mv -f "$obj.tmp" "$obj"

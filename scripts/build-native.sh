@@ -38,8 +38,8 @@ gyp="${NODE_GYP:-$(npm root -g 2>/dev/null)/npm/node_modules/node-gyp/bin/node-g
 
 stale=0
 [ -f "$addon" ] || stale=1
-# conn_table.c includes bpf/godwit_maps.h: the table's layout and hash are the BPF program's.
-for dep in "$src_dir"/*.c "$src_dir"/*.h "$src_dir/binding.gyp" "$root/bpf/godwit_maps.h" "$0"; do
+# conn_table.c includes bpf/lock_maps.h: the table's layout and hash are the BPF program's.
+for dep in "$src_dir"/*.c "$src_dir"/*.h "$src_dir/binding.gyp" "$root/bpf/lock_maps.h" "$0"; do
   [ "$dep" -nt "$addon" ] && stale=1
 done
 

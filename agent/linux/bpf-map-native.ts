@@ -59,7 +59,7 @@ export interface BpfMapAddon {
   connLock(memory: ArrayBuffer, slots: number, maxProbe: number, room: number, keys: Uint8Array, version: bigint, deadlineNs: bigint): { locked: number; inserted: number; keptNewer: KeptNewer[] };
   connUnlock(memory: ArrayBuffer, slots: number, maxProbe: number, keys: Uint8Array, version: bigint): { unlocked: number; keptNewer: KeptNewer[] };
   connSweep(memory: ArrayBuffer, slots: number, nowNs: bigint): number;
-  /** godwit_conn_hash (bpf/godwit_maps.h) of one 16-byte tuple key. */
+  /** godwit_conn_hash (bpf/lock_maps.h) of one 16-byte tuple key. */
   connHash(key: Uint8Array): number;
 }
 

@@ -4,7 +4,7 @@ import { CONN_SLOT_LAYOUT, LOCK_VALUE_LAYOUT, TUPLE_KEY_LAYOUT, type KeptNewer, 
 /*
  * godwit_lock_conn, the exact-connection lock, as the agent sees it: an open-addressing hash
  * table with linear probing in an mmappable BPF array, shared with the XDP program, which only
- * reads it (bpf/godwit_maps.h explains the table; bpf/lock.c's conn_lease() is its lookup).
+ * reads it (bpf/lock_maps.h explains the table; bpf/lock.c's conn_lease() is its lookup).
  *
  * Every write goes through the native addon (native/bpfmap/conn_table.c), which holds the
  * rules that keep the kernel's concurrent lookups right, and hashes with the header's own
@@ -18,7 +18,7 @@ import { CONN_SLOT_LAYOUT, LOCK_VALUE_LAYOUT, TUPLE_KEY_LAYOUT, type KeptNewer, 
  * count what they see when made; recount() catches up with the other's writes.
  */
 
-/** What a table is: bpf/godwit_maps.h's GODWIT_CONN_* for the real one; smaller ones in tests. */
+/** What a table is: bpf/lock_maps.h's GODWIT_CONN_* for the real one; smaller ones in tests. */
 export interface ConnTableShape {
   /** Power of two. */
   slots: number;

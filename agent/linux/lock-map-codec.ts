@@ -3,7 +3,7 @@ import type { Endpoint } from '../../lib/endpoint.js';
 import type { FourTuple } from '../netlock.js';
 
 /*
- * Byte layout of the lock maps (bpf/godwit_maps.h), for user space, and the version-guarded
+ * Byte layout of the lock maps (bpf/lock_maps.h), for user space, and the version-guarded
  * lock/unlock decisions over whole packed batches of entries. Pure: no I/O.
  *
  * The header is the source of truth; test/unit/lock-map-codec.test.ts checks these layouts
@@ -11,11 +11,11 @@ import type { FourTuple } from '../netlock.js';
  * before reusing it.
  */
 
-/** GODWIT_LOCK_LAYOUT_VERSION in bpf/godwit_maps.h (2: the tuple map was added; 3: the held-packet ring; 4: the connection table replaced the tuple map). */
+/** GODWIT_LOCK_LAYOUT_VERSION in bpf/lock_maps.h (2: the tuple map was added; 3: the held-packet ring; 4: the connection table replaced the tuple map). */
 export const LOCK_LAYOUT_VERSION = 4;
 /** Map name in bpf/lock.c; also the file name bpftool pins it under. */
 export const LOCK_MAP_NAME = 'godwit_lock_ep';
-/** GODWIT_LOCK_EP_MAX_ENTRIES in bpf/godwit_maps.h. */
+/** GODWIT_LOCK_EP_MAX_ENTRIES in bpf/lock_maps.h. */
 export const LOCK_MAP_MAX_ENTRIES = 65536;
 /** The table of exact-connection entries in bpf/lock.c (agent/linux/conn-lock-table.ts); bpftool pins it under this full name. */
 export const LOCK_CONN_MAP_NAME = 'godwit_lock_conn';

@@ -138,7 +138,7 @@ export function lockPins(pinDir: string): LockPins {
   };
 }
 
-/** What a lock map is: its name in bpf/lock.c, key and value sizes, capacity (bpf/godwit_maps.h). */
+/** What a lock map is: its name in bpf/lock.c, key and value sizes, capacity (bpf/lock_maps.h). */
 export interface LockMapShape {
   name: string;
   keySize: number;
@@ -271,7 +271,7 @@ interface PinnedMapSpec {
   structs: readonly StructLayout[];
 }
 
-/** The held-packet maps (bpf/lock.c, bpf/godwit_maps.h): the ring, its counters, the per-CPU scratch record. */
+/** The held-packet maps (bpf/lock.c, bpf/lock_maps.h): the ring, its counters, the per-CPU scratch record. */
 const HELD_MAPS = [
   { name: 'godwit_held', type: 'ringbuf', keySize: 0, valueSize: 0, maxEntries: HELD_RING_BYTES },
   { name: 'godwit_hold_stats', type: 'percpu_array', keySize: 4, valueSize: 24, maxEntries: 1 },
@@ -281,7 +281,7 @@ const HELD_MAPS = [
 /** The endpoint map, as the driver uses it. */
 interface LockTable {
   shape: LockMapShape;
-  /** Key struct in bpf/godwit_maps.h (the value is LOCK_VALUE_LAYOUT). */
+  /** Key struct in bpf/lock_maps.h (the value is LOCK_VALUE_LAYOUT). */
   key: StructLayout;
   pin: string;
   access: LockMapAccess;
@@ -303,7 +303,7 @@ interface XdpAttachment {
 
 /**
  * The network lock on one host, as an XDP program on its interface plus two pinned maps of
- * leases (bpf/lock.c, bpf/godwit_maps.h), installed with bpftool and ip:
+ * leases (bpf/lock.c, bpf/lock_maps.h), installed with bpftool and ip:
  *  - endpoints in a hash map, read and written through the native addon's batch calls. Every
  *    lock or unlock is one batch write, version-guarded against a mirror of the map kept in this
  *    process (lock-mirror.ts says why that is safe: the agent is the map's only writer, and this

@@ -23,7 +23,7 @@ import type { HeldPackets, HeldTraffic } from '../platform.js';
 import { coalescePackets, drainRing, selectHeld, sendRawPackets } from './bpf-map-native.js';
 import { encodeEndpointKeys } from './lock-map-codec.js';
 
-/** GODWIT_HELD_RING_BYTES in bpf/godwit_maps.h. */
+/** GODWIT_HELD_RING_BYTES in bpf/lock_maps.h. */
 export const HELD_RING_BYTES = 32 * 1024 * 1024;
 
 /**

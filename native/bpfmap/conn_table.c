@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * The writer of godwit_lock_conn, the exact-connection lock table (bpf/godwit_maps.h explains
+ * The writer of godwit_lock_conn, the exact-connection lock table (bpf/lock_maps.h explains
  * the table; bpf/lock.c's conn_lease() is the kernel's reader). The agent maps the table into
  * its memory (mmap, in bpfmap.c) and hands it here as an ArrayBuffer with a batch of keys: a
  * lock or unlock is a few loads and stores per connection, no system call. In C rather than
@@ -29,7 +29,7 @@
 #include <string.h>
 
 #include "addon.h"
-#include "godwit_maps.h"
+#include "lock_maps.h"
 
 struct table {
 	struct godwit_conn_slot *slot;

@@ -148,7 +148,7 @@ static napi_value ring_drain(napi_env env, napi_callback_info info)
 
 /* ---- select ------------------------------------------------------------------------------ */
 
-/* struct godwit_held_hdr (bpf/godwit_maps.h): time_ns u64, ifindex u32, frame_len u32. */
+/* struct godwit_held_hdr (bpf/lock_maps.h): time_ns u64, ifindex u32, frame_len u32. */
 #define HELD_HDR_BYTES 16
 #define ETH_HDR_BYTES 14
 

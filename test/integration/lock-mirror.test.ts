@@ -29,7 +29,7 @@ const BPF_F_MMAPABLE = 1 << 10;
 
 /**
  * Every map EbpfNetLock touches without install(), created by hand where install() would pin
- * them (sizes from bpf/godwit_maps.h): the endpoint hash map, and the connection table, which
+ * them (sizes from bpf/lock_maps.h): the endpoint hash map, and the connection table, which
  * sweepExpired() maps and sweeps too.
  */
 async function createMaps(name: string, endpointEntries = ENDPOINT_MAP_SHAPE.maxEntries): Promise<LockPins> {

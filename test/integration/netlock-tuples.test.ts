@@ -248,7 +248,7 @@ describe('exact-connection lock entries', () => {
   it('stops a connection whose entry sits down a probe run, past colliding and deleted entries', async () => {
     // Decoys: made-up peers whose keys have conn1's home slot, locked first, so conn1's entry
     // lands three slots further. Only a program that hashes and probes as the agent's writer
-    // (native/bpfmap/conn_table.c, the same godwit_maps.h) does finds it.
+    // (native/bpfmap/conn_table.c, the same lock_maps.h) does finds it.
     const home = connHash(encodeTupleKey(conn1)) & (CONN_TABLE_SHAPE.slots - 1);
     const decoys: FourTuple[] = [];
     for (let i = 1; decoys.length < 3; i++) {

@@ -39,7 +39,7 @@ import { CONN_SLOT_BYTES, CONN_TABLE_SHAPE } from '../../agent/linux/conn-lock-t
 
 const repo = fileURLToPath(new URL('../../', import.meta.url));
 const object = `${repo}build/bpf/lock.o`;
-const header = `${repo}bpf/godwit_maps.h`;
+const header = `${repo}bpf/lock_maps.h`;
 
 describe('lock map codec', () => {
   it('encodes the key with address and port in network order and a zero pad', () => {

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * Every godwit BPF map's key/value layout, shared by the BPF programs and (byte for byte) by
- * the agent's codec in agent/linux/lock-map-codec.ts.
+ * The lock's BPF map layouts (endpoint locks, the connection table, held packets), shared by
+ * bpf/lock.c and, byte for byte, by the agent's codec in agent/linux/lock-map-codec.ts. Each
+ * feature's maps have a header of their own (headers by concern, as Cilium's bpf/lib).
  *
  * Pinned maps outlive the program and the agent, so a layout is a contract with whatever is
  * already pinned on a host: change a struct here only together with a bump of its layout
@@ -11,8 +12,8 @@
  * Structs are explicitly padded and fixed-size: the hash key is compared bytewise, so every
  * byte of it (the pad too) must be written, and user space and BPF must agree on every offset.
  */
-#ifndef GODWIT_MAPS_H
-#define GODWIT_MAPS_H
+#ifndef GODWIT_LOCK_MAPS_H
+#define GODWIT_LOCK_MAPS_H
 
 #include <linux/types.h>
 
@@ -164,4 +165,4 @@ struct godwit_hold_stats {
 	__u64 too_long;   /* dropped without a copy: longer than GODWIT_HELD_MAX_FRAME */
 };
 
-#endif /* GODWIT_MAPS_H */
+#endif /* GODWIT_LOCK_MAPS_H */
