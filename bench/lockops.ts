@@ -36,9 +36,11 @@ import { appendFile, mkdir } from 'node:fs/promises';
 import { release } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { bpfMapMethods, NativeLockMap } from '../agent/linux/bpf-map-native.js';
+import { bpfMapMethods, NativeMap } from '../agent/linux/bpf/native-map.js';
 import { encodeLockValue, encodeTupleKeys } from '../agent/linux/lock-map-codec.js';
-import { BpftoolLockMap, EbpfNetLock, LEGACY_TUPLE_MAP_SHAPE, type LockMapShape } from '../agent/linux/netlock-ebpf.js';
+import { BpftoolMap, type MapShape } from '../agent/linux/bpf/map-access.js';
+import { LEGACY_TUPLE_MAP_SHAPE } from '../agent/linux/lock-maps.js';
+import { EbpfNetLock } from '../agent/linux/netlock-ebpf.js';
 import { nsExecutor } from '../agent/linux/netns-exec.js';
 import type { FourTuple } from '../agent/netlock.js';
 import { execCommand, type Executor } from '../lib/exec.js';
@@ -71,7 +73,7 @@ const NEWEST_VERSION = 2n ** 64n - 1n;
  * The hash methods' map: the shape of godwit_lock_tuple, the hash map that held connection locks
  * up to layout version 3 (bpf/lock_maps.h). The kernel keeps 15 characters of the name.
  */
-const HASH_MAP_SHAPE: LockMapShape = { ...LEGACY_TUPLE_MAP_SHAPE, name: 'godwit_bench_hash' };
+const HASH_MAP_SHAPE: MapShape = { ...LEGACY_TUPLE_MAP_SHAPE, name: 'godwit_bench_hash' };
 
 interface Options {
   entries: number[];
@@ -154,8 +156,8 @@ class BenchHost {
   readonly exec: Executor = nsExecutor(this.netns, execCommand);
   private created = false;
   native?: EbpfNetLock;
-  hashMap?: NativeLockMap;
-  hashMapByBpftool?: BpftoolLockMap;
+  hashMap?: NativeMap;
+  hashMapByBpftool?: BpftoolMap;
 
   async up(): Promise<void> {
     await execCommand('bash', [join(REPO_ROOT, 'scripts', 'build-bpf.sh')], { timeoutMs: 60_000 });
@@ -179,8 +181,8 @@ class BenchHost {
     const { name, keySize, valueSize, maxEntries } = HASH_MAP_SHAPE;
     await execCommand('mkdir', ['-p', this.pinDir]);
     await execCommand('bpftool', ['map', 'create', this.hashPin, 'type', 'hash', 'key', String(keySize), 'value', String(valueSize), 'entries', String(maxEntries), 'name', name]);
-    this.hashMap = new NativeLockMap(this.hashPin, HASH_MAP_SHAPE);
-    this.hashMapByBpftool = new BpftoolLockMap(execCommand, this.hashPin, HASH_MAP_SHAPE);
+    this.hashMap = new NativeMap(this.hashPin, HASH_MAP_SHAPE);
+    this.hashMapByBpftool = new BpftoolMap(execCommand, this.hashPin, HASH_MAP_SHAPE);
   }
 
   /** Removes the namespace (and with it the veth, the rules, the XDP attachment) and the pins. */
@@ -234,15 +236,15 @@ function ebpfOps(host: BenchHost): LockOps {
   };
 }
 
-/** What a hash method writes through: NativeLockMap (bpf(2) batches) or BpftoolLockMap (one bpftool process). */
-type HashMapWriter = Pick<NativeLockMap, 'update' | 'delete'>;
+/** What a hash method writes through: NativeMap (bpf(2) batches) or BpftoolMap (one bpftool process). */
+type HashMapWriter = Pick<NativeMap, 'update' | 'delete'>;
 
 /**
  * The hash map written in one call per operation, keys and values packed beforehand (untimed:
  * the timed step is the kernel's, or bpftool's, work); read back through the addon's dump,
  * which is faster than bpftool's JSON.
  */
-function hashMapOps(writer: () => HashMapWriter, reader: () => NativeLockMap): LockOps {
+function hashMapOps(writer: () => HashMapWriter, reader: () => NativeMap): LockOps {
   let keys: Buffer = Buffer.alloc(0);
   let values: Buffer = Buffer.alloc(0);
   return {

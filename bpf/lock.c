@@ -24,7 +24,7 @@
 /*
  * Not pinned by libbpf (no LIBBPF_PIN_BY_NAME): that pins under one global root, but bpffs is
  * shared by every network namespace and each lab host needs its own maps. The agent pins them
- * per host (bpftool ... pinmaps PINDIR/maps) and reuses those pins on reload.
+ * per host (PINDIR/maps, agent/linux/bpf/object-loader.ts) and reuses those pins on reload.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

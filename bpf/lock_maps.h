@@ -28,6 +28,9 @@
  *   4  replaces the hash map godwit_lock_tuple with godwit_lock_conn, an mmapped table the agent
  *      writes in memory (below). On install the live entries of a pinned godwit_lock_tuple are
  *      copied into the new table before the new program is attached, then that pin is removed.
+ * From 4 on, each map has a layout version of its own, with the upgrade that copies its state
+ * from the previous one (agent/linux/lock-maps.ts), recorded per host in the pin folder
+ * (agent/linux/bpf/layout-record.ts). This number stays as the name of the set at layout 4.
  */
 #define GODWIT_LOCK_LAYOUT_VERSION 4
 #define GODWIT_LOCK_EP_MAX_ENTRIES 65536

@@ -1,4 +1,4 @@
-import { bpfMapAddon, type BpfMapAddon } from './bpf-map-native.js';
+import { bpfMapAddon, type BpfMapAddon } from './bpf/native-map.js';
 import { CONN_SLOT_LAYOUT, LOCK_VALUE_LAYOUT, TUPLE_KEY_LAYOUT, type KeptNewer, type PackedEntries } from './lock-map-codec.js';
 
 /*

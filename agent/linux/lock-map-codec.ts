@@ -11,7 +11,11 @@ import type { FourTuple } from '../netlock.js';
  * before reusing it.
  */
 
-/** GODWIT_LOCK_LAYOUT_VERSION in bpf/lock_maps.h (2: the tuple map was added; 3: the held-packet ring; 4: the connection table replaced the tuple map). */
+/**
+ * GODWIT_LOCK_LAYOUT_VERSION in bpf/lock_maps.h (2: the tuple map was added; 3: the held-packet
+ * ring; 4: the connection table replaced the tuple map). Since 4, each map has its own version
+ * (lock-maps.ts), recorded per host by bpf/layout-record.ts.
+ */
 export const LOCK_LAYOUT_VERSION = 4;
 /** Map name in bpf/lock.c; also the file name bpftool pins it under. */
 export const LOCK_MAP_NAME = 'godwit_lock_ep';
@@ -26,11 +30,6 @@ export const LOCK_CONN_MAP_NAME = 'godwit_lock_conn';
  */
 export const LEGACY_TUPLE_MAP_NAME = 'godwit_lock_tuple';
 export const LEGACY_TUPLE_MAP_MAX_ENTRIES = 131072;
-
-/** The kernel keeps a map's name in BPF_OBJ_NAME_LEN (16) bytes with the NUL: `bpftool map show` prints at most 15 characters. */
-export function kernelMapName(name: string): string {
-  return name.slice(0, 15);
-}
 
 export interface MemberLayout {
   name: string;

@@ -20,11 +20,22 @@ import { pino, type Logger } from 'pino';
 import type { Endpoint } from '../../lib/endpoint.js';
 import { splitHeld } from '../held-packets.js';
 import type { HeldPackets, HeldTraffic } from '../platform.js';
-import { coalescePackets, drainRing, selectHeld, sendRawPackets } from './bpf-map-native.js';
+import type { MapSpec } from './bpf/map-spec.js';
+import { coalescePackets, drainRing, selectHeld, sendRawPackets } from './bpf/native-map.js';
 import { encodeEndpointKeys } from './lock-map-codec.js';
 
 /** GODWIT_HELD_RING_BYTES in bpf/lock_maps.h. */
 export const HELD_RING_BYTES = 32 * 1024 * 1024;
+
+/**
+ * The held-packet maps of bpf/lock.c (bpf/lock_maps.h): the ring, its counters, the per-CPU
+ * scratch record. Loaded with the lock; nothing in them needs carrying over to a new layout.
+ */
+export const HELD_MAPS: readonly MapSpec[] = [
+  { name: 'godwit_held', type: 'ringbuf', keySize: 0, valueSize: 0, maxEntries: HELD_RING_BYTES, structs: [], version: 1 },
+  { name: 'godwit_hold_stats', type: 'percpu_array', keySize: 4, valueSize: 24, maxEntries: 1, structs: [], version: 1 },
+  { name: 'godwit_held_scratch', type: 'percpu_array', keySize: 4, valueSize: 16 + 1536, maxEntries: 1, structs: [], version: 1 },
+];
 
 /**
  * Drained records no endpoint has claimed yet (another migration's, still locked) are kept this

@@ -7,7 +7,8 @@ import { Criu } from './criu.js';
 import { readImageLock } from './criu-image.js';
 import { CriuNetfilter } from './criu-netfilter.js';
 import { HostNetwork } from './host-network.js';
-import { EbpfNetLock, lockPins } from './netlock-ebpf.js';
+import { lockPins } from './lock-maps.js';
+import { EbpfNetLock } from './netlock-ebpf.js';
 import { RingHeldTraffic } from './packet-hold.js';
 import { countTcpConnections, inspectProcess } from './process-tree.js';
 

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * Native access to a pinned BPF map, for the agent (agent/linux/bpf-map-native.ts).
+ * Native access to a pinned BPF map, for the agent (agent/linux/bpf/native-map.ts).
  *
  * Whole groups of entries go through one bpf(2) call each (BPF_MAP_*_BATCH, Linux 5.6+) on Node
  * Buffers of packed keys and values, so locking 10,000 connections costs a handful of syscalls

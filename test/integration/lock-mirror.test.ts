@@ -4,8 +4,9 @@ import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import { execCommand } from '../../lib/exec.js';
 import type { Endpoint } from '../../lib/endpoint.js';
-import { EbpfNetLock, ENDPOINT_MAP_SHAPE, lockPins, type LockPins } from '../../agent/linux/netlock-ebpf.js';
-import { BpfMapError, NativeLockMap } from '../../agent/linux/bpf-map-native.js';
+import { ENDPOINT_MAP_SHAPE, lockPins, type LockPins } from '../../agent/linux/lock-maps.js';
+import { EbpfNetLock } from '../../agent/linux/netlock-ebpf.js';
+import { BpfMapError, NativeMap } from '../../agent/linux/bpf/native-map.js';
 import { encodeEndpointKeys, encodeLockValue } from '../../agent/linux/lock-map-codec.js';
 
 /*
@@ -78,7 +79,7 @@ describe('the endpoint lock map mirror', () => {
     const pins = await createMaps('plain');
     const logged: LogLine[] = [];
     const lock = lockOn(pins, logged);
-    const dumps = vi.spyOn(NativeLockMap.prototype, 'dump');
+    const dumps = vi.spyOn(NativeMap.prototype, 'dump');
     const all = endpoints(3000);
 
     await lock.lock(all, 5n, 60_000);
@@ -105,7 +106,7 @@ describe('the endpoint lock map mirror', () => {
     await lock.lock([endpoint(1)], 5n, 60_000);
 
     // An operator's write: a newer entry the agent did not make.
-    await new NativeLockMap(pins.lockMap, ENDPOINT_MAP_SHAPE).update(encodeEndpointKeys([endpoint(2)]), encodeLockValue({ version: 9n, deadlineNs: FAR, drops: 0n, lastDropNs: 0n }));
+    await new NativeMap(pins.lockMap, ENDPOINT_MAP_SHAPE).update(encodeEndpointKeys([endpoint(2)]), encodeLockValue({ version: 9n, deadlineNs: FAR, drops: 0n, lastDropNs: 0n }));
     expect(await lock.sweepExpired()).toBe(0);
     expect(differed(logged)).toMatchObject([{ map: 'godwit_lock_ep', why: 'sweep', unknown: 1, missing: 0, changed: 0 }]);
 
@@ -118,7 +119,7 @@ describe('the endpoint lock map mirror', () => {
     const logged: LogLine[] = [];
     const lock = lockOn(pins, logged);
     await lock.lock(endpoints(3), 5n, 60_000);
-    expect(await new NativeLockMap(pins.lockMap, ENDPOINT_MAP_SHAPE).delete(encodeEndpointKeys([endpoint(0)]))).toBe(1);
+    expect(await new NativeMap(pins.lockMap, ENDPOINT_MAP_SHAPE).delete(encodeEndpointKeys([endpoint(0)]))).toBe(1);
 
     await lock.unlock(endpoints(3), 5n);
     expect(await lock.list()).toEqual([]);

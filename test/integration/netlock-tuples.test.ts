@@ -5,8 +5,10 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { execCommand } from '../../lib/exec.js';
 import type { Endpoint } from '../../lib/endpoint.js';
 import type { FourTuple } from '../../agent/netlock.js';
-import { EbpfNetLock, LEGACY_TUPLE_MAP_SHAPE as TUPLE_MAP_SHAPE, LockMapLayoutError, lockPins } from '../../agent/linux/netlock-ebpf.js';
-import { BpfMapError, BpfMapShapeError, NativeLockMap } from '../../agent/linux/bpf-map-native.js';
+import { MapLayoutError } from '../../agent/linux/bpf/map-layout.js';
+import { LEGACY_TUPLE_MAP_SHAPE as TUPLE_MAP_SHAPE, lockPins } from '../../agent/linux/lock-maps.js';
+import { EbpfNetLock } from '../../agent/linux/netlock-ebpf.js';
+import { BpfMapError, BpfMapShapeError, NativeMap } from '../../agent/linux/bpf/native-map.js';
 import { connHash, CONN_TABLE_SHAPE } from '../../agent/linux/conn-lock-table.js';
 import { encodeLockValue, encodeTupleKey, encodeTupleKeys } from '../../agent/linux/lock-map-codec.js';
 import { netnsPath } from '../../agent/linux/netns-exec.js';
@@ -288,7 +290,7 @@ describe('exact-connection lock entries', () => {
     await execCommand('rm', ['-f', pins.connTable]);
     await execCommand('bpftool', ['map', 'create', pins.legacyTupleMap, 'type', 'hash', 'key', '16', 'value', '32', 'entries', String(TUPLE_MAP_SHAPE.maxEntries), 'name', 'godwit_lock_tup']);
     const far = process.hrtime.bigint() + 30_000_000_000n;
-    await new NativeLockMap(pins.legacyTupleMap, TUPLE_MAP_SHAPE).update(encodeTupleKeys([conn2]), encodeLockValue({ version: 6n, deadlineNs: far, drops: 0n, lastDropNs: 0n }));
+    await new NativeMap(pins.legacyTupleMap, TUPLE_MAP_SHAPE).update(encodeTupleKeys([conn2]), encodeLockValue({ version: 6n, deadlineNs: far, drops: 0n, lastDropNs: 0n }));
 
     const upgraded = new EbpfNetLock(lockOpts);
     await upgraded.install();
@@ -309,12 +311,12 @@ describe('exact-connection lock entries', () => {
     await execCommand('mkdir', ['-p', `${badDir}/maps`]);
     // The right size, but not mmappable: the agent could not write it in memory.
     await execCommand('bpftool', ['map', 'create', `${badDir}/maps/godwit_lock_conn`, 'type', 'array', 'key', '4', 'value', '56', 'entries', String(CONN_TABLE_SHAPE.slots), 'name', 'godwit_lock_con']);
-    await expect(new EbpfNetLock({ ...lockOpts, pinDir: badDir }).install()).rejects.toBeInstanceOf(LockMapLayoutError);
+    await expect(new EbpfNetLock({ ...lockOpts, pinDir: badDir }).install()).rejects.toBeInstanceOf(MapLayoutError);
     await execCommand('rm', ['-rf', badDir]);
   });
 });
 
-describe('NativeLockMap on a bare pinned map', () => {
+describe('NativeMap on a bare pinned map', () => {
   const dir = `${pinRoot}/bare`;
   const pin = `${dir}/m`;
 
@@ -328,7 +330,7 @@ describe('NativeLockMap on a bare pinned map', () => {
   });
 
   it('writes, reads and deletes whole batches, skipping keys that are not there', async () => {
-    const m = new NativeLockMap(pin, TUPLE_MAP_SHAPE);
+    const m = new NativeMap(pin, TUPLE_MAP_SHAPE);
     const keys = encodeTupleKeys(manyTuples(3));
     const values = Buffer.concat([1n, 2n, 3n].map((version) => encodeLockValue({ version, deadlineNs: 9n, drops: 0n, lastDropNs: 0n })));
     await m.update(keys, values);
@@ -343,7 +345,7 @@ describe('NativeLockMap on a bare pinned map', () => {
   });
 
   it('reports a full map with how much went in', async () => {
-    const m = new NativeLockMap(pin, TUPLE_MAP_SHAPE);
+    const m = new NativeMap(pin, TUPLE_MAP_SHAPE);
     const keys = encodeTupleKeys(manyTuples(6));
     const err = await m.update(keys, Buffer.alloc(6 * 32)).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(BpfMapError);
@@ -352,7 +354,7 @@ describe('NativeLockMap on a bare pinned map', () => {
   });
 
   it('refuses a map of another shape and a missing pin', async () => {
-    await expect(new NativeLockMap(pin, { ...TUPLE_MAP_SHAPE, keySize: 8 }).dump()).rejects.toBeInstanceOf(BpfMapShapeError);
-    await expect(new NativeLockMap(`${dir}/none`, TUPLE_MAP_SHAPE).dump()).rejects.toMatchObject({ name: 'BpfMapError', code: 'ENOENT' });
+    await expect(new NativeMap(pin, { ...TUPLE_MAP_SHAPE, keySize: 8 }).dump()).rejects.toBeInstanceOf(BpfMapShapeError);
+    await expect(new NativeMap(`${dir}/none`, TUPLE_MAP_SHAPE).dump()).rejects.toMatchObject({ name: 'BpfMapError', code: 'ENOENT' });
   });
 });

@@ -2,7 +2,8 @@ import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execCommand } from '../../lib/exec.js';
 import type { Endpoint } from '../../lib/endpoint.js';
-import { EbpfNetLock, LockMapLayoutError } from '../../agent/linux/netlock-ebpf.js';
+import { MapLayoutError } from '../../agent/linux/bpf/map-layout.js';
+import { EbpfNetLock } from '../../agent/linux/netlock-ebpf.js';
 import { netnsPath } from '../../agent/linux/netns-exec.js';
 import { LockNetns } from '../support/lock-netns.js';
 
@@ -50,6 +51,12 @@ async function xdpProgOnA(): Promise<{ id: number; name: string } | undefined> {
   return link?.xdp?.prog;
 }
 
+/** The program id in the lock's chain slot (slot 0 of the pinned godwit_xdp_chain). */
+async function lockSlotProgId(): Promise<number | undefined> {
+  const rows = JSON.parse((await execCommand('bpftool', ['-j', 'map', 'dump', 'pinned', `${lockOpts.pinDir}/maps/godwit_xdp_chain`])).stdout) as { formatted: { key: number; value: number } }[];
+  return rows.find((r) => r.formatted.key === 0)?.formatted.value;
+}
+
 async function entryFor(e: Endpoint) {
   return (await lock!.list()).find((x) => x.endpoint.proto === e.proto && x.endpoint.address === e.address && x.endpoint.port === e.port);
 }
@@ -70,7 +77,8 @@ afterAll(() => net.tearDown());
 describe('EbpfNetLock on a veth host', () => {
   it('installs natively with an empty lock map', async () => {
     expect(lock!.attachMode).toBe('native');
-    expect((await xdpProgOnA())?.name).toBe('godwit_lock');
+    expect((await xdpProgOnA())?.name).toBe('godwit_xdp_root'); // the chain's root, with the lock in slot 0
+    expect(await lockSlotProgId()).toBeDefined();
     expect(await lock!.list()).toEqual([]);
   });
 
@@ -153,6 +161,7 @@ describe('EbpfNetLock on a veth host', () => {
   it('keeps held locks across a reinstall (agent restart)', async () => {
     await lock!.lock([tcpEp], 30n, 30_000);
     const before = await xdpProgOnA();
+    const lockBefore = await lockSlotProgId();
 
     const restarted = new EbpfNetLock(lockOpts);
     await restarted.install();
@@ -160,8 +169,8 @@ describe('EbpfNetLock on a veth host', () => {
     lock = restarted;
 
     const after = await xdpProgOnA();
-    expect(after?.name).toBe('godwit_lock');
-    expect(after?.id).not.toBe(before?.id); // the program was replaced, the map was not
+    expect(after).toEqual(before); // the root stays attached
+    expect(await lockSlotProgId()).not.toBe(lockBefore); // the lock program was replaced, the map was not
     const entry = await entryFor(tcpEp);
     expect(entry?.version).toBe(30n);
     expect(await connectFromB()).toBe('timeout');
@@ -176,7 +185,7 @@ describe('EbpfNetLock on a veth host', () => {
     await execCommand('mkdir', ['-p', `${badDir}/maps`]);
     await execCommand('bpftool', ['map', 'create', `${badDir}/maps/godwit_lock_ep`, 'type', 'hash', 'key', '8', 'value', '16', 'entries', '16', 'name', 'godwit_lock_ep']);
     const other = new EbpfNetLock({ ...lockOpts, pinDir: badDir });
-    await expect(other.install()).rejects.toBeInstanceOf(LockMapLayoutError);
+    await expect(other.install()).rejects.toBeInstanceOf(MapLayoutError);
     expect((await xdpProgOnA())?.id).toBeDefined(); // the running lock was not touched
     await execCommand('rm', ['-rf', badDir]);
   });

@@ -4,7 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import type { Endpoint } from '../../lib/endpoint.js';
 import { execCommand } from '../../lib/exec.js';
-import { lockPins } from '../../agent/linux/netlock-ebpf.js';
+import { lockPins } from '../../agent/linux/lock-maps.js';
 import { netnsPath } from '../../agent/linux/netns-exec.js';
 import { LockNetns } from '../support/lock-netns.js';
 

@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest';
-import { coalescePackets } from '../../agent/linux/bpf-map-native.js';
+import { coalescePackets } from '../../agent/linux/bpf/native-map.js';
 import { splitHeld } from '../../agent/held-packets.js';
 
 /* The native coalescer (native/bpfmap/held.c) on hand-made IPv4 packets. */

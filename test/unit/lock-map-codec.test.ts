@@ -1,4 +1,5 @@
 import { describe, it, expect, beforeAll } from 'vitest';
+import { kernelMapName } from '../../agent/linux/bpf/map-spec.js';
 import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { execCommand } from '../../lib/exec.js';
@@ -19,7 +20,6 @@ import {
   expiredKeys,
   fromBpftoolHex,
   heldEntries,
-  kernelMapName,
   layoutMismatch,
   LOCK_LAYOUT_VERSION,
   LOCK_MAP_MAX_ENTRIES,

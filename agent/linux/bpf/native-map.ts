@@ -2,20 +2,20 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { KeptNewer, PackedEntries } from './lock-map-codec.js';
-import type { LockMapAccess, LockMapDump, LockMapShape } from './netlock-ebpf.js';
+import type { KeptNewer, PackedEntries } from '../lock-map-codec.js';
+import type { BatchMapType, MapAccess, MapDump, MapShape } from './map-access.js';
 
 /*
- * The native BPF map addon (native/bpfmap, built by scripts/build-native.sh) and the lock map
- * access on top of it: every read or write of a whole batch of entries is one bpf(2) call on
+ * The native BPF map addon (native/bpfmap, built by scripts/build-native.sh) and the map access
+ * on top of it: every read or write of a whole batch of entries is one bpf(2) call on
  * Buffers of packed keys and values, in this process. No bpftool process, no per-entry syscall.
  */
 
 /** Where node-gyp leaves the addon, relative to the repository root. */
 const ADDON_PATH = 'native/bpfmap/build/Release/bpfmap.node';
 
-/** bpf_map_type BPF_MAP_TYPE_HASH (uapi linux/bpf.h). */
-const BPF_MAP_TYPE_HASH = 1;
+/** bpf_map_type values (uapi linux/bpf.h) of the maps read and written in batches. */
+const BATCH_MAP_TYPES: Record<BatchMapType, number> = { hash: 1, array: 2, lru_hash: 9 };
 
 /** How the addon reaches the kernel for each kind of operation ('element': the kernel refused batches). */
 export interface BpfMapMethods {
@@ -173,13 +173,14 @@ function asBpfMapError(pin: string, err: unknown): unknown {
  * operation costs two syscalls and means a pin replaced meanwhile (uninstall, reinstall) is
  * never written through a stale fd.
  */
-function withPinnedMap<T>(pin: string, shape: LockMapShape, op: (m: BpfMapAddon, fd: number, mapId: number) => T, expectMapId?: number): T {
+function withPinnedMap<T>(pin: string, shape: MapShape, op: (m: BpfMapAddon, fd: number, mapId: number) => T, expectMapId?: number): T {
   let mapId = 0;
+  const type = shape.type ?? 'hash';
   return withOpenedMap(
     pin,
     (opened) => {
-      const want = `hash key ${shape.keySize} value ${shape.valueSize}`;
-      const have = `${opened.type === BPF_MAP_TYPE_HASH ? 'hash' : `type ${opened.type}`} key ${opened.keySize} value ${opened.valueSize}`;
+      const want = `${type} key ${shape.keySize} value ${shape.valueSize}`;
+      const have = `${opened.type === BATCH_MAP_TYPES[type] ? type : `type ${opened.type}`} key ${opened.keySize} value ${opened.valueSize}`;
       if (want !== have) return `expected a ${want} map (${shape.name}), found ${have}`;
       if (expectMapId !== undefined && opened.id !== expectMapId) throw new BpfMapReplacedError(pin, expectMapId, opened.id);
       mapId = opened.id;
@@ -210,23 +211,23 @@ function withOpenedMap<T>(pin: string, problem: (opened: OpenedBpfMap) => string
 }
 
 /**
- * A pinned lock map through the addon: one BPF_MAP_LOOKUP_BATCH walk per dump, one
+ * A pinned map through the addon: one BPF_MAP_LOOKUP_BATCH walk per dump, one
  * BPF_MAP_UPDATE_BATCH / BPF_MAP_DELETE_BATCH per write, about 0.3 µs per entry in the kernel
  * (10,000 entries: 3 ms, measured on this machine kind). Synchronous underneath: the event loop
  * waits for the syscall, which is shorter than a round trip to a worker thread.
  */
-export class NativeLockMap implements LockMapAccess {
+export class NativeMap implements MapAccess {
   readonly method = 'native';
 
   constructor(
     readonly pin: string,
-    private readonly shape: LockMapShape,
+    private readonly shape: MapShape,
   ) {
     addon(); // fail here, at construction, when the addon is missing
   }
 
   /** Every entry, and the kernel's id of the map they came from. */
-  async dump(): Promise<LockMapDump> {
+  async dump(): Promise<MapDump> {
     return withPinnedMap(this.pin, this.shape, (m, fd, mapId) => ({ ...m.dump(fd, this.shape.keySize, this.shape.valueSize), mapId }));
   }
 
