@@ -1,5 +1,6 @@
 import { bpfMapAddon, type BpfMapAddon } from './bpf/native-map.js';
-import { CONN_SLOT_LAYOUT, LOCK_VALUE_LAYOUT, TUPLE_KEY_LAYOUT, type KeptNewer, type PackedEntries } from './lock-map-codec.js';
+import { CONN_SLOT_LAYOUT, LOCK_VALUE_LAYOUT, TUPLE_KEY_LAYOUT, type KeptNewer } from './lock-map-codec.js';
+import type { PackedEntries } from './bpf/map-access.js';
 
 /*
  * godwit_lock_conn, the exact-connection lock, as the agent sees it: an open-addressing hash

@@ -1,6 +1,8 @@
 import { isIPv4 } from 'node:net';
 import type { Endpoint } from '../../lib/endpoint.js';
 import type { FourTuple } from '../netlock.js';
+import type { PackedEntries } from './bpf/map-access.js';
+import type { StructLayout } from './bpf/struct-layout.js';
 
 /*
  * Byte layout of the lock maps (bpf/lock_maps.h), for user space, and the version-guarded
@@ -30,20 +32,6 @@ export const LOCK_CONN_MAP_NAME = 'godwit_lock_conn';
  */
 export const LEGACY_TUPLE_MAP_NAME = 'godwit_lock_tuple';
 export const LEGACY_TUPLE_MAP_MAX_ENTRIES = 131072;
-
-export interface MemberLayout {
-  name: string;
-  /** Byte offset in the struct. */
-  offset: number;
-  /** Byte size. */
-  size: number;
-}
-
-export interface StructLayout {
-  name: string;
-  size: number;
-  members: readonly MemberLayout[];
-}
 
 export const ENDPOINT_KEY_LAYOUT: StructLayout = {
   name: 'godwit_endpoint_key',
@@ -311,12 +299,6 @@ export function decodeLockValueAt(b: Buffer, at: number): LockValue {
  * Entries of one lock map packed back to back, as BPF_MAP_LOOKUP_BATCH returns them and
  * BPF_MAP_UPDATE_BATCH takes them: count keys of the map's key size, count 32-byte values.
  */
-export interface PackedEntries {
-  keys: Buffer;
-  values: Buffer;
-  count: number;
-}
-
 /** A requested key that an entry with a newer version keeps: `index` into the request. */
 export interface KeptNewer {
   index: number;
@@ -548,70 +530,4 @@ export function expiredKeys(keySize: number, held: PackedEntries, nowNs: bigint)
     count++;
   }
   return { keys: out.subarray(0, count * keySize), count };
-}
-
-/** Bytes as bpftool's `hex` arguments: ['c6', '12', ...]. */
-export function toBpftoolHex(b: Buffer): string[] {
-  return [...b].map((x) => x.toString(16).padStart(2, '0'));
-}
-
-/** `key hex c6 12 ...` / `value hex ...` argument lists for bpftool map commands. */
-export function bpftoolHexArgs(keyword: 'key' | 'value', b: Buffer): string[] {
-  return [keyword, 'hex', ...toBpftoolHex(b)];
-}
-
-/** Bytes as `bpftool -j map dump` prints them: ['0xc6', '0x12', ...] (plain 'c6' accepted too). */
-export function fromBpftoolHex(bytes: readonly string[]): Buffer {
-  return Buffer.from(
-    bytes.map((x) => {
-      if (!/^(0x)?[0-9a-f]{1,2}$/i.test(x)) throw new RangeError(`"${x}" is not a hex byte`);
-      return Number.parseInt(x.replace(/^0x/i, ''), 16);
-    }),
-  );
-}
-
-interface BtfType {
-  id: number;
-  kind: string;
-  name?: string;
-  size?: number;
-  type_id?: number;
-  nr_elems?: number;
-  members?: { name: string; type_id: number; bits_offset: number }[];
-}
-
-/**
- * The layout of struct `name` in `bpftool -j btf dump` output, or undefined if the BTF has no
- * such struct. Member sizes resolve through typedefs and qualifiers to the sized type.
- */
-export function structLayoutFromBtf(btfDump: unknown, name: string): StructLayout | undefined {
-  const types = (btfDump as { types?: BtfType[] } | null)?.types;
-  if (!Array.isArray(types)) throw new Error('not a `bpftool -j btf dump` document (no "types" array)');
-  const byId = new Map(types.map((t) => [t.id, t]));
-  const sizeOf = (id: number, depth = 0): number => {
-    for (let t = byId.get(id), hops = 0; t && hops < 32; t = byId.get(t.type_id ?? -1), hops++) {
-      if (typeof t.size === 'number') return t.size;
-      // An array (the tuple key's pad[3]) is nr_elems of its element type.
-      if (t.kind === 'ARRAY' && typeof t.nr_elems === 'number' && t.type_id !== undefined && depth < 8) return t.nr_elems * sizeOf(t.type_id, depth + 1);
-      if (!['TYPEDEF', 'CONST', 'VOLATILE', 'RESTRICT', 'TYPE_TAG'].includes(t.kind)) break;
-    }
-    throw new Error(`BTF type ${id} (a member of struct ${name}) has no size this codec understands`);
-  };
-  const s = types.find((t) => t.kind === 'STRUCT' && t.name === name);
-  if (!s || typeof s.size !== 'number') return undefined;
-  return {
-    name,
-    size: s.size,
-    members: (s.members ?? []).map((m) => {
-      if (m.bits_offset % 8 !== 0) throw new Error(`struct ${name} member ${m.name} is a bitfield; the codec needs whole bytes`);
-      return { name: m.name, offset: m.bits_offset / 8, size: sizeOf(m.type_id) };
-    }),
-  };
-}
-
-/** Why `actual` differs from `expected`, or undefined if they are the same layout. */
-export function layoutMismatch(expected: StructLayout, actual: StructLayout | undefined): string | undefined {
-  if (!actual) return `struct ${expected.name} not found`;
-  const show = (l: StructLayout) => `${l.size} bytes {${l.members.map((m) => `${m.name}@${m.offset}:${m.size}`).join(', ')}}`;
-  return show(expected) === show(actual) ? undefined : `struct ${expected.name}: expected ${show(expected)}, found ${show(actual)}`;
 }

@@ -1,4 +1,5 @@
-import { hashKeyWords, joinU64, keyWords, LOCK_VALUE_LAYOUT, splitU64, VALUE_WORD, type HeldVersions, type PackedEntries } from './lock-map-codec.js';
+import { hashKeyWords, joinU64, keyWords, LOCK_VALUE_LAYOUT, splitU64, VALUE_WORD, type HeldVersions } from './lock-map-codec.js';
+import type { PackedEntries } from './bpf/map-access.js';
 
 /*
  * What one pinned lock map holds, as the agent last wrote or read it: key -> version and

@@ -1,12 +1,10 @@
 import { describe, it, expect, beforeAll } from 'vitest';
-import { kernelMapName } from '../../agent/linux/bpf/map-spec.js';
 import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { execCommand } from '../../lib/exec.js';
 import type { Endpoint } from '../../lib/endpoint.js';
 import type { FourTuple } from '../../agent/netlock.js';
 import {
-  bpftoolHexArgs,
   decodeEndpointKey,
   decodeLockValue,
   decodeLockValueAt,
@@ -18,9 +16,7 @@ import {
   encodeTupleKeys,
   ENDPOINT_KEY_LAYOUT,
   expiredKeys,
-  fromBpftoolHex,
   heldEntries,
-  layoutMismatch,
   LOCK_LAYOUT_VERSION,
   LOCK_MAP_MAX_ENTRIES,
   CONN_SLOT_LAYOUT,
@@ -29,12 +25,13 @@ import {
   LOCK_VALUE_LAYOUT,
   planLock,
   planUnlock,
-  structLayoutFromBtf,
-  toBpftoolHex,
   TUPLE_KEY_LAYOUT,
   type LockValue,
-  type PackedEntries,
 } from '../../agent/linux/lock-map-codec.js';
+import { bpftoolHexArgs, fromBpftoolHex, toBpftoolHex } from '../../agent/linux/bpf/bpftool.js';
+import { layoutMismatch, structLayoutFromBtf } from '../../agent/linux/bpf/struct-layout.js';
+import type { PackedEntries } from '../../agent/linux/bpf/map-access.js';
+import { kernelMapName } from '../../agent/linux/bpf/map-spec.js';
 import { CONN_SLOT_BYTES, CONN_TABLE_SHAPE } from '../../agent/linux/conn-lock-table.js';
 
 const repo = fileURLToPath(new URL('../../', import.meta.url));

@@ -9,8 +9,8 @@ import {
   planLock,
   planUnlock,
   TUPLE_KEY_LAYOUT,
-  type PackedEntries,
 } from '../../agent/linux/lock-map-codec.js';
+import type { PackedEntries } from '../../agent/linux/bpf/map-access.js';
 import { LockMirror } from '../../agent/linux/lock-mirror.js';
 
 const ks = TUPLE_KEY_LAYOUT.size;

@@ -32,3 +32,23 @@ export interface ProgInfo {
 export function pinnedProg(exec: Executor, pin: string): Promise<ProgInfo> {
   return bpftoolJson<ProgInfo>(exec, ['prog', 'show', 'pinned', pin]);
 }
+
+/** Bytes as bpftool's `hex` arguments: ['c6', '12', ...]. */
+export function toBpftoolHex(b: Buffer): string[] {
+  return [...b].map((x) => x.toString(16).padStart(2, '0'));
+}
+
+/** `key hex c6 12 ...` / `value hex ...` argument lists for bpftool map commands. */
+export function bpftoolHexArgs(keyword: 'key' | 'value', b: Buffer): string[] {
+  return [keyword, 'hex', ...toBpftoolHex(b)];
+}
+
+/** Bytes as `bpftool -j map dump` prints them: ['0xc6', '0x12', ...] (plain 'c6' accepted too). */
+export function fromBpftoolHex(bytes: readonly string[]): Buffer {
+  return Buffer.from(
+    bytes.map((x) => {
+      if (!/^(0x)?[0-9a-f]{1,2}$/i.test(x)) throw new RangeError(`"${x}" is not a hex byte`);
+      return Number.parseInt(x.replace(/^0x/i, ''), 16);
+    }),
+  );
+}

@@ -1,6 +1,5 @@
 import type { Executor } from '../../../lib/exec.js';
-import { fromBpftoolHex, type PackedEntries } from '../lock-map-codec.js';
-import { BPFTOOL_TIMEOUT_MS } from './bpftool.js';
+import { BPFTOOL_TIMEOUT_MS, fromBpftoolHex } from './bpftool.js';
 
 /*
  * Reads and writes of one pinned map, whole batches at a time: keys and values packed back to
@@ -8,6 +7,13 @@ import { BPFTOOL_TIMEOUT_MS } from './bpftool.js';
  * addon's batch syscalls (native-map.ts, NativeMap) and a bpftool process per operation
  * (BpftoolMap below, the reference and the fallback where the addon is not built).
  */
+
+/** Entries of a map packed back to back: count keys in `keys`, count values in `values`. */
+export interface PackedEntries {
+  keys: Buffer;
+  values: Buffer;
+  count: number;
+}
 
 /** The map types whose entries are read and written as key/value batches. */
 export type BatchMapType = 'hash' | 'lru_hash' | 'array';

@@ -1,8 +1,8 @@
 import type { Logger } from 'pino';
 import type { Executor } from '../../../lib/exec.js';
-import { layoutMismatch, structLayoutFromBtf } from '../lock-map-codec.js';
 import { bpftoolJson } from './bpftool.js';
 import type { MapSpec } from './map-spec.js';
+import { layoutMismatch, structLayoutFromBtf } from './struct-layout.js';
 
 /** A pinned map's layout is not the one its spec declares; reusing it would corrupt entries. */
 export class MapLayoutError extends Error {

@@ -1,6 +1,6 @@
 import type { Logger } from 'pino';
 import type { Executor } from '../../../lib/exec.js';
-import type { StructLayout } from '../lock-map-codec.js';
+import type { StructLayout } from './struct-layout.js';
 
 /*
  * What a pinned map is, declared once by the feature that owns it: its shape as the kernel

@@ -1,6 +1,5 @@
 import type { Executor } from '../../../lib/exec.js';
-import type { PackedEntries } from '../lock-map-codec.js';
-import { BpftoolMap, type MapAccess, type MapAccessMethod, type MapShape } from './map-access.js';
+import { BpftoolMap, type MapAccess, type MapAccessMethod, type MapShape, type PackedEntries } from './map-access.js';
 import { NativeMap, nativeBpfMapProblem } from './native-map.js';
 
 /*

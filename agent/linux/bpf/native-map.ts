@@ -2,8 +2,8 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { KeptNewer, PackedEntries } from '../lock-map-codec.js';
-import type { BatchMapType, MapAccess, MapDump, MapShape } from './map-access.js';
+import type { KeptNewer } from '../lock-map-codec.js';
+import type { BatchMapType, MapAccess, MapDump, MapShape, PackedEntries } from './map-access.js';
 
 /*
  * The native BPF map addon (native/bpfmap, built by scripts/build-native.sh) and the map access
