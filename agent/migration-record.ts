@@ -6,7 +6,7 @@
 import { mkdirSync, readFileSync, writeFileSync, renameSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Endpoint } from '../lib/endpoint.js';
-import type { CriuLockSet } from './linux/criu-netfilter.js';
+import type { LockResidue } from './lock-strategy.js';
 
 export type LockModeName = 'EBPF' | 'IPTABLES' | 'NFTABLES';
 
@@ -18,11 +18,10 @@ export interface AgentMigrationRecord {
   /** The migration's lock mode, as Lock, Checkpoint or Restore named it (absent: EBPF). */
   lockMode?: LockModeName;
   /**
-   * IPTABLES / NFTABLES: CRIU's lock on this host for the migration's connections: on the source
-   * what the dump left behind, on the target what this agent installed before the restore. Release,
-   * Unlock and Abort remove what is left of it.
+   * What the lock mode left on this host (lock-strategy.ts): on the source what the dump left
+   * behind, on the target what was made before the restore. Release, Unlock and Abort remove it.
    */
-  criuLock?: CriuLockSet;
+  lockResidue?: LockResidue;
   /** Addresses this agent brought up for the migration (target side). */
   addedAddresses: string[];
   /** The workload as it was dumped here (source side). */
@@ -44,7 +43,11 @@ export class MigrationRecords {
 
   get(migrationId: string): AgentMigrationRecord {
     try {
-      return JSON.parse(readFileSync(this.path(migrationId), 'utf8')) as AgentMigrationRecord;
+      const r = JSON.parse(readFileSync(this.path(migrationId), 'utf8')) as AgentMigrationRecord & { criuLock?: LockResidue };
+      // Records written before lock strategies kept the residue as `criuLock`.
+      if (r.criuLock && !r.lockResidue) r.lockResidue = r.criuLock;
+      delete r.criuLock;
+      return r;
     } catch {
       return { migrationId, locked: [], addedAddresses: [], imageReceived: false, released: false, aborted: false };
     }

@@ -3,44 +3,15 @@
  * (agent/linux/); a FreeBSD driver (jails, RCTL, its CRIU port) implements the same interface.
  */
 import type { Endpoint } from '../lib/endpoint.js';
+import type { LockStrategy } from './lock-strategy.js';
+import type { LockModeName } from './migration-record.js';
 import type { NetLock } from './netlock.js';
-import type { ImageLockInfo } from './linux/criu-image.js';
-import type { CriuLockMode, CriuLockSet } from './linux/criu-netfilter.js';
 
 export interface ProcessSummary {
   pid: number;
   command: string;
   processes: number;
   onThisHost: boolean;
-}
-
-/** CRIU's --network-lock: skip (godwit's own lock holds the endpoints), iptables or nftables. */
-export type NetworkLockMethod = 'skip' | 'iptables' | 'nftables';
-
-export interface Checkpointer {
-  dump(pid: number, imageDir: string, networkLock?: NetworkLockMethod): Promise<{ durationMs: number }>;
-  restore(imageDir: string, networkLock?: NetworkLockMethod): Promise<{ pid: number; durationMs: number }>;
-}
-
-/**
- * CRIU's own network lock (lock modes IPTABLES and NFTABLES) as rules on this host: what the
- * image says CRIU locked, making the same lock on a target, and removing what is left of it.
- */
-export interface CriuLockControl {
-  /** The host has the tool CRIU uses for this mode. */
-  check(mode: CriuLockMode): Promise<void>;
-  /** The lock method, run id and locked connections recorded in an image. */
-  imageLock(imageDir: string): Promise<ImageLockInfo>;
-  /** Makes the lock here; returns how many rules or set elements. */
-  install(lock: CriuLockSet): Promise<number>;
-  /** How many of the lock's rules or set elements are here now. */
-  count(lock: CriuLockSet): Promise<number>;
-  /** Removes what of the lock is here; returns how many rules or set elements that was. */
-  remove(lock: CriuLockSet): Promise<number>;
-  /** CRIU's nftables tables here now (to find what a crashed dump left). */
-  tables(): Promise<string[]>;
-  /** After a dump that died without unlocking: removes its rules for these local ends, or its new tables. */
-  removeStray(mode: CriuLockMode, locals: Set<string>, tablesBefore: string[]): Promise<string[]>;
 }
 
 export interface AddressControl {
@@ -85,11 +56,14 @@ export interface PlatformProbe {
 }
 
 export interface HostPlatform {
-  readonly checkpoint: Checkpointer;
   readonly netlock: NetLock;
   readonly held: HeldTraffic;
-  readonly criuLock: CriuLockControl;
   readonly network: AddressControl;
+  /**
+   * How this host holds a migration's network in a lock mode, checkpointing and restoring with
+   * it; throws PreconditionError for a mode the platform does not have.
+   */
+  lockStrategy(mode: LockModeName): LockStrategy;
   processInfo(pid: number): Promise<ProcessSummary | undefined>;
   /** TCP connections (sockets with a peer) held by the process and its descendants: what CRIU's own locks lock one by one. */
   tcpConnections(pid: number): Promise<number>;

@@ -16,10 +16,9 @@ import { agentClient, handleUnary, toServiceError } from '../lib/rpc.js';
 import { endpointsFromWire, versionFromWire, workloadFromWire, type WorkloadSpec } from '../lib/wire.js';
 import { appendHeldFile, concatHeld, readHeldFile, removeHeldFile } from './held-packets.js';
 import { imageTotals, receiveImage, sendImage } from './images.js';
-import type { CriuLockMode, CriuLockSet } from './linux/criu-netfilter.js';
-import { nftTableName } from './linux/criu-netfilter.js';
+import type { LockStrategy } from './lock-strategy.js';
 import { MigrationRecords, type LockModeName } from './migration-record.js';
-import type { HostPlatform, NetworkLockMethod } from './platform.js';
+import type { HostPlatform } from './platform.js';
 
 export interface AgentServiceOptions {
   host: string;
@@ -68,8 +67,9 @@ export class AgentService {
         const version = versionFromWire(req.version);
         const mode = lockModeFromWire(req.lockMode);
         const leaseMs = req.leaseMs || this.opts.defaultLeaseMs || 120_000;
+        const strategy = p.lockStrategy(mode);
         const started = performance.now();
-        if (mode === 'EBPF') {
+        if (strategy.holdsEndpoints) {
           await this.hostStep('lock', () => p.netlock.lock(endpoints, version, leaseMs));
           this.records.update(id, (r) => {
             r.lockMode = mode;
@@ -77,8 +77,7 @@ export class AgentService {
             r.lockVersion = version.toString();
           });
         } else {
-          // CRIU locks each connection itself during the dump; here only check that it can.
-          await this.hostStep(`lock (${mode})`, () => p.criuLock.check(mode));
+          await this.hostStep(`lock (${mode})`, () => strategy.lock());
           this.records.update(id, (r) => {
             r.lockMode = mode;
           });
@@ -95,19 +94,20 @@ export class AgentService {
         let dropped = 0n;
         let leftovers = 0;
         let delivered = 0;
-        if (record.locked.length > 0 || !isCriuMode(record.lockMode)) {
+        const strategy = this.strategyOf(record.lockMode);
+        if (record.locked.length > 0 || strategy.holdsEndpoints) {
           dropped = await this.unlock(endpoints, version);
           delivered = await this.deliverHeld(id, endpoints);
         }
-        if (record.criuLock) {
-          // CRIU's restore removed the lock installed for it; whatever it left is removed now.
-          const lock = record.criuLock;
-          leftovers = await this.hostStep('unlock (CRIU lock leftovers)', () => p.criuLock.remove(lock));
-          if (leftovers > 0) log.warn({ migrationId: id, leftovers, mode: lock.mode }, 'CRIU restore left part of its lock; removed');
+        if (record.lockResidue) {
+          // The restore removed the lock made for it; whatever it left is removed now.
+          const residue = record.lockResidue;
+          leftovers = (await this.hostStep(`unlock (${strategy.mode} lock leftovers)`, () => strategy.removeResidue(residue))).removed;
+          if (leftovers > 0) log.warn({ migrationId: id, leftovers, mode: strategy.mode }, 'the restore left part of its lock; removed');
         }
         this.records.update(id, (r) => {
           r.locked = [];
-          r.criuLock = undefined;
+          r.lockResidue = undefined;
         });
         return { durationMs: performance.now() - started, droppedPackets: dropped.toString(), lockLeftovers: leftovers, deliveredPackets: delivered };
       }),
@@ -127,7 +127,8 @@ export class AgentService {
           return { durationMs: result.durationMs, imageBytes: totals.bytes, imageFiles: totals.files, frozenMs: 0, tcpConnections: result.connections };
         }
         const totals = await imageTotals(dir);
-        return { durationMs: 0, imageBytes: totals.bytes, imageFiles: totals.files, frozenMs: 0, tcpConnections: record.criuLock?.connections.length ?? 0 };
+        const connections = record.lockResidue ? this.strategyOf(record.lockMode).connections(record.lockResidue) : 0;
+        return { durationMs: 0, imageBytes: totals.bytes, imageFiles: totals.files, frozenMs: 0, tcpConnections: connections };
       }),
 
       SendImage: handleUnary(log, 'SendImage', async (req) => {
@@ -137,7 +138,7 @@ export class AgentService {
         if (!record.dumped) throw new PreconditionError(`migration ${id} has no checkpoint on host "${h}" to send`);
         const started = performance.now();
         // What the lock stopped here so far goes with the image, for the target to deliver.
-        if (!isCriuMode(record.lockMode)) {
+        if (this.strategyOf(record.lockMode).holdsEndpoints) {
           const held = p.held.take(record.dumped.endpoints);
           await appendHeldFile(this.imageDir(id), held);
           log.info({ migrationId: id, held: held.count, ms: performance.now() - started }, 'held packets added to the image');
@@ -189,20 +190,21 @@ export class AgentService {
         const record = this.records.get(id);
         // Address down first: while it is still locked, nothing this host sends can reset a peer.
         for (const a of unique(endpoints.map((e) => e.address))) await p.network.removeAddress(a);
-        if (record.locked.length > 0 || !isCriuMode(record.lockMode)) {
+        const strategy = this.strategyOf(record.lockMode);
+        if (record.locked.length > 0 || strategy.holdsEndpoints) {
           await this.unlock(endpoints, version);
           this.discardHeld(id, endpoints, 'stopped on the source after the image left');
         }
-        if (record.criuLock) {
-          // What CRIU's dump left here (rules or its table): the workload runs on the target now.
-          const lock = record.criuLock;
-          const n = await this.hostStep('release (CRIU lock)', () => p.criuLock.remove(lock));
-          log.info({ migrationId: id, mode: lock.mode, removed: n }, "removed CRIU's dump lock");
+        if (record.lockResidue) {
+          // What the dump left here: the workload runs on the target now.
+          const residue = record.lockResidue;
+          const r = await this.hostStep(`release (${strategy.mode} lock)`, () => strategy.removeResidue(residue));
+          log.info({ migrationId: id, mode: strategy.mode, removed: r.removed }, "removed the dump's lock");
         }
         await rm(this.imageDir(id), { recursive: true, force: true });
         this.records.update(id, (r) => {
           r.locked = [];
-          r.criuLock = undefined;
+          r.lockResidue = undefined;
           r.released = true;
         });
         return { durationMs: performance.now() - started };
@@ -235,71 +237,36 @@ export class AgentService {
   }
 
   /**
-   * criu dump with the mode's --network-lock. IPTABLES / NFTABLES: CRIU locks every connection as
-   * it dumps it and leaves that lock here; the image says which connections, and the record keeps
-   * them for Release (or for the restore in Abort, which needs them). A dump that dies without
-   * unlocking (nftables above about 500 connections: glibc's FD_SETSIZE abort) leaves its lock on
-   * the still-running workload's connections: removed here at once.
+   * The checkpoint, with the lock mode's part in it (lock-strategy.ts): what the dump leaves of the
+   * lock here is recorded for Release (or for the restore in Abort, which needs it).
    */
   private async dump(id: string, w: WorkloadSpec, mode: LockModeName, dir: string): Promise<{ durationMs: number; connections: number }> {
-    const p = this.opts.platform;
-    const criuMode = isCriuMode(mode) ? mode : undefined;
-    const tablesBefore = criuMode === 'NFTABLES' ? await p.criuLock.tables().catch(() => [] as string[]) : [];
-    let result: { durationMs: number };
-    try {
-      result = await this.hostStep('checkpoint', () => p.checkpoint.dump(w.pid, dir, lockMethod(mode)));
-    } catch (err) {
-      if (criuMode) {
-        const locals = new Set(w.endpoints.map((e) => `${e.address}:${e.port}`));
-        const removed = await p.criuLock.removeStray(criuMode, locals, tablesBefore).catch((e: Error) => [`cleanup failed: ${e.message}`]);
-        if (removed.length > 0) {
-          this.log.warn({ migrationId: id, removed }, 'dump failed and left CRIU lock behind; removed');
-          if (err instanceof Error) err.message += `; removed what CRIU left: ${removed.join(', ')}`;
-        }
-      }
-      throw err;
-    }
-    let criuLock: CriuLockSet | undefined;
-    if (criuMode) {
-      const info = await this.hostStep('reading the image', () => p.criuLock.imageLock(dir));
-      criuLock = { mode: criuMode, connections: info.connections, ...(criuMode === 'NFTABLES' && info.runId ? { table: nftTableName(info.runId) } : {}) };
-    }
+    const strategy = this.opts.platform.lockStrategy(mode);
+    const dumped = await this.hostStep('checkpoint', () => strategy.dump(w.pid, w.endpoints, dir));
     this.records.update(id, (r) => {
       r.dumped = { pid: w.pid, endpoints: w.endpoints };
       r.lockMode = mode;
-      r.criuLock = criuLock;
+      r.lockResidue = dumped.residue;
     });
-    const connections = criuLock ? criuLock.connections.length : 0;
-    return { durationMs: result.durationMs, connections };
+    return { durationMs: dumped.durationMs, connections: dumped.connections };
   }
 
   /**
-   * Address up, announced while CRIU restores (the lock holds packets off until unlock).
-   * IPTABLES / NFTABLES: first the lock CRIU's dump made on the source, made here for the image's
-   * connections: CRIU's restore removes it to unlock, right before the workload resumes.
+   * Before restore, what the lock mode needs here (recorded first: if it half-works, Abort still
+   * removes what is there); then the address up, announced while the restore runs (the lock holds
+   * packets off until unlock).
    */
   private async restoreHere(id: string, w: WorkloadSpec, mode: LockModeName): Promise<{ pid: number; criuMs: number; lockInstallMs: number; lockRules: number }> {
     const p = this.opts.platform;
-    let lockInstallMs = 0;
-    let lockRules = 0;
-    const criuMode = isCriuMode(mode) ? mode : undefined;
-    if (criuMode) {
-      const info = await this.hostStep('reading the image', () => p.criuLock.imageLock(this.imageDir(id)));
-      if (info.method !== lockMethod(mode))
-        throw new PreconditionError(
-          `the image of migration ${id} was dumped with --network-lock ${info.method}, not ${lockMethod(mode)} (lock mode ${mode}); CRIU restores with the image's method`,
-        );
-      if (criuMode === 'NFTABLES' && !info.runId) throw new PreconditionError(`the image of migration ${id} records no CRIU run id: cannot name CRIU's nftables table`);
-      const lock: CriuLockSet = { mode: criuMode, connections: info.connections, ...(info.runId && criuMode === 'NFTABLES' ? { table: nftTableName(info.runId) } : {}) };
-      // Recorded first: if the install half-works, Abort still removes what is there.
-      this.records.update(id, (r) => {
-        r.lockMode = mode;
-        r.criuLock = lock;
-      });
-      const t0 = performance.now();
-      lockRules = await this.hostStep(`installing CRIU's ${criuMode} lock`, () => p.criuLock.install(lock));
-      lockInstallMs = performance.now() - t0;
-    }
+    const strategy = p.lockStrategy(mode);
+    const before = await this.hostStep(`before restore (${mode} lock)`, () =>
+      strategy.beforeRestore(id, this.imageDir(id), (residue) =>
+        this.records.update(id, (r) => {
+          r.lockMode = mode;
+          r.lockResidue = residue;
+        }),
+      ),
+    );
     for (const a of unique(w.endpoints.map((e) => e.address))) {
       if (await p.network.addAddress(a))
         this.records.update(id, (r) => {
@@ -307,7 +274,7 @@ export class AgentService {
         });
     }
     const announced = Promise.all(unique(w.endpoints.map((e) => e.address)).map((a) => p.network.announce(a)));
-    const restored = await this.hostStep('restore', () => p.checkpoint.restore(this.imageDir(id), lockMethod(mode))).catch(async (err: unknown) => {
+    const restored = await this.hostStep('restore', () => strategy.restore(this.imageDir(id))).catch(async (err: unknown) => {
       await announced.catch(() => undefined);
       throw err;
     });
@@ -315,7 +282,7 @@ export class AgentService {
     this.records.update(id, (r) => {
       r.restoredPid = restored.pid;
     });
-    return { pid: restored.pid, criuMs: restored.durationMs, lockInstallMs, lockRules };
+    return { pid: restored.pid, criuMs: restored.durationMs, lockInstallMs: before.installMs, lockRules: before.rules };
   }
 
   private async unlock(endpoints: WorkloadSpec['endpoints'], version: bigint): Promise<bigint> {
@@ -390,9 +357,9 @@ export class AgentService {
         pid = alive.pid;
         actions.push(`workload already running as pid ${alive.pid}`);
       } else {
-        // IPTABLES / NFTABLES: CRIU's dump lock is still here, as this restore needs it.
+        // A lock the dump left here (its residue) is still here, as this restore needs it.
         try {
-          const restored = await this.hostStep('restore on source', () => p.checkpoint.restore(this.imageDir(id), lockMethod(r.lockMode ?? 'EBPF')));
+          const restored = await this.hostStep('restore on source', () => this.strategyOf(r.lockMode).restore(this.imageDir(id)));
           pid = restored.pid;
           this.records.update(id, (x) => (x.restoredPid = restored.pid));
           actions.push(`restored workload from its image as pid ${restored.pid}`);
@@ -416,18 +383,18 @@ export class AgentService {
         this.discardHeld(id, r.locked, 'the workload does not run here');
       }
     }
-    // CRIU's lock: on the target what was installed for a restore that did not finish; on the
-    // source what the restore above did not remove. After the restore, never before it: on the
+    // The lock mode's residue: on the target what was made for a restore that did not finish; on
+    // the source what the restore above did not remove. After the restore, never before it: on the
     // source it holds the dumped connections' peers off until their sockets exist again.
-    if (r.criuLock) {
-      const lock = r.criuLock;
-      const n = await this.hostStep('removing CRIU lock', () => p.criuLock.remove(lock));
-      if (n > 0) actions.push(`removed ${n} ${lock.mode === 'IPTABLES' ? 'iptables rule(s)' : `nftables element(s) (table ${lock.table})`} of CRIU's lock`);
+    if (r.lockResidue) {
+      const residue = r.lockResidue;
+      const removed = await this.hostStep(`removing the ${r.lockMode} lock`, () => this.strategyOf(r.lockMode).removeResidue(residue));
+      if (removed.removed > 0) actions.push(`removed ${removed.description}`);
     }
     if (!r.dumped) await rm(this.imageDir(id), { recursive: true, force: true });
     this.records.update(id, (x) => {
       x.locked = [];
-      x.criuLock = undefined;
+      x.lockResidue = undefined;
       x.addedAddresses = [];
       x.aborted = true;
     });
@@ -440,12 +407,20 @@ export class AgentService {
     return { actions, pid };
   }
 
-  /** Runs a host step, turning its failure into a HostOperationError naming host and step. */
+  /** The strategy of a recorded lock mode (absent: EBPF). */
+  private strategyOf(mode: LockModeName | undefined): LockStrategy {
+    return this.opts.platform.lockStrategy(mode ?? 'EBPF');
+  }
+
+  /**
+   * Runs a host step, turning its failure into a HostOperationError naming host and step. A
+   * PreconditionError goes on as it is: the host is not in the state the step needs.
+   */
   private async hostStep<T>(operation: string, fn: () => Promise<T>): Promise<T> {
     try {
       return await fn();
     } catch (err) {
-      if (err instanceof HostOperationError) throw err;
+      if (err instanceof HostOperationError || err instanceof PreconditionError) throw err;
       throw new HostOperationError(this.opts.host, operation, err instanceof Error ? err.message : String(err));
     }
   }
@@ -458,14 +433,6 @@ function lockModeFromWire(mode: string | number | null | undefined): LockModeNam
   throw new InvalidArgumentError('lock_mode', `lock_mode ${String(mode)} is not one of EBPF, IPTABLES, NFTABLES`);
 }
 
-function isCriuMode(mode: LockModeName | undefined): mode is CriuLockMode {
-  return mode === 'IPTABLES' || mode === 'NFTABLES';
-}
-
-/** CRIU's --network-lock for a lock mode. */
-function lockMethod(mode: LockModeName): NetworkLockMethod {
-  return mode === 'IPTABLES' ? 'iptables' : mode === 'NFTABLES' ? 'nftables' : 'skip';
-}
 
 function migrationId(id: string): string {
   if (!MIGRATION_ID.test(id)) throw new InvalidArgumentError('migration_id', `migration_id "${id}" must be 1-64 of [A-Za-z0-9_-]`);

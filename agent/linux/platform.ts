@@ -2,10 +2,12 @@
 import type { Executor } from '../../lib/exec.js';
 import type { Logger } from '../../lib/log.js';
 import type { NetLock } from '../netlock.js';
-import type { CriuLockControl, HeldTraffic, HostPlatform, PlatformProbe } from '../platform.js';
+import type { LockStrategy } from '../lock-strategy.js';
+import type { LockModeName } from '../migration-record.js';
+import type { HeldTraffic, HostPlatform, PlatformProbe } from '../platform.js';
 import { Criu } from './criu.js';
-import { readImageLock } from './criu-image.js';
 import { CriuNetfilter } from './criu-netfilter.js';
+import { linuxLockStrategy } from './lock-strategies.js';
 import { HostNetwork } from './host-network.js';
 import { lockPins } from './lock-maps.js';
 import { EbpfNetLock } from './netlock-ebpf.js';
@@ -22,26 +24,17 @@ export interface LinuxPlatformOptions {
 }
 
 export class LinuxPlatform implements HostPlatform {
-  readonly checkpoint: Criu;
   readonly netlock: NetLock;
   readonly held: HeldTraffic;
   readonly network: HostNetwork;
-  readonly criuLock: CriuLockControl;
+  private readonly criu: Criu;
+  private readonly netfilter: CriuNetfilter;
   private lockProblem = 'not installed yet';
 
   constructor(private readonly opts: LinuxPlatformOptions) {
-    this.checkpoint = new Criu({ exec: opts.exec, criuPath: opts.criuPath });
+    this.criu = new Criu({ exec: opts.exec, criuPath: opts.criuPath });
     this.network = new HostNetwork({ exec: opts.exec, iface: opts.iface });
-    const netfilter = new CriuNetfilter(opts.exec);
-    this.criuLock = {
-      check: (mode) => netfilter.check(mode),
-      imageLock: (dir) => readImageLock(dir),
-      install: (lock) => netfilter.install(lock),
-      count: (lock) => netfilter.count(lock),
-      remove: (lock) => netfilter.remove(lock),
-      tables: () => netfilter.tables(),
-      removeStray: (mode, locals, before) => netfilter.removeStray(mode, locals, before),
-    };
+    this.netfilter = new CriuNetfilter(opts.exec);
     this.netlock = new EbpfNetLock({
       exec: opts.exec,
       iface: opts.iface,
@@ -80,6 +73,10 @@ export class LinuxPlatform implements HostPlatform {
     return swept;
   }
 
+  lockStrategy(mode: LockModeName): LockStrategy {
+    return linuxLockStrategy(mode, this.criu, this.netfilter, this.opts.log);
+  }
+
   processInfo(pid: number) {
     return inspectProcess(pid);
   }
@@ -90,8 +87,8 @@ export class LinuxPlatform implements HostPlatform {
 
   async probe(): Promise<PlatformProbe> {
     const [criuVersion, criuProblem, addresses] = await Promise.all([
-      this.checkpoint.version().catch((e: Error) => `unavailable: ${e.message}`),
-      this.checkpoint.checkProblem().catch((e: Error) => e.message),
+      this.criu.version().catch((e: Error) => `unavailable: ${e.message}`),
+      this.criu.checkProblem().catch((e: Error) => e.message),
       this.network.addresses(),
     ]);
     return {

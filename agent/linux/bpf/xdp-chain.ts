@@ -71,6 +71,18 @@ export function rootObjectBeside(objectPath: string): string {
   return join(dirname(objectPath), 'root.o');
 }
 
+/**
+ * One queue per pin folder in this process: the lock and steering each hold an XdpChain of the
+ * same interface, and their installs must not load or swap the root at the same time.
+ */
+const folderQueues = new Map<string, Promise<unknown>>();
+
+function inFolderQueue<T>(dir: string, op: () => Promise<T>): Promise<T> {
+  const run = (folderQueues.get(dir) ?? Promise.resolve()).then(op, op);
+  folderQueues.set(dir, run.catch(() => undefined));
+  return run;
+}
+
 export class XdpChain {
   private readonly host: PinHost;
   private readonly iface: string;
@@ -102,7 +114,11 @@ export class XdpChain {
    * the same program), without touching the interface: what a feature's object needs before it
    * loads with the chain map shared. Refuses a foreign XDP program on the interface first.
    */
-  async prepare(): Promise<void> {
+  prepare(): Promise<void> {
+    return inFolderQueue(this.host.folder.dir, () => this.prepareNow());
+  }
+
+  private async prepareNow(): Promise<void> {
     await this.refuseForeign();
     const { exec, log } = this.host;
     const staged = await loadObject(this.host, this.root);
@@ -129,7 +145,11 @@ export class XdpChain {
    * godwit root (or the lock that older versions attached directly) in one swap. Native XDP,
    * else generic. Call prepare() first.
    */
-  async attach(): Promise<XdpMode> {
+  attach(): Promise<XdpMode> {
+    return inFolderQueue(this.host.folder.dir, () => this.attachNow());
+  }
+
+  private async attachNow(): Promise<XdpMode> {
     const before = await this.attachment();
     const rootId = (await pinnedProg(this.host.exec, this.rootPin)).id;
     if (before?.progId === rootId && (before.mode === 'native' || before.mode === 'generic')) {
@@ -183,11 +203,13 @@ export class XdpChain {
    * Removes a feature's slot; once the chain is empty, detaches the root and removes its pins.
    * Returns whether the chain went away.
    */
-  async release(slot: ChainSlot): Promise<boolean> {
-    await this.clearSlot(slot);
-    if ((await this.slots()).size > 0) return false;
-    await this.remove();
-    return true;
+  release(slot: ChainSlot): Promise<boolean> {
+    return inFolderQueue(this.host.folder.dir, async () => {
+      await this.clearSlot(slot);
+      if ((await this.slots()).size > 0) return false;
+      await this.remove();
+      return true;
+    });
   }
 
   /** Detaches the root (if it or a former godwit root is attached) and removes the root's pins. */
