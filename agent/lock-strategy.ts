@@ -10,7 +10,9 @@
  * iptables and nftables locks), which leave something on the host to clean up: their residue.
  */
 import type { Endpoint } from '../lib/endpoint.js';
-import type { LockModeName } from './migration-record.js';
+
+/** The lock modes of the wire (LockMode in proto/godwit/v1/types.proto); a platform has some of them. */
+export type LockModeName = 'EBPF' | 'IPTABLES' | 'NFTABLES';
 
 /**
  * What a lock mode left on this host for one migration (rules, a table), kept in the migration

@@ -6,9 +6,7 @@
 import { mkdirSync, readFileSync, writeFileSync, renameSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Endpoint } from '../lib/endpoint.js';
-import type { LockResidue } from './lock-strategy.js';
-
-export type LockModeName = 'EBPF' | 'IPTABLES' | 'NFTABLES';
+import type { LockModeName, LockResidue } from './lock-strategy.js';
 
 export interface AgentMigrationRecord {
   migrationId: string;

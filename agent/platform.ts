@@ -3,8 +3,7 @@
  * (agent/linux/); a FreeBSD driver (jails, RCTL, its CRIU port) implements the same interface.
  */
 import type { Endpoint } from '../lib/endpoint.js';
-import type { LockStrategy } from './lock-strategy.js';
-import type { LockModeName } from './migration-record.js';
+import type { LockModeName, LockStrategy } from './lock-strategy.js';
 import type { NetLock } from './netlock.js';
 
 export interface ProcessSummary {

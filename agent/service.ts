@@ -16,8 +16,8 @@ import { agentClient, handleUnary, toServiceError } from '../lib/rpc.js';
 import { endpointsFromWire, versionFromWire, workloadFromWire, type WorkloadSpec } from '../lib/wire.js';
 import { appendHeldFile, concatHeld, readHeldFile, removeHeldFile } from './held-packets.js';
 import { imageTotals, receiveImage, sendImage } from './images.js';
-import type { LockStrategy } from './lock-strategy.js';
-import { MigrationRecords, type LockModeName } from './migration-record.js';
+import type { LockModeName, LockStrategy } from './lock-strategy.js';
+import { MigrationRecords } from './migration-record.js';
 import type { HostPlatform } from './platform.js';
 
 export interface AgentServiceOptions {

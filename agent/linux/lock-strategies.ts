@@ -6,8 +6,7 @@
 import type { Logger } from 'pino';
 import type { Endpoint } from '../../lib/endpoint.js';
 import { PreconditionError } from '../../lib/errors.js';
-import type { LockResidue, LockStrategy } from '../lock-strategy.js';
-import type { LockModeName } from '../migration-record.js';
+import type { LockModeName, LockResidue, LockStrategy } from '../lock-strategy.js';
 import type { Criu, CriuNetworkLock } from './criu.js';
 import { readImageLock, type ImageLockInfo } from './criu-image.js';
 import { nftTableName, type CriuLockMode, type CriuLockSet, type CriuNetfilter } from './criu-netfilter.js';

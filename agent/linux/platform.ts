@@ -2,8 +2,7 @@
 import type { Executor } from '../../lib/exec.js';
 import type { Logger } from '../../lib/log.js';
 import type { NetLock } from '../netlock.js';
-import type { LockStrategy } from '../lock-strategy.js';
-import type { LockModeName } from '../migration-record.js';
+import type { LockModeName, LockStrategy } from '../lock-strategy.js';
 import type { HeldTraffic, HostPlatform, PlatformProbe } from '../platform.js';
 import { Criu } from './criu.js';
 import { CriuNetfilter } from './criu-netfilter.js';

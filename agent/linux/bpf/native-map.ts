@@ -2,7 +2,6 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { KeptNewer } from '../lock-map-codec.js';
 import type { BatchMapType, MapAccess, MapDump, MapShape, PackedEntries } from './map-access.js';
 
 /*
@@ -55,9 +54,12 @@ export interface BpfMapAddon {
   rawSend(packets: Buffer): number;
   /** The values of an mmappable array map, shared with the kernel; unmapped when collected. */
   mmap(fd: number, bytes: number): ArrayBuffer;
-  /** The connection lock table's writer (conn_table.c); a full table throws with code ENTRIES or PROBE. */
-  connLock(memory: ArrayBuffer, slots: number, maxProbe: number, room: number, keys: Uint8Array, version: bigint, deadlineNs: bigint): { locked: number; inserted: number; keptNewer: KeptNewer[] };
-  connUnlock(memory: ArrayBuffer, slots: number, maxProbe: number, keys: Uint8Array, version: bigint): { unlocked: number; keptNewer: KeptNewer[] };
+  /**
+   * The connection lock table's writer (conn_table.c); a full table throws with code ENTRIES or
+   * PROBE. keptNewer: requested keys an entry with a newer version kept (the codec's KeptNewer).
+   */
+  connLock(memory: ArrayBuffer, slots: number, maxProbe: number, room: number, keys: Uint8Array, version: bigint, deadlineNs: bigint): { locked: number; inserted: number; keptNewer: { index: number; heldVersion: bigint }[] };
+  connUnlock(memory: ArrayBuffer, slots: number, maxProbe: number, keys: Uint8Array, version: bigint): { unlocked: number; keptNewer: { index: number; heldVersion: bigint }[] };
   connSweep(memory: ArrayBuffer, slots: number, nowNs: bigint): number;
   /** godwit_conn_hash (bpf/lock_maps.h) of one 16-byte tuple key. */
   connHash(key: Uint8Array): number;
