@@ -4,6 +4,7 @@
  */
 import type { Endpoint } from '../lib/endpoint.js';
 import type { NetLock } from './netlock.js';
+import type { SteeringDataplane } from './steering.js';
 import type { ImageLockInfo } from './linux/criu-image.js';
 import type { CriuLockMode, CriuLockSet } from './linux/criu-netfilter.js';
 
@@ -90,6 +91,8 @@ export interface HostPlatform {
   readonly held: HeldTraffic;
   readonly criuLock: CriuLockControl;
   readonly network: AddressControl;
+  /** Packet steering (agent/steering.ts); absent on a host driver without one. */
+  readonly steering?: SteeringDataplane;
   processInfo(pid: number): Promise<ProcessSummary | undefined>;
   /** TCP connections (sockets with a peer) held by the process and its descendants: what CRIU's own locks lock one by one. */
   tcpConnections(pid: number): Promise<number>;

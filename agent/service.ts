@@ -20,6 +20,7 @@ import type { CriuLockMode, CriuLockSet } from './linux/criu-netfilter.js';
 import { nftTableName } from './linux/criu-netfilter.js';
 import { MigrationRecords, type LockModeName } from './migration-record.js';
 import type { HostPlatform, NetworkLockMethod } from './platform.js';
+import { steeringStateHandler } from './steering-state.js';
 
 export interface AgentServiceOptions {
   host: string;
@@ -214,6 +215,8 @@ export class AgentService {
         const { actions, pid } = await this.abort(id);
         return { durationMs: performance.now() - started, actions, pid: pid ?? 0 };
       }),
+
+      SteeringState: steeringStateHandler(h, p.steering, log),
     };
   }
 

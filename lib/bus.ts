@@ -25,6 +25,17 @@ export interface JsonKv<T> {
   /** Fails (lost the race) if the key's revision is not `revision`. Returns the new revision. */
   update(key: string, value: T, revision: number): Promise<number>;
   keys(): Promise<string[]>;
+  /**
+   * The key's latest value first (if it has one), then every later value, as they are written.
+   * JetStream's ordered consumer under it re-creates itself after a reconnect or a server
+   * restart, so the watcher catches up by itself. Deletes are skipped.
+   */
+  watch(key: string): Promise<KvWatch<T>>;
+}
+
+/** A running watch: iterate it for the values; stop() ends the iteration. */
+export interface KvWatch<T> extends AsyncIterable<KvEntry<T>> {
+  stop(): void;
 }
 
 export class Bus {
@@ -81,6 +92,18 @@ export class Bus {
         const out: string[] = [];
         for await (const k of await kv.keys()) out.push(k);
         return out;
+      },
+      async watch(key) {
+        const it = await kv.watch({ key, ignoreDeletes: true });
+        return {
+          stop: () => it.stop(),
+          async *[Symbol.asyncIterator]() {
+            for await (const e of it) {
+              if (e.operation !== 'PUT') continue;
+              yield { value: json.decode(e.value) as T, revision: e.revision };
+            }
+          },
+        };
       },
     };
   }
