@@ -105,7 +105,7 @@ export function applyOp(table: RuleTable, op: SteeringOp, fleet: FleetView): OpR
     }
     case 'delete-service': {
       const s = mustFindService(table, op.service);
-      checkNoLiveFlows(s.backends, fleet, `delete service ${formatService(op.service)}`);
+      if (!op.force) checkNoLiveFlows(s.backends, fleet, `delete service ${formatService(op.service)}`);
       next.services = next.services.filter((x) => x.id !== s.id);
       return { table: next, changed: true, service: s };
     }
