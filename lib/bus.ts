@@ -2,7 +2,7 @@
  * The one module that talks to NATS (core, JetStream, KV). Everything else sees JSON messages,
  * subjects from lib/subjects.ts and a small KV interface.
  */
-import { connect, JSONCodec, RetentionPolicy, type KV, type NatsConnection, type Subscription } from 'nats';
+import { connect, Events, JSONCodec, RetentionPolicy, type KV, type NatsConnection, type Subscription } from 'nats';
 import { EVENTS_STREAM, SUBJECTS } from './subjects.js';
 
 const json = JSONCodec();
@@ -39,7 +39,13 @@ export interface KvWatch<T> extends AsyncIterable<KvEntry<T>> {
 }
 
 export class Bus {
-  private constructor(private readonly nc: NatsConnection) {}
+  private readonly reconnectListeners = new Set<() => void>();
+
+  private constructor(private readonly nc: NatsConnection) {
+    void (async () => {
+      for await (const s of nc.status()) if (s.type === Events.Reconnect) for (const fn of this.reconnectListeners) fn();
+    })();
+  }
 
   static async connect(opts: BusOptions): Promise<Bus> {
     // Keep reconnecting forever: an agent outlives a NATS restart.
@@ -93,17 +99,60 @@ export class Bus {
         for await (const k of await kv.keys()) out.push(k);
         return out;
       },
-      async watch(key) {
-        const it = await kv.watch({ key, ignoreDeletes: true });
-        return {
-          stop: () => it.stop(),
-          async *[Symbol.asyncIterator]() {
+      watch: (key) => this.watchKey<T>(kv, key),
+    };
+  }
+
+  /**
+   * The ordered consumer under a KV watch notices a lost server only after its idle heartbeats
+   * go missing (about 10 s measured after a NATS restart); so on every reconnect the watch is
+   * made anew, which delivers the key's latest value first: a watcher is current again as soon
+   * as the connection is. A value may then come twice; values are whole states, so that is harmless.
+   */
+  private async watchKey<T>(kv: KV, key: string): Promise<KvWatch<T>> {
+    const open = () => kv.watch({ key, ignoreDeletes: true });
+    let current = await open();
+    let stopped = false;
+    const renew = async () => {
+      for (let delayMs = 100; !stopped; delayMs = Math.min(delayMs * 2, 2_000)) {
+        try {
+          const next = await open();
+          if (stopped) {
+            next.stop();
+            return;
+          }
+          const old = current;
+          current = next;
+          old.stop();
+          return;
+        } catch {
+          // JetStream may need a moment after the server comes back.
+          await new Promise((r) => setTimeout(r, delayMs));
+        }
+      }
+    };
+    const onReconnect = () => void renew();
+    this.reconnectListeners.add(onReconnect);
+    return {
+      stop: () => {
+        stopped = true;
+        this.reconnectListeners.delete(onReconnect);
+        current.stop();
+      },
+      async *[Symbol.asyncIterator]() {
+        while (!stopped) {
+          const it = current;
+          try {
             for await (const e of it) {
               if (e.operation !== 'PUT') continue;
               yield { value: json.decode(e.value) as T, revision: e.revision };
             }
-          },
-        };
+          } catch {
+            // The consumer failed (its stream went away, say): made anew below.
+          }
+          // Ended: stopped, replaced by renew() (then `current` is the new one), or by itself.
+          if (!stopped && current === it) await renew();
+        }
       },
     };
   }
