@@ -6,6 +6,7 @@
 import { status } from '@grpc/grpc-js';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { RuleGeneration__Output } from '../../proto/gen/godwit/v1/RuleGeneration.js';
 import type { ServiceKey } from '../../proto/gen/godwit/v1/ServiceKey.js';
 import { AgentHandle } from '../../controller/agent-client.js';
 import { SteeringApi } from '../../controller/steering-client.js';
@@ -195,15 +196,15 @@ describe('steering API, CLI and fleet propagation', () => {
 
   it('WatchSteering gives the current generation first, then each change', async () => {
     const it = api.watch();
-    const first = await it.next();
+    const first = (await it.next()).value as RuleGeneration__Output;
     const g = await generation();
-    expect(Number(first.value!.generation)).toBe(g);
-    expect(first.value!.hosts.map((h) => h.host).sort()).toEqual(HOSTS);
+    expect(Number(first.generation)).toBe(g);
+    expect(first.hosts.map((h) => h.host).sort()).toEqual(HOSTS);
     const svc: ServiceKey = { protocol: 'UDP', vip: workload(45), port: 53 };
     await api.createService({ service: svc });
-    const next = await it.next();
-    expect(Number(next.value!.generation)).toBe(g + 1);
-    expect(next.value!.services.some((s) => s.vip === svc.vip && s.protocol === 'UDP')).toBe(true);
+    const next = (await it.next()).value as RuleGeneration__Output;
+    expect(Number(next.generation)).toBe(g + 1);
+    expect(next.services.some((s) => s.vip === svc.vip && s.protocol === 'UDP')).toBe(true);
     await it.return(undefined);
     await api.deleteService({ service: svc });
   });
