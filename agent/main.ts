@@ -45,6 +45,8 @@ async function main() {
   if (!HOST_NAME.test(o.host)) program.error(`--host "${o.host}" must match ${HOST_NAME}`);
   const log = createLogger('agent').child({ host: o.host });
   mkdirSync(o.stateDir, { recursive: true });
+  const dataAddress = o.dataAddress ?? o.listen.replace(/:\d+$/, '');
+  if (!isIPv4(dataAddress)) program.error(`--data-address "${dataAddress}" must be an IPv4 address (give it when --listen is not one)`);
 
   const linux = new LinuxPlatform({
     exec: execCommand,
@@ -66,8 +68,6 @@ async function main() {
       );
     }, SWEEP_INTERVAL_MS);
   }
-  const dataAddress = o.dataAddress ?? o.listen.replace(/:\d+$/, '');
-  if (!isIPv4(dataAddress)) program.error(`--data-address "${dataAddress}" must be an IPv4 address (give it when --listen is not one)`);
 
   const service = new AgentService({ host: o.host, platform, stateDir: o.stateDir, log });
   const server = new grpc.Server({ 'grpc.max_receive_message_length': 16 * 1024 * 1024 });

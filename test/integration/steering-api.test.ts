@@ -27,7 +27,8 @@ describe('steering API, CLI and fleet propagation', () => {
   let workload: (i: number) => string;
 
   beforeAll(async () => {
-    lab = await labUp({ hosts: HOSTS });
+    // Steering only: this test needs no CRIU, and no lock program on the interfaces.
+    lab = await labUp({ hosts: HOSTS, agentFlags: ['--no-checkpoint'] });
     api = new SteeringApi(lab.controllerAddress);
     workload = (i) => lab.topology.workloadAddress(i);
     vip = workload(40);
