@@ -24,7 +24,7 @@ export interface Stored<R> {
   table: RuleTable;
   changed: boolean;
   result: R;
-  /** Unix epoch ms (sub-ms) when the KV store acknowledged the table; equals the ack clock of agents on this machine. */
+  /** Unix epoch ms (sub-ms) when the change was validated and its write began; the same clock as agents' acks on this machine. */
   acceptedAtMs: number;
 }
 
@@ -74,9 +74,11 @@ export class SteeringStore {
         const base = this.current;
         const d = await decide(base.table);
         if (!d.changed) return { table: base.table, changed: false, result: d.result, acceptedAtMs: now() };
+        // Accepted: validated, and its write begins. Agents watch the same stream, so one may
+        // hold the table before the store's acknowledgement gets back here.
+        const acceptedAtMs = now();
         try {
           const revision = base.revision === 0 ? await this.kv.create(STEERING_TABLE_KEY, d.table) : await this.kv.update(STEERING_TABLE_KEY, d.table, base.revision);
-          const acceptedAtMs = now();
           this.observe(d.table, revision);
           return { table: d.table, changed: true, result: d.result, acceptedAtMs };
         } catch (err) {
