@@ -32,6 +32,10 @@ export interface ConvergeRow {
   applyP50Ms: number;
   /** Acks that never came within the bench's wait (0 when the fleet always converged). */
   missing: number;
+  /** CPU time (user + system) per change: one agent's, the controller's, nats-server's. */
+  agentMsPerApply?: number;
+  controllerMsPerChange?: number;
+  natsMsPerChange?: number;
   at: string;
 }
 
@@ -65,10 +69,14 @@ export function summarize(agents: number, changes: number, samples: readonly Ack
   };
 }
 
-const HEADER = ['agents', 'changes', 'acks', 'p50 ms', 'p99 ms', 'max ms', 'converged p50', 'converged p99', 'apply p50', 'missing'];
+const HEADER = ['agents', 'changes', 'acks', 'p50 ms', 'p99 ms', 'max ms', 'converged p50', 'converged p99', 'apply p50', 'agent CPU ms', 'ctl CPU ms', 'nats CPU ms', 'missing'];
 
 export function table(rows: readonly ConvergeRow[]): string {
-  const body = rows.map((r) => [r.agents, r.changes, r.acks, r.p50Ms, r.p99Ms, r.maxMs, r.convergeP50Ms, r.convergeP99Ms, r.applyP50Ms, r.missing].map((v) => (typeof v === 'number' ? fmt(v) : String(v))));
+  const body = rows.map((r) =>
+    [r.agents, r.changes, r.acks, r.p50Ms, r.p99Ms, r.maxMs, r.convergeP50Ms, r.convergeP99Ms, r.applyP50Ms, r.agentMsPerApply, r.controllerMsPerChange, r.natsMsPerChange, r.missing].map((v) =>
+      typeof v === 'number' ? fmt(v) : '-',
+    ),
+  );
   const widths = HEADER.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));
   const line = (cells: string[]) => `| ${cells.map((c, i) => c.padStart(widths[i])).join(' | ')} |`;
   return [line(HEADER), `|${widths.map((w) => '-'.repeat(w + 1) + ':').join('|')}|`, ...body.map(line)].join('\n');

@@ -18,7 +18,7 @@
  * Options: --agents 10,50,100  --changes 20  --json  --results DIR
  */
 import { spawn } from 'node:child_process';
-import { appendFileSync, closeSync, mkdirSync, openSync, writeFileSync } from 'node:fs';
+import { appendFileSync, closeSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { Command } from 'commander';
@@ -51,7 +51,24 @@ interface Fleet {
   index: number;
   hosts: string[];
   mgmtAddress: string;
+  /** PIDs by role: what the CPU time per change is read from. */
+  pids: { agents: number[]; controller: number; nats: number };
   stop(): Promise<void>;
+}
+
+/** User + system CPU time of these processes, in ms (from /proc/PID/stat; clock ticks are 100 Hz on Linux). */
+function cpuMs(pids: number[]): number {
+  let ticks = 0;
+  for (const pid of pids) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      ticks += Number(f[11]) + Number(f[12]); // utime, stime (fields 14 and 15)
+    } catch {
+      // gone
+    }
+  }
+  return ticks * 10;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -118,11 +135,17 @@ async function measure(n: number, changes: number): Promise<ConvergeRow> {
       };
       for (let i = 0; i < WARMUP_CHANGES; i++) await change(i);
       const measured: { change: number; generation: number; acceptedAtMs: number }[] = [];
+      const cpuBefore = { agents: cpuMs(fleet.pids.agents), controller: cpuMs([fleet.pids.controller]), nats: cpuMs([fleet.pids.nats]) };
       for (let i = 0; i < changes; i++) {
         const r = await change(WARMUP_CHANGES + i);
         measured.push({ change: i, generation: Number(r.generation), acceptedAtMs: r.acceptedAtMs });
         if (!r.converged) say(`N=${n}: change ${i} (generation ${r.generation}) not held by ${r.laggingHosts.length} host(s) within ${WAIT_MS} ms`);
       }
+      const cpu = {
+        agentMsPerApply: (cpuMs(fleet.pids.agents) - cpuBefore.agents) / (n * changes),
+        controllerMsPerChange: (cpuMs([fleet.pids.controller]) - cpuBefore.controller) / changes,
+        natsMsPerChange: (cpuMs([fleet.pids.nats]) - cpuBefore.nats) / changes,
+      };
       await sleep(500); // acks the controller counted may still be on their way to this process
       const samples: AckSample[] = [];
       for (const m of measured) {
@@ -134,7 +157,7 @@ async function measure(n: number, changes: number): Promise<ConvergeRow> {
       }
       const negative = samples.filter((s) => s.latencyMs < 0).length;
       if (negative > 0) say(`N=${n}: ${negative} ack(s) stamped before the change was accepted: clocks disagree`);
-      return summarize(n, changes, samples);
+      return { ...summarize(n, changes, samples), ...roundAll(cpu) };
     } finally {
       unsubscribe();
       api.close();
@@ -193,7 +216,7 @@ async function fleetUp(n: number): Promise<Fleet> {
 
     const dir = labDir(index);
     mkdirSync(join(dir, 'logs'), { recursive: true });
-    const start = (name: string, netnsPath: string, file: string, args: string[]) => {
+    const start = (name: string, netnsPath: string, file: string, args: string[]): number => {
       const [cmd, cmdArgs] = inNetns({ netnsPath }, file, args);
       const out = openSync(join(dir, 'logs', `${name}.log`), 'a');
       const child = spawn(cmd, cmdArgs, { detached: true, stdio: ['ignore', out, out] });
@@ -201,15 +224,18 @@ async function fleetUp(n: number): Promise<Fleet> {
       child.unref();
       if (child.pid === undefined) throw new Error(`could not start ${name}`);
       pids.push(child.pid);
+      return child.pid;
     };
-    start('nats', ctl.netnsPath, 'nats-server', ['-a', '0.0.0.0', '-p', String(NATS_PORT), '-js', '-sd', join(dir, 'nats')]);
+    // nsenter execs the command, so these PIDs are the services' own.
+    const natsPid = start('nats', ctl.netnsPath, 'nats-server', ['-a', '0.0.0.0', '-p', String(NATS_PORT), '-js', '-sd', join(dir, 'nats')]);
     await waitForPort(mgmtAddress, NATS_PORT, 10_000, 'nats-server');
-    start('controller', ctl.netnsPath, process.execPath, [
+    const controllerPid = start('controller', ctl.netnsPath, process.execPath, [
       join(REPO_ROOT, 'dist', 'controller', 'main.js'), '--nats', `nats://127.0.0.1:${NATS_PORT}`, '--listen', `0.0.0.0:${CONTROLLER_PORT}`,
     ]);
     await waitForPort(mgmtAddress, CONTROLLER_PORT, 20_000, 'controller');
+    const agentPids: number[] = [];
     for (const [k, h] of hosts.entries()) {
-      start(`agent-${h}`, `/run/netns/${prefix}-${h}`, process.execPath, [
+      agentPids.push(start(`agent-${h}`, `/run/netns/${prefix}-${h}`, process.execPath, [
         join(REPO_ROOT, 'dist', 'agent', 'main.js'),
         '--host', h,
         '--listen', `${fabric}.${k + 1}:${AGENT_PORT}`,
@@ -218,14 +244,18 @@ async function fleetUp(n: number): Promise<Fleet> {
         '--state-dir', join(dir, 'hosts', h),
         '--pin-dir', agentPinDir(index, h),
         '--no-checkpoint',
-      ]);
+      ]));
     }
     await waitForSteeringHosts(`${mgmtAddress}:${CONTROLLER_PORT}`, hosts, 60_000 + n * 2_000);
-    return { index, hosts, mgmtAddress, stop };
+    return { index, hosts, mgmtAddress, pids: { agents: agentPids, controller: controllerPid, nats: natsPid }, stop };
   } catch (err) {
     await stop();
     throw err;
   }
+}
+
+function roundAll<T extends Record<string, number>>(o: T): T {
+  return Object.fromEntries(Object.entries(o).map(([k, v]) => [k, Math.round(v * 100) / 100])) as T;
 }
 
 async function waitForSteeringHosts(controller: string, names: string[], timeoutMs: number): Promise<void> {
