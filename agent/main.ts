@@ -13,7 +13,7 @@ import { createLogger } from '../lib/log.js';
 import { AgentService as AgentServiceDef, REPO_ROOT, bindServer } from '../lib/rpc.js';
 import { exitOnSignals } from '../lib/shutdown.js';
 import { isIPv4 } from 'node:net';
-import { HOST_NAME, STEERING_BUCKET, SUBJECTS } from '../lib/subjects.js';
+import { HOST_NAME, STEERING_BUCKET, STEERING_KV, SUBJECTS } from '../lib/subjects.js';
 import { startHeartbeat } from './heartbeat.js';
 import { LinuxPlatform } from './linux/platform.js';
 import type { HostPlatform } from './platform.js';
@@ -81,7 +81,7 @@ async function main() {
     sync = new SteeringSync({
       host: o.host,
       dataplane: platform.steering,
-      kv: await bus.kv<SteeringTable>(STEERING_BUCKET),
+      kv: await bus.kv<SteeringTable>(STEERING_BUCKET, STEERING_KV),
       ack: (ack) => bus.publish(SUBJECTS.steeringAck(o.host), ack),
       log,
     });

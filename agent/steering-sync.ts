@@ -1,19 +1,22 @@
 /**
  * Keeps this host's steering data plane at the controller's latest rule generation.
  *
- * Why a KV watch (and not a push RPC per host, or a plain NATS subject): the controller stores
- * the whole table under one JetStream KV key, and a KV watch delivers the key's latest value
- * first, then every change. So a new, restarted or reconnected agent catches up by the same code
- * path that follows changes, with no catch-up RPC and no per-host fan-out in the controller; the
- * NATS connection the agent already keeps for heartbeats carries it. Each generation is the
- * whole table, so a missed intermediate one does not matter: only the latest is applied.
+ * Why the table lives in JetStream KV and agents follow it (and not a push RPC per host, or a
+ * plain NATS subject): the controller stores the whole table under one KV key with
+ * compare-and-set, and following the key gives its latest value first, then every change. So a
+ * new, restarted or reconnected agent catches up by the same code path that follows changes,
+ * with no catch-up RPC and no per-host fan-out in the controller, over the NATS connection the
+ * agent keeps for heartbeats anyway. Each generation is the whole table, so a missed
+ * intermediate one does not matter: only the latest is applied. (The follow is a core
+ * subscription to the stream's republished values plus a get on (re)connect, not a JetStream
+ * consumer per agent: see Bus.followKey for the measured reason.)
  *
  * After the data plane holds a generation the agent acks it on `godwit.hosts.<host>.steering.ack`
  * at once (the controller's waitForGeneration) and repeats it in every heartbeat (an ack lost
  * in a reconnect is made good within a second).
  */
 import type { SteeringAck } from './heartbeat.js';
-import type { KvWatch, JsonKv } from '../lib/bus.js';
+import type { JsonKv, KvWatch } from '../lib/bus.js';
 import type { Logger } from '../lib/log.js';
 import { STEERING_TABLE_KEY } from '../lib/subjects.js';
 import type { SteeringDataplane, SteeringTable } from './steering.js';
@@ -24,7 +27,7 @@ const RETRY_MS = 1_000;
 export interface SteeringSyncOptions {
   host: string;
   dataplane: SteeringDataplane;
-  /** The controller's table bucket (lib/subjects.ts STEERING_BUCKET). */
+  /** The controller's table bucket, opened with STEERING_KV (lib/subjects.ts). */
   kv: JsonKv<SteeringTable>;
   /** Sends an ack (SUBJECTS.steeringAck(host)). */
   ack: (ack: SteeringAck) => void;
@@ -47,7 +50,7 @@ export class SteeringSync {
     await dp.install();
     this.held = await dp.appliedGeneration();
     this.opts.log.info({ generation: this.held }, 'steering data plane ready');
-    this.watcher = await this.opts.kv.watch(STEERING_TABLE_KEY);
+    this.watcher = await this.opts.kv.follow(STEERING_TABLE_KEY);
     void (async () => {
       for await (const e of this.watcher!) this.offer(e.value);
     })().catch((err: unknown) => this.opts.log.error({ err }, 'steering table watch ended'));

@@ -5,7 +5,7 @@ import { Bus } from '../lib/bus.js';
 import { createLogger } from '../lib/log.js';
 import { ControllerService as ControllerServiceDef, SteeringService as SteeringServiceDef, bindServer } from '../lib/rpc.js';
 import { exitOnSignals } from '../lib/shutdown.js';
-import { MIGRATIONS_BUCKET, STEERING_BUCKET } from '../lib/subjects.js';
+import { MIGRATIONS_BUCKET, STEERING_BUCKET, STEERING_KV } from '../lib/subjects.js';
 import { AgentPool } from './agent-client.js';
 import type { MigrationState } from './migration-machine.js';
 import { MigrationStore } from './migration-store.js';
@@ -33,7 +33,7 @@ async function main() {
   const agents = new AgentPool();
   const orchestrator = new Orchestrator({ store, registry, agents, bus, log });
   const service = new ControllerService({ registry, agents, orchestrator, store, log });
-  const steeringStore = new SteeringStore(await bus.kv<RuleTable>(STEERING_BUCKET), log);
+  const steeringStore = new SteeringStore(await bus.kv<RuleTable>(STEERING_BUCKET, STEERING_KV), log);
   await steeringStore.start();
   const steering = new SteeringController({ store: steeringStore, registry, agents, log });
 

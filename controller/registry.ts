@@ -25,8 +25,13 @@ export interface Convergence {
 
 interface Waiter {
   generation: number;
-  check: () => void;
+  /** Hosts that must still ack: looked up per ack, so a wait costs O(1) per ack, not O(hosts). */
+  pending: Set<string>;
+  finish: (converged: boolean) => void;
 }
+
+/** How often a wait drops pending hosts that fell silent (they no longer count as ready). */
+const STALE_CHECK_MS = 1_000;
 
 export class HostRegistry {
   private readonly hosts = new Map<string, HostRecord>();
@@ -48,7 +53,7 @@ export class HostRegistry {
     if (typeof hb?.host !== 'string' || typeof hb.grpcAddress !== 'string') return;
     const steeringGeneration = typeof hb.steeringGeneration === 'number' ? hb.steeringGeneration : undefined;
     this.hosts.set(hb.host, { heartbeat: hb, lastSeenMs: nowMs, steeringGeneration });
-    this.wake();
+    if (steeringGeneration !== undefined) this.progress(hb.host, steeringGeneration);
   }
 
   /** NATS keeps one publisher's order, so the latest message of a host (ack or heartbeat) says what it holds now. */
@@ -58,7 +63,7 @@ export class HostRegistry {
     if (!h) return; // its first heartbeat registers it
     h.steeringGeneration = ack.generation;
     h.lastSeenMs = nowMs;
-    this.wake();
+    this.progress(ack.host, ack.generation);
   }
 
   list(nowMs = Date.now()): (HostRecord & { ready: boolean })[] {
@@ -94,22 +99,37 @@ export class HostRegistry {
    * fall silent meanwhile stop counting), or when `timeoutMs` passes: then `converged` is false
    * and `lagging` names the hosts still behind. Hosts without a data plane are not waited for.
    */
-  waitForGeneration(generation: number, timeoutMs: number, sinceMs = Date.now()): Promise<Convergence> {
+  waitForGeneration(generation: number, timeoutMs: number, sinceMs = nowPrecise()): Promise<Convergence> {
     return new Promise((resolve) => {
+      const pending = new Set(this.lagging(generation));
       const finish = (converged: boolean) => {
         clearTimeout(timer);
+        clearInterval(staleCheck);
         this.waiters.delete(waiter);
-        resolve({ converged, convergeMs: Math.max(0, nowPrecise() - sinceMs), lagging: converged ? [] : this.lagging(generation) });
+        const stillReady = [...pending].filter((h) => this.isReady(h)).sort();
+        resolve({ converged: converged || stillReady.length === 0, convergeMs: Math.max(0, nowPrecise() - sinceMs), lagging: stillReady });
       };
-      const waiter: Waiter = { generation, check: () => this.lagging(generation).length === 0 && finish(true) };
-      const timer = setTimeout(() => finish(this.lagging(generation).length === 0), timeoutMs);
-      this.waiters.add(waiter);
-      waiter.check();
+      const waiter: Waiter = { generation, pending, finish };
+      const timer = setTimeout(() => finish(false), timeoutMs);
+      const staleCheck = setInterval(() => {
+        for (const h of pending) if (!this.isReady(h)) pending.delete(h);
+        if (pending.size === 0) finish(true);
+      }, STALE_CHECK_MS);
+      if (pending.size === 0) finish(true);
+      else this.waiters.add(waiter);
     });
   }
 
-  private wake(): void {
-    for (const w of [...this.waiters]) w.check();
+  private isReady(host: string, nowMs = Date.now()): boolean {
+    const h = this.hosts.get(host);
+    return h !== undefined && nowMs - h.lastSeenMs < HOST_STALE_MS;
+  }
+
+  /** A host now holds `generation`: it leaves every wait for that generation or an earlier one. */
+  private progress(host: string, generation: number): void {
+    for (const w of this.waiters) {
+      if (generation >= w.generation && w.pending.delete(host) && w.pending.size === 0) w.finish(true);
+    }
   }
 }
 

@@ -35,6 +35,7 @@ export class SteeringStore {
   private watcher?: KvWatch<RuleTable>;
 
   constructor(
+    /** Opened with STEERING_KV (lib/subjects.ts), so that it can be followed. */
     private readonly kv: JsonKv<RuleTable>,
     private readonly log?: Logger,
   ) {}
@@ -43,7 +44,7 @@ export class SteeringStore {
   async start(): Promise<void> {
     const e = await this.kv.get(STEERING_TABLE_KEY);
     if (e) this.current = { table: e.value, revision: e.revision };
-    this.watcher = await this.kv.watch(STEERING_TABLE_KEY);
+    this.watcher = await this.kv.follow(STEERING_TABLE_KEY);
     void (async () => {
       for await (const entry of this.watcher!) this.observe(entry.value, entry.revision);
     })().catch((err: unknown) => this.log?.error({ err }, 'steering table watch ended'));

@@ -26,11 +26,15 @@ export interface JsonKv<T> {
   update(key: string, value: T, revision: number): Promise<number>;
   keys(): Promise<string[]>;
   /**
-   * The key's latest value first (if it has one), then every later value, as they are written.
-   * JetStream's ordered consumer under it re-creates itself after a reconnect or a server
-   * restart, so the watcher catches up by itself. Deletes are skipped.
+   * The key's latest value first (if it has one), then every value stored after it. Only for
+   * the key the bucket was opened to republish (Bus.kv's `republish`); see Bus.followKey.
    */
-  watch(key: string): Promise<KvWatch<T>>;
+  follow(key: string): Promise<KvWatch<T>>;
+}
+
+export interface KvOptions {
+  /** Have the bucket's stream republish one key's stored values on a core subject, for follow(). */
+  republish?: { key: string; subject: string };
 }
 
 /** A running watch: iterate it for the values; stop() ends the iteration. */
@@ -84,9 +88,11 @@ export class Bus {
     }
   }
 
-  async kv<T>(bucket: string): Promise<JsonKv<T>> {
-    const kv: KV = await this.nc.jetstream().views.kv(bucket, { history: 5 });
-    return {
+  async kv<T>(bucket: string, opts: KvOptions = {}): Promise<JsonKv<T>> {
+    const rp = opts.republish;
+    const kv: KV = await this.nc.jetstream().views.kv(bucket, { history: 5, ...(rp ? { republish: { src: `$KV.${bucket}.${rp.key}`, dest: rp.subject } } : {}) });
+    if (rp) await this.checkRepublish(bucket, rp.key, rp.subject);
+    const self: JsonKv<T> = {
       async get(key) {
         const e = await kv.get(key);
         if (!e || e.operation !== 'PUT') return undefined;
@@ -99,62 +105,88 @@ export class Bus {
         for await (const k of await kv.keys()) out.push(k);
         return out;
       },
-      watch: (key) => this.watchKey<T>(kv, key),
+      follow: (key) => {
+        if (!rp || rp.key !== key) throw new Error(`bucket ${bucket} was not opened to republish key "${key}"; open it with { republish: { key, subject } }`);
+        return this.followKey(self, key, rp.subject);
+      },
+    };
+    return self;
+  }
+
+  /**
+   * Follows one key of a bucket: its latest value first (if it has one), then every value
+   * stored after it, as an async iterator; what a KV watch gives, at the cost of one core
+   * subscription. Every follower of a KV watch is a JetStream consumer the server feeds and
+   * tracks; with a hundred agents that cost more CPU per change than the agents themselves
+   * (bench steer-converge). Instead the bucket's stream republishes each stored value of the
+   * key on `subject` (JetStream RePublish: only what the stream accepted, in order, with its
+   * sequence as the revision), and the latest value is read with a get at the start, after every
+   * reconnect (what was published meanwhile), and every `refreshMs` (a message a slow
+   * subscriber lost). The same value may come twice; callers keep the newest revision.
+   */
+  private async followKey<T>(kv: JsonKv<T>, key: string, subject: string, refreshMs = 30_000): Promise<KvWatch<T>> {
+    const queue: KvEntry<T>[] = [];
+    let wake: (() => void) | undefined;
+    let stopped = false;
+    const push = (e: KvEntry<T>) => {
+      queue.push(e);
+      wake?.();
+    };
+    const sub = this.nc.subscribe(subject, {
+      callback: (err, m) => {
+        if (err) return;
+        try {
+          push({ value: json.decode(m.data) as T, revision: Number(m.headers?.get('Nats-Sequence') || 0) });
+        } catch {
+          // A malformed value must not stop the follower; the next get corrects it.
+        }
+      },
+    });
+    const refresh = () =>
+      kv.get(key).then(
+        (e) => e && !stopped && push(e),
+        () => undefined, // not reachable now: the next reconnect or refresh reads it
+      );
+    // The subscription is in place before the first read, so no value falls between the two.
+    await this.nc.flush();
+    await refresh();
+    const onReconnect = () => void refresh();
+    this.reconnectListeners.add(onReconnect);
+    const timer = setInterval(refresh, refreshMs);
+    return {
+      stop: () => {
+        stopped = true;
+        clearInterval(timer);
+        this.reconnectListeners.delete(onReconnect);
+        sub.unsubscribe();
+        wake?.();
+      },
+      async *[Symbol.asyncIterator]() {
+        while (!stopped) {
+          const e = queue.shift();
+          if (e) {
+            yield e;
+            continue;
+          }
+          await new Promise<void>((r) => (wake = r));
+          wake = undefined;
+        }
+      },
     };
   }
 
   /**
-   * The ordered consumer under a KV watch notices a lost server only after its idle heartbeats
-   * go missing (about 10 s measured after a NATS restart); so on every reconnect the watch is
-   * made anew, which delivers the key's latest value first: a watcher is current again as soon
-   * as the connection is. A value may then come twice; values are whole states, so that is harmless.
+   * The stream must republish the key where followers listen. The server fixes RePublish when
+   * the stream is made (an update cannot change it), so every opener asks for it at creation.
    */
-  private async watchKey<T>(kv: KV, key: string): Promise<KvWatch<T>> {
-    const open = () => kv.watch({ key, ignoreDeletes: true });
-    let current = await open();
-    let stopped = false;
-    const renew = async () => {
-      for (let delayMs = 100; !stopped; delayMs = Math.min(delayMs * 2, 2_000)) {
-        try {
-          const next = await open();
-          if (stopped) {
-            next.stop();
-            return;
-          }
-          const old = current;
-          current = next;
-          old.stop();
-          return;
-        } catch {
-          // JetStream may need a moment after the server comes back.
-          await new Promise((r) => setTimeout(r, delayMs));
-        }
-      }
-    };
-    const onReconnect = () => void renew();
-    this.reconnectListeners.add(onReconnect);
-    return {
-      stop: () => {
-        stopped = true;
-        this.reconnectListeners.delete(onReconnect);
-        current.stop();
-      },
-      async *[Symbol.asyncIterator]() {
-        while (!stopped) {
-          const it = current;
-          try {
-            for await (const e of it) {
-              if (e.operation !== 'PUT') continue;
-              yield { value: json.decode(e.value) as T, revision: e.revision };
-            }
-          } catch {
-            // The consumer failed (its stream went away, say): made anew below.
-          }
-          // Ended: stopped, replaced by renew() (then `current` is the new one), or by itself.
-          if (!stopped && current === it) await renew();
-        }
-      },
-    };
+  private async checkRepublish(bucket: string, key: string, subject: string): Promise<void> {
+    const jsm = await this.nc.jetstreamManager();
+    const have = (await jsm.streams.info(`KV_${bucket}`)).config.republish;
+    if (have?.src !== `$KV.${bucket}.${key}` || have.dest !== subject)
+      throw new Error(
+        `KV bucket ${bucket} exists without republishing key "${key}" on ${subject} (it has ${have ? `${have.src} -> ${have.dest}` : 'none'}); ` +
+          'it was made by an older godwit: remove it (nats kv del ' + bucket + ') and restart the controller',
+      );
   }
 
   async flush(): Promise<void> {

@@ -24,6 +24,8 @@ export const MIGRATIONS_BUCKET = 'godwit_migrations';
  */
 export const STEERING_BUCKET = 'godwit_steering';
 export const STEERING_TABLE_KEY = 'table';
+/** How every opener of STEERING_BUCKET opens it (Bus.kv): agents and controllers follow the table through this. */
+export const STEERING_KV = { republish: { key: STEERING_TABLE_KEY, subject: 'godwit.steering.table' } } as const;
 
 /** Host names become subject tokens and file names: keep them to a safe alphabet. */
 export const HOST_NAME = /^[a-z0-9][a-z0-9-]{0,62}$/;

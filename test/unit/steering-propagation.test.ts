@@ -13,7 +13,7 @@ import { SteeringStore } from '../../controller/steering-store.js';
 import { applyOp, type RuleTable, type SteeringOp } from '../../controller/steering-table.js';
 import { Bus } from '../../lib/bus.js';
 import { createLogger } from '../../lib/log.js';
-import { STEERING_BUCKET, SUBJECTS } from '../../lib/subjects.js';
+import { STEERING_BUCKET, STEERING_KV, SUBJECTS } from '../../lib/subjects.js';
 import { MemorySteering } from '../support/memory-steering.js';
 import { startNatsServer, type NatsServer } from '../support/nats-server.js';
 
@@ -30,7 +30,7 @@ interface FakeAgent {
 
 async function startAgent(nats: NatsServer, name: string, dp = new MemorySteering()): Promise<FakeAgent> {
   const bus = await Bus.connect({ servers: nats.url, name: `test-agent-${name}` });
-  const sync = new SteeringSync({ host: name, dataplane: dp, kv: await bus.kv<SteeringTable>(STEERING_BUCKET), ack: (a) => bus.publish(SUBJECTS.steeringAck(name), a), log });
+  const sync = new SteeringSync({ host: name, dataplane: dp, kv: await bus.kv<SteeringTable>(STEERING_BUCKET, STEERING_KV), ack: (a) => bus.publish(SUBJECTS.steeringAck(name), a), log });
   await sync.start();
   const stopBeat = startHeartbeat(
     bus,
@@ -79,7 +79,7 @@ describe('steering propagation over NATS KV', () => {
   beforeAll(async () => {
     nats = await startNatsServer();
     bus = await Bus.connect({ servers: nats.url, name: 'test-controller' });
-    store = new SteeringStore(await bus.kv<RuleTable>(STEERING_BUCKET));
+    store = new SteeringStore(await bus.kv<RuleTable>(STEERING_BUCKET, STEERING_KV));
     await store.start();
     registry.start(bus);
     for (const n of ['a', 'b', 'c']) agents.push(await startAgent(nats, n));
@@ -145,7 +145,7 @@ describe('steering propagation over NATS KV', () => {
 
   it('two controllers writing at once never interleave: every change lands, each on its own generation', async () => {
     const bus2 = await Bus.connect({ servers: nats.url, name: 'test-controller-2' });
-    const store2 = new SteeringStore(await bus2.kv<RuleTable>(STEERING_BUCKET));
+    const store2 = new SteeringStore(await bus2.kv<RuleTable>(STEERING_BUCKET, STEERING_KV));
     await store2.start();
     try {
       const before = store.table().generation;
