@@ -131,13 +131,16 @@ async function measure(n: number, changes: number): Promise<ConvergeRow> {
           return api.updateService({ service, addBackend: { backend: { address: `${prefix}.${1 + (k % 200)}`, port: 8000 + Math.floor(k / 200) }, host: fleet.hosts[k % n], weight: 10 }, wait });
         }
         const k = backends - 1;
-        return api.updateService({ service, setWeight: { backend: { address: `${prefix}.${1 + (k % 200)}`, port: 8000 + Math.floor(k / 200) }, weight: 1 + (i % 1000) }, wait });
+        // Never 10 (what add-backend set): every change must make a new generation.
+        return api.updateService({ service, setWeight: { backend: { address: `${prefix}.${1 + (k % 200)}`, port: 8000 + Math.floor(k / 200) }, weight: 11 + (i % 900) }, wait });
       };
       for (let i = 0; i < WARMUP_CHANGES; i++) await change(i);
       const measured: { change: number; generation: number; acceptedAtMs: number }[] = [];
       const cpuBefore = { agents: cpuMs(fleet.pids.agents), controller: cpuMs([fleet.pids.controller]), nats: cpuMs([fleet.pids.nats]) };
       for (let i = 0; i < changes; i++) {
         const r = await change(WARMUP_CHANGES + i);
+        const last = measured.at(-1)?.generation;
+        if (last !== undefined && Number(r.generation) !== last + 1) throw new Error(`change ${i} made generation ${r.generation}, expected ${last + 1}`);
         measured.push({ change: i, generation: Number(r.generation), acceptedAtMs: r.acceptedAtMs });
         if (!r.converged) say(`N=${n}: change ${i} (generation ${r.generation}) not held by ${r.laggingHosts.length} host(s) within ${WAIT_MS} ms`);
       }
