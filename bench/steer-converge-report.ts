@@ -36,6 +36,8 @@ export interface ConvergeRow {
   agentMsPerApply?: number;
   controllerMsPerChange?: number;
   natsMsPerChange?: number;
+  /** nice value nats-server and the controller ran at. */
+  infraNice?: number;
   at: string;
 }
 
