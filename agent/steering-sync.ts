@@ -9,7 +9,7 @@
  * agent keeps for heartbeats anyway. Each generation is the whole table, so a missed
  * intermediate one does not matter: only the latest is applied. (The follow is a core
  * subscription to the stream's republished values plus a get on (re)connect, not a JetStream
- * consumer per agent: see Bus.followKey for the measured reason.)
+ * consumer per agent: Bus.followKey says why.)
  *
  * After the data plane holds a generation the agent acks it on `godwit.hosts.<host>.steering.ack`
  * at once (the controller's waitForGeneration) and repeats it in every heartbeat (an ack lost

@@ -116,9 +116,11 @@ export class Bus {
   /**
    * Follows one key of a bucket: its latest value first (if it has one), then every value
    * stored after it, as an async iterator; what a KV watch gives, at the cost of one core
-   * subscription. Every follower of a KV watch is a JetStream consumer the server feeds and
-   * tracks; with a hundred agents that cost more CPU per change than the agents themselves
-   * (bench steer-converge). Instead the bucket's stream republishes each stored value of the
+   * subscription. A KV watch is a JetStream consumer per follower, state the server keeps and
+   * feeds for every agent, and it noticed a restarted server only after its idle heartbeats
+   * lapsed (about 10 s measured). Following a republished subject cost an agent 0.9 ms of CPU
+   * per change instead of 1.2 ms (measured here, in-memory data plane) and is current again as
+   * soon as the connection is. Instead of a consumer, then, the bucket's stream republishes each stored value of the
    * key on `subject` (JetStream RePublish: only what the stream accepted, in order, with its
    * sequence as the revision), and the latest value is read with a get at the start, after every
    * reconnect (what was published meanwhile), and every `refreshMs` (a message a slow
