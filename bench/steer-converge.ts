@@ -10,7 +10,7 @@
  * accepted_at_ms) to the agent's ack (sent once its kernel maps hold the generation, stamped by
  * the agent). All processes share this machine's clock. Reported per N: p50, p99 and max over
  * every (change, agent) ack, the per-change convergence (the slowest agent), and the agents' own
- * apply time.
+ * apply time. Every ack's latency also goes to steer-converge-acks.jsonl, for a closer look.
  *
  * The fleet is built like the lab (lab index claimed by its namespaces `godwit<i>-*`, removed
  * with labDown, also on failure or Ctrl-C): hosts on 198.19.<i>.0/24 behind a bridge in
@@ -104,7 +104,7 @@ export async function run(argv: string[]): Promise<number> {
 
   const rows: ConvergeRow[] = [];
   for (const n of opts.agents) {
-    const row = await measure(n, opts.changes, opts.infraNice);
+    const row = await measure(n, opts.changes, opts.infraNice, opts.results);
     rows.push(row);
     appendFileSync(join(opts.results, 'steer-converge.jsonl'), JSON.stringify(row) + '\n');
     writeFileSync(join(opts.results, 'steer-converge.svg'), convergeSvg(rows));
@@ -119,7 +119,7 @@ export async function run(argv: string[]): Promise<number> {
   return rows.some((r) => r.missing > 0) ? 1 : 0;
 }
 
-async function measure(n: number, changes: number, infraNice: number): Promise<ConvergeRow> {
+async function measure(n: number, changes: number, infraNice: number, resultsDir: string): Promise<ConvergeRow> {
   const t0 = Date.now();
   const fleet = await fleetUp(n, infraNice);
   const onSignal = () => void fleet.stop().finally(() => process.exit(130));
@@ -174,6 +174,7 @@ async function measure(n: number, changes: number, infraNice: number): Promise<C
       }
       const negative = samples.filter((s) => s.latencyMs < 0).length;
       if (negative > 0) say(`N=${n}: ${negative} ack(s) stamped before the change was accepted: clocks disagree`);
+      appendFileSync(join(resultsDir, 'steer-converge-acks.jsonl'), samples.map((x) => JSON.stringify(x)).join('\n') + '\n');
       return { ...summarize(n, changes, samples), ...roundAll(cpu), infraNice };
     } finally {
       unsubscribe();
