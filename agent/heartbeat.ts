@@ -9,12 +9,27 @@ export interface Heartbeat {
   kernel: string;
   startedAtMs: number;
   atMs: number;
+  /** IPv4 where other hosts reach this host's data plane (steering forwards packets there). */
+  dataAddress?: string;
+  /** Present when the host runs a steering data plane: the rule generation its kernel holds. */
+  steeringGeneration?: number;
+}
+
+/** A host's "my data plane holds steering generation G", sent as soon as it does. */
+export interface SteeringAck {
+  host: string;
+  generation: number;
+  /** Unix epoch ms (sub-ms) when the kernel held it. */
+  atMs: number;
+  /** How long the data plane took to program it. */
+  applyMs: number;
 }
 
 export const HEARTBEAT_INTERVAL_MS = 1_000;
 
-export function startHeartbeat(bus: Bus, beat: Omit<Heartbeat, 'atMs'>): () => void {
-  const send = () => bus.publish(SUBJECTS.heartbeat(beat.host), { ...beat, atMs: Date.now() } satisfies Heartbeat);
+/** `live` adds the fields that change while the agent runs (read at each beat). */
+export function startHeartbeat(bus: Bus, beat: Omit<Heartbeat, 'atMs'>, live: () => Partial<Heartbeat> = () => ({})): () => void {
+  const send = () => bus.publish(SUBJECTS.heartbeat(beat.host), { ...beat, ...live(), atMs: Date.now() } satisfies Heartbeat);
   send();
   const timer = setInterval(send, HEARTBEAT_INTERVAL_MS);
   return () => clearInterval(timer);

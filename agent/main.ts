@@ -12,10 +12,14 @@ import { execCommand } from '../lib/exec.js';
 import { createLogger } from '../lib/log.js';
 import { AgentService as AgentServiceDef, REPO_ROOT, bindServer } from '../lib/rpc.js';
 import { exitOnSignals } from '../lib/shutdown.js';
-import { HOST_NAME } from '../lib/subjects.js';
+import { isIPv4 } from 'node:net';
+import { HOST_NAME, STEERING_BUCKET, STEERING_KV, SUBJECTS } from '../lib/subjects.js';
 import { startHeartbeat } from './heartbeat.js';
 import { LinuxPlatform } from './linux/platform.js';
+import type { HostPlatform } from './platform.js';
 import { AgentService } from './service.js';
+import type { SteeringTable } from './steering.js';
+import { SteeringSync } from './steering-sync.js';
 
 const SWEEP_INTERVAL_MS = 1_000;
 
@@ -29,18 +33,22 @@ const program = new Command()
   .option('--criu <path>', 'CRIU 4.2+ command', process.env.GODWIT_CRIU ?? '/opt/godwit/criu/bin/criu')
   .option('--bpf-object <path>', 'compiled lock program', join(REPO_ROOT, 'build', 'bpf', 'lock.o'))
   .option('--pin-dir <dir>', 'bpffs folder for this host\'s pinned program and maps (default /sys/fs/bpf/godwit/<host>)')
-  .option('--advertise <addr>', 'gRPC address peers should use (default: --listen)');
+  .option('--advertise <addr>', 'gRPC address peers should use (default: --listen)')
+  .option('--data-address <ipv4>', 'IPv4 where other hosts reach this host\'s data plane (default: the address of --listen)')
+  .option('--no-checkpoint', 'this host only steers packets: no CRIU probe, no lock program, no lock sweeper');
 
 async function main() {
   const o = program.parse().opts<{
     host: string; listen: string; nats: string; iface: string; stateDir: string; criu: string;
-    bpfObject: string; pinDir?: string; advertise?: string;
+    bpfObject: string; pinDir?: string; advertise?: string; dataAddress?: string; checkpoint: boolean;
   }>();
   if (!HOST_NAME.test(o.host)) program.error(`--host "${o.host}" must match ${HOST_NAME}`);
   const log = createLogger('agent').child({ host: o.host });
   mkdirSync(o.stateDir, { recursive: true });
+  const dataAddress = o.dataAddress ?? o.listen.replace(/:\d+$/, '');
+  if (!isIPv4(dataAddress)) program.error(`--data-address "${dataAddress}" must be an IPv4 address (give it when --listen is not one)`);
 
-  const platform = new LinuxPlatform({
+  const linux = new LinuxPlatform({
     exec: execCommand,
     iface: o.iface,
     criuPath: o.criu,
@@ -48,13 +56,18 @@ async function main() {
     pinDir: o.pinDir ?? `/sys/fs/bpf/godwit/${o.host}`,
     log,
   });
-  await platform.start();
-  const sweeper = setInterval(() => {
-    platform.sweep().then(
-      (n) => n > 0 && log.warn({ swept: n }, 'lock leases ran out; entries removed'),
-      (err: Error) => log.error({ err }, 'lock sweep failed'),
-    );
-  }, SWEEP_INTERVAL_MS);
+  // Typed as the interface: the steering data plane is optional for a host driver.
+  const platform: HostPlatform = linux;
+  let sweeper: NodeJS.Timeout | undefined;
+  if (o.checkpoint) {
+    await linux.start();
+    sweeper = setInterval(() => {
+      linux.sweep().then(
+        (n) => n > 0 && log.warn({ swept: n }, 'lock leases ran out; entries removed'),
+        (err: Error) => log.error({ err }, 'lock sweep failed'),
+      );
+    }, SWEEP_INTERVAL_MS);
+  }
 
   const service = new AgentService({ host: o.host, platform, stateDir: o.stateDir, log });
   const server = new grpc.Server({ 'grpc.max_receive_message_length': 16 * 1024 * 1024 });
@@ -62,19 +75,31 @@ async function main() {
   await bindServer(server, [o.listen]);
 
   const bus = await Bus.connect({ servers: o.nats, name: `godwit-agent-${o.host}` });
-  const probe = await platform.probe();
-  const stopHeartbeat = startHeartbeat(bus, {
-    host: o.host,
-    grpcAddress: o.advertise ?? o.listen,
-    criuVersion: probe.criuVersion,
-    kernel: release(),
-    startedAtMs: Date.now(),
-  });
-  log.info({ listen: o.listen, criu: probe.criuVersion, criuOk: probe.criuOk }, 'agent ready');
+  const probe = o.checkpoint ? await platform.probe() : { criuVersion: 'disabled (--no-checkpoint)', criuOk: false };
+  let sync: SteeringSync | undefined;
+  if (platform.steering) {
+    sync = new SteeringSync({
+      host: o.host,
+      dataplane: platform.steering,
+      kv: await bus.kv<SteeringTable>(STEERING_BUCKET, STEERING_KV),
+      ack: (ack) => bus.publish(SUBJECTS.steeringAck(o.host), ack),
+      log,
+    });
+    await sync.start();
+  } else {
+    log.warn('no steering data plane on this host: steering rules are not applied here');
+  }
+  const stopHeartbeat = startHeartbeat(
+    bus,
+    { host: o.host, grpcAddress: o.advertise ?? o.listen, criuVersion: probe.criuVersion, kernel: release(), startedAtMs: Date.now(), dataAddress },
+    () => (sync ? { steeringGeneration: sync.generation() } : {}),
+  );
+  log.info({ listen: o.listen, criu: probe.criuVersion, criuOk: probe.criuOk, steering: Boolean(sync) }, 'agent ready');
 
   exitOnSignals(
     [
       { name: 'heartbeat', run: stopHeartbeat },
+      { name: 'steering sync', run: () => sync?.stop() },
       { name: 'lock sweeper', run: () => clearInterval(sweeper) },
       { name: 'grpc server', run: () => server.forceShutdown() },
       { name: 'nats', run: () => bus.close() },

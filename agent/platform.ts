@@ -5,6 +5,7 @@
 import type { Endpoint } from '../lib/endpoint.js';
 import type { LockModeName, LockStrategy } from './lock-strategy.js';
 import type { NetLock } from './netlock.js';
+import type { SteeringDataplane } from './steering.js';
 
 export interface ProcessSummary {
   pid: number;
@@ -63,6 +64,8 @@ export interface HostPlatform {
    * it; throws PreconditionError for a mode the platform does not have.
    */
   lockStrategy(mode: LockModeName): LockStrategy;
+  /** Packet steering (agent/steering.ts); absent on a host driver without one. */
+  readonly steering?: SteeringDataplane;
   processInfo(pid: number): Promise<ProcessSummary | undefined>;
   /** TCP connections (sockets with a peer) held by the process and its descendants: what CRIU's own locks lock one by one. */
   tcpConnections(pid: number): Promise<number>;

@@ -19,6 +19,7 @@ import { imageTotals, receiveImage, sendImage } from './images.js';
 import type { LockModeName, LockStrategy } from './lock-strategy.js';
 import { MigrationRecords } from './migration-record.js';
 import type { HostPlatform } from './platform.js';
+import { steeringStateHandler } from './steering-state.js';
 
 export interface AgentServiceOptions {
   host: string;
@@ -216,6 +217,8 @@ export class AgentService {
         const { actions, pid } = await this.abort(id);
         return { durationMs: performance.now() - started, actions, pid: pid ?? 0 };
       }),
+
+      SteeringState: steeringStateHandler(h, p.steering, log),
     };
   }
 

@@ -7,6 +7,7 @@ import type { LockResponse__Output } from '../proto/gen/godwit/v1/LockResponse.j
 import type { ProbeResponse__Output } from '../proto/gen/godwit/v1/ProbeResponse.js';
 import type { ReleaseResponse__Output } from '../proto/gen/godwit/v1/ReleaseResponse.js';
 import type { RestoreResponse__Output } from '../proto/gen/godwit/v1/RestoreResponse.js';
+import type { SteeringStateResponse__Output } from '../proto/gen/godwit/v1/SteeringStateResponse.js';
 import type { SendImageResponse__Output } from '../proto/gen/godwit/v1/SendImageResponse.js';
 import type { UnlockResponse__Output } from '../proto/gen/godwit/v1/UnlockResponse.js';
 import type { Endpoint } from '../lib/endpoint.js';
@@ -15,6 +16,8 @@ import { endpointToWire, workloadToWire, type WorkloadSpec } from '../lib/wire.j
 
 /** Quick questions. */
 const PROBE_MS = 10_000;
+/** Reading a host's steering maps: quick, and a ListServices waits for the slowest host. */
+const STEERING_STATE_MS = 3_000;
 /** Steps whose time grows with the workload (memory to dump, image to move): generous. */
 const HEAVY_MS = 10 * 60_000;
 /**
@@ -78,6 +81,11 @@ export class AgentHandle {
 
   abort(migrationId: string, lockMode: LockModeName = 'EBPF'): Promise<AbortResponse__Output> {
     return unary(this.client, this.client.Abort, { migrationId }, heavyMs(lockMode));
+  }
+
+  /** The host's steering data plane: applied generation, counters, live flows of these backends. */
+  steeringState(liveFlowBackendIds: number[] = []): Promise<SteeringStateResponse__Output> {
+    return unary(this.client, this.client.SteeringState, { liveFlowBackendIds }, STEERING_STATE_MS);
   }
 
   close(): void {

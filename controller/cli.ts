@@ -6,6 +6,16 @@
  *                  [--lock-mode EBPF|IPTABLES|NFTABLES] [--allow-unsafe-lock]
  *   godwit get <id> | godwit list | godwit watch <id>
  *
+ * Packet steering, with ipvsadm's verbs (`ipvsadm -A -t`, `-a -t ... -r ... -w`, `-Ln --stats`):
+ *   godwit service create tcp://VIP:PORT                                      (ipvsadm -A -t VIP:PORT)
+ *   godwit service add-backend VIP:PORT --real ADDR:PORT --host H [--weight W] (ipvsadm -a -t VIP:PORT -r ADDR:PORT -w W)
+ *   godwit service set-weight VIP:PORT --real ADDR:PORT --weight W             (ipvsadm -e ...)
+ *   godwit service drain-backend VIP:PORT --real ADDR:PORT                     (weight 0 in IPVS: no new flows)
+ *   godwit service remove-backend VIP:PORT --real ADDR:PORT [--force]          (ipvsadm -d -t VIP:PORT -r ADDR:PORT)
+ *   godwit service delete VIP:PORT [--force]                                   (ipvsadm -D -t VIP:PORT)
+ *   godwit service list | godwit service get VIP:PORT                          (ipvsadm -Ln --stats)
+ * Changes take --wait [--wait-timeout MS]: return once every ready host holds the change.
+ *
  * --json prints the API's own messages; otherwise a short human summary. A gRPC error is printed
  * as "CODE: details" and the exit status is 2 for a rejected request, 1 for anything else.
  */
@@ -17,6 +27,10 @@ import { parseEndpoint } from '../lib/endpoint.js';
 import { isServiceError } from '../lib/rpc.js';
 import { endpointToWire } from '../lib/wire.js';
 import { ControllerApi } from './client.js';
+import type { SteeringChange__Output } from '../proto/gen/godwit/v1/SteeringChange.js';
+import type { WaitOptions } from '../proto/gen/godwit/v1/WaitOptions.js';
+import { SteeringApi } from './steering-client.js';
+import { formatChange, formatKey, formatServices, parseBackendKey, parseServiceKey } from './steering-format.js';
 
 const program = new Command()
   .name('godwit')
@@ -103,10 +117,142 @@ program.command('watch <id>').action(async (id: string) => {
   c.close();
 });
 
+const steering = () => new SteeringApi(program.opts<{ controller: string }>().controller);
+
+/** Shape errors in what the user typed are usage errors (exit 2), like the controller's INVALID_ARGUMENT. */
+function usage<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    throw Object.assign(new Error((e as Error).message), { usage: true });
+  }
+}
+
+interface WaitFlags {
+  wait?: boolean;
+  waitTimeout?: number;
+}
+
+const waitOptions = (o: WaitFlags): WaitOptions => ({ wait: o.wait === true, timeoutMs: o.waitTimeout ?? 0 });
+
+/** Prints an accepted change; a wait that did not converge exits 1 (the change itself stands). */
+function printChange(what: string, c: SteeringChange__Output): void {
+  print(c, () => formatChange(what, c));
+  if (c.waited && !c.converged) process.exitCode = 1;
+}
+
+const service = program.command('service').description('packet steering: services (VIP:port) and their backends, as ipvsadm manages them');
+const withWait = (cmd: Command) =>
+  cmd
+    .option('--wait', 'return once every ready host holds the change')
+    .option('--wait-timeout <ms>', 'how long --wait waits (default 10000)', (v) => Number(v));
+
+withWait(service.command('create <service>').description('add a virtual service: tcp://VIP:PORT or udp://VIP:PORT (ipvsadm -A)')).action(
+  async (key: string, o: WaitFlags) => {
+    const k = usage(() => parseServiceKey(key));
+    const c = steering();
+    printChange(`created ${formatKey(k)}`, await c.createService({ service: k, wait: waitOptions(o) }));
+    c.close();
+  },
+);
+
+withWait(
+  service
+    .command('add-backend <service>')
+    .description('add a real server to a service (ipvsadm -a -t VIP:PORT -r ADDR:PORT -w W)')
+    .requiredOption('-r, --real <addr:port>', 'the workload endpoint')
+    .requiredOption('--host <host>', 'the host where the workload runs')
+    .option('-w, --weight <w>', 'share of new flows, 1-1000', (v) => Number(v), 1),
+).action(async (key: string, o: WaitFlags & { real: string; host: string; weight: number }) => {
+  const k = usage(() => parseServiceKey(key));
+  const backend = usage(() => parseBackendKey(o.real));
+  const c = steering();
+  const r = await c.updateService({ service: k, addBackend: { backend, host: o.host, weight: o.weight }, wait: waitOptions(o) });
+  printChange(`added ${o.real} (host ${o.host}, weight ${o.weight}) to ${formatKey(k)}`, r);
+  c.close();
+});
+
+withWait(
+  service
+    .command('set-weight <service>')
+    .description('change a real server\'s weight (ipvsadm -e -t VIP:PORT -r ADDR:PORT -w W)')
+    .requiredOption('-r, --real <addr:port>', 'the workload endpoint')
+    .requiredOption('-w, --weight <w>', 'share of new flows, 1-1000', (v) => Number(v)),
+).action(async (key: string, o: WaitFlags & { real: string; weight: number }) => {
+  const k = usage(() => parseServiceKey(key));
+  const backend = usage(() => parseBackendKey(o.real));
+  const c = steering();
+  printChange(`weight of ${o.real} in ${formatKey(k)} set to ${o.weight}`, await c.updateService({ service: k, setWeight: { backend, weight: o.weight }, wait: waitOptions(o) }));
+  c.close();
+});
+
+withWait(
+  service
+    .command('drain-backend <service>')
+    .description('keep a real server\'s established flows, send it no new ones')
+    .requiredOption('-r, --real <addr:port>', 'the workload endpoint'),
+).action(async (key: string, o: WaitFlags & { real: string }) => {
+  const k = usage(() => parseServiceKey(key));
+  const backend = usage(() => parseBackendKey(o.real));
+  const c = steering();
+  printChange(`draining ${o.real} of ${formatKey(k)}`, await c.updateService({ service: k, drainBackend: { backend }, wait: waitOptions(o) }));
+  c.close();
+});
+
+withWait(
+  service
+    .command('remove-backend <service>')
+    .description('remove a real server (ipvsadm -d -t VIP:PORT -r ADDR:PORT); its flows end')
+    .requiredOption('-r, --real <addr:port>', 'the workload endpoint')
+    .option('--force', 'remove the last backend even though hosts hold live flows to it'),
+).action(async (key: string, o: WaitFlags & { real: string; force?: boolean }) => {
+  const k = usage(() => parseServiceKey(key));
+  const backend = usage(() => parseBackendKey(o.real));
+  const c = steering();
+  printChange(`removed ${o.real} from ${formatKey(k)}`, await c.updateService({ service: k, removeBackend: { backend }, force: o.force === true, wait: waitOptions(o) }));
+  c.close();
+});
+
+withWait(
+  service
+    .command('delete <service>')
+    .description('delete a virtual service (ipvsadm -D -t VIP:PORT)')
+    .option('--force', 'delete even though hosts hold live flows to its backends'),
+).action(async (key: string, o: WaitFlags & { force?: boolean }) => {
+  const k = usage(() => parseServiceKey(key));
+  const c = steering();
+  printChange(`deleted ${formatKey(k)}`, await c.deleteService({ service: k, force: o.force === true, wait: waitOptions(o) }));
+  c.close();
+});
+
+service
+  .command('list')
+  .description('services, backends and their counters summed over hosts (ipvsadm -Ln --stats)')
+  .action(async () => {
+    const c = steering();
+    const r = await c.listServices();
+    print(r, () => {
+      const text = formatServices(r.services, r.generation);
+      return r.unreachableHosts.length > 0 ? `${text}\n(counters missing from hosts: ${r.unreachableHosts.join(', ')})` : text;
+    });
+    c.close();
+  });
+
+service
+  .command('get <service>')
+  .description('one service, its backends and counters')
+  .action(async (key: string) => {
+    const k = usage(() => parseServiceKey(key));
+    const c = steering();
+    const s = await c.getService(k);
+    print(s, () => formatServices([s]));
+    c.close();
+  });
+
 program.parseAsync().catch((err: unknown) => {
   if (isServiceError(err)) {
     process.stderr.write(`${status[err.code]}: ${err.details}\n`);
-    process.exit([status.INVALID_ARGUMENT, status.NOT_FOUND, status.FAILED_PRECONDITION, status.UNIMPLEMENTED].includes(err.code) ? 2 : 1);
+    process.exit([status.INVALID_ARGUMENT, status.NOT_FOUND, status.ALREADY_EXISTS, status.FAILED_PRECONDITION, status.UNIMPLEMENTED].includes(err.code) ? 2 : 1);
   }
   process.stderr.write(`godwit: ${err instanceof Error ? err.message : String(err)}\n`);
   process.exit((err as { usage?: boolean }).usage ? 2 : 1);

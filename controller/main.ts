@@ -3,15 +3,18 @@ import { Command } from 'commander';
 import * as grpc from '@grpc/grpc-js';
 import { Bus } from '../lib/bus.js';
 import { createLogger } from '../lib/log.js';
-import { ControllerService as ControllerServiceDef, bindServer } from '../lib/rpc.js';
+import { ControllerService as ControllerServiceDef, SteeringService as SteeringServiceDef, bindServer } from '../lib/rpc.js';
 import { exitOnSignals } from '../lib/shutdown.js';
-import { MIGRATIONS_BUCKET } from '../lib/subjects.js';
+import { MIGRATIONS_BUCKET, STEERING_BUCKET, STEERING_KV } from '../lib/subjects.js';
 import { AgentPool } from './agent-client.js';
 import type { MigrationState } from './migration-machine.js';
 import { MigrationStore } from './migration-store.js';
 import { Orchestrator } from './orchestrator.js';
 import { HostRegistry } from './registry.js';
 import { ControllerService } from './service.js';
+import { SteeringController } from './steering-service.js';
+import { SteeringStore } from './steering-store.js';
+import type { RuleTable } from './steering-table.js';
 
 const program = new Command()
   .name('godwit-controller')
@@ -30,15 +33,20 @@ async function main() {
   const agents = new AgentPool();
   const orchestrator = new Orchestrator({ store, registry, agents, bus, log });
   const service = new ControllerService({ registry, agents, orchestrator, store, log });
+  const steeringStore = new SteeringStore(await bus.kv<RuleTable>(STEERING_BUCKET, STEERING_KV), log);
+  await steeringStore.start();
+  const steering = new SteeringController({ store: steeringStore, registry, agents, log });
 
   const server = new grpc.Server();
   server.addService(ControllerServiceDef, service.handlers());
+  server.addService(SteeringServiceDef, steering.handlers());
   await bindServer(server, o.listen);
   log.info({ listen: o.listen, nats: o.nats }, 'controller ready');
 
   exitOnSignals(
     [
       { name: 'host registry', run: () => registry.stop() },
+      { name: 'steering table watch', run: () => steeringStore.stop() },
       { name: 'grpc server', run: () => server.forceShutdown() },
       { name: 'agent channels', run: () => agents.close() },
       { name: 'nats', run: () => bus.close() },

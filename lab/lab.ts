@@ -44,6 +44,8 @@ export interface Lab {
 export interface LabOptions {
   hosts?: string[];
   index?: number;
+  /** Extra flags for every agent, e.g. ['--no-checkpoint'] for a fleet that only steers. */
+  agentFlags?: string[];
 }
 
 export function labDir(index: number): string {
@@ -62,14 +64,14 @@ export async function labUp(opts: LabOptions = {}): Promise<Lab> {
   const index = opts.index ?? (await findFreeLabIndex());
   const hosts = opts.hosts ?? ['a', 'b'];
   try {
-    return await build(index, hosts);
+    return await build(index, hosts, opts.agentFlags ?? []);
   } catch (err) {
     await labDown(index);
     throw err;
   }
 }
 
-async function build(index: number, hostNames: string[]): Promise<Lab> {
+async function build(index: number, hostNames: string[], agentFlags: string[]): Promise<Lab> {
   const topology = await createTopology({ index, hosts: hostNames });
   const dir = labDir(index);
   rmSync(dir, { recursive: true, force: true });
@@ -108,6 +110,7 @@ async function build(index: number, hostNames: string[]): Promise<Lab> {
     '--iface', h.iface,
     '--state-dir', join(dir, 'hosts', h.name),
     '--pin-dir', agentPinDir(index, h.name),
+    ...agentFlags,
   ];
   for (const h of topology.hosts) start(`agent-${h.name}`, h, node, agentArgs(h));
 

@@ -87,3 +87,30 @@ export class HostOperationError extends GodwitError {
     this.name = 'HostOperationError';
   }
 }
+
+/** Something the request would create exists already. */
+export class AlreadyExistsError extends GodwitError {
+  readonly code = status.ALREADY_EXISTS;
+  constructor(message: string) {
+    super(message);
+    this.name = 'AlreadyExistsError';
+  }
+}
+
+/** A steering service or backend the request names does not exist. */
+export class SteeringNotFoundError extends GodwitError {
+  readonly code = status.NOT_FOUND;
+  constructor(readonly what: 'service' | 'backend', readonly key: string, message: string) {
+    super(message);
+    this.name = 'SteeringNotFoundError';
+  }
+}
+
+/** Lost a compare-and-set to another writer too many times in a row; the caller may retry. */
+export class ConflictError extends GodwitError {
+  readonly code = status.ABORTED;
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConflictError';
+  }
+}

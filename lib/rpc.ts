@@ -5,8 +5,10 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ProtoGrpcType as AgentProto } from '../proto/gen/agent.js';
 import type { ProtoGrpcType as ControllerProto } from '../proto/gen/controller.js';
+import type { ProtoGrpcType as SteeringProto } from '../proto/gen/steering.js';
 import type { AgentClient } from '../proto/gen/godwit/v1/Agent.js';
 import type { ControllerClient } from '../proto/gen/godwit/v1/Controller.js';
+import type { SteeringClient } from '../proto/gen/godwit/v1/Steering.js';
 import { GodwitError } from './errors.js';
 import type { Logger } from './log.js';
 
@@ -36,9 +38,11 @@ function load<T>(file: string): T {
 
 const agentProto = load<AgentProto>('godwit/v1/agent.proto');
 const controllerProto = load<ControllerProto>('godwit/v1/controller.proto');
+const steeringProto = load<SteeringProto>('godwit/v1/steering.proto');
 
 export const AgentService = agentProto.godwit.v1.Agent.service;
 export const ControllerService = controllerProto.godwit.v1.Controller.service;
+export const SteeringService = steeringProto.godwit.v1.Steering.service;
 
 /** Keepalive so that a dead peer is noticed during long phases, not after the OS gives up. */
 const CHANNEL_OPTIONS: grpc.ChannelOptions = {
@@ -53,6 +57,10 @@ export function agentClient(address: string): AgentClient {
 
 export function controllerClient(address: string): ControllerClient {
   return new controllerProto.godwit.v1.Controller(address, grpc.credentials.createInsecure(), CHANNEL_OPTIONS);
+}
+
+export function steeringClient(address: string): SteeringClient {
+  return new steeringProto.godwit.v1.Steering(address, grpc.credentials.createInsecure(), CHANNEL_OPTIONS);
 }
 
 /**

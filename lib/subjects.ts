@@ -8,12 +8,24 @@ export const SUBJECTS = {
   /** One event per phase change of a migration: `godwit.events.migration.<id>.<phase>`. */
   migrationEvent: (id: string, phase: string) => `godwit.events.migration.${id}.${phase.toLowerCase()}`,
   allEvents: 'godwit.events.>',
+  /** An agent's "my data plane now holds steering generation G": `godwit.hosts.<host>.steering.ack`. */
+  steeringAck: (host: string) => `godwit.hosts.${host}.steering.ack`,
+  allSteeringAcks: 'godwit.hosts.*.steering.ack',
 } as const;
 
 /** JetStream stream that keeps the events for automation that was not listening at the time. */
 export const EVENTS_STREAM = 'GODWIT_EVENTS';
 /** JetStream KV bucket: one key per migration, its latest recorded state. */
 export const MIGRATIONS_BUCKET = 'godwit_migrations';
+/**
+ * JetStream KV bucket holding the steering rule table under one key (STEERING_TABLE_KEY): the
+ * controller writes it with compare-and-set, every agent watches it (docs: README, "Fleet
+ * propagation").
+ */
+export const STEERING_BUCKET = 'godwit_steering';
+export const STEERING_TABLE_KEY = 'table';
+/** How every opener of STEERING_BUCKET opens it (Bus.kv): agents and controllers follow the table through this. */
+export const STEERING_KV = { republish: { key: STEERING_TABLE_KEY, subject: 'godwit.steering.table' } } as const;
 
 /** Host names become subject tokens and file names: keep them to a safe alphabet. */
 export const HOST_NAME = /^[a-z0-9][a-z0-9-]{0,62}$/;
