@@ -1,8 +1,8 @@
-/* SPDX-License-Identifier: GPL-2.0 */
+// SPDX-License-Identifier: GPL-2.0
 /*
- * Passes every packet. Native XDP_TX / XDP_REDIRECT into a veth delivers a frame only when the
- * receiving end runs an XDP program; the lab attaches this one to the router's ends of the
- * host links (lab/topology.ts, routed fabric) so that the data plane's XDP_TX reaches the router.
+ * Passes every frame. For the far end of a veth that godwit's XDP program sends frames back out
+ * of (XDP_TX): veth delivers such frames natively only when the peer has an XDP program of its
+ * own (FIELD-NOTES). The lab's router side and the steering test fixture attach this one.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
