@@ -2,11 +2,13 @@
  * Benchmarks, each a subcommand with a readable table on stdout and `--json` for machines:
  *   npm run bench -- lock      migrations under each lock mode vs live connections
  *   npm run bench -- lockops   lock/unlock of many entries, per method
+ *   npm run bench -- steer-dataplane   CPU per packet: godwit steering vs iptables / nftables DNAT vs no rule
  */
 const [which, ...rest] = process.argv.slice(2);
 const benches: Record<string, () => Promise<{ run(argv: string[]): Promise<number> }>> = {
   lock: () => import('./lock.js'),
   lockops: () => import('./lockops.js'),
+  'steer-dataplane': () => import('./steer-dataplane.js'),
 };
 const load = which ? benches[which] : undefined;
 if (!load) {
