@@ -5,7 +5,9 @@
  * host's network namespace and returns where the generator must send and how to undo it.
  */
 import { rmSync } from 'node:fs';
+import { join } from 'node:path';
 import { execCommand, type Executor } from '../lib/exec.js';
+import { REPO_ROOT } from '../lib/rpc.js';
 import { nsExecutor } from '../agent/linux/netns-exec.js';
 import type { SteeringDataplane, SteeringTable } from '../agent/steering.js';
 import type { LabHost } from '../lab/topology.js';
@@ -90,9 +92,12 @@ async function setupBaseline(c: ModeContext): Promise<ModeHandle> {
 /** Where the steering driver lives once h2-steer's work is merged (agent/linux/steering-ebpf.ts). */
 const STEERING_MODULE = '../agent/linux/steering-ebpf.js';
 
+/** The part of agent/linux/steering-ebpf.ts this benchmark uses (its EbpfSteeringOptions). */
 interface SteeringModule {
-  EbpfSteering: new (opts: { exec: Executor; iface: string; pinDir: string }) => SteeringDataplane;
+  EbpfSteering: new (opts: { exec: Executor; iface: string; pinDir: string; objectPath: string; hostAddress: string }) => SteeringDataplane;
 }
+
+const STEER_OBJECT = join(REPO_ROOT, 'build', 'bpf', 'steer.o');
 
 /**
  * godwit's steering on `host`: the data plane installed on its interface and one service
@@ -108,7 +113,7 @@ export async function setupGodwit(host: LabHost, vip: SteerTarget & { proto: Ste
     mod = undefined;
   }
   if (!mod?.EbpfSteering) throw new ModeUnavailableError('godwit', 'agent/linux/steering-ebpf.ts (EbpfSteering) is not in this tree yet');
-  const steering = new mod.EbpfSteering({ exec: nsExecutor(host.netns, execCommand), iface: host.iface, pinDir });
+  const steering = new mod.EbpfSteering({ exec: nsExecutor(host.netns, execCommand), iface: host.iface, pinDir, objectPath: STEER_OBJECT, hostAddress: host.address });
   const table: SteeringTable = {
     generation: 1,
     services: [

@@ -59,7 +59,7 @@ export interface ModeCost {
   pps?: number;
   delivered?: number;
   packets?: number;
-  /** cpuNsPerPacket minus the baseline's: what the rewrite itself costs. */
+  /** Median over runs of (this run's cpuNsPerPacket − the same run's baseline): what the rewrite itself costs. */
   overBaselineNs?: number;
   error?: string;
 }
@@ -99,8 +99,19 @@ export function summarize(rows: readonly SteerMeasurement[]): ProtoSummary[] {
         ...(failed ? { error: failed.error } : {}),
       };
     }
+    // Each run's mode against the same run's baseline (modes are interleaved within a run, so
+    // drift of this shared machine between runs cancels), then the median of those differences;
+    // the difference of the medians when no run has both.
     const base = modes.baseline?.cpuNsPerPacket;
-    for (const m of Object.values(modes)) if (base !== undefined && m.cpuNsPerPacket !== undefined) m.overBaselineNs = m.cpuNsPerPacket - base;
+    const baseOf = new Map(rows.filter((r) => r.proto === proto && r.mode === 'baseline' && r.ok).map((r) => [r.run, r.cpuNsPerPacket]));
+    for (const mode of STEER_MODES) {
+      const m = modes[mode];
+      if (!m || m.cpuNsPerPacket === undefined) continue;
+      const paired = rows
+        .filter((r) => r.proto === proto && r.mode === mode && r.ok && baseOf.has(r.run))
+        .map((r) => r.cpuNsPerPacket - baseOf.get(r.run)!);
+      m.overBaselineNs = paired.length > 0 ? median(paired) : base !== undefined ? m.cpuNsPerPacket - base : undefined;
+    }
     return {
       proto,
       modes,

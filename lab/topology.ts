@@ -322,6 +322,12 @@ async function createRouted(index: number, hostNames: string[], exec: Executor):
     await ip('-n', h.netns, 'route', 'add', 'default', 'via', h.gateway!);
     await inRouter('addr', 'add', `${h.gateway}/${ROUTED_LINK_PREFIX_LENGTH}`, 'dev', r);
     await sysctlIn(exec, router, [`net.ipv4.conf.${r}.rp_filter=0`]);
+    // Transmit checksum offload off on both ends: a veth otherwise hands CHECKSUM_PARTIAL skbs
+    // (checksum not yet computed) to its peer, and an XDP program that rewrites such a packet
+    // sees a field that holds no checksum yet; this way every checksum is on the wire, computed,
+    // and the receiving kernel verifies it.
+    await exec('nsenter', [...nsenterArgs(h), 'ethtool', '-K', h.iface, 'tx', 'off']);
+    await exec('nsenter', [...nsenterArgs(router), 'ethtool', '-K', r, 'tx', 'off']);
     if (h !== client) {
       // The data plane answers with native XDP_TX on the host's eth0; veth delivers such frames
       // only when the receiving end has an XDP program of its own, so the router's ends get a

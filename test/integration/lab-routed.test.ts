@@ -71,7 +71,7 @@ describe('lab: routed fabric', () => {
     expect(t.vip(0)).toBe(`198.19.${index}.1`);
   });
 
-  it('routes with forwarding on, rp_filter off, L4 multipath hashing, the MTUs and the pass-through XDP programs', async () => {
+  it('routes with forwarding on, rp_filter off, L4 multipath hashing, the MTUs, checksums off-loaded nowhere and the pass-through XDP programs', async () => {
     const router = lab.topology.router!;
     const sysctl = async (k: string) => (await run(router, 'sysctl', ['-n', k])).stdout.trim();
     expect(await sysctl('net.ipv4.ip_forward')).toBe('1');
@@ -83,6 +83,9 @@ describe('lab: routed fabric', () => {
       expect(r.mtu).toBe(ROUTED_HOST_MTU);
       expect(r.xdp?.prog?.name).toBe('godwit_xdp_pass');
       expect((await linkOf(h.netns, 'eth0')).mtu).toBe(ROUTED_HOST_MTU);
+      // Checksums computed on the wire, never CHECKSUM_PARTIAL handed across a veth.
+      expect((await run(h, 'ethtool', ['-k', 'eth0'])).stdout).toMatch(/^tx-checksumming: off/m);
+      expect((await run(router, 'ethtool', ['-k', router.ifaceTo(h.name)])).stdout).toMatch(/^tx-checksumming: off/m);
     }
     expect((await linkOf(router.netns, 'r-client')).mtu).toBe(ROUTED_CLIENT_MTU);
     expect((await linkOf(lab.topology.client.netns, 'eth0')).mtu).toBe(ROUTED_CLIENT_MTU);

@@ -31,6 +31,9 @@ describe('bench steer-dataplane report', () => {
     expect(tcp.modes.iptables?.overBaselineNs).toBe(1300);
     expect(tcp.modes.nftables).toMatchObject({ runs: 1, ok: 0, cpuNsPerPacket: undefined, error: 'no packet reached the backend' });
     expect(ratio(0, 5)).toBeUndefined();
+    // Paired by run: run 2's iptables against run 2's baseline, not against the median baseline.
+    const [paired] = summarize([...rows, row('iptables', 'udp', 1750, 2), row('iptables', 'udp', 2250, 3)]);
+    expect(paired.modes.iptables?.overBaselineNs).toBe(300); // median of 300, 50, 350
     expect(ratio(-10, 5)).toBeUndefined();
   });
 
