@@ -109,7 +109,8 @@ export async function setupGodwit(host: LabHost, vip: SteerTarget & { proto: Ste
   try {
     // A computed specifier: this file compiles whether or not the driver is in the tree yet.
     mod = (await import(STEERING_MODULE as string)) as Partial<SteeringModule>;
-  } catch {
+  } catch (err) {
+    if ((err as { code?: string }).code !== 'ERR_MODULE_NOT_FOUND') throw err;
     mod = undefined;
   }
   if (!mod?.EbpfSteering) throw new ModeUnavailableError('godwit', 'agent/linux/steering-ebpf.ts (EbpfSteering) is not in this tree yet');
