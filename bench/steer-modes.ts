@@ -10,7 +10,7 @@ import { execCommand, type Executor } from '../lib/exec.js';
 import { REPO_ROOT } from '../lib/rpc.js';
 import { nsExecutor } from '../agent/linux/netns-exec.js';
 import type { SteeringDataplane, SteeringTable } from '../agent/steering.js';
-import type { LabHost } from '../lab/topology.js';
+import { XDP_PASS_OBJECT, type LabHost } from '../lab/topology.js';
 import type { SteerMode, SteerProto } from './steer-report.js';
 
 export interface SteerTarget {
@@ -89,6 +89,18 @@ async function setupBaseline(c: ModeContext): Promise<ModeHandle> {
   return { target: c.backend, teardown: async () => undefined };
 }
 
+/** The baseline with a pass-through XDP program on the host's interface (see STEER_MODES). */
+async function setupBaselineXdp(c: ModeContext): Promise<ModeHandle> {
+  const exec = nsExecutor(c.host.netns, execCommand);
+  await exec('ip', ['link', 'set', 'dev', c.host.iface, 'xdpdrv', 'obj', XDP_PASS_OBJECT, 'sec', 'xdp']);
+  return {
+    target: c.backend,
+    teardown: async () => {
+      await exec('ip', ['link', 'set', 'dev', c.host.iface, 'xdpdrv', 'off'], { allowFailure: true });
+    },
+  };
+}
+
 /** Where the steering driver lives once h2-steer's work is merged (agent/linux/steering-ebpf.ts). */
 const STEERING_MODULE = '../agent/linux/steering-ebpf.js';
 
@@ -154,5 +166,7 @@ export async function setupMode(mode: SteerMode, c: ModeContext): Promise<ModeHa
       return setupNftables(c);
     case 'baseline':
       return setupBaseline(c);
+    case 'baseline-xdp':
+      return setupBaselineXdp(c);
   }
 }

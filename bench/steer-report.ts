@@ -5,7 +5,12 @@
  */
 import { median } from './lock-report.js';
 
-export const STEER_MODES = ['godwit', 'iptables', 'nftables', 'baseline'] as const;
+/**
+ * baseline-xdp: the baseline with bpf/xdp_pass.c on the host's interface, i.e. what having any
+ * native XDP program on a veth costs (the veth then receives in NAPI, converting each skb to an
+ * XDP buffer and back), which a NIC does not charge. godwit's cost over it is its program's own.
+ */
+export const STEER_MODES = ['godwit', 'iptables', 'nftables', 'baseline', 'baseline-xdp'] as const;
 export type SteerMode = (typeof STEER_MODES)[number];
 export const STEER_PROTOS = ['udp', 'tcp'] as const;
 export type SteerProto = (typeof STEER_PROTOS)[number];
@@ -71,6 +76,8 @@ export interface ProtoSummary {
   ratioOverBaseline: Partial<Record<'iptables' | 'nftables', number>>;
   /** other mode's total CPU per packet ÷ godwit's. */
   ratioTotal: Partial<Record<'iptables' | 'nftables', number>>;
+  /** godwit minus baseline-xdp, paired by run: the steering program's own cost in real traffic. */
+  godwitOverXdpNs?: number;
 }
 
 export function ratio(godwit: number | undefined, other: number | undefined): number | undefined {
@@ -102,16 +109,17 @@ export function summarize(rows: readonly SteerMeasurement[]): ProtoSummary[] {
     // Each run's mode against the same run's baseline (modes are interleaved within a run, so
     // drift of this shared machine between runs cancels), then the median of those differences;
     // the difference of the medians when no run has both.
-    const base = modes.baseline?.cpuNsPerPacket;
-    const baseOf = new Map(rows.filter((r) => r.proto === proto && r.mode === 'baseline' && r.ok).map((r) => [r.run, r.cpuNsPerPacket]));
-    for (const mode of STEER_MODES) {
+    const over = (mode: SteerMode, baseMode: SteerMode): number | undefined => {
       const m = modes[mode];
-      if (!m || m.cpuNsPerPacket === undefined) continue;
+      const base = modes[baseMode]?.cpuNsPerPacket;
+      if (!m || m.cpuNsPerPacket === undefined) return undefined;
+      const baseOf = new Map(rows.filter((r) => r.proto === proto && r.mode === baseMode && r.ok).map((r) => [r.run, r.cpuNsPerPacket]));
       const paired = rows
         .filter((r) => r.proto === proto && r.mode === mode && r.ok && baseOf.has(r.run))
         .map((r) => r.cpuNsPerPacket - baseOf.get(r.run)!);
-      m.overBaselineNs = paired.length > 0 ? median(paired) : base !== undefined ? m.cpuNsPerPacket - base : undefined;
-    }
+      return paired.length > 0 ? median(paired) : base !== undefined ? m.cpuNsPerPacket - base : undefined;
+    };
+    for (const mode of STEER_MODES) if (modes[mode]) modes[mode]!.overBaselineNs = over(mode, 'baseline');
     return {
       proto,
       modes,
@@ -123,6 +131,7 @@ export function summarize(rows: readonly SteerMeasurement[]): ProtoSummary[] {
         iptables: ratio(modes.godwit?.cpuNsPerPacket, modes.iptables?.cpuNsPerPacket),
         nftables: ratio(modes.godwit?.cpuNsPerPacket, modes.nftables?.cpuNsPerPacket),
       },
+      godwitOverXdpNs: modes['baseline-xdp'] ? over('godwit', 'baseline-xdp') : undefined,
     };
   });
 }
@@ -184,7 +193,10 @@ export function summaryTable(rows: readonly SteerMeasurement[]): string {
       ]);
     }
   }
-  return markdown(header, body, right);
+  const notes = summarize(rows)
+    .filter((s) => s.godwitOverXdpNs !== undefined)
+    .map((s) => `${s.proto}: godwit over baseline-xdp (the steering program's own work in real traffic) ${signedNs(s.godwitOverXdpNs)} ns/packet; baseline-xdp over baseline (a veth's cost of running any XDP program) ${signedNs(s.modes['baseline-xdp']?.overBaselineNs)} ns/packet`);
+  return [markdown(header, body, right), ...notes].join('\n');
 }
 
 export function progTestRunTable(rows: readonly ProgTestRunRow[]): string {
@@ -200,7 +212,7 @@ export function progTestRunTable(rows: readonly ProgTestRunRow[]): string {
 
 // ---- the plot ----
 
-const COLORS: Record<SteerMode, string> = { godwit: '#1b7837', iptables: '#b2182b', nftables: '#2166ac', baseline: '#999999' };
+const COLORS: Record<SteerMode, string> = { godwit: '#1b7837', iptables: '#b2182b', nftables: '#2166ac', baseline: '#999999', 'baseline-xdp': '#8c6bb1' };
 const BASE_FILL = '#d9d9d9';
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
 

@@ -328,12 +328,13 @@ async function createRouted(index: number, hostNames: string[], exec: Executor):
     // and the receiving kernel verifies it.
     await exec('nsenter', [...nsenterArgs(h), 'ethtool', '-K', h.iface, 'tx', 'off']);
     await exec('nsenter', [...nsenterArgs(router), 'ethtool', '-K', r, 'tx', 'off']);
-    if (h !== client) {
-      // The data plane answers with native XDP_TX on the host's eth0; veth delivers such frames
-      // only when the receiving end has an XDP program of its own, so the router's ends get a
-      // pass-through one (the client's link carries only routed skbs and needs none).
-      await inRouter('link', 'set', 'dev', r, 'xdpdrv', 'obj', XDP_PASS_OBJECT, 'sec', 'xdp');
-    }
+    // A pass-through XDP program on every router end, for two reasons. The data plane answers
+    // with native XDP_TX on a host's eth0, and veth delivers such frames only when the receiving
+    // end has an XDP program of its own. And on the client's link: a veth end with XDP receives
+    // into page-backed buffers with XDP headroom, as a NIC driver does, so the packets the
+    // router forwards reach a host's XDP program without a copy (a veth copies every skb that
+    // lacks 256 bytes of headroom before running XDP on it, which no NIC would).
+    await inRouter('link', 'set', 'dev', r, 'xdpdrv', 'obj', XDP_PASS_OBJECT, 'sec', 'xdp');
     await inRouter('link', 'set', r, 'up');
   }
   await sysctlIn(exec, router, [`net.ipv4.conf.${router.ifaceTo('ctl')}.rp_filter=0`]);

@@ -88,6 +88,7 @@ describe('lab: routed fabric', () => {
       expect((await run(router, 'ethtool', ['-k', router.ifaceTo(h.name)])).stdout).toMatch(/^tx-checksumming: off/m);
     }
     expect((await linkOf(router.netns, 'r-client')).mtu).toBe(ROUTED_CLIENT_MTU);
+    expect((await linkOf(router.netns, 'r-client')).xdp?.prog?.name).toBe('godwit_xdp_pass');
     expect((await linkOf(lab.topology.client.netns, 'eth0')).mtu).toBe(ROUTED_CLIENT_MTU);
     const vipRoute = (await execCommand('ip', ['-n', router.netns, 'route', 'show', lab.topology.vipBlock!])).stdout;
     for (const h of lab.topology.hosts) expect(vipRoute).toContain(`nexthop via ${h.address} dev r-${h.name}`);

@@ -34,6 +34,11 @@ describe('bench steer-dataplane report', () => {
     // Paired by run: run 2's iptables against run 2's baseline, not against the median baseline.
     const [paired] = summarize([...rows, row('iptables', 'udp', 1750, 2), row('iptables', 'udp', 2250, 3)]);
     expect(paired.modes.iptables?.overBaselineNs).toBe(300); // median of 300, 50, 350
+    // With a baseline-xdp run, godwit is also measured against it (the program's own work).
+    const [xdp] = summarize([...rows, row('baseline-xdp', 'udp', 1850)]);
+    expect(xdp.godwitOverXdpNs).toBe(50);
+    expect(xdp.modes['baseline-xdp']?.overBaselineNs).toBe(50);
+    expect(summaryTable([...rows, row('baseline-xdp', 'udp', 1850)])).toContain('udp: godwit over baseline-xdp');
     expect(ratio(-10, 5)).toBeUndefined();
   });
 
@@ -62,7 +67,7 @@ describe('bench steer-dataplane report', () => {
   });
 
   it('parses options; --quick is small', () => {
-    expect(parseOptions(['--quick'])).toMatchObject({ packets: 100_000, runs: 1, flows: 256, modes: ['godwit', 'iptables', 'nftables', 'baseline'], protos: ['udp', 'tcp'] });
+    expect(parseOptions(['--quick'])).toMatchObject({ packets: 100_000, runs: 1, flows: 256, modes: ['godwit', 'iptables', 'nftables', 'baseline', 'baseline-xdp'], protos: ['udp', 'tcp'] });
     expect(parseOptions(['--modes', 'iptables,baseline', '--proto', 'tcp', '--runs', '3', '--packets', '5000'])).toMatchObject({ modes: ['iptables', 'baseline'], protos: ['tcp'], runs: 3, packets: 5000 });
   });
 });
