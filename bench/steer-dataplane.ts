@@ -8,7 +8,8 @@
  * load is the same in every mode: build/godwit-pktgen sends --packets crafted frames from the
  * client (--flows source ports round-robin, fixed payload), only the destination differs (the VIP
  * or, for the baseline, the backend). The README's "steer-dataplane" section explains the CPU
- * accounting. Modes are interleaved within each run, so drift on this shared machine hits them alike.
+ * accounting. Modes are interleaved within each run (each run starting at the next mode), so drift
+ * on this shared machine hits them alike.
  *
  *   --packets 1000000   per measurement      --flows 256        --payload 18 (bytes of L4 data)
  *   --runs 5            measurements per (mode, proto); the tables show medians
@@ -379,8 +380,10 @@ export async function run(argv: string[]): Promise<number> {
   say(`bench steer-dataplane: ${opts.packets} packets, ${opts.flows} flows, ${opts.payload} B payload; modes=${opts.modes.join(',')} proto=${opts.protos.join(',')} runs=${opts.runs} (${total} measurements)`);
   let seq = 0;
   for (let r = 1; r <= opts.runs; r++) {
+    // Each run starts at another mode, so no mode always runs first (or right after another).
+    const order = opts.modes.map((_, k) => opts.modes[(k + r - 1) % opts.modes.length]);
     for (const proto of opts.protos) {
-      for (const mode of opts.modes) {
+      for (const mode of order) {
         seq++;
         if (unavailable.has(mode)) continue;
         say(`[${seq}/${total}] ${mode} ${proto} run ${r} ...`);

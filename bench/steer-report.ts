@@ -279,7 +279,7 @@ export function steerSvg(rows: readonly SteerMeasurement[], opts: { width?: numb
   }
   parts.push(`<rect x="${m.left + pw + 14}" y="${legendY - 7}" width="14" height="12" fill="${BASE_FILL}"/>`);
   parts.push(`<text x="${m.left + pw + 34}" y="${legendY + 4}">baseline part</text>`);
-  parts.push(`<text x="${m.left + pw / 2}" y="${H - 14}" text-anchor="middle">labels: ns per packet over the baseline (baseline: its total)</text>`);
+  parts.push(`<text x="${m.left + pw / 2}" y="${H - 14}" text-anchor="middle">bars: median per mode; labels: median of (mode − the same run's baseline), ns/packet</text>`);
   parts.push('</svg>');
   return parts.join('\n') + '\n';
 }

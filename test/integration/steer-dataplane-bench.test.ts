@@ -13,7 +13,7 @@ import { REPO_ROOT } from '../../lib/rpc.js';
 import { listNetns } from '../../lab/topology.js';
 
 const PACKETS = 20_000;
-const MODES = ['iptables', 'nftables', 'baseline'];
+const MODES = ['iptables', 'nftables', 'baseline', 'baseline-xdp'];
 
 describe('bench steer-dataplane --quick', () => {
   const results = mkdtempSync(join(tmpdir(), 'godwit-steer-bench-'));
