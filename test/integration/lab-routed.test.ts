@@ -4,9 +4,10 @@
  * left behind after down.
  */
 import { existsSync, readdirSync } from 'node:fs';
+import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execCommand } from '../../lib/exec.js';
-import { agentPinDir, labDown, labDir, labUp, rootLink, startLabWorkload, type Lab } from '../../lab/lab.js';
+import { AGENT_PORT, agentPinDir, labDown, labDir, labUp, rootLink, startLabWorkload, type Lab } from '../../lab/lab.js';
 import { inNetns, listNetns, ROUTED_CLIENT_MTU, ROUTED_HOST_MTU, type LabHost } from '../../lab/topology.js';
 import { startTraffic, type TrafficHandle } from '../../lab/traffic.js';
 import { stopWorkload } from '../../lab/workload.js';
@@ -100,12 +101,27 @@ describe('lab: routed fabric', () => {
     expect(r.stdout).not.toMatch(/Received [1-9]/);
   });
 
-  it('has every agent registered with the controller across the router', async () => {
+  it('has every agent registered with the controller across the router, and the root namespace reaches each agent', async () => {
     const hosts = (await lab.controller.listHosts()).hosts ?? [];
     expect(hosts.filter((h) => h.ready).map((h) => h.name).sort()).toEqual(['a', 'b']);
+    for (const name of ['a', 'b']) {
+      const [host, port] = lab.agentAddress(name).split(':');
+      const ok = await new Promise<boolean>((resolve) => {
+        const s = connect({ host, port: Number(port), timeout: 2000 });
+        s.once('connect', () => (s.destroy(), resolve(true)));
+        s.once('error', () => resolve(false));
+        s.once('timeout', () => (s.destroy(), resolve(false)));
+      });
+      expect(ok, `root -> agent ${name} at ${lab.agentAddress(name)}`).toBe(true);
+    }
   });
 
   it('reaches a workload on each host from the client through the router (every byte checked)', async () => {
+    // The hosts' own addresses first: a TCP connect from the client to each agent's port.
+    for (const name of ['a', 'b']) {
+      const script = `const s=require('node:net').connect(${AGENT_PORT},'${lab.host(name).address}',()=>{s.destroy();process.exit(0)});s.on('error',()=>process.exit(1));setTimeout(()=>process.exit(2),3000)`;
+      expect((await run(lab.topology.client, process.execPath, ['-e', script], true)).exitCode, `client -> host ${name}`).toBe(0);
+    }
     for (const [i, name] of ['a', 'b'].entries()) {
       const { pid, endpoint } = await startLabWorkload(lab, name, PORT, i);
       workloads.push(pid);
