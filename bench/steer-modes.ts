@@ -91,12 +91,13 @@ async function setupBaseline(c: ModeContext): Promise<ModeHandle> {
 
 /** The baseline with a pass-through XDP program on the host's interface (see STEER_MODES). */
 async function setupBaselineXdp(c: ModeContext): Promise<ModeHandle> {
-  const exec = nsExecutor(c.host.netns, execCommand);
-  await exec('ip', ['link', 'set', 'dev', c.host.iface, 'xdpdrv', 'obj', XDP_PASS_OBJECT, 'sec', 'xdp']);
+  // `ip -n` (not nsenter): it loads in a mount namespace of its own, so iproute2's bpffs folders
+  // (/sys/fs/bpf/{ip,tc,xdp}) are not left behind in the machine's.
+  await execCommand('ip', ['-n', c.host.netns, 'link', 'set', 'dev', c.host.iface, 'xdpdrv', 'obj', XDP_PASS_OBJECT, 'sec', 'xdp']);
   return {
     target: c.backend,
     teardown: async () => {
-      await exec('ip', ['link', 'set', 'dev', c.host.iface, 'xdpdrv', 'off'], { allowFailure: true });
+      await execCommand('ip', ['-n', c.host.netns, 'link', 'set', 'dev', c.host.iface, 'xdpdrv', 'off'], { allowFailure: true });
     },
   };
 }
