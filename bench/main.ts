@@ -3,12 +3,14 @@
  *   npm run bench -- lock      migrations under each lock mode vs live connections
  *   npm run bench -- lockops   lock/unlock of many entries, per method
  *   npm run bench -- steer-converge   rule change -> every agent's ack, at 10, 50, 100 agents
+ *   npm run bench -- steer-dataplane   CPU per packet: godwit steering vs iptables / nftables DNAT vs no rule
  */
 const [which, ...rest] = process.argv.slice(2);
 const benches: Record<string, () => Promise<{ run(argv: string[]): Promise<number> }>> = {
   lock: () => import('./lock.js'),
   lockops: () => import('./lockops.js'),
   'steer-converge': () => import('./steer-converge.js'),
+  'steer-dataplane': () => import('./steer-dataplane.js'),
 };
 const load = which ? benches[which] : undefined;
 if (!load) {

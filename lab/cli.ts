@@ -1,13 +1,14 @@
 /**
  * The lab from the command line:
- *   npm run lab -- up [--hosts a,b,c]     bring up a fleet on this machine; prints where it is
+ *   npm run lab -- up [--hosts a,b,c] [--fabric bridge|routed]
+ *                                         bring up a fleet on this machine; prints where it is
  *   npm run lab -- down [--index N]       remove lab N, or every godwit lab on this machine
  *   npm run lab -- list                   the labs that exist
  * The lab's services keep running after `up` returns; `down` removes exactly what `up` made.
  */
 import { Command } from 'commander';
 import { labDown, labUp } from './lab.js';
-import { LAB_MAX_INDEX, labPrefix, listNetns } from './topology.js';
+import { LAB_FABRICS, LAB_MAX_INDEX, labPrefix, listNetns, type LabFabric } from './topology.js';
 
 async function existingLabs(): Promise<number[]> {
   const names = await listNetns();
@@ -22,18 +23,22 @@ program
   .command('up')
   .option('--hosts <names>', 'comma-separated host names', 'a,b')
   .option('--index <n>', 'lab number (picks the subnet 198.18.<n>.0/24); default: the first free one', (v) => Number(v))
-  .action(async (o: { hosts: string; index?: number }) => {
-    const lab = await labUp({ hosts: o.hosts.split(',').map((s) => s.trim()), index: o.index });
+  .option('--fabric <kind>', `${LAB_FABRICS.join(' | ')}: one L2 segment, or a subnet per host behind a router`, 'bridge')
+  .action(async (o: { hosts: string; index?: number; fabric: string }) => {
+    if (!(LAB_FABRICS as readonly string[]).includes(o.fabric)) throw new Error(`--fabric ${o.fabric}: want ${LAB_FABRICS.join(' or ')}`);
+    const lab = await labUp({ hosts: o.hosts.split(',').map((s) => s.trim()), index: o.index, fabric: o.fabric as LabFabric });
     lab.controller.close();
     const t = lab.topology;
     process.stdout.write(
       JSON.stringify(
         {
           index: t.index,
+          fabric: t.fabric,
           controller: lab.controllerAddress,
           nats: lab.natsUrl,
-          hosts: t.hosts.map((h) => ({ name: h.name, netns: h.netns, address: h.address, agent: lab.agentAddress(h.name) })),
-          client: { netns: t.client.netns, address: t.client.address },
+          hosts: t.hosts.map((h) => ({ name: h.name, netns: h.netns, address: h.address, subnet: h.subnet, gateway: h.gateway, agent: lab.agentAddress(h.name) })),
+          client: { netns: t.client.netns, address: t.client.address, subnet: t.client.subnet, gateway: t.client.gateway },
+          ...(t.router ? { router: { netns: t.router.netns }, vips: t.vipBlock } : {}),
           workloadAddresses: [t.workloadAddress(0), t.workloadAddress(1)],
           logs: `${lab.dir}/logs`,
           down: `npm run lab -- down --index ${t.index}`,

@@ -5,7 +5,9 @@
  *
  * The root namespace gets one veth into the lab's switch (198.18.<i>.254), so that the demo and
  * tests, which run in the root namespace, reach the controller's gRPC and NATS as a real
- * operator's tools would: over the network.
+ * operator's tools would: over the network. In the routed fabric that switch is the management
+ * LAN behind the router, and the root namespace also gets a route to the lab's /24 through the
+ * router (to reach the agents); both go away with the link.
  */
 import { spawn } from 'node:child_process';
 import { closeSync, mkdirSync, openSync, readdirSync, rmdirSync, rmSync } from 'node:fs';
@@ -16,7 +18,7 @@ import { REPO_ROOT } from '../lib/rpc.js';
 import { ControllerApi } from '../controller/client.js';
 import { parseEndpoint, type Endpoint } from '../lib/endpoint.js';
 import { startWorkload } from './workload.js';
-import { createTopology, destroyTopology, findFreeLabIndex, inNetns, labPrefix, type LabHost, type LabTopology } from './topology.js';
+import { createTopology, destroyTopology, findFreeLabIndex, inNetns, labPrefix, type LabFabric, type LabHost, type LabTopology } from './topology.js';
 
 export const NATS_PORT = 4222;
 export const CONTROLLER_PORT = 50050;
@@ -46,6 +48,8 @@ export interface LabOptions {
   index?: number;
   /** Extra flags for every agent, e.g. ['--no-checkpoint'] for a fleet that only steers. */
   agentFlags?: string[];
+  /** 'bridge' (default): one L2 segment; 'routed': a /29 per host behind a router (lab/topology.ts). */
+  fabric?: LabFabric;
 }
 
 export function labDir(index: number): string {
@@ -64,15 +68,15 @@ export async function labUp(opts: LabOptions = {}): Promise<Lab> {
   const index = opts.index ?? (await findFreeLabIndex());
   const hosts = opts.hosts ?? ['a', 'b'];
   try {
-    return await build(index, hosts, opts.agentFlags ?? []);
+    return await build(index, hosts, opts.fabric ?? 'bridge', opts.agentFlags ?? []);
   } catch (err) {
     await labDown(index);
     throw err;
   }
 }
 
-async function build(index: number, hostNames: string[], agentFlags: string[]): Promise<Lab> {
-  const topology = await createTopology({ index, hosts: hostNames });
+async function build(index: number, hostNames: string[], fabric: LabFabric, agentFlags: string[]): Promise<Lab> {
+  const topology = await createTopology({ index, hosts: hostNames, fabric });
   const dir = labDir(index);
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir, { recursive: true });
@@ -85,8 +89,9 @@ async function build(index: number, hostNames: string[], agentFlags: string[]): 
   const mgmt = rootLink(index);
   await execCommand('ip', ['link', 'add', mgmt, 'type', 'veth', 'peer', 'name', 'mgmt', 'netns', ctl.netns]);
   await execCommand('ip', ['-n', ctl.netns, 'link', 'set', 'mgmt', 'master', 'br0', 'up']);
-  await execCommand('ip', ['addr', 'add', `198.18.${index}.254/24`, 'dev', mgmt]);
+  await execCommand('ip', ['addr', 'add', topology.rootLinkAddress, 'dev', mgmt]);
   await execCommand('ip', ['link', 'set', mgmt, 'up']);
+  for (const r of topology.rootRoutes) await execCommand('ip', ['route', 'add', r.to, 'via', r.via, 'dev', mgmt]);
 
   const pids = new Map<string, number>();
   const start = (name: string, host: LabHost, file: string, args: string[]) => {
@@ -154,12 +159,15 @@ async function build(index: number, hostNames: string[], agentFlags: string[]): 
 
 /**
  * The operator's part of placing a workload: its own address (the lab's workload address
- * `addressIndex`) on its first host, then the echo server bound to it there.
+ * `addressIndex`) on its first host, then the echo server bound to it there. In the routed
+ * fabric the router also gets the address's /32 route to that host (a migration does not move
+ * that route yet).
  */
 export async function startLabWorkload(lab: Lab, hostName: string, port: number, addressIndex = 0): Promise<{ pid: number; endpoint: Endpoint }> {
   const host = lab.host(hostName);
   const endpoint = parseEndpoint(`tcp://${lab.topology.workloadAddress(addressIndex)}:${port}`);
   await execCommand('ip', ['-n', host.netns, 'addr', 'add', `${endpoint.address}/32`, 'dev', host.iface]);
+  await lab.topology.routeWorkloadAddress(endpoint.address, hostName);
   const { pid } = await startWorkload(host, endpoint.address, port);
   return { pid, endpoint };
 }
