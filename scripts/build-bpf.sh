@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds every bpf/*.c into build/bpf/*.o. Idempotent: rebuilds an object only when its source
-# or a bpf/*.h header is newer. Run from anywhere; paths are relative to the repository root.
+# or a bpf/*.h or bpf/lib/*.h header is newer. Run from anywhere; paths are relative to the repository root.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,7 +21,7 @@ fi
 
 shopt -s nullglob
 sources=("$src_dir"/*.c)
-headers=("$src_dir"/*.h)
+headers=("$src_dir"/*.h "$src_dir"/lib/*.h)
 if [ ${#sources[@]} -eq 0 ]; then
   echo "build-bpf: no sources in $src_dir" >&2
   exit 1
