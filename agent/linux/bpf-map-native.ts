@@ -61,6 +61,24 @@ export interface BpfMapAddon {
   connSweep(memory: ArrayBuffer, slots: number, nowNs: bigint): number;
   /** godwit_conn_hash (bpf/godwit_maps.h) of one 16-byte tuple key. */
   connHash(key: Uint8Array): number;
+  /** BPF_PROG_TEST_RUN of a pinned program (test_run.c): `repeat` runs on data, the kernel's mean ns per run. */
+  testRun(pin: string, data: Buffer, repeat: number, outSize: number): ProgTestRun;
+  /** One BPF_PROG_TEST_RUN per packet of a packed Buffer; durationNs sums the kernel's per-run times. */
+  testRunEach(pin: string, packets: Buffer, packetSize: number): ProgTestRunEach;
+}
+
+export interface ProgTestRun {
+  retval: number;
+  durationNs: number;
+  /** The packet as the program left it. */
+  data: Buffer;
+}
+
+export interface ProgTestRunEach {
+  runs: number;
+  durationNs: number;
+  /** How many runs returned each value (keyed by the value; 'other' for 8 and above). */
+  retvals: Record<string, number>;
 }
 
 /** The addon is not built or does not load here; build it with scripts/build-native.sh. */
@@ -345,4 +363,58 @@ export function sendRawPackets(packets: Buffer): number {
   } catch (err) {
     throw asBpfMapError('raw socket', err);
   }
+}
+
+/** BPF_PROG_TEST_RUN of the program pinned at `pin` on one packet (bench and checksum tests). */
+export function progTestRun(pin: string, data: Buffer, repeat = 1, outSize = data.length + 256): ProgTestRun {
+  try {
+    return addon().testRun(pin, data, repeat, outSize);
+  } catch (err) {
+    throw asBpfMapError(pin, err);
+  }
+}
+
+/** BPF_PROG_TEST_RUN once per packet of a packed Buffer of equal-size packets. */
+export function progTestRunEach(pin: string, packets: Buffer, packetSize: number): ProgTestRunEach {
+  try {
+    return addon().testRunEach(pin, packets, packetSize);
+  } catch (err) {
+    throw asBpfMapError(pin, err);
+  }
+}
+
+/** What a pinned map of any type must be for a whole-map read or write. */
+export interface PinnedMapShape {
+  name: string;
+  /** bpf_map_type (uapi linux/bpf.h). */
+  type: number;
+  keySize: number;
+  valueSize: number;
+}
+
+function pinnedMapProblem(o: OpenedBpfMap, shape: PinnedMapShape): string | undefined {
+  const describe = (t: number, k: number, v: number) => `map type ${t} key ${k} value ${v}`;
+  const want = describe(shape.type, shape.keySize, shape.valueSize);
+  const have = describe(o.type, o.keySize, o.valueSize);
+  return want === have ? undefined : `expected ${want} (${shape.name}), found ${have}`;
+}
+
+/**
+ * Every entry of the map pinned at `pin` (BPF_MAP_LOOKUP_BATCH walks). For a per-CPU map give
+ * `valueBytes`: the value size rounded up to 8, times the possible CPUs (the kernel's layout).
+ */
+export function dumpPinnedMap(pin: string, shape: PinnedMapShape, valueBytes = shape.valueSize): PackedEntries {
+  return withOpenedMap(pin, (o) => pinnedMapProblem(o, shape), (m, fd) => m.dump(fd, shape.keySize, valueBytes));
+}
+
+/** Writes packed entries (BPF_ANY) into the map pinned at `pin`. */
+export function updatePinnedMap(pin: string, shape: PinnedMapShape, keys: Buffer, values: Buffer): number {
+  if (keys.length === 0) return 0;
+  return withOpenedMap(pin, (o) => pinnedMapProblem(o, shape), (m, fd) => m.update(fd, keys, values, shape.keySize, shape.valueSize));
+}
+
+/** Deletes packed keys from the map pinned at `pin`; keys not in it are skipped. */
+export function deleteFromPinnedMap(pin: string, shape: PinnedMapShape, keys: Buffer): number {
+  if (keys.length === 0) return 0;
+  return withOpenedMap(pin, (o) => pinnedMapProblem(o, shape), (m, fd) => m.delete(fd, keys, shape.keySize));
 }
