@@ -96,9 +96,10 @@ export class DirectSteerAttach implements SteerProgramLoader {
     await this.run('mkdir', ['-p', pins.mapsDir]);
     const specs: { name: string; spec?: SteerMapSpec }[] = [...Object.values(STEER_MAPS).map((spec) => ({ name: spec.name, spec })), { name: CHAIN_MAP_NAME }];
     const reused: string[] = [];
+    const btfs = new Map<number, unknown>(); // the maps of one object share one BTF
     for (const m of specs) {
       if (!(await this.exists(pins.map(m.name)))) continue;
-      if (m.spec) await this.checkLayout(m.spec);
+      if (m.spec) await this.checkLayout(m.spec, btfs);
       reused.push(m.name);
     }
     const created = specs.filter((m) => !reused.includes(m.name)).map((m) => m.name);
@@ -171,7 +172,7 @@ export class DirectSteerAttach implements SteerProgramLoader {
   }
 
   /** Refuses a pinned map whose shape or BTF struct layouts differ from the codec's. */
-  private async checkLayout(m: SteerMapSpec): Promise<void> {
+  private async checkLayout(m: SteerMapSpec, btfs: Map<number, unknown>): Promise<void> {
     const pin = this.pins.map(m.name);
     const info = JSON.parse((await this.run('bpftool', ['-j', 'map', 'show', 'pinned', pin])).stdout) as {
       type: string;
@@ -187,7 +188,11 @@ export class DirectSteerAttach implements SteerProgramLoader {
     const have = shape(info.type, info.bytes_key, info.bytes_value, info.max_entries, (info.flags ?? 0) & m.flags);
     if (want !== have) throw new SteerMapLayoutError(pin, `expected ${want}, found ${have}`);
     if (info.btf_id === undefined) throw new SteerMapLayoutError(pin, 'the pinned map carries no BTF to check');
-    const btf: unknown = JSON.parse((await this.run('bpftool', ['-j', 'btf', 'dump', 'id', String(info.btf_id)])).stdout);
+    let btf = btfs.get(info.btf_id);
+    if (btf === undefined) {
+      btf = JSON.parse((await this.run('bpftool', ['-j', 'btf', 'dump', 'id', String(info.btf_id)])).stdout) as unknown;
+      btfs.set(info.btf_id, btf);
+    }
     for (const l of m.structs) {
       const problem = layoutMismatch(l, structLayoutFromBtf(btf, l.name));
       if (problem) throw new SteerMapLayoutError(pin, problem);

@@ -114,8 +114,9 @@ describe('steering in a routed fabric', () => {
   it('applies generations atomically under traffic: new and established connections all work across 40 flips', async () => {
     const client = await net.startClient(VIP_PORT, 2000);
     expect((await client.open(20)).filter((r) => !r.ok)).toEqual([]);
+    // The same backends in both, weights and draining flipped: no flow loses its backend.
     const tables = [
-      (g: number) => table(g, [be(1, net.a, 7001), be(3, net.b, 7002)]),
+      (g: number) => table(g, [be(1, net.a, 7001), be(3, net.b, 7002), be(4, net.b, 7001, { draining: true })]),
       (g: number) => table(g, [be(1, net.a, 7001, { weight: 5 }), be(3, net.b, 7002, { draining: true }), be(4, net.b, 7001)]),
     ];
     let opening = client.open(60);
@@ -134,4 +135,19 @@ describe('steering in a routed fabric', () => {
     expect(await net.a.steering.apply(tables[0](start + 3))).toEqual({ generation: start + 40, applied: false });
     client.child.stdin!.end();
   }, 180_000);
+
+  it('keeps every established flow and the applied generation through an agent restart (programs reloaded over the pinned maps)', async () => {
+    const client = await net.startClient(VIP_PORT, 3000);
+    const opened = await client.open(40);
+    expect(opened.filter((r) => !r.ok)).toEqual([]);
+    const generation = await net.a.steering.appliedGeneration();
+    const accepted = echo.a1.conns.length + echo.b1.conns.length + echo.b2.conns.length;
+    for (const h of [net.a, net.b]) {
+      const again = await net.restartSteering(h);
+      expect(await again.appliedGeneration()).toBe(generation);
+    }
+    expect((await client.round()).filter((r) => !r.ok)).toEqual([]);
+    expect(echo.a1.conns.length + echo.b1.conns.length + echo.b2.conns.length).toBe(accepted);
+    client.child.stdin!.end();
+  }, 120_000);
 });

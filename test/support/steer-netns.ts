@@ -172,7 +172,7 @@ export class SteerNetns {
       const { netns, exec } = ns(h);
       const address = `198.19.${subnet}.2`;
       const pinDir = `${this.pinRoot}/${h}`;
-      return { name: h, netns, address, workload, exec, steering: new EbpfSteering({ exec, iface: 'eth0', pinDir, objectPath: `${REPO}build/bpf/steer.o`, hostAddress: address }) };
+      return { name: h, netns, address, workload, exec, steering: steeringOf({ exec, pinDir, address }) };
     };
     this.a = host('a', 2, '198.19.12.1');
     this.b = host('b', 3, '198.19.13.1');
@@ -207,6 +207,13 @@ export class SteerNetns {
       this.installed.push(h);
       await h.steering.install();
     }
+  }
+
+  /** What an agent restart does: a new driver over the same pins, installed again. */
+  async restartSteering(h: SteerHost): Promise<EbpfSteering> {
+    const again = steeringOf({ exec: h.exec, pinDir: `${this.pinRoot}/${h.name}`, address: h.address });
+    await again.install();
+    return again;
   }
 
   /** An echo server on host h's workload address. */
@@ -265,6 +272,10 @@ export class SteerNetns {
     this.children.length = 0;
     if (problems.length > 0) throw new AggregateError(problems, 'steering netns fixture teardown failed');
   }
+}
+
+function steeringOf(o: { exec: Executor; pinDir: string; address: string }): EbpfSteering {
+  return new EbpfSteering({ exec: o.exec, iface: 'eth0', pinDir: o.pinDir, objectPath: `${REPO}build/bpf/steer.o`, hostAddress: o.address });
 }
 
 async function killChild(child: ChildProcess): Promise<void> {
