@@ -182,7 +182,7 @@ int godwit_steer(struct xdp_md *ctx)
 	struct godwit_vip_key vk;
 	struct l4_ports *ports;
 	struct iphdr *iph;
-	__u32 zero = 0, slot, hash, ring_index, bytes, new_flow = 0;
+	__u32 zero = 0, slot, hash = 0, ring_index, bytes, new_flow = 0;
 
 	meta = bpf_map_lookup_elem(&steer_meta, &zero);
 	if (!meta)
@@ -219,7 +219,6 @@ int godwit_steer(struct xdp_md *ctx)
 	fk.dport = ports->dest;
 	fk.proto = iph->protocol;
 	fk.pad[0] = fk.pad[1] = fk.pad[2] = 0;
-	hash = godwit_flow_hash(fk.saddr, fk.daddr, fk.sport, fk.dport, fk.proto);
 
 	flow = bpf_map_lookup_elem(&steer_flows, &fk);
 	if (flow) {
@@ -230,6 +229,7 @@ int godwit_steer(struct xdp_md *ctx)
 			be = NULL;
 	}
 	if (!be) {
+		hash = godwit_flow_hash(fk.saddr, fk.daddr, fk.sport, fk.dport, fk.proto);
 		ring_index = slot * GODWIT_STEER_MAX_SERVICES + svc->ring;
 		ring = bpf_map_lookup_elem(&steer_rings, &ring_index);
 		if (!ring)
@@ -260,6 +260,8 @@ int godwit_steer(struct xdp_md *ctx)
 			return XDP_DROP;
 		return godwit_chain_next(ctx, GODWIT_SLOT_STEER);
 	}
+	if (!new_flow) /* the hash is needed on a miss and by the tunnel only */
+		hash = godwit_flow_hash(fk.saddr, fk.daddr, fk.sport, fk.dport, fk.proto);
 	return xdp_encap_vxlan(ctx, meta->host_addr, be->host_addr, hash, flow->backend_id);
 }
 
