@@ -45,32 +45,32 @@ beforeAll(async () => {
 afterAll(() => net.tearDown(), 60_000);
 
 describe('steering in a routed fabric', () => {
-  it('spreads 100 connections over a backend on each host: every byte echoed, the VIP as peer, counters match', async () => {
+  it('spreads 200 connections over a backend on each host: every byte echoed, the VIP as peer, counters match', async () => {
     const client = await net.startClient(VIP_PORT, 8192);
-    const opened = await client.open(100);
+    const opened = await client.open(200);
     expect(opened.filter((r) => !r.ok)).toEqual([]);
     expect(new Set(opened.map((r) => r.peer))).toEqual(new Set([`${VIP}:${VIP_PORT}`]));
     const byBackend = { a1: 0, b1: 0, b2: 0 };
     for (const r of opened) byBackend[backendOf(r) as keyof typeof byBackend]++;
     expect(byBackend.a1).toBeGreaterThan(0);
     expect(byBackend.b1).toBeGreaterThan(0);
-    expect(byBackend.a1 + byBackend.b1).toBe(100);
+    expect(byBackend.a1 + byBackend.b1).toBe(200);
 
     // A second exchange on every connection: each stays with its backend.
     expect((await client.round()).filter((r) => !r.ok)).toEqual([]);
-    expect(echo.a1.conns.length + echo.b1.conns.length).toBe(100);
+    expect(echo.a1.conns.length + echo.b1.conns.length).toBe(200);
 
     const c = await net.a.steering.counters();
     expect(c.backends.get(1)?.flows).toBe(BigInt(byBackend.a1));
     expect(c.backends.get(2)?.flows).toBe(BigInt(byBackend.b1));
-    expect(c.services.get(1)?.flows).toBe(100n);
+    expect(c.services.get(1)?.flows).toBe(200n);
     // Client-to-service bytes (IPv4 lengths) cover at least the two chunks each connection sent.
     expect(c.backends.get(1)!.bytes).toBeGreaterThanOrEqual(BigInt(byBackend.a1 * 2 * 8192));
     expect(c.backends.get(2)!.bytes).toBeGreaterThanOrEqual(BigInt(byBackend.b1 * 2 * 8192));
     expect(c.services.get(1)!.packets).toBe(c.backends.get(1)!.packets + c.backends.get(2)!.packets);
     // b only finished what a tunnelled: it counts nothing.
     expect((await net.b.steering.counters()).backends.size).toBe(0);
-    expect(await net.a.steering.liveFlows([1, 2])).toBeGreaterThanOrEqual(100);
+    expect(await net.a.steering.liveFlows([1, 2])).toBeGreaterThanOrEqual(200);
     client.child.stdin!.end();
   }, 120_000);
 

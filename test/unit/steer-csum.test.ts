@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { progTestRun } from '../../agent/linux/bpf-map-native.js';
 import { DirectSteerAttach, STEER_TC_PROG, STEER_XDP_PROG } from '../../agent/linux/steer-attach.js';
-import { STEER_VXLAN_PORT, STEER_VXLAN_VNI } from '../../agent/linux/steer-map-codec.js';
+import { STEER_VXLAN_PORT, STEER_VXLAN_VNI, SteeringTableError } from '../../agent/linux/steer-map-codec.js';
 import { EbpfSteering } from '../../agent/linux/steering-ebpf.js';
 import type { SteeringTable } from '../../agent/steering.js';
 import { execCommand } from '../../lib/exec.js';
@@ -195,5 +195,16 @@ describe('counters', () => {
     expect(await a.liveFlows([11])).toBe(5);
     expect(await a.liveFlows([31, 21])).toBe(3);
     expect(await a.appliedGeneration()).toBe(1);
+    expect(await host('never-installed', HOST_A).appliedGeneration()).toBe(0);
+  });
+});
+
+describe('a table the data plane refuses', () => {
+  it('changes nothing: same generation, same steering', async () => {
+    const bad: SteeringTable = { generation: 2, services: [{ ...table.services[0], backends: [{ ...table.services[0].backends[0], weight: 0 }] }] };
+    await expect(a.apply(bad)).rejects.toThrow(SteeringTableError);
+    expect(await a.appliedGeneration()).toBe(1);
+    const r = xdp(a, buildFrame({ proto: 'tcp', src: CLIENT, dst: '203.0.113.10', sport: 42000, dport: 80, payload: randomBytes(3) }));
+    expect(endpointsOf(ipOf(r.data))).toMatchObject({ dst: '10.1.0.11', dport: 8080 });
   });
 });
