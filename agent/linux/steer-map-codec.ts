@@ -182,11 +182,32 @@ const isPort = (p: number) => Number.isInteger(p) && p >= 1 && p <= 0xffff;
 const isId = (id: number) => Number.isInteger(id) && id >= 1 && id < STEER_MAX_ID;
 
 /**
+ * Maglev tables by their input (backend ids and weights): a generation usually changes one
+ * service, and the others' tables need not be computed again (each is ~0.2 ms of work).
+ */
+export class MaglevTableCache {
+  private readonly tables = new Map<string, Uint32Array>();
+
+  constructor(private readonly limit = 2 * STEER_MAX_SERVICES) {}
+
+  get(backends: readonly { id: number; weight: number }[]): Uint32Array {
+    const key = backends.map((b) => `${b.id}:${b.weight}`).sort().join(',');
+    let t = this.tables.get(key);
+    if (!t) {
+      t = maglevTable(backends, STEER_RING_SIZE);
+      if (this.tables.size >= this.limit) this.tables.delete(this.tables.keys().next().value!);
+      this.tables.set(key, t);
+    }
+    return t;
+  }
+}
+
+/**
  * Compiles the controller's table into the rule maps' contents. `localHostAddresses`: this host's
  * data-plane addresses (a backend whose host address is one of them is DNATed here). Rings go
  * in the table's service order; draining backends stay (for their flows) but get no ring entries.
  */
-export function compileSlot(table: SteeringTable, localHostAddresses: ReadonlySet<string>): SlotImage {
+export function compileSlot(table: SteeringTable, localHostAddresses: ReadonlySet<string>, rings = new MaglevTableCache()): SlotImage {
   if (!Number.isSafeInteger(table.generation) || table.generation < 1) throw new SteeringTableError(`generation ${table.generation} is not a positive integer`);
   if (table.services.length > STEER_MAX_SERVICES) throw new SteeringTableError(`${table.services.length} services; this data plane holds at most ${STEER_MAX_SERVICES}`);
   const serviceIds = new Set<number>();
@@ -224,10 +245,7 @@ export function compileSlot(table: SteeringTable, localHostAddresses: ReadonlySe
         serviceId: s.id,
       });
     }
-    const t = maglevTable(
-      s.backends.filter((b) => !b.draining).map((b) => ({ id: b.id, weight: b.weight })),
-      STEER_RING_SIZE,
-    );
+    const t = rings.get(s.backends.filter((b) => !b.draining).map((b) => ({ id: b.id, weight: b.weight })));
     services.push({ id: s.id, proto: s.proto, vip: s.vip, vipPort: s.vipPort, ring, table: t });
   });
   return { generation: table.generation, services, backends };

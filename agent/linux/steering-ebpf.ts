@@ -9,6 +9,7 @@ import {
   BPF_MAP_TYPE,
   compileSlot,
   countFlowsOf,
+  MaglevTableCache,
   encodeVipKey,
   encodeVipValue,
   ipv4Bytes,
@@ -87,6 +88,7 @@ export class EbpfSteering implements SteeringDataplane {
   private readonly log: Logger;
   private readonly local: ReadonlySet<string>;
   private readonly mapped = new Map<string, Mapped>();
+  private readonly rings = new MaglevTableCache();
   /** Unknown after a restart: as if a flip had just happened (one grace wait). */
   private lastFlipAt = Date.now();
   private queue: Promise<unknown> = Promise.resolve();
@@ -113,7 +115,7 @@ export class EbpfSteering implements SteeringDataplane {
       const active = meta.readUInt32LE(META.active) & 1;
       const held = Number(meta.readBigUInt64LE(META.generation(active)));
       if (table.generation <= held) return { generation: held, applied: false };
-      const image = compileSlot(table, this.local); // throws before anything is written
+      const image = compileSlot(table, this.local, this.rings); // throws before anything is written
       const target = 1 - active;
       const wait = this.lastFlipAt + IN_FLIGHT_GRACE_MS - Date.now();
       if (wait > 0) await sleep(wait);

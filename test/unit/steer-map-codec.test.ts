@@ -10,6 +10,7 @@ import {
   compileSlot,
   COUNTER_LAYOUT,
   encodeVipKey,
+  MaglevTableCache,
   encodeVipValue,
   readBackendRecord,
   RING_STRIDE,
@@ -59,6 +60,16 @@ describe('steering table compilation', () => {
     expect(image.services.map((s) => s.ring)).toEqual([0, 1]);
     expect(new Set(image.services[0].table)).toEqual(new Set([1]));
     expect(new Set(image.services[1].table)).toEqual(new Set([0])); // no backend takes new flows
+  });
+
+  it('reuses a service\'s Maglev table while its backends and weights stay the same', () => {
+    const cache = new MaglevTableCache();
+    const first = compileSlot(table, new Set(), cache);
+    const again = compileSlot({ ...table, generation: 8 }, new Set(), cache);
+    expect(again.services[0].table).toBe(first.services[0].table);
+    const reweighted = compileSlot({ generation: 9, services: [{ ...table.services[0], backends: [backend(1, 'x', { hostAddress: '198.19.2.2', weight: 3 }), backend(4, '198.19.2.2')] }] }, new Set(), cache);
+    expect(reweighted.services[0].table).not.toBe(first.services[0].table);
+    expect(new Set(reweighted.services[0].table)).toEqual(new Set([1, 4]));
   });
 
   it('refuses tables the maps cannot hold, naming what to fix', () => {
