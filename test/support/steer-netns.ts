@@ -10,7 +10,10 @@
  * pinRoot). The hosts' links carry MTU 1550, the client's 1500: the tunnel adds 50 bytes.
  * Transmit checksum offload is off on every link, so every checksum goes on the wire computed
  * and the receiving kernel verifies it (a veth otherwise passes CHECKSUM_PARTIAL skbs through
- * unverified). The router's ends run bpf/xdp_pass.c: veth delivers XDP_TX frames natively only
+ * unverified). On the client's link it is also required: a frame that XDP sends into the tunnel
+ * loses the skb's "checksum still to be done" state, so a client in a namespace on this machine
+ * must compute its checksums itself (checked: with offload on there, tunnelled connections hang;
+ * on the other links it may stay on). A real NIC always puts complete checksums on the wire. The router's ends run bpf/xdp_pass.c: veth delivers XDP_TX frames natively only
  * to a peer with an XDP program.
  *
  *   const net = new SteerNetns('sx');
