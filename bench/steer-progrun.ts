@@ -2,25 +2,29 @@
  * The steering program's own per-packet cost, from BPF_PROG_TEST_RUN (for `npm run bench --
  * steer-dataplane`, which calls steerProgRun() and prints its rows beside the real-traffic ones).
  *
- * Method. bpf/steer.c is loaded and pinned (not attached) with a table of one TCP and one UDP
- * service, two backends each, and the flow table is pre-filled with 100,000 flows. Then:
- *  - hit path: one packet of a flow already in the table, run `repeat` times in one
- *    BPF_PROG_TEST_RUN; the kernel reports the mean time per run. The kernel does not restore
- *    the packet between runs, so the backends here DNAT to the VIP's own address and port: every
- *    run does the full work (VIP lookup, flow lookup, backend, counters, reverse-NAT check,
- *    checksum arithmetic and stores) and leaves the packet as the next run needs it.
- *  - miss path: `misses` packets of distinct new flows, one BPF_PROG_TEST_RUN each (a repeated
- *    packet would hit from its second run on), so each run does the Maglev choice and inserts a
- *    flow and a reverse-NAT entry; the mean of the kernel's per-run times. With one run per call
- *    the kernel's timing (two clock reads, bottom halves off and on) weighs more, so both paths
- *    also report `emptyProgramNs`: bpf/xdp_pass.c measured the same way, the floor of the method.
- * It leaves out the driver, the skb and the stack: pair it with the real-traffic benchmark.
+ * Method. bpf/steer.c is loaded and pinned (not attached) with a table of TCP and UDP services
+ * whose backends DNAT to the VIP's own address and port, and the flow table is pre-filled with
+ * 100,000 flows. The kernel does not restore the packet between the runs of one
+ * BPF_PROG_TEST_RUN, so a backend at the VIP's own endpoint makes every run do the full work
+ * (lookups, counters, reverse NAT, checksum arithmetic and stores) and leave the packet as the
+ * next run needs it. Rows:
+ *  - hit, `repeat` runs of one packet whose flow is in the table; the kernel's mean per run.
+ *  - miss, `repeat` runs: the packet's flow names a backend whose record (patched in the bench's
+ *    own maps, never by the agent) belongs to another service, so every run finds its flow stale
+ *    and does what a new flow costs: the Maglev choice, a flow and a reverse-NAT entry written
+ *    (each write takes a fresh element from the LRU's free list), counters.
+ *  - miss, one BPF_PROG_TEST_RUN per packet (`repeat` 1) of `misses` distinct new flows: real
+ *    inserts that grow the table, but each run starts with caches cooled by the system call
+ *    around it (an empty program measured the same way: `emptyProgramNs`), so this row is an
+ *    upper bound.
+ * `emptyProgramNs` is bpf/xdp_pass.c under the same method: the floor of each measurement.
+ * The driver, the skb and the stack are not in it: pair it with the real-traffic benchmark.
  */
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { progTestRun, progTestRunEach, updatePinnedMap } from '../agent/linux/bpf-map-native.js';
+import { mapPinnedArray, progTestRun, progTestRunEach, updatePinnedMap } from '../agent/linux/bpf-map-native.js';
 import { DirectSteerAttach, STEER_XDP_PROG } from '../agent/linux/steer-attach.js';
-import { BPF_MAP_TYPE, STEER_MAPS } from '../agent/linux/steer-map-codec.js';
+import { BACKEND_LAYOUT, BPF_MAP_TYPE, META, STEER_MAPS, STEER_MAX_ID } from '../agent/linux/steer-map-codec.js';
 import { EbpfSteering } from '../agent/linux/steering-ebpf.js';
 import type { SteeringTable } from '../agent/steering.js';
 import { execCommand } from '../lib/exec.js';
@@ -34,7 +38,7 @@ export interface ProgRunRow {
   proto: 'tcp' | 'udp';
   /** Mean kernel-measured time per run of the steering program. */
   nsPerPacket: number;
-  /** Runs per BPF_PROG_TEST_RUN call. */
+  /** Runs per BPF_PROG_TEST_RUN call: `repeat` (warm), or 1 per packet (cold). */
   repeat: number;
   /** Packets measured (hit: the one packet, `repeat` times; miss: one run each). */
   packets: number;
@@ -56,9 +60,11 @@ export interface ProgRunOptions {
 const HOST = '198.18.0.1';
 const VIP = '198.18.200.1';
 const PORT = { tcp: 80, udp: 53 } as const;
+/** The services whose one flow is stale on every run (the forced-miss rows). */
+const STALE_PORT = { tcp: 81, udp: 54 } as const;
 
 /** An Ethernet + IPv4 + TCP/UDP frame (checksums need not be right: the program never checks them). */
-function frame(proto: 'tcp' | 'udp', client: number, sport: number): Buffer {
+function frame(proto: 'tcp' | 'udp', client: number, sport: number, dport: number = PORT[proto]): Buffer {
   const l4 = proto === 'tcp' ? 20 : 8;
   const payload = 64;
   const b = Buffer.alloc(14 + 20 + l4 + payload);
@@ -70,7 +76,7 @@ function frame(proto: 'tcp' | 'udp', client: number, sport: number): Buffer {
   b.writeUInt32BE(client, 26);
   Buffer.from(VIP.split('.').map(Number)).copy(b, 30);
   b.writeUInt16BE(sport, 34);
-  b.writeUInt16BE(PORT[proto], 36);
+  b.writeUInt16BE(dport, 36);
   if (proto === 'tcp') b[46] = 5 << 4;
   else b.writeUInt16BE(8 + payload, 38);
   return b;
@@ -104,14 +110,17 @@ export async function steerProgRun(opts: ProgRunOptions = {}): Promise<ProgRunRo
   const steering = new EbpfSteering({ exec: execCommand, iface: 'lo', pinDir: `${pinRoot}/steer`, objectPath, hostAddress: HOST, loader });
   const passPin = `${pinRoot}/xdp_pass`;
   // Backends at the VIP's own endpoint: the DNAT rewrites the same bytes (see the method above).
-  const self = (id: number, proto: 'tcp' | 'udp') => ({ id, address: VIP, port: PORT[proto], weight: 1, host: 'bench', hostAddress: HOST, draining: false });
+  const self = (id: number, port: number) => ({ id, address: VIP, port, weight: 1, host: 'bench', hostAddress: HOST, draining: false });
   const table: SteeringTable = {
     generation: 1,
     services: [
-      { id: 1, proto: 'tcp', vip: VIP, vipPort: PORT.tcp, backends: [self(1, 'tcp'), self(2, 'tcp')] },
-      { id: 2, proto: 'udp', vip: VIP, vipPort: PORT.udp, backends: [self(3, 'udp'), self(4, 'udp')] },
+      { id: 1, proto: 'tcp', vip: VIP, vipPort: PORT.tcp, backends: [self(1, PORT.tcp), self(2, PORT.tcp)] },
+      { id: 2, proto: 'udp', vip: VIP, vipPort: PORT.udp, backends: [self(3, PORT.udp), self(4, PORT.udp)] },
+      { id: 3, proto: 'tcp', vip: VIP, vipPort: STALE_PORT.tcp, backends: [self(5, STALE_PORT.tcp)] },
+      { id: 4, proto: 'udp', vip: VIP, vipPort: STALE_PORT.udp, backends: [self(6, STALE_PORT.udp)] },
     ],
   };
+  const staleBackend = { tcp: 5, udp: 6 } as const;
   try {
     await execCommand(`${REPO}scripts/build-bpf.sh`, [], { timeoutMs: 60_000 });
     await execCommand('mkdir', ['-p', pinRoot]);
@@ -119,8 +128,14 @@ export async function steerProgRun(opts: ProgRunOptions = {}): Promise<ProgRunRo
     await steering.apply(table);
     await execCommand('bpftool', ['prog', 'load', `${REPO}build/bpf/xdp_pass.o`, passPin, 'type', 'xdp']);
     prefillFlows(loader.pins.map(STEER_MAPS.flows.name), prefill);
+    // Backends 5 and 6 said to belong to service 9999 in the active slot: their flows are stale.
+    const meta = Buffer.from(mapPinnedArray(loader.pins.map(STEER_MAPS.meta.name), { name: 'steer_meta', valueSize: STEER_MAPS.meta.valueSize, maxEntries: 1 }).memory);
+    const backends = Buffer.from(mapPinnedArray(loader.pins.map(STEER_MAPS.backends.name), { name: 'steer_backends', valueSize: BACKEND_LAYOUT.size, maxEntries: STEER_MAPS.backends.maxEntries }).memory);
+    const active = meta.readUInt32LE(META.active);
+    for (const id of Object.values(staleBackend)) backends.writeUInt32LE(9999, (active * STEER_MAX_ID + id) * BACKEND_LAYOUT.size + 12);
     const prog = `${loader.pins.progsDir}/${STEER_XDP_PROG}`;
     const rows: ProgRunRow[] = [];
+    let staleFlows = 0;
     let client = 0xc6130000; // 198.19.0.0/16: miss-path clients, never in the prefilled range
     for (const proto of ['tcp', 'udp'] as const) {
       const hit = frame(proto, 0x0b000001, 50000);
@@ -128,6 +143,11 @@ export async function steerProgRun(opts: ProgRunOptions = {}): Promise<ProgRunRo
       const steer = progTestRun(prog, hit, repeat);
       const empty = progTestRun(passPin, hit, repeat);
       rows.push({ mode: 'prog-test-run', path: 'hit', proto, nsPerPacket: steer.durationNs, repeat, packets: 1, emptyProgramNs: empty.durationNs, prefilledFlows: prefill });
+
+      const stale = frame(proto, 0x0b000002, 50001, STALE_PORT[proto]);
+      const forced = progTestRun(prog, stale, repeat);
+      staleFlows += repeat;
+      rows.push({ mode: 'prog-test-run', path: 'miss', proto, nsPerPacket: forced.durationNs, repeat, packets: 1, emptyProgramNs: empty.durationNs, prefilledFlows: prefill });
 
       const size = hit.length;
       const packets = Buffer.alloc(size * misses);
@@ -146,9 +166,10 @@ export async function steerProgRun(opts: ProgRunOptions = {}): Promise<ProgRunRo
       });
     }
     const c = await steering.counters();
-    const newFlows = [...c.services.values()].reduce((n, s) => n + s.flows, 0n);
-    // Every miss packet must have been a new flow, or the miss rows measured something else.
-    if (newFlows !== BigInt(2 * misses + 2)) throw new Error(`expected ${2 * misses + 2} new flows on the miss path, the program recorded ${newFlows}`);
+    const flowsOf = (ids: number[]) => ids.reduce((n, id) => n + (c.services.get(id)?.flows ?? 0n), 0n);
+    // Every miss run must have chosen a backend, or the miss rows measured something else.
+    if (flowsOf([1, 2]) !== BigInt(2 * misses + 2)) throw new Error(`expected ${2 * misses + 2} new flows on the miss path, the program recorded ${flowsOf([1, 2])}`);
+    if (flowsOf([3, 4]) !== BigInt(staleFlows)) throw new Error(`expected ${staleFlows} forced misses, the program recorded ${flowsOf([3, 4])}`);
     return rows;
   } finally {
     await steering.uninstall().catch(() => undefined);
@@ -161,8 +182,11 @@ export async function run(argv: string[]): Promise<number> {
   const rows = await steerProgRun();
   if (argv.includes('--json')) for (const r of rows) process.stdout.write(`${JSON.stringify(r)}\n`);
   else {
-    process.stdout.write('path  proto  ns/packet  empty-program ns  runs\n');
-    for (const r of rows) process.stdout.write(`${r.path.padEnd(5)} ${r.proto.padEnd(6)} ${String(r.nsPerPacket).padStart(9)}  ${String(r.emptyProgramNs).padStart(16)}  ${r.repeat === 1 ? r.packets : r.repeat}\n`);
+    process.stdout.write('path  proto  ns/packet  empty-program ns  method\n');
+    for (const r of rows)
+      process.stdout.write(
+        `${r.path.padEnd(5)} ${r.proto.padEnd(6)} ${String(r.nsPerPacket).padStart(9)}  ${String(r.emptyProgramNs).padStart(16)}  ${r.repeat === 1 ? `one run each, ${r.packets} new flows` : `${r.repeat} runs of one packet`}\n`,
+      );
   }
   return 0;
 }
