@@ -5,6 +5,7 @@
 import type { Endpoint } from '../lib/endpoint.js';
 import type { LockModeName, LockStrategy } from './lock-strategy.js';
 import type { NetLock } from './netlock.js';
+import type { SteeringDataplane } from './steering.js';
 
 export interface ProcessSummary {
   pid: number;
@@ -58,6 +59,8 @@ export interface HostPlatform {
   readonly netlock: NetLock;
   readonly held: HeldTraffic;
   readonly network: AddressControl;
+  /** The host's steering data plane, where the platform has one. */
+  readonly steering?: SteeringDataplane;
   /**
    * How this host holds a migration's network in a lock mode, checkpointing and restoring with
    * it; throws PreconditionError for a mode the platform does not have.

@@ -11,6 +11,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 declare -A NEED=(
   [bpftool]=bpftool [clang]=clang [nats-server]=nats-server [ip]=iproute2 [iptables]=iptables
   [nft]=nftables [arping]=iputils-arping [gcc]=gcc [nsenter]=util-linux [unshare]=util-linux
+  [ethtool]=ethtool
 )
 missing=()
 for cmd in "${!NEED[@]}"; do command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}"); done
