@@ -29,7 +29,8 @@ import { EbpfSteering } from '../../agent/linux/steering-ebpf.js';
 import { execCommand, type Executor } from '../../lib/exec.js';
 
 const REPO = fileURLToPath(new URL('../../', import.meta.url));
-const READY_TIMEOUT_MS = 10_000;
+// Generous: a node child starts in well under a second, but the shared machine can be loaded far beyond its cores.
+const READY_TIMEOUT_MS = 60_000;
 const REPLY_TIMEOUT_MS = 60_000;
 
 export const VIP = '198.19.100.10';
