@@ -6,26 +6,7 @@
 #include <linux/types.h>
 #include <bpf/bpf_helpers.h>
 
-/* MurmurHash3's 32-bit mixing step and finaliser (public domain algorithm). */
-static __always_inline __u32 godwit_mix32(__u32 h, __u32 w)
-{
-	w *= 0xcc9e2d51u;
-	w = (w << 15) | (w >> 17);
-	w *= 0x1b873593u;
-	h ^= w;
-	h = (h << 13) | (h >> 19);
-	return h * 5 + 0xe6546b64u;
-}
-
-static __always_inline __u32 godwit_fmix32(__u32 h)
-{
-	h ^= h >> 16;
-	h *= 0x85ebca6bu;
-	h ^= h >> 13;
-	h *= 0xc2b2ae35u;
-	h ^= h >> 16;
-	return h;
-}
+#include "murmur.h"
 
 /* Hash of a connection's 5-tuple as it arrives (client -> VIP). */
 static __always_inline __u32 godwit_flow_hash(__u32 saddr, __u32 daddr, __u16 sport, __u16 dport, __u8 proto)
