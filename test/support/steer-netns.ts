@@ -20,17 +20,15 @@
  *   beforeAll(() => net.setUp());
  *   afterAll(() => net.tearDown());
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { netnsPath, nsExecutor } from '../../agent/linux/netns-exec.js';
+import { nsExecutor } from '../../agent/linux/netns-exec.js';
 import { EbpfSteering } from '../../agent/linux/steering-ebpf.js';
 import { execCommand, type Executor } from '../../lib/exec.js';
+import { NsChildren, TeardownSteps } from './ns-children.js';
 
 const REPO = fileURLToPath(new URL('../../', import.meta.url));
-// Generous: a node child starts in well under a second, but the shared machine can be loaded far beyond its cores.
-const READY_TIMEOUT_MS = 60_000;
 const REPLY_TIMEOUT_MS = 60_000;
 
 export const VIP = '198.19.100.10';
@@ -163,7 +161,7 @@ export class SteerNetns {
   readonly a: SteerHost;
   readonly b: SteerHost;
   readonly pinRoot: string;
-  private readonly children: ChildProcess[] = [];
+  private readonly children = new NsChildren();
   private installed: SteerHost[] = [];
 
   constructor(tag: string) {
@@ -237,54 +235,23 @@ export class SteerNetns {
     return client;
   }
 
-  /** A program's `node -e` run in a namespace, resolved at its "ready" line; tearDown kills it. */
   private startNode(netns: string, script: string, args: string[], onLine: (line: string) => void): Promise<ChildProcess> {
-    const child = spawn('nsenter', [`--net=${netnsPath(netns)}`, process.execPath, '-e', script, ...args], { stdio: ['pipe', 'pipe', 'inherit'] });
-    this.children.push(child);
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`"ready" not seen within ${READY_TIMEOUT_MS} ms`)), READY_TIMEOUT_MS);
-      child.once('error', reject);
-      child.once('exit', (code) => reject(new Error(`child exited ${code} before "ready"`)));
-      let ready = false;
-      createInterface({ input: child.stdout! }).on('line', (line) => {
-        if (!ready && line === 'ready') {
-          ready = true;
-          clearTimeout(timer);
-          resolve(child);
-        } else if (ready) {
-          onLine(line);
-        }
-      });
-    });
+    return this.children.start(netns, script, args, 'ready', onLine);
   }
 
   /** Removes everything; every step runs even if an earlier one (or setUp) failed. */
   async tearDown(): Promise<void> {
-    const problems: unknown[] = [];
-    const attempt = async (step: () => Promise<unknown>) => {
-      try {
-        await step();
-      } catch (err) {
-        problems.push(err);
-      }
-    };
+    const steps = new TeardownSteps();
+    const attempt = (step: () => Promise<unknown>) => steps.attempt(step);
     for (const h of this.installed) await attempt(() => h.steering.uninstall());
-    for (const child of this.children) await attempt(() => killChild(child));
+    await this.children.killAll(steps);
     for (const n of [this.client, this.router, this.a, this.b]) await attempt(() => execCommand('ip', ['netns', 'del', n.netns], { allowFailure: true }));
     await attempt(() => execCommand('rm', ['-rf', this.pinRoot]));
     this.installed = [];
-    this.children.length = 0;
-    if (problems.length > 0) throw new AggregateError(problems, 'steering netns fixture teardown failed');
+    steps.done('steering netns fixture');
   }
 }
 
 function steeringOf(o: { exec: Executor; pinDir: string; address: string }): EbpfSteering {
   return new EbpfSteering({ exec: o.exec, iface: 'eth0', pinDir: o.pinDir, objectPath: `${REPO}build/bpf/steer.o`, hostAddress: o.address });
-}
-
-async function killChild(child: ChildProcess): Promise<void> {
-  if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  process.kill(child.pid, 'SIGKILL');
-  await exited;
 }
