@@ -54,6 +54,7 @@ async function main() {
     criuPath: o.criu,
     bpfObject: o.bpfObject,
     pinDir: o.pinDir ?? `/sys/fs/bpf/godwit/${o.host}`,
+    dataAddress,
     log,
   });
   // Typed as the interface: the steering data plane is optional for a host driver.
@@ -67,6 +68,14 @@ async function main() {
         (err: Error) => log.error({ err }, 'lock sweep failed'),
       );
     }, SWEEP_INTERVAL_MS);
+  }
+
+  // A host whose steering cannot load still migrates workloads; it then has no steering data
+  // plane, follows no rule table, and ListHosts shows it as not steering.
+  try {
+    await linux.startSteering();
+  } catch (err) {
+    log.error({ err }, 'steering data plane unavailable on this host; rule generations are not applied here');
   }
 
   const service = new AgentService({ host: o.host, platform, stateDir: o.stateDir, log });
@@ -112,3 +121,4 @@ main().catch((err) => {
   createLogger('agent').fatal({ err }, 'agent failed to start');
   process.exit(1);
 });
+

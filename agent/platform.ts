@@ -59,13 +59,13 @@ export interface HostPlatform {
   readonly netlock: NetLock;
   readonly held: HeldTraffic;
   readonly network: AddressControl;
+  /** The host's steering data plane, where the platform has one. */
+  readonly steering?: SteeringDataplane;
   /**
    * How this host holds a migration's network in a lock mode, checkpointing and restoring with
    * it; throws PreconditionError for a mode the platform does not have.
    */
   lockStrategy(mode: LockModeName): LockStrategy;
-  /** Packet steering (agent/steering.ts); absent on a host driver without one. */
-  readonly steering?: SteeringDataplane;
   processInfo(pid: number): Promise<ProcessSummary | undefined>;
   /** TCP connections (sockets with a peer) held by the process and its descendants: what CRIU's own locks lock one by one. */
   tcpConnections(pid: number): Promise<number>;

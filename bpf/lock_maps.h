@@ -17,6 +17,8 @@
 
 #include <linux/types.h>
 
+#include "lib/murmur.h"
+
 /* ---- Lock maps: what the XDP lock drops during a migration --------------------------------
  *
  * Layout versions (of the set of lock maps; the agent checks each pinned map's BTF):
@@ -110,32 +112,16 @@ struct godwit_conn_slot {
  * this same function; test/integration/netlock-tuples.test.ts checks that writer and program
  * agree through packets that only a colliding, probed entry can stop.
  */
-static __inline __u32 godwit_conn_mix(__u32 h, __u32 w)
-{
-	w *= 0xcc9e2d51u;
-	w = (w << 15) | (w >> 17);
-	w *= 0x1b873593u;
-	h ^= w;
-	h = (h << 13) | (h >> 19);
-	return h * 5 + 0xe6546b64u;
-}
-
 static __inline __u32 godwit_conn_hash(const struct godwit_tuple_key *key)
 {
 	const __u32 *w = (const __u32 *)key;
 	__u32 h = 0;
 
-	h = godwit_conn_mix(h, w[0]);
-	h = godwit_conn_mix(h, w[1]);
-	h = godwit_conn_mix(h, w[2]);
-	h = godwit_conn_mix(h, w[3]);
-	h ^= 16;
-	h ^= h >> 16;
-	h *= 0x85ebca6bu;
-	h ^= h >> 13;
-	h *= 0xc2b2ae35u;
-	h ^= h >> 16;
-	return h;
+	h = godwit_mix32(h, w[0]);
+	h = godwit_mix32(h, w[1]);
+	h = godwit_mix32(h, w[2]);
+	h = godwit_mix32(h, w[3]);
+	return godwit_fmix32(h ^ 16);
 }
 
 /* ---- Held packets: what the lock keeps instead of losing ------------------------------------

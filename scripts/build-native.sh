@@ -56,7 +56,7 @@ else
   say "native/bpfmap/build/Release/bpfmap.node up to date"
 fi
 
-# Prove it loads into this node and has what agent/linux/bpf-map-native.ts calls.
+# Prove it loads into this node and has what agent/linux/bpf/native-map.ts calls.
 node -e '
   const m = require(process.argv[1]);
   const missing = ["open", "close", "update", "delete", "dump", "methods", "ringDrain", "select", "coalesce", "rawSend"].filter((f) => typeof m[f] !== "function");

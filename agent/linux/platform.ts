@@ -1,9 +1,11 @@
-/** The Linux host platform: CRIU, the XDP lock, iproute2 and arping, /proc. */
+/** The Linux host platform: CRIU, the XDP lock, steering, iproute2 and arping, /proc. */
+import { dirname, join } from 'node:path';
 import type { Executor } from '../../lib/exec.js';
 import type { Logger } from '../../lib/log.js';
 import type { NetLock } from '../netlock.js';
 import type { LockModeName, LockStrategy } from '../lock-strategy.js';
 import type { HeldTraffic, HostPlatform, PlatformProbe } from '../platform.js';
+import type { SteeringDataplane } from '../steering.js';
 import { Criu } from './criu.js';
 import { CriuNetfilter } from './criu-netfilter.js';
 import { linuxLockStrategy } from './lock-strategies.js';
@@ -11,21 +13,41 @@ import { HostNetwork } from './host-network.js';
 import { lockPins } from './lock-maps.js';
 import { EbpfNetLock } from './netlock-ebpf.js';
 import { RingHeldTraffic } from './packet-hold.js';
+import { EbpfSteering } from './steering-ebpf.js';
 import { countTcpConnections, inspectProcess } from './process-tree.js';
 
 export interface LinuxPlatformOptions {
   exec: Executor;
   iface: string;
   criuPath: string;
+  /** build/bpf/lock.o; root.o and steer.o are expected beside it. */
   bpfObject: string;
+  /** build/bpf/steer.o; default: beside bpfObject. */
+  steerObject?: string;
   pinDir: string;
+  /**
+   * This host's data-plane IPv4 (steering's tunnel source, and what makes a backend local).
+   * Needed by startSteering() only: an agent that does not steer may leave it out.
+   */
+  dataAddress?: string;
   log: Logger;
+}
+
+/** startSteering() without the host's data address: steering cannot tunnel or tell local backends. */
+export class SteeringAddressMissingError extends Error {
+  constructor() {
+    super('steering needs this host\'s data-plane address (LinuxPlatformOptions.dataAddress)');
+    this.name = 'SteeringAddressMissingError';
+  }
 }
 
 export class LinuxPlatform implements HostPlatform {
   readonly netlock: NetLock;
   readonly held: HeldTraffic;
   readonly network: HostNetwork;
+  /** Steering on the same interface and pin folder as the lock (behind it in the XDP chain); installed by startSteering(). */
+  private readonly steeringPlane: EbpfSteering;
+  private steeringInstalled = false;
   private readonly criu: Criu;
   private readonly netfilter: CriuNetfilter;
   private lockProblem = 'not installed yet';
@@ -42,6 +64,31 @@ export class LinuxPlatform implements HostPlatform {
       log: opts.log,
     });
     this.held = new RingHeldTraffic({ ringPin: lockPins(opts.pinDir).heldRing, log: opts.log });
+    this.steeringPlane = new EbpfSteering({
+      exec: opts.exec,
+      iface: opts.iface,
+      pinDir: opts.pinDir,
+      objectPath: opts.steerObject ?? join(dirname(opts.bpfObject), 'steer.o'),
+      hostAddress: opts.dataAddress ?? '',
+      log: opts.log,
+    });
+  }
+
+  /**
+   * Installs steering (its pinned maps and flows reused), separately from start(): an agent that
+   * only steers skips the lock, one that does both calls start() first so that the lock is in
+   * its slot before steering's (the chain runs slots in order whichever installs first).
+   */
+  async startSteering(): Promise<void> {
+    if (!this.opts.dataAddress) throw new SteeringAddressMissingError();
+    await this.steeringPlane.install();
+    this.steeringInstalled = true;
+    this.opts.log.info({ iface: this.opts.iface, generation: await this.steeringPlane.appliedGeneration() }, 'steering ready');
+  }
+
+  /** The steering data plane once startSteering() installed it; a host whose steering did not load has none. */
+  get steering(): SteeringDataplane | undefined {
+    return this.steeringInstalled ? this.steeringPlane : undefined;
   }
 
   /** Attaches the lock program (keeping any held lock) and drops leases that ran out meanwhile. */

@@ -27,4 +27,7 @@ void held_register(napi_env env, napi_value exports);
 /* Adds connLock, connUnlock, connSweep and connHash (conn_table.c) to the exports. */
 void conn_table_register(napi_env env, napi_value exports);
 
+/* Adds testRun and testRunEach (test_run.c) to the exports. */
+void test_run_register(napi_env env, napi_value exports);
+
 #endif

@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "bpfmap",
-      "sources": ["bpfmap.c", "held.c", "conn_table.c"],
+      "sources": ["bpfmap.c", "held.c", "conn_table.c", "test_run.c"],
       "include_dirs": ["../../bpf"],
       "defines": ["NAPI_VERSION=8"],
       "libraries": ["-lpthread"],

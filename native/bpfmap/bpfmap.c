@@ -27,6 +27,7 @@
  *                                                  collected. The fd may be closed right after.
  *   ringDrain, rawSend                         -> held packets: see held.c
  *   connLock, connUnlock, connSweep, connHash  -> the connection lock table: see conn_table.c
+ *   testRun, testRunEach                       -> BPF_PROG_TEST_RUN on a pinned program: see test_run.c
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -734,6 +735,7 @@ static napi_value init(napi_env env, napi_value exports)
 		return NULL;
 	held_register(env, exports);
 	conn_table_register(env, exports);
+	test_run_register(env, exports);
 	return exports;
 }
 

@@ -8,18 +8,17 @@
  *   beforeAll(() => net.setUp());
  *   afterAll(() => net.tearDown());
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { EbpfNetLock, type EbpfNetLockOptions } from '../../agent/linux/netlock-ebpf.js';
-import { netnsPath, nsExecutor } from '../../agent/linux/netns-exec.js';
+import { nsExecutor } from '../../agent/linux/netns-exec.js';
 import { execCommand, type Executor } from '../../lib/exec.js';
+import { NsChildren, TeardownSteps } from './ns-children.js';
 
 const REPO = fileURLToPath(new URL('../../', import.meta.url));
 
 /** How long a started process may take to print its ready line. */
-const READY_TIMEOUT_MS = 10_000;
 
 export interface LockNetnsOptions {
   /** Keeps this file's namespaces and pins apart from other files': godwit-<tag>-<random>-a. */
@@ -52,7 +51,7 @@ export class LockNetns {
   /** The lock on a's eth0, pinned at `${pinRoot}/a`: for tests that make another instance of it. */
   readonly lockOpts: EbpfNetLockOptions;
   private installed: EbpfNetLock | undefined;
-  private readonly children: ChildProcess[] = [];
+  private readonly children = new NsChildren();
 
   constructor(private readonly opts: LockNetnsOptions) {
     const name = `godwit-${opts.tag}-${randomBytes(3).toString('hex')}`;
@@ -88,52 +87,21 @@ export class LockNetns {
     await this.installed.install();
   }
 
-  /**
-   * Runs `node -e script ...args` inside a host's namespace, with stdin piped; resolves once it
-   * prints the ready line. tearDown() kills it (also when it never got ready).
-   */
+  /** `node -e script ...args` in a host's namespace, resolved at its ready line (ns-children.ts); tearDown() kills it. */
   startNode(host: NetnsHost, script: string, args: readonly string[], opts: StartNodeOptions): Promise<ChildProcess> {
-    const child = spawn('nsenter', [`--net=${netnsPath(host.netns)}`, process.execPath, '-e', script, ...args], { stdio: ['pipe', 'pipe', 'inherit'] });
-    this.children.push(child);
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`"${opts.ready}" not seen within ${READY_TIMEOUT_MS} ms`)), READY_TIMEOUT_MS);
-      child.once('error', reject);
-      child.once('exit', (code) => reject(new Error(`child exited ${code} before "${opts.ready}"`)));
-      createInterface({ input: child.stdout! }).on('line', (line) => {
-        if (line === opts.ready) {
-          clearTimeout(timer);
-          resolve(child);
-        } else {
-          opts.onLine?.(line);
-        }
-      });
-    });
+    return this.children.start(host.netns, script, args, opts.ready, opts.onLine);
   }
 
   /** Removes everything; every step runs even if an earlier one (or setUp) failed. */
   async tearDown(): Promise<void> {
-    const problems: unknown[] = [];
-    const attempt = async (step: () => Promise<unknown>) => {
-      try {
-        await step();
-      } catch (err) {
-        problems.push(err);
-      }
-    };
+    const steps = new TeardownSteps();
+    const attempt = (step: () => Promise<unknown>) => steps.attempt(step);
     // Any instance with lockOpts removes the same program and pins, also after a test replaced it.
     if (this.installed) await attempt(() => this.installed!.uninstall());
-    for (const child of this.children) await attempt(() => killChild(child));
+    await this.children.killAll(steps);
     for (const h of [this.a, this.b]) await attempt(() => execCommand('ip', ['netns', 'del', h.netns], { allowFailure: true }));
     await attempt(() => execCommand('rm', ['-rf', this.pinRoot]));
     this.installed = undefined;
-    this.children.length = 0;
-    if (problems.length > 0) throw new AggregateError(problems, `lock netns fixture (${this.opts.tag}) teardown failed`);
+    steps.done(`lock netns fixture (${this.opts.tag})`);
   }
-}
-
-async function killChild(child: ChildProcess): Promise<void> {
-  if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((resolve) => child.once('exit', resolve));
-  process.kill(child.pid, 'SIGKILL');
-  await exited;
 }

@@ -16,7 +16,7 @@ export interface PackedEntries {
 }
 
 /** The map types whose entries are read and written as key/value batches. */
-export type BatchMapType = 'hash' | 'lru_hash' | 'array';
+export type BatchMapType = 'hash' | 'lru_hash' | 'array' | 'percpu_array';
 
 /** What a map is, as far as reading and writing its entries goes (the rest is in MapSpec). */
 export interface MapShape {

@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import type { Executor } from '../../../lib/exec.js';
+import type { BatchMapType, MapShape } from './map-access.js';
 import type { StructLayout } from './struct-layout.js';
 
 /*
@@ -59,4 +60,10 @@ export interface UpgradeContext {
 /** The kernel keeps a map's name in BPF_OBJ_NAME_LEN (16) bytes with the NUL: `bpftool map show` prints at most 15 characters. */
 export function kernelMapName(name: string): string {
   return name.slice(0, 15);
+}
+
+/** A map's shape for batch reads and writes (map-access.ts); its type must be one read in batches. */
+export function batchShape(spec: MapSpec): MapShape {
+  if (spec.type === 'ringbuf' || spec.type === 'prog_array') throw new RangeError(`map ${spec.name} (${spec.type}) is not read and written in batches`);
+  return { name: spec.name, type: spec.type satisfies BatchMapType, keySize: spec.keySize, valueSize: spec.valueSize, maxEntries: spec.maxEntries };
 }

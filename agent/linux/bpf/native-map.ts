@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -14,7 +14,23 @@ import type { BatchMapType, MapAccess, MapDump, MapShape, PackedEntries } from '
 const ADDON_PATH = 'native/bpfmap/build/Release/bpfmap.node';
 
 /** bpf_map_type values (uapi linux/bpf.h) of the maps read and written in batches. */
-const BATCH_MAP_TYPES: Record<BatchMapType, number> = { hash: 1, array: 2, lru_hash: 9 };
+export const BATCH_MAP_TYPES: Record<BatchMapType, number> = { hash: 1, array: 2, percpu_array: 6, lru_hash: 9 };
+
+/** Possible CPUs (a per-CPU map holds a value for each), from "0-1" or "0,2-5". */
+export function possibleCpus(): number {
+  const text = readFileSync('/sys/devices/system/cpu/possible', 'utf8').trim();
+  let max = 0;
+  for (const part of text.split(',')) max = Math.max(max, Number(part.split('-').pop()));
+  return max + 1;
+}
+
+/**
+ * Bytes of one entry's value as the kernel's batch calls lay it out: a per-CPU map's value is
+ * one copy per possible CPU, each rounded up to 8 bytes.
+ */
+export function batchValueBytes(shape: MapShape): number {
+  return shape.type === 'percpu_array' ? Math.ceil(shape.valueSize / 8) * 8 * possibleCpus() : shape.valueSize;
+}
 
 /** How the addon reaches the kernel for each kind of operation ('element': the kernel refused batches). */
 export interface BpfMapMethods {
@@ -63,6 +79,24 @@ export interface BpfMapAddon {
   connSweep(memory: ArrayBuffer, slots: number, nowNs: bigint): number;
   /** godwit_conn_hash (bpf/lock_maps.h) of one 16-byte tuple key. */
   connHash(key: Uint8Array): number;
+  /** BPF_PROG_TEST_RUN of a pinned program (test_run.c): `repeat` runs on data, the kernel's mean ns per run. */
+  testRun(pin: string, data: Buffer, repeat: number, outSize: number): ProgTestRun;
+  /** One BPF_PROG_TEST_RUN per packet of a packed Buffer; durationNs sums the kernel's per-run times. */
+  testRunEach(pin: string, packets: Buffer, packetSize: number): ProgTestRunEach;
+}
+
+export interface ProgTestRun {
+  retval: number;
+  durationNs: number;
+  /** The packet as the program left it. */
+  data: Buffer;
+}
+
+export interface ProgTestRunEach {
+  runs: number;
+  durationNs: number;
+  /** How many runs returned each value (keyed by the value; 'other' for 8 and above). */
+  retvals: Record<string, number>;
 }
 
 /** The addon is not built or does not load here; build it with scripts/build-native.sh. */
@@ -228,9 +262,9 @@ export class NativeMap implements MapAccess {
     addon(); // fail here, at construction, when the addon is missing
   }
 
-  /** Every entry, and the kernel's id of the map they came from. */
+  /** Every entry, and the kernel's id of the map they came from; a per-CPU map's values as batchValueBytes() says. */
   async dump(): Promise<MapDump> {
-    return withPinnedMap(this.pin, this.shape, (m, fd, mapId) => ({ ...m.dump(fd, this.shape.keySize, this.shape.valueSize), mapId }));
+    return withPinnedMap(this.pin, this.shape, (m, fd, mapId) => ({ ...m.dump(fd, this.shape.keySize, batchValueBytes(this.shape)), mapId }));
   }
 
   /**
@@ -240,7 +274,7 @@ export class NativeMap implements MapAccess {
    */
   async update(keys: Buffer, values: Buffer, mapId?: number): Promise<void> {
     if (keys.length === 0 && mapId === undefined) return;
-    withPinnedMap(this.pin, this.shape, (m, fd) => (keys.length === 0 ? 0 : m.update(fd, keys, values, this.shape.keySize, this.shape.valueSize)), mapId);
+    withPinnedMap(this.pin, this.shape, (m, fd) => (keys.length === 0 ? 0 : m.update(fd, keys, values, this.shape.keySize, batchValueBytes(this.shape))), mapId);
   }
 
   /** Given mapId, refuses (BpfMapReplacedError) a pin that names another map, before deleting (also with no keys, as update()). */
@@ -347,5 +381,23 @@ export function sendRawPackets(packets: Buffer): number {
     return addon().rawSend(packets);
   } catch (err) {
     throw asBpfMapError('raw socket', err);
+  }
+}
+
+/** BPF_PROG_TEST_RUN of the program pinned at `pin` on one packet (bench and checksum tests). */
+export function progTestRun(pin: string, data: Buffer, repeat = 1, outSize = data.length + 256): ProgTestRun {
+  try {
+    return addon().testRun(pin, data, repeat, outSize);
+  } catch (err) {
+    throw asBpfMapError(pin, err);
+  }
+}
+
+/** BPF_PROG_TEST_RUN once per packet of a packed Buffer of equal-size packets. */
+export function progTestRunEach(pin: string, packets: Buffer, packetSize: number): ProgTestRunEach {
+  try {
+    return addon().testRunEach(pin, packets, packetSize);
+  } catch (err) {
+    throw asBpfMapError(pin, err);
   }
 }

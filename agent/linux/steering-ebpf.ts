@@ -1,0 +1,226 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { pino, type Logger } from 'pino';
+import type { Executor } from '../../lib/exec.js';
+import type { SteeringCounter, SteeringCounters, SteeringDataplane, SteeringTable } from '../steering.js';
+import { batchShape, type MapSpec } from './bpf/map-spec.js';
+import { batchValueBytes, BPF_F_MMAPABLE, mapPinnedArray, NativeMap, pinnedMapId, possibleCpus } from './bpf/native-map.js';
+import type { XdpMode } from './bpf/xdp-chain.js';
+import {
+  BACKEND_LAYOUT,
+  compileSlot,
+  countFlowsOf,
+  MaglevTableCache,
+  encodeVipKey,
+  encodeVipValue,
+  ipv4Bytes,
+  META,
+  RING_STRIDE,
+  STEER_MAPS,
+  STEER_MAX_ID,
+  STEER_MAX_SERVICES,
+  sumPerCpuCounter,
+  vipKeySlot,
+  writeBackendRecord,
+  type SlotImage,
+} from './steer-map-codec.js';
+import { SteerPrograms } from './steer-object.js';
+
+/*
+ * The steering data plane on Linux: bpf/steer.c's maps programmed from the controller's table.
+ *
+ * apply() writes the table into the copy (slot) of the rule maps that packets are not using,
+ * whole, and then flips steer_meta.active to it with one 4-byte store: the program reads the
+ * active slot once per packet, so every packet sees one generation. The backends, rings and meta
+ * are mmapped arrays written in this process's memory; only the VIP index (a hash) costs
+ * syscalls, one batch each for deletes and updates. Counters and flows are single copies indexed
+ * by the table's stable ids (steer_maps.h).
+ *
+ * Loading and attaching the programs is steer-object.ts's business (the BPF lifecycle: XDP chain
+ * slot ChainSlot.steer behind the root, TC egress); this class reads and writes the pinned maps.
+ */
+
+/**
+ * How long a copy that packets used must rest before it is rewritten. A packet that read the
+ * active slot just before a flip goes on reading that copy until its program run ends: XDP runs
+ * to completion in softirq, a few microseconds at most, so a millisecond is three orders of
+ * magnitude of margin. No kernel call waits for it from user space (an RCU grace period is not
+ * exposed for plain maps), hence a sleep, and only when a flip was that recent.
+ */
+const IN_FLIGHT_GRACE_MS = 2;
+
+export interface EbpfSteeringOptions {
+  exec: Executor;
+  /** The host's interface (XDP ingress and TC egress). */
+  iface: string;
+  /** This host's pin folder on bpffs, the lock's too (one XDP chain per interface), e.g. /sys/fs/bpf/godwit/<host>. */
+  pinDir: string;
+  /** build/bpf/steer.o (root.o beside it). */
+  objectPath: string;
+  /** This host's data-plane IPv4: the tunnel's source, and what makes a backend local. */
+  hostAddress: string;
+  /** Other addresses of this host that tables may name as a backend's host. */
+  localAddresses?: readonly string[];
+  /** false: load and pin the programs without attaching them, for BPF_PROG_TEST_RUN. Default true. */
+  attach?: boolean;
+  log?: Logger;
+}
+
+interface Mapped {
+  mapId: number;
+  mem: Buffer;
+}
+
+export class EbpfSteering implements SteeringDataplane {
+  readonly programs: SteerPrograms;
+  private readonly log: Logger;
+  private readonly local: ReadonlySet<string>;
+  private readonly mapped = new Map<string, Mapped>();
+  private readonly rings = new MaglevTableCache();
+  /** Unknown after a restart: as if a flip had just happened (one grace wait). */
+  private lastFlipAt = Date.now();
+  private mode: XdpMode | undefined;
+  private queue: Promise<unknown> = Promise.resolve();
+
+  constructor(private readonly opts: EbpfSteeringOptions) {
+    this.log = opts.log ?? pino({ level: 'silent' });
+    this.local = new Set([opts.hostAddress, ...(opts.localAddresses ?? [])]);
+    this.programs = new SteerPrograms({ exec: opts.exec, iface: opts.iface, pinDir: opts.pinDir, objectPath: opts.objectPath, attach: opts.attach, log: this.log });
+  }
+
+  /** How the interface's XDP root is attached after install() (undefined when not attaching). */
+  get attachMode(): XdpMode | undefined {
+    return this.mode;
+  }
+
+  install(): Promise<void> {
+    return this.serial(async () => {
+      const hostAddr = ipv4Bytes(this.opts.hostAddress); // refused before anything is loaded
+      this.mode = await this.programs.load();
+      this.mapped.clear();
+      // The tunnel's source address; the rest of the meta (active slot, generations) is kept.
+      hostAddr.copy(this.array(STEER_MAPS.meta), META.hostAddr);
+    });
+  }
+
+  apply(table: SteeringTable): Promise<{ generation: number; applied: boolean }> {
+    return this.serial(async () => {
+      const meta = this.array(STEER_MAPS.meta);
+      const active = meta.readUInt32LE(META.active) & 1;
+      const held = Number(meta.readBigUInt64LE(META.generation(active)));
+      if (table.generation <= held) return { generation: held, applied: false };
+      const image = compileSlot(table, this.local, this.rings); // throws before anything is written
+      const target = 1 - active;
+      const wait = this.lastFlipAt + IN_FLIGHT_GRACE_MS - Date.now();
+      if (wait > 0) await sleep(wait);
+
+      this.writeBackends(target, image);
+      this.writeRings(target, image);
+      await this.writeVips(target, image);
+      meta.writeBigUInt64LE(BigInt(image.generation), META.generation(target));
+      // The flip: after every write above (Atomics.store is sequentially consistent).
+      Atomics.store(new Uint32Array(meta.buffer, meta.byteOffset + META.active, 1), 0, target);
+      this.lastFlipAt = Date.now();
+      this.log.info({ generation: image.generation, slot: target, services: image.services.length, backends: image.backends.length }, 'steering table applied');
+      return { generation: image.generation, applied: true };
+    });
+  }
+
+  async appliedGeneration(): Promise<number> {
+    const pin = this.pin(STEER_MAPS.meta.name);
+    let meta: Buffer;
+    try {
+      meta = this.array(STEER_MAPS.meta);
+    } catch (err) {
+      if ((err as { code?: string }).code === 'ENOENT') return 0;
+      throw Object.assign(err as Error, { pin });
+    }
+    return Number(meta.readBigUInt64LE(META.generation(meta.readUInt32LE(META.active) & 1)));
+  }
+
+  async counters(): Promise<SteeringCounters> {
+    const cpus = possibleCpus();
+    const read = async (m: MapSpec) => {
+      const valueBytes = batchValueBytes(batchShape(m));
+      const d = await this.map(m).dump();
+      const out = new Map<number, SteeringCounter>();
+      for (let i = 0; i < d.count; i++) {
+        const c = sumPerCpuCounter(d.values, i * valueBytes, cpus);
+        if (c.packets || c.flows) out.set(d.keys.readUInt32LE(i * 4), c);
+      }
+      return out;
+    };
+    return { services: await read(STEER_MAPS.serviceStats), backends: await read(STEER_MAPS.backendStats) };
+  }
+
+  async liveFlows(backendIds: readonly number[]): Promise<number> {
+    const m = STEER_MAPS.flows;
+    const d = await this.map(m).dump();
+    return countFlowsOf(d.values, d.count, new Set(backendIds));
+  }
+
+  uninstall(): Promise<void> {
+    return this.serial(async () => {
+      this.mapped.clear();
+      await this.programs.unload();
+      this.mode = undefined;
+    });
+  }
+
+  /** Every id's record of the slot rewritten: the slot's region zeroed, then this table's backends. */
+  private writeBackends(slot: number, image: SlotImage): void {
+    const mem = this.array(STEER_MAPS.backends);
+    const bytes = STEER_MAX_ID * BACKEND_LAYOUT.size;
+    mem.fill(0, slot * bytes, (slot + 1) * bytes);
+    for (const b of image.backends) writeBackendRecord(mem, slot, b);
+  }
+
+  private writeRings(slot: number, image: SlotImage): void {
+    const mem = this.array(STEER_MAPS.rings);
+    for (const s of image.services) {
+      const at = (slot * STEER_MAX_SERVICES + s.ring) * RING_STRIDE;
+      Buffer.from(s.table.buffer, s.table.byteOffset, s.table.byteLength).copy(mem, at);
+    }
+  }
+
+  /** The slot's VIP entries made exactly the image's: stale ones deleted, the rest written. */
+  private async writeVips(slot: number, image: SlotImage): Promise<void> {
+    const m = STEER_MAPS.vips;
+    const vips = this.map(m);
+    const want = image.services.map((s) => ({ key: encodeVipKey(s, slot), value: encodeVipValue(s) }));
+    const wanted = new Set(want.map((w) => w.key.toString('hex')));
+    const held = await vips.dump();
+    const stale: Buffer[] = [];
+    for (let i = 0; i < held.count; i++) {
+      const key = held.keys.subarray(i * m.keySize, (i + 1) * m.keySize);
+      if (vipKeySlot(key) === slot && !wanted.has(key.toString('hex'))) stale.push(key);
+    }
+    await vips.delete(Buffer.concat(stale));
+    await vips.update(Buffer.concat(want.map((w) => w.key)), Buffer.concat(want.map((w) => w.value)));
+  }
+
+  /** The mmapped values of an array map, mapped again when its pin names another map (reinstalled). */
+  private array(m: MapSpec): Buffer {
+    const pin = this.pin(m.name);
+    const had = this.mapped.get(m.name);
+    if (had && pinnedMapId(pin) === had.mapId) return had.mem;
+    if (((m.flags ?? 0) & BPF_F_MMAPABLE) === 0) throw new Error(`${m.name} is not mmappable`);
+    const { memory, mapId } = mapPinnedArray(pin, { name: m.name, valueSize: m.valueSize, maxEntries: m.maxEntries });
+    const mem = Buffer.from(memory);
+    this.mapped.set(m.name, { mapId, mem });
+    return mem;
+  }
+
+  private pin(name: string): string {
+    return this.programs.folder.mapPin(name);
+  }
+
+  private map(m: MapSpec): NativeMap {
+    return new NativeMap(this.pin(m.name), batchShape(m));
+  }
+
+  private serial<T>(op: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(op, op);
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+}

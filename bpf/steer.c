@@ -1,0 +1,304 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * godwit packet steering: services (VIP:port -> backends), XDP on each host's interface, in
+ * slot GODWIT_SLOT_STEER of the program chain (after the lock), plus a TC egress program for
+ * the replies' reverse NAT.
+ *
+ * A packet to a service's VIP:port keeps the backend its flow was given (steer_flows); a new
+ * flow, or one whose backend left the table, gets one from the service's Maglev ring (built by
+ * the agent, agent/maglev.ts), indexed by the 5-tuple's hash. Then:
+ *  - backend on this host: DNAT to the backend, a reverse-NAT entry for its replies, on to the
+ *    stack (the TC program below makes the replies come from the VIP);
+ *  - backend elsewhere: tunnel the frame to the backend's host (lib/encap.h) and send it out
+ *    again (XDP_TX). That host's program takes the tunnel off and finishes the DNAT, and the
+ *    reply leaves it directly with the VIP as source (direct server return).
+ * Everything else goes on along the chain untouched. The maps: steer_maps.h.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "steer_maps.h"
+#include "lib/chain.h"
+#include "lib/parse.h"
+#include "lib/csum.h"
+#include "lib/hash.h"
+#include "lib/nat.h"
+#include "lib/encap.h"
+
+/* Pinned per host by the agent (bpftool ... pinmaps DIR), reused on reload: see lock.c for why
+ * not LIBBPF_PIN_BY_NAME. Map names stay within the kernel's 15 characters. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct godwit_steer_meta);
+} steer_meta SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, GODWIT_STEER_SLOTS * GODWIT_STEER_MAX_SERVICES);
+	__type(key, struct godwit_vip_key);
+	__type(value, struct godwit_vip_value);
+} steer_vips SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, GODWIT_STEER_SLOTS * GODWIT_STEER_MAX_ID);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct godwit_steer_backend);
+} steer_backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, GODWIT_STEER_SLOTS * GODWIT_STEER_MAX_SERVICES);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct godwit_steer_ring);
+} steer_rings SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, GODWIT_STEER_FLOWS);
+	__type(key, struct godwit_flow_key);
+	__type(value, struct godwit_flow_value);
+} steer_flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, GODWIT_STEER_RNAT);
+	__type(key, struct godwit_rnat_key);
+	__type(value, struct godwit_rnat_value);
+} steer_rnat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, GODWIT_STEER_MAX_ID);
+	__type(key, __u32);
+	__type(value, struct godwit_steer_counter);
+} steer_svc_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, GODWIT_STEER_MAX_ID);
+	__type(key, __u32);
+	__type(value, struct godwit_steer_counter);
+} steer_be_stats SEC(".maps");
+
+static __always_inline void count(void *stats, __u32 id, __u32 bytes, __u32 new_flow)
+{
+	struct godwit_steer_counter *c = bpf_map_lookup_elem(stats, &id);
+
+	if (!c)
+		return;
+	/* Per CPU, and XDP runs to completion on its CPU: plain adds. */
+	c->packets++;
+	c->bytes += bytes;
+	c->flows += new_flow;
+}
+
+static __always_inline struct godwit_steer_backend *backend_in(__u32 slot, __u32 id)
+{
+	__u32 index;
+
+	if (id == 0 || id >= GODWIT_STEER_MAX_ID)
+		return NULL;
+	index = slot * GODWIT_STEER_MAX_ID + id;
+	return bpf_map_lookup_elem(&steer_backends, &index);
+}
+
+/* The backend's address for a packet already at it: DNAT, and remember how to answer. */
+static __always_inline int deliver_local(struct iphdr *iph, struct l4_ports *ports, void *data_end, const struct godwit_steer_backend *be, int always_record)
+{
+	struct godwit_rnat_key rk = {
+		.backend_addr = be->addr,
+		.client_addr = iph->saddr,
+		.backend_port = be->port,
+		.client_port = ports->source,
+		.proto = iph->protocol,
+	};
+	struct godwit_rnat_value rv = { .vip_addr = iph->daddr, .vip_port = ports->dest };
+
+	/* On a flow-table hit the entry was written with the flow's first packet; replies keep it
+	 * fresh in the LRU (the TC program looks it up), so only a missing one is written again. */
+	if (always_record || !bpf_map_lookup_elem(&steer_rnat, &rk))
+		bpf_map_update_elem(&steer_rnat, &rk, &rv, BPF_ANY);
+	if (xdp_dnat4(iph, ports, data_end, be->addr, be->port))
+		return XDP_DROP;
+	return -1; /* go on along the chain */
+}
+
+/* A frame from another host's program: its tunnel off, then DNAT to the backend it chose. */
+static __always_inline int finish_tunnelled(struct xdp_md *ctx, __u32 slot)
+{
+	struct godwit_steer_backend *be;
+	struct hdr_cursor c;
+	struct l4_ports *ports;
+	struct iphdr *iph;
+	void *data_end;
+	int id = xdp_decap_vxlan(ctx);
+
+	if (id == 0)
+		return godwit_chain_next(ctx, GODWIT_SLOT_STEER);
+	if (id < 0)
+		return XDP_DROP;
+	/* The backend moved away or is not in this host's table yet: the client retransmits. */
+	be = backend_in(slot, id);
+	if (!be || (be->flags & (GODWIT_BACKEND_PRESENT | GODWIT_BACKEND_LOCAL)) != (GODWIT_BACKEND_PRESENT | GODWIT_BACKEND_LOCAL))
+		return XDP_DROP;
+
+	data_end = (void *)(long)ctx->data_end;
+	c.pos = (void *)(long)ctx->data;
+	if (parse_ethhdr(&c, data_end) != bpf_htons(ETH_P_IP))
+		return XDP_DROP;
+	iph = parse_iphdr(&c, data_end);
+	if (!iph || (iph->protocol != IPPROTO_TCP && iph->protocol != IPPROTO_UDP))
+		return XDP_DROP;
+	ports = parse_l4_ports(&c, data_end);
+	if (!ports)
+		return XDP_DROP;
+	if (deliver_local(iph, ports, data_end, be, 0) == XDP_DROP)
+		return XDP_DROP;
+	return godwit_chain_next(ctx, GODWIT_SLOT_STEER);
+}
+
+SEC("xdp")
+int godwit_steer(struct xdp_md *ctx)
+{
+	void *data_end = (void *)(long)ctx->data_end;
+	struct hdr_cursor c = { .pos = (void *)(long)ctx->data };
+	struct godwit_flow_value *flow, chosen;
+	struct godwit_steer_backend *be = NULL;
+	struct godwit_steer_meta *meta;
+	struct godwit_vip_value *svc;
+	struct godwit_steer_ring *ring;
+	struct godwit_flow_key fk;
+	struct godwit_vip_key vk;
+	struct l4_ports *ports;
+	struct iphdr *iph;
+	__u32 zero = 0, slot, hash = 0, ring_index, bytes, new_flow = 0;
+
+	meta = bpf_map_lookup_elem(&steer_meta, &zero);
+	if (!meta)
+		return godwit_chain_next(ctx, GODWIT_SLOT_STEER);
+	/* Read once: every table lookup of this packet uses this copy, so it sees one generation. */
+	slot = *(volatile __u32 *)&meta->active & 1;
+
+	if (parse_ethhdr(&c, data_end) != bpf_htons(ETH_P_IP))
+		return godwit_chain_next(ctx, GODWIT_SLOT_STEER);
+	iph = parse_iphdr(&c, data_end);
+	if (!iph || (iph->protocol != IPPROTO_TCP && iph->protocol != IPPROTO_UDP))
+		return godwit_chain_next(ctx, GODWIT_SLOT_STEER);
+	/* Fragments carry no ports (the first one does, but the rest could not follow it). */
+	if (iph->frag_off & bpf_htons(0x2000 | GODWIT_IP_OFFSET))
+		return godwit_chain_next(ctx, GODWIT_SLOT_STEER);
+	ports = parse_l4_ports(&c, data_end);
+	if (!ports)
+		return godwit_chain_next(ctx, GODWIT_SLOT_STEER);
+
+	if (iph->protocol == IPPROTO_UDP && ports->dest == bpf_htons(GODWIT_VXLAN_PORT) && iph->daddr == meta->host_addr)
+		return finish_tunnelled(ctx, slot);
+
+	vk.addr = iph->daddr;
+	vk.port = ports->dest;
+	vk.proto = iph->protocol;
+	vk.slot = slot;
+	svc = bpf_map_lookup_elem(&steer_vips, &vk);
+	if (!svc)
+		return godwit_chain_next(ctx, GODWIT_SLOT_STEER);
+
+	fk.saddr = iph->saddr;
+	fk.daddr = iph->daddr;
+	fk.sport = ports->source;
+	fk.dport = ports->dest;
+	fk.proto = iph->protocol;
+	fk.pad[0] = fk.pad[1] = fk.pad[2] = 0;
+
+	flow = bpf_map_lookup_elem(&steer_flows, &fk);
+	if (flow) {
+		be = backend_in(slot, flow->backend_id);
+		/* Removed (or never of this service): the flow is chosen again; a TCP connection then
+		 * meets a backend that does not know it and gets a RST, which is what removal means. */
+		if (be && (!(be->flags & GODWIT_BACKEND_PRESENT) || be->service_id != svc->service_id))
+			be = NULL;
+	}
+	if (!be) {
+		hash = godwit_flow_hash(fk.saddr, fk.daddr, fk.sport, fk.dport, fk.proto);
+		ring_index = slot * GODWIT_STEER_MAX_SERVICES + svc->ring;
+		ring = bpf_map_lookup_elem(&steer_rings, &ring_index);
+		if (!ring)
+			return XDP_DROP;
+		__u32 at = godwit_reduce(hash, GODWIT_STEER_RING_SIZE);
+		/* The bound is true by construction; the barrier keeps clang from folding the check
+		 * into the index arithmetic, where the verifier loses it. */
+		barrier_var(at);
+		if (at >= GODWIT_STEER_RING_SIZE)
+			return XDP_DROP;
+		chosen.backend_id = ring->backend[at];
+		chosen.service_id = svc->service_id;
+		be = backend_in(slot, chosen.backend_id);
+		/* No backend takes new flows (all drained or removed): nothing to send it to. */
+		if (!be || !(be->flags & GODWIT_BACKEND_PRESENT))
+			return XDP_DROP;
+		bpf_map_update_elem(&steer_flows, &fk, &chosen, BPF_ANY);
+		flow = &chosen;
+		new_flow = 1;
+	}
+
+	bytes = bpf_ntohs(iph->tot_len);
+	count(&steer_svc_stats, svc->service_id, bytes, new_flow);
+	count(&steer_be_stats, flow->backend_id, bytes, new_flow);
+
+	if (be->flags & GODWIT_BACKEND_LOCAL) {
+		if (deliver_local(iph, ports, data_end, be, new_flow) == XDP_DROP)
+			return XDP_DROP;
+		return godwit_chain_next(ctx, GODWIT_SLOT_STEER);
+	}
+	if (!new_flow) /* the hash is needed on a miss and by the tunnel only */
+		hash = godwit_flow_hash(fk.saddr, fk.daddr, fk.sport, fk.dport, fk.proto);
+	return xdp_encap_vxlan(ctx, meta->host_addr, be->host_addr, hash, flow->backend_id);
+}
+
+/* Replies of DNATed flows leave with the VIP:port their client talks to. */
+SEC("tc")
+int godwit_steer_rnat(struct __sk_buff *skb)
+{
+	void *data_end = (void *)(long)skb->data_end;
+	struct hdr_cursor c = { .pos = (void *)(long)skb->data };
+	struct godwit_rnat_value *rv;
+	struct godwit_rnat_key rk;
+	struct l4_ports *ports;
+	struct iphdr *iph;
+
+	if (parse_ethhdr(&c, data_end) != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK;
+	iph = parse_iphdr(&c, data_end);
+	if (!iph || (iph->protocol != IPPROTO_TCP && iph->protocol != IPPROTO_UDP))
+		return TC_ACT_OK;
+	if (iph->frag_off & bpf_htons(GODWIT_IP_OFFSET))
+		return TC_ACT_OK;
+	ports = parse_l4_ports(&c, data_end);
+	if (!ports)
+		return TC_ACT_OK;
+
+	rk.backend_addr = iph->saddr;
+	rk.client_addr = iph->daddr;
+	rk.backend_port = ports->source;
+	rk.client_port = ports->dest;
+	rk.proto = iph->protocol;
+	rk.pad[0] = rk.pad[1] = rk.pad[2] = 0;
+	rv = bpf_map_lookup_elem(&steer_rnat, &rk);
+	if (!rv)
+		return TC_ACT_OK;
+	if (tc_snat4(skb, iph->ihl, rk.proto, rk.backend_addr, rk.backend_port, rv->vip_addr, rv->vip_port))
+		return TC_ACT_SHOT;
+	return TC_ACT_OK;
+}
+
+char LICENSE[] SEC("license") = "GPL";
