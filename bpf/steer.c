@@ -113,22 +113,32 @@ static __always_inline struct godwit_steer_backend *backend_in(__u32 slot, __u32
 	return bpf_map_lookup_elem(&steer_backends, &index);
 }
 
-/* The backend's address for a packet already at it: DNAT, and remember how to answer. */
-static __always_inline int deliver_local(struct iphdr *iph, struct l4_ports *ports, void *data_end, const struct godwit_steer_backend *be, int always_record)
-{
-	struct godwit_rnat_key rk = {
-		.backend_addr = be->addr,
-		.client_addr = iph->saddr,
-		.backend_port = be->port,
-		.client_port = ports->source,
-		.proto = iph->protocol,
-	};
-	struct godwit_rnat_value rv = { .vip_addr = iph->daddr, .vip_port = ports->dest };
+/* What deliver_local does with the reverse-NAT entry of the packet's flow. */
+enum rnat_record {
+	RNAT_KEEP,    /* known to be written (GODWIT_FLOW_RNAT): no steer_rnat access at all */
+	RNAT_ENSURE,  /* written only if missing (a lookup first) */
+	RNAT_WRITE,   /* the flow's first packet here: written */
+};
 
-	/* On a flow-table hit the entry was written with the flow's first packet; replies keep it
-	 * fresh in the LRU (the TC program looks it up), so only a missing one is written again. */
-	if (always_record || !bpf_map_lookup_elem(&steer_rnat, &rk))
-		bpf_map_update_elem(&steer_rnat, &rk, &rv, BPF_ANY);
+/* The backend's address for a packet already at it: DNAT, and remember how to answer. Flows
+ * whose entry is known to be written pass RNAT_KEEP: on the hit path that saves an LRU hash
+ * lookup per packet; the replies keep the entry fresh (the TC program looks it up), so a live
+ * flow's entry is not what the LRU evicts. */
+static __always_inline int deliver_local(struct iphdr *iph, struct l4_ports *ports, void *data_end, const struct godwit_steer_backend *be, enum rnat_record record)
+{
+	if (record != RNAT_KEEP) {
+		struct godwit_rnat_key rk = {
+			.backend_addr = be->addr,
+			.client_addr = iph->saddr,
+			.backend_port = be->port,
+			.client_port = ports->source,
+			.proto = iph->protocol,
+		};
+		struct godwit_rnat_value rv = { .vip_addr = iph->daddr, .vip_port = ports->dest };
+
+		if (record == RNAT_WRITE || !bpf_map_lookup_elem(&steer_rnat, &rk))
+			bpf_map_update_elem(&steer_rnat, &rk, &rv, BPF_ANY);
+	}
 	if (xdp_dnat4(iph, ports, data_end, be->addr, be->port))
 		return XDP_DROP;
 	return -1; /* go on along the chain */
@@ -163,7 +173,9 @@ static __always_inline int finish_tunnelled(struct xdp_md *ctx, __u32 slot)
 	ports = parse_l4_ports(&c, data_end);
 	if (!ports)
 		return XDP_DROP;
-	if (deliver_local(iph, ports, data_end, be, 0) == XDP_DROP)
+	/* No flow entry on this side to remember it in (the sending host's flow table keeps the
+	 * flow on this backend): looked up, written when missing. */
+	if (deliver_local(iph, ports, data_end, be, RNAT_ENSURE) == XDP_DROP)
 		return XDP_DROP;
 	return godwit_chain_next(ctx, GODWIT_SLOT_STEER);
 }
@@ -246,6 +258,8 @@ int godwit_steer(struct xdp_md *ctx)
 		/* No backend takes new flows (all drained or removed): nothing to send it to. */
 		if (!be || !(be->flags & GODWIT_BACKEND_PRESENT))
 			return XDP_DROP;
+		/* A local backend's reverse-NAT entry is written below, with this first packet. */
+		chosen.flags = (be->flags & GODWIT_BACKEND_LOCAL) ? GODWIT_FLOW_RNAT : 0;
 		bpf_map_update_elem(&steer_flows, &fk, &chosen, BPF_ANY);
 		flow = &chosen;
 		new_flow = 1;
@@ -256,10 +270,20 @@ int godwit_steer(struct xdp_md *ctx)
 	count(&steer_be_stats, flow->backend_id, bytes, new_flow);
 
 	if (be->flags & GODWIT_BACKEND_LOCAL) {
-		if (deliver_local(iph, ports, data_end, be, new_flow) == XDP_DROP)
+		enum rnat_record record = new_flow ? RNAT_WRITE : (flow->flags & GODWIT_FLOW_RNAT) ? RNAT_KEEP : RNAT_ENSURE;
+
+		/* A flow from an older layout, or whose backend has become local: its entry made sure
+		 * of once, then flagged (a plain store into the flow's value; two CPUs racing only
+		 * both make sure). */
+		if (record == RNAT_ENSURE)
+			flow->flags |= GODWIT_FLOW_RNAT;
+		if (deliver_local(iph, ports, data_end, be, record) == XDP_DROP)
 			return XDP_DROP;
 		return godwit_chain_next(ctx, GODWIT_SLOT_STEER);
 	}
+	/* Tunnelled from here on: if the backend comes back, its entry is written again. */
+	if (flow->flags & GODWIT_FLOW_RNAT)
+		flow->flags &= ~GODWIT_FLOW_RNAT;
 	if (!new_flow) /* the hash is needed on a miss and by the tunnel only */
 		hash = godwit_flow_hash(fk.saddr, fk.daddr, fk.sport, fk.dport, fk.proto);
 	return xdp_encap_vxlan(ctx, meta->host_addr, be->host_addr, hash, flow->backend_id);

@@ -29,7 +29,9 @@
 #define GODWIT_STEER_VIPS_VERSION 1
 #define GODWIT_STEER_BACKENDS_VERSION 1
 #define GODWIT_STEER_RINGS_VERSION 1
-#define GODWIT_STEER_FLOWS_VERSION 1
+/* 2: godwit_flow_value gained flags (GODWIT_FLOW_RNAT), 8 -> 12 bytes; the upgrade copies every
+ * flow with flags 0 (its reverse-NAT entry is written again on its next packet). */
+#define GODWIT_STEER_FLOWS_VERSION 2
 #define GODWIT_STEER_RNAT_VERSION 1
 #define GODWIT_STEER_STATS_VERSION 1
 
@@ -97,9 +99,14 @@ struct godwit_flow_key {
 	__u8 pad[3];
 };
 
+/* The flow's reverse-NAT entry (steer_rnat) was written on this host for its current backend:
+ * the hit path then needs no steer_rnat lookup at all. Cleared when the backend is not local. */
+#define GODWIT_FLOW_RNAT 1
+
 struct godwit_flow_value {
 	__u32 backend_id;
 	__u32 service_id;
+	__u32 flags;   /* GODWIT_FLOW_* */
 };
 
 /* steer_rnat (LRU hash), on the backend's host: a reply's (backend, client) -> the VIP it must

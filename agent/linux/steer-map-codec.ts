@@ -68,10 +68,15 @@ export const FLOW_KEY_LAYOUT = layout('godwit_flow_key', 16, [
   ['proto', 12, 1],
   ['pad', 13, 3],
 ]);
-export const FLOW_VALUE_LAYOUT = layout('godwit_flow_value', 8, [
+export const FLOW_VALUE_LAYOUT = layout('godwit_flow_value', 12, [
   ['backend_id', 0, 4],
   ['service_id', 4, 4],
+  ['flags', 8, 4],
 ]);
+/** steer_flows' value of layout version 1 (no flags): what upgradeFlows() reads. */
+export const FLOW_VALUE_V1_SIZE = 8;
+/** GODWIT_FLOW_* flags. */
+export const FLOW_RNAT = 1;
 export const RNAT_KEY_LAYOUT = layout('godwit_rnat_key', 16, [
   ['backend_addr', 0, 4],
   ['client_addr', 4, 4],
@@ -93,7 +98,7 @@ export const COUNTER_LAYOUT = layout('godwit_steer_counter', 24, [
 
 /**
  * One map of bpf/steer.c as the BPF lifecycle pins, checks and reuses it (bpf/map-spec.ts):
- * `version` is its GODWIT_STEER_*_VERSION; no map has an upgrade yet.
+ * `version` is its GODWIT_STEER_*_VERSION. Upgrades (they do I/O) are added by steer-object.ts.
  */
 const spec = (name: string, type: MapType, key: StructLayout | number, value: StructLayout, maxEntries: number, flags = 0, version = 1): MapSpec => ({
   name,
@@ -111,7 +116,7 @@ export const STEER_MAPS = {
   vips: spec('steer_vips', 'hash', VIP_KEY_LAYOUT, VIP_VALUE_LAYOUT, STEER_SLOTS * STEER_MAX_SERVICES),
   backends: spec('steer_backends', 'array', 4, BACKEND_LAYOUT, STEER_SLOTS * STEER_MAX_ID, BPF_F_MMAPABLE),
   rings: spec('steer_rings', 'array', 4, RING_LAYOUT, STEER_SLOTS * STEER_MAX_SERVICES, BPF_F_MMAPABLE),
-  flows: spec('steer_flows', 'lru_hash', FLOW_KEY_LAYOUT, FLOW_VALUE_LAYOUT, STEER_FLOWS),
+  flows: spec('steer_flows', 'lru_hash', FLOW_KEY_LAYOUT, FLOW_VALUE_LAYOUT, STEER_FLOWS, 0, 2),
   rnat: spec('steer_rnat', 'lru_hash', RNAT_KEY_LAYOUT, RNAT_VALUE_LAYOUT, STEER_RNAT),
   serviceStats: spec('steer_svc_stats', 'percpu_array', 4, COUNTER_LAYOUT, STEER_MAX_ID),
   backendStats: spec('steer_be_stats', 'percpu_array', 4, COUNTER_LAYOUT, STEER_MAX_ID),

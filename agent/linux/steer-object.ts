@@ -1,11 +1,10 @@
 import type { Logger } from 'pino';
 import type { Executor } from '../../lib/exec.js';
-import type { MapSpec } from './bpf/map-spec.js';
 import { loadObject, removeObject, type ObjectSpec, type PinHost } from './bpf/object-loader.js';
 import { ensureBpffs, pinFolder, removeIfEmpty, type PinFolder } from './bpf/pin-folder.js';
 import { attachTcEgress, detachTcEgress, type TcEgressFilter } from './bpf/tc-egress.js';
 import { CHAIN_MAP, ChainSlot, rootObjectBeside, XdpChain, type XdpMode } from './bpf/xdp-chain.js';
-import { STEER_MAPS } from './steer-map-codec.js';
+import { steerMapSpecs } from './steer-map-upgrades.js';
 
 /*
  * bpf/steer.c as the BPF lifecycle loads it (bpf/object-loader.ts): its two programs, its maps
@@ -26,7 +25,7 @@ const STEER_TC_PREF = 49152;
 
 /** bpf/steer.c: its programs, its maps, and the chain it runs in. */
 export function steerObject(objectPath: string): ObjectSpec {
-  return { name: 'steer', objectPath, programs: [STEER_XDP_PROG, STEER_TC_PROG], maps: Object.values(STEER_MAPS) as MapSpec[], sharedMaps: [CHAIN_MAP] };
+  return { name: 'steer', objectPath, programs: [STEER_XDP_PROG, STEER_TC_PROG], maps: steerMapSpecs(), sharedMaps: [CHAIN_MAP] };
 }
 
 export interface SteerProgramsOptions {
