@@ -8,6 +8,7 @@ import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { execCommand, type Executor } from '../lib/exec.js';
 import { REPO_ROOT } from '../lib/rpc.js';
+import { EbpfNetLock } from '../agent/linux/netlock-ebpf.js';
 import { nsExecutor } from '../agent/linux/netns-exec.js';
 import type { SteeringDataplane, SteeringTable } from '../agent/steering.js';
 import { XDP_PASS_OBJECT, type LabHost } from '../lab/topology.js';
@@ -111,11 +112,13 @@ interface SteeringModule {
 }
 
 const STEER_OBJECT = join(REPO_ROOT, 'build', 'bpf', 'steer.o');
+const LOCK_OBJECT = join(REPO_ROOT, 'build', 'bpf', 'lock.o');
 
 /**
- * godwit's steering on `host`: the data plane installed on its interface and one service
- * VIP:port -> backend on this same host, as the agent would program it from the controller's
- * table. The only place the benchmark touches godwit's steering.
+ * godwit's steering on `host` as an agent runs it: the lock installed first (chain slot 0, empty:
+ * nothing migrates, but every packet passes through it, as on a real host), then the steering
+ * data plane (slot 1) with one service VIP:port -> backend on this same host, as the agent would
+ * program it from the controller's table. The only place the benchmark touches godwit's steering.
  */
 export async function setupGodwit(host: LabHost, vip: SteerTarget & { proto: SteerProto }, backend: SteerTarget, pinDir: string): Promise<ModeHandle> {
   let mod: Partial<SteeringModule> | undefined;
@@ -127,7 +130,9 @@ export async function setupGodwit(host: LabHost, vip: SteerTarget & { proto: Ste
     mod = undefined;
   }
   if (!mod?.EbpfSteering) throw new ModeUnavailableError('godwit', 'agent/linux/steering-ebpf.ts (EbpfSteering) is not in this tree yet');
-  const steering = new mod.EbpfSteering({ exec: nsExecutor(host.netns, execCommand), iface: host.iface, pinDir, objectPath: STEER_OBJECT, hostAddress: host.address });
+  const exec = nsExecutor(host.netns, execCommand);
+  const lock = new EbpfNetLock({ exec, iface: host.iface, pinDir, objectPath: LOCK_OBJECT });
+  const steering = new mod.EbpfSteering({ exec, iface: host.iface, pinDir, objectPath: STEER_OBJECT, hostAddress: host.address });
   const table: SteeringTable = {
     generation: 1,
     services: [
@@ -140,21 +145,23 @@ export async function setupGodwit(host: LabHost, vip: SteerTarget & { proto: Ste
       },
     ],
   };
+  const teardown = async () => {
+    await steering.uninstall().catch(() => undefined);
+    await lock.uninstall().catch(() => undefined);
+    rmSync(pinDir, { recursive: true, force: true });
+  };
   try {
+    await lock.install();
+    // Generic XDP would run the chain on an skb, after the allocation native XDP saves: not the
+    // path this benchmark means to measure, so it fails instead of measuring it.
+    if (lock.attachMode !== 'native') throw new Error(`godwit's XDP root attached as ${lock.attachMode ?? 'nothing'} on ${host.iface}, not native`);
     await steering.install();
     await steering.apply(table);
   } catch (err) {
-    await steering.uninstall().catch(() => undefined);
-    rmSync(pinDir, { recursive: true, force: true });
+    await teardown();
     throw err;
   }
-  return {
-    target: vip,
-    teardown: async () => {
-      await steering.uninstall().catch(() => undefined);
-      rmSync(pinDir, { recursive: true, force: true });
-    },
-  };
+  return { target: vip, teardown };
 }
 
 export async function setupMode(mode: SteerMode, c: ModeContext): Promise<ModeHandle> {
