@@ -13,7 +13,7 @@ import { REPO_ROOT } from '../../lib/rpc.js';
 import { listNetns } from '../../lab/topology.js';
 
 const PACKETS = 20_000;
-const MODES = ['iptables', 'nftables', 'baseline', 'baseline-xdp'];
+const MODES = ['godwit', 'iptables', 'nftables', 'baseline', 'baseline-xdp'];
 
 describe('bench steer-dataplane --quick', () => {
   const results = mkdtempSync(join(tmpdir(), 'godwit-steer-bench-'));
@@ -28,8 +28,12 @@ describe('bench steer-dataplane --quick', () => {
       { allowFailure: true, timeoutMs: 300_000 },
     );
     expect(r.exitCode, r.stderr).toBe(0);
-    const rows = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    const all = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    const rows = all.filter((x) => x.mode !== 'prog-test-run');
     expect(rows).toHaveLength(MODES.length * 2);
+    // bench/steer-progrun.ts's rows (the program alone): hit and miss, per proto.
+    const prog = all.filter((x) => x.mode === 'prog-test-run');
+    for (const proto of ['udp', 'tcp']) for (const path of ['hit', 'miss']) expect(prog.find((x) => x.proto === proto && x.path === path), `${path} ${proto}`).toBeDefined();
     for (const proto of ['udp', 'tcp'])
       for (const mode of MODES) {
         const row = rows.find((x) => x.mode === mode && x.proto === proto);
@@ -42,7 +46,7 @@ describe('bench steer-dataplane --quick', () => {
         expect(row!.pps as number).toBeGreaterThan(0);
       }
     expect(r.stderr).toContain('best over baseline');
-    expect(readFileSync(join(results, 'steer-dataplane.jsonl'), 'utf8').trim().split('\n')).toHaveLength(MODES.length * 2);
+    expect(readFileSync(join(results, 'steer-dataplane.jsonl'), 'utf8').trim().split('\n')).toHaveLength(all.length);
     expect(readFileSync(join(results, 'steer-dataplane.svg'), 'utf8')).toContain('data-mode="iptables"');
     // Nothing left: every measurement's lab is gone, and so are its pins.
     expect((await listNetns()).filter((n) => !before.includes(n) && n.startsWith('godwit'))).toEqual([]);
