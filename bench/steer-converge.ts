@@ -270,7 +270,7 @@ async function fleetUp(n: number, infraNice: number): Promise<Fleet> {
         '--no-checkpoint',
       ]));
     }
-    await waitForSteeringHosts(`${mgmtAddress}:${CONTROLLER_PORT}`, hosts, 60_000 + n * 2_000);
+    await waitForSteeringHosts(`${mgmtAddress}:${CONTROLLER_PORT}`, hosts, 60_000 + n * 5_000);
     return { index, hosts, mgmtAddress, pids: { agents: agentPids, controller: controllerPid, nats: natsPid }, stop };
   } catch (err) {
     await stop();
