@@ -16,6 +16,10 @@
  * with labDown, also on failure or Ctrl-C): hosts on 198.19.<i>.0/24 behind a bridge in
  * `godwit<i>-ctl`, which also holds 198.18.<i>.250 for this process to reach NATS and the controller.
  * --infra-nice N runs nats-server and the controller at that nice value (DEFAULT_INFRA_NICE).
+ * CPU per change is read from /proc (user + system, all threads): the agents' is also given net
+ * of what they burn idle (sampled for IDLE_SAMPLE_MS after the warm-up: heartbeats, timers, GC).
+ * GODWIT_BENCH_AGENT_PROFILE=DIR runs the first agent with --cpu-prof (a wall-clock sampler:
+ * under load it also charges a function for the time its thread was preempted in it).
  * Options: --agents 10,50,100  --changes 20  --json  --results DIR  --infra-nice N
  */
 import { spawn } from 'node:child_process';
