@@ -46,31 +46,39 @@ describe('steering in the routed lab: API -> KV -> every agent -> kernel, under 
   const workloads: number[] = [];
   const backends: Record<'a1' | 'b1' | 'b2', Backend> = {} as never;
 
-  beforeAll(async () => {
-    // The index is chosen here, not by labUp, so that afterAll can remove a lab whose start
-    // was cut short (a hook timeout leaves labUp's own clean-up unrun).
-    labIndex = await findFreeLabIndex();
-    lab = await labUp({ hosts: [...HOSTS], fabric: 'routed', index: labIndex });
-    api = new SteeringApi(lab.controllerAddress);
-    vip = lab.topology.vip(0);
-    web = { protocol: 'TCP', vip, port: VIP_PORT };
-    // Workload addresses owned by their hosts (on eth0, routed to them by the router).
-    const a1 = await startLabWorkload(lab, 'a', 7001, 0);
-    const b1 = await startLabWorkload(lab, 'b', 7001, 1);
-    workloads.push(a1.pid, b1.pid);
-    // The third backend shares b1's address, on another port.
-    const b2 = await startWorkload(lab.host('b'), b1.endpoint.address, 7002);
-    workloads.push(b2.pid);
-    backends.a1 = { name: 'a1', host: 'a', address: a1.endpoint.address, port: 7001 };
-    backends.b1 = { name: 'b1', host: 'b', address: b1.endpoint.address, port: 7001 };
-    backends.b2 = { name: 'b2', host: 'b', address: b1.endpoint.address, port: 7002 };
+  /** The whole set-up, kept so that afterAll can wait for one that a hook timeout cut short. */
+  let setUp: Promise<void> | undefined;
+
+  beforeAll(() => {
+    setUp = (async () => {
+      // The index is chosen here, not by labUp, so that afterAll can remove a lab whose start
+      // failed half-way.
+      labIndex = await findFreeLabIndex();
+      lab = await labUp({ hosts: [...HOSTS], fabric: 'routed', index: labIndex });
+      api = new SteeringApi(lab.controllerAddress);
+      vip = lab.topology.vip(0);
+      web = { protocol: 'TCP', vip, port: VIP_PORT };
+      // Workload addresses owned by their hosts (on eth0, routed to them by the router).
+      const a1 = await startLabWorkload(lab, 'a', 7001, 0);
+      workloads.push(a1.pid);
+      const b1 = await startLabWorkload(lab, 'b', 7001, 1);
+      workloads.push(b1.pid);
+      // The third backend shares b1's address, on another port.
+      const b2 = await startWorkload(lab.host('b'), b1.endpoint.address, 7002);
+      workloads.push(b2.pid);
+      backends.a1 = { name: 'a1', host: 'a', address: a1.endpoint.address, port: 7001 };
+      backends.b1 = { name: 'b1', host: 'b', address: b1.endpoint.address, port: 7001 };
+      backends.b2 = { name: 'b2', host: 'b', address: b1.endpoint.address, port: 7002 };
+    })();
+    return setUp;
   }, 300_000);
 
   afterAll(async () => {
+    // A set-up that timed out goes on in the background: let it finish (or fail) first.
+    await setUp?.catch(() => undefined);
     for (const t of traffic) await t.stop().catch(() => undefined);
     for (const pid of workloads) await stopWorkload(pid).catch(() => undefined);
     api?.close();
-    if (process.env.H6_KEEP_LOGS && lab) await execCommand('cp', ['-r', `${lab.dir}/logs`, `/tmp/h6-logs`], { allowFailure: true });
     if (lab) await lab.down();
     else if (labIndex) await labDown(labIndex);
   }, 60_000);
