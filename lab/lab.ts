@@ -121,7 +121,9 @@ async function build(index: number, hostNames: string[], fabric: LabFabric, agen
 
   await waitForPort(ctl.address, CONTROLLER_PORT, 15_000, 'controller');
   const controller = new ControllerApi(controllerAddress);
-  await waitForHosts(controller, hostNames, 60_000); // each agent loads two BPF objects first: slow on a loaded 2-core machine
+  // An agent's start (CRIU probe, lock and steering programs loaded and verified) took over 20 s
+  // on this 2-core machine while other tenants ran 100-agent benchmarks beside it.
+  await waitForHosts(controller, hostNames, 60_000);
 
   const host = (name: string) => {
     const h = topology.hosts.find((x) => x.name === name);
