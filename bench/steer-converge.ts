@@ -34,7 +34,7 @@ import { Bus } from '../lib/bus.js';
 import { execCommand } from '../lib/exec.js';
 import { REPO_ROOT } from '../lib/rpc.js';
 import { SUBJECTS } from '../lib/subjects.js';
-import { agentPinDir, labDir, labDown, rootLink } from '../lab/lab.js';
+import { agentPinDir, labDir, labDown, rootLink, waitForPort } from '../lab/lab.js';
 import { findFreeLabIndex, inNetns, labPrefix } from '../lab/topology.js';
 import { convergeSvg, summarize, table, type AckSample, type ConvergeRow } from './steer-converge-report.js';
 
@@ -318,17 +318,3 @@ async function waitForSteeringHosts(controller: string, names: string[], timeout
   }
 }
 
-async function waitForPort(host: string, port: number, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = connect({ host, port, timeout: 500 });
-      s.once('connect', () => (s.destroy(), resolve(true)));
-      s.once('error', () => resolve(false));
-      s.once('timeout', () => (s.destroy(), resolve(false)));
-    });
-    if (ok) return;
-    await sleep(100);
-  }
-  throw new Error(`${what} did not listen on ${host}:${port} within ${timeoutMs} ms`);
-}

@@ -228,7 +228,8 @@ async function stopPid(pid: number, signal: NodeJS.Signals): Promise<void> {
   }
 }
 
-async function waitForPort(host: string, port: number, timeoutMs: number, what: string): Promise<void> {
+/** Resolves once something accepts TCP connections on host:port. */
+export async function waitForPort(host: string, port: number, timeoutMs: number, what: string): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     const ok = await new Promise<boolean>((resolve) => {
