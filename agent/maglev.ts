@@ -67,27 +67,42 @@ export function maglevTable(backends: readonly MaglevBackend[], size = MAGLEV_TA
   const live = backends.filter((b) => b.weight > 0).sort((a, b) => a.id - b.id);
   if (live.length === 0) return table;
 
-  const maxWeight = Math.max(...live.map((b) => b.weight));
-  const offset = live.map((b) => hashId(b.id, OFFSET_SEED) % size);
-  const skip = live.map((b) => (hashId(b.id, SKIP_SEED) % (size - 1)) + 1);
-  const next = new Array<number>(live.length).fill(0);
-  const credit = new Array<number>(live.length).fill(0);
+  // Typed arrays and each backend's position stepped by its skip (instead of offset + next *
+  // skip, mod size): the same permutation, at a fraction of the cost. Every host computes this
+  // table for every change to a service, so its speed is part of the fleet's convergence time.
+  const n = live.length;
+  const weight = new Float64Array(n);
+  const pos = new Int32Array(n);
+  const skip = new Int32Array(n);
+  const credit = new Float64Array(n);
+  let maxWeight = 0;
+  for (let i = 0; i < n; i++) {
+    const b = live[i];
+    weight[i] = b.weight;
+    if (b.weight > maxWeight) maxWeight = b.weight;
+    pos[i] = hashId(b.id, OFFSET_SEED) % size;
+    skip[i] = (hashId(b.id, SKIP_SEED) % (size - 1)) + 1;
+  }
+  const ids = new Uint32Array(live.map((b) => b.id));
   const taken = new Uint8Array(size);
   let filled = 0;
   while (filled < size) {
-    for (let i = 0; i < live.length && filled < size; i++) {
-      credit[i] += live[i].weight;
+    for (let i = 0; i < n && filled < size; i++) {
+      credit[i] += weight[i];
       while (credit[i] >= maxWeight && filled < size) {
         credit[i] -= maxWeight;
         // The backend's next preferred entry that no one has claimed yet.
-        let at: number;
-        do {
-          at = (offset[i] + next[i] * skip[i]) % size;
-          next[i]++;
-        } while (taken[at]);
+        let at = pos[i];
+        const step = skip[i];
+        while (taken[at]) {
+          at += step;
+          if (at >= size) at -= size;
+        }
         taken[at] = 1;
-        table[at] = live[i].id;
+        table[at] = ids[i];
         filled++;
+        at += step;
+        pos[i] = at >= size ? at - size : at;
       }
     }
   }

@@ -34,6 +34,10 @@ export interface ConvergeRow {
   missing: number;
   /** CPU time (user + system) per change: one agent's, the controller's, nats-server's. */
   agentMsPerApply?: number;
+  /** One agent's CPU per second with no change going on (heartbeats, timers, GC). */
+  agentIdleMsPerSec?: number;
+  /** agentMsPerApply less that idle rate over the measured changes' time: the change's own cost. */
+  agentNetMsPerApply?: number;
   controllerMsPerChange?: number;
   natsMsPerChange?: number;
   /** nice value nats-server and the controller ran at. */
@@ -71,11 +75,11 @@ export function summarize(agents: number, changes: number, samples: readonly Ack
   };
 }
 
-const HEADER = ['agents', 'changes', 'acks', 'p50 ms', 'p99 ms', 'max ms', 'converged p50', 'converged p99', 'apply p50', 'agent CPU ms', 'ctl CPU ms', 'nats CPU ms', 'missing'];
+const HEADER = ['agents', 'changes', 'acks', 'p50 ms', 'p99 ms', 'max ms', 'converged p50', 'converged p99', 'apply p50', 'agent CPU ms', 'agent net CPU ms', 'ctl CPU ms', 'nats CPU ms', 'missing'];
 
 export function table(rows: readonly ConvergeRow[]): string {
   const body = rows.map((r) =>
-    [r.agents, r.changes, r.acks, r.p50Ms, r.p99Ms, r.maxMs, r.convergeP50Ms, r.convergeP99Ms, r.applyP50Ms, r.agentMsPerApply, r.controllerMsPerChange, r.natsMsPerChange, r.missing].map((v) =>
+    [r.agents, r.changes, r.acks, r.p50Ms, r.p99Ms, r.maxMs, r.convergeP50Ms, r.convergeP99Ms, r.applyP50Ms, r.agentMsPerApply, r.agentNetMsPerApply, r.controllerMsPerChange, r.natsMsPerChange, r.missing].map((v) =>
       typeof v === 'number' ? fmt(v) : '-',
     ),
   );

@@ -16,6 +16,10 @@
  * with labDown, also on failure or Ctrl-C): hosts on 198.19.<i>.0/24 behind a bridge in
  * `godwit<i>-ctl`, which also holds 198.18.<i>.250 for this process to reach NATS and the controller.
  * --infra-nice N runs nats-server and the controller at that nice value (DEFAULT_INFRA_NICE).
+ * CPU per change is read from /proc (user + system, all threads): the agents' is also given net
+ * of what they burn idle (sampled for IDLE_SAMPLE_MS after the warm-up: heartbeats, timers, GC).
+ * GODWIT_BENCH_AGENT_PROFILE=DIR runs the first agent with --cpu-prof (a wall-clock sampler:
+ * under load it also charges a function for the time its thread was preempted in it).
  * Options: --agents 10,50,100  --changes 20  --json  --results DIR  --infra-nice N
  */
 import { spawn } from 'node:child_process';
@@ -30,7 +34,7 @@ import { Bus } from '../lib/bus.js';
 import { execCommand } from '../lib/exec.js';
 import { REPO_ROOT } from '../lib/rpc.js';
 import { SUBJECTS } from '../lib/subjects.js';
-import { agentPinDir, labDir, labDown, rootLink } from '../lab/lab.js';
+import { agentPinDir, labDir, labDown, rootLink, waitForPort } from '../lab/lab.js';
 import { findFreeLabIndex, inNetns, labPrefix } from '../lab/topology.js';
 import { convergeSvg, summarize, table, type AckSample, type ConvergeRow } from './steer-converge-report.js';
 
@@ -43,6 +47,10 @@ const AGENT_PORT = 50051;
  * rest under 0.15 s). A running fleet is past that; a restarted agent pays it once, on catch-up.
  */
 const WARMUP_CHANGES = 20;
+/** How long the agents' CPU is sampled with no change going on. */
+const IDLE_SAMPLE_MS = 3_000;
+/** Set to a folder: the first agent runs with --cpu-prof and writes its profile there when it stops. */
+const PROFILE_DIR = process.env.GODWIT_BENCH_AGENT_PROFILE;
 /** A change that the fleet does not hold within this is reported as missing acks, not awaited forever. */
 const WAIT_MS = 30_000;
 
@@ -154,6 +162,12 @@ async function measure(n: number, changes: number, infraNice: number, resultsDir
         return api.updateService({ service, setWeight: { backend: { address: `${prefix}.${1 + (k % 200)}`, port: 8000 + Math.floor(k / 200) }, weight: 11 + (i % 900) }, wait });
       };
       for (let i = 0; i < WARMUP_CHANGES; i++) await change(i);
+      // What the agents burn with no change at all (heartbeats, timers, GC), so that the CPU per
+      // change can be told apart from it.
+      const idleBefore = cpuMs(fleet.pids.agents);
+      await sleep(IDLE_SAMPLE_MS);
+      const agentIdleMsPerSec = ((cpuMs(fleet.pids.agents) - idleBefore) / n / IDLE_SAMPLE_MS) * 1000;
+      const measuredFrom = Date.now();
       const measured: { change: number; generation: number; acceptedAtMs: number }[] = [];
       const cpuBefore = { agents: cpuMs(fleet.pids.agents), controller: cpuMs([fleet.pids.controller]), nats: cpuMs([fleet.pids.nats]) };
       for (let i = 0; i < changes; i++) {
@@ -163,8 +177,11 @@ async function measure(n: number, changes: number, infraNice: number, resultsDir
         measured.push({ change: i, generation: Number(r.generation), acceptedAtMs: r.acceptedAtMs });
         if (!r.converged) say(`N=${n}: change ${i} (generation ${r.generation}) not held by ${r.laggingHosts.length} host(s) within ${WAIT_MS} ms`);
       }
+      const agentMsPerApply = (cpuMs(fleet.pids.agents) - cpuBefore.agents) / (n * changes);
       const cpu = {
-        agentMsPerApply: (cpuMs(fleet.pids.agents) - cpuBefore.agents) / (n * changes),
+        agentMsPerApply,
+        agentIdleMsPerSec,
+        agentNetMsPerApply: agentMsPerApply - (agentIdleMsPerSec * (Date.now() - measuredFrom)) / 1000 / changes,
         controllerMsPerChange: (cpuMs([fleet.pids.controller]) - cpuBefore.controller) / changes,
         natsMsPerChange: (cpuMs([fleet.pids.nats]) - cpuBefore.nats) / changes,
       };
@@ -259,7 +276,9 @@ async function fleetUp(n: number, infraNice: number): Promise<Fleet> {
     await waitForPort(mgmtAddress, CONTROLLER_PORT, 20_000, 'controller');
     const agentPids: number[] = [];
     for (const [k, h] of hosts.entries()) {
+      const profile = PROFILE_DIR && k === 0 ? ['--cpu-prof', '--cpu-prof-dir', PROFILE_DIR] : [];
       agentPids.push(start(`agent-${h}`, `/run/netns/${prefix}-${h}`, process.execPath, [
+        ...profile,
         join(REPO_ROOT, 'dist', 'agent', 'main.js'),
         '--host', h,
         '--listen', `${fabric}.${k + 1}:${AGENT_PORT}`,
@@ -270,7 +289,7 @@ async function fleetUp(n: number, infraNice: number): Promise<Fleet> {
         '--no-checkpoint',
       ]));
     }
-    await waitForSteeringHosts(`${mgmtAddress}:${CONTROLLER_PORT}`, hosts, 60_000 + n * 2_000);
+    await waitForSteeringHosts(`${mgmtAddress}:${CONTROLLER_PORT}`, hosts, 60_000 + n * 5_000);
     return { index, hosts, mgmtAddress, pids: { agents: agentPids, controller: controllerPid, nats: natsPid }, stop };
   } catch (err) {
     await stop();
@@ -299,17 +318,3 @@ async function waitForSteeringHosts(controller: string, names: string[], timeout
   }
 }
 
-async function waitForPort(host: string, port: number, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = connect({ host, port, timeout: 500 });
-      s.once('connect', () => (s.destroy(), resolve(true)));
-      s.once('error', () => resolve(false));
-      s.once('timeout', () => (s.destroy(), resolve(false)));
-    });
-    if (ok) return;
-    await sleep(100);
-  }
-  throw new Error(`${what} did not listen on ${host}:${port} within ${timeoutMs} ms`);
-}

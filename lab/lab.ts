@@ -121,7 +121,9 @@ async function build(index: number, hostNames: string[], fabric: LabFabric, agen
 
   await waitForPort(ctl.address, CONTROLLER_PORT, 15_000, 'controller');
   const controller = new ControllerApi(controllerAddress);
-  await waitForHosts(controller, hostNames, 20_000);
+  // An agent's start (CRIU probe, lock and steering programs loaded and verified) took over 20 s
+  // on this 2-core machine while other tenants ran 100-agent benchmarks beside it.
+  await waitForHosts(controller, hostNames, 60_000);
 
   const host = (name: string) => {
     const h = topology.hosts.find((x) => x.name === name);
@@ -140,8 +142,12 @@ async function build(index: number, hostNames: string[], fabric: LabFabric, agen
     async restartAgent(name) {
       const pid = pids.get(`agent-${name}`);
       if (pid) await stopPid(pid, 'SIGKILL');
+      const restartedAtMs = Date.now();
       start(`agent-${name}`, host(name), node, agentArgs(host(name)));
       await waitForPort(host(name).address, AGENT_PORT, 15_000, `agent ${name}`);
+      // The port opens before the agent has installed its programs and joined the bus: ready
+      // means the controller has heard its first heartbeat.
+      await waitForHosts(controller, [name], 30_000, restartedAtMs);
     },
     async crash(service) {
       const pid = pids.get(service);
@@ -222,7 +228,8 @@ async function stopPid(pid: number, signal: NodeJS.Signals): Promise<void> {
   }
 }
 
-async function waitForPort(host: string, port: number, timeoutMs: number, what: string): Promise<void> {
+/** Resolves once something accepts TCP connections on host:port. */
+export async function waitForPort(host: string, port: number, timeoutMs: number, what: string): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
     const ok = await new Promise<boolean>((resolve) => {
@@ -237,12 +244,13 @@ async function waitForPort(host: string, port: number, timeoutMs: number, what: 
   throw new Error(`${what} did not listen on ${host}:${port} within ${timeoutMs} ms (see the lab's logs)`);
 }
 
-async function waitForHosts(controller: ControllerApi, names: string[], timeoutMs: number): Promise<void> {
+/** Waits until every named host is ready, with a heartbeat heard at or after `sinceMs` when given. */
+async function waitForHosts(controller: ControllerApi, names: string[], timeoutMs: number, sinceMs = 0): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let seen: string[] = [];
   while (Date.now() < deadline) {
     const r = await controller.listHosts().catch(() => undefined);
-    seen = (r?.hosts ?? []).filter((h) => h.ready).map((h) => h.name);
+    seen = (r?.hosts ?? []).filter((h) => h.ready && h.lastHeartbeatMs >= sinceMs).map((h) => h.name);
     if (names.every((n) => seen.includes(n))) return;
     await sleep(200);
   }

@@ -70,12 +70,28 @@ interface Mapped {
   mem: Buffer;
 }
 
+/**
+ * What this process last wrote into one slot, so that the next write to it touches only what
+ * differs (a generation usually changes one service: the rest of the slot is already right).
+ * Known only for a slot this process wrote since install(), and only while the slot still holds
+ * the generation written; otherwise the slot is rewritten whole (after a restart, once per slot).
+ */
+interface SlotState {
+  generation: number;
+  backendIds: Set<number>;
+  /** By ring index: the Maglev table written there (MaglevTableCache gives the same object for the same input). */
+  rings: Uint32Array[];
+  /** steer_vips entries of the slot: key hex -> value hex. */
+  vips: Map<string, string>;
+}
+
 export class EbpfSteering implements SteeringDataplane {
   readonly programs: SteerPrograms;
   private readonly log: Logger;
   private readonly local: ReadonlySet<string>;
   private readonly mapped = new Map<string, Mapped>();
   private readonly rings = new MaglevTableCache();
+  private readonly slots: (SlotState | undefined)[] = [undefined, undefined];
   /** Unknown after a restart: as if a flip had just happened (one grace wait). */
   private lastFlipAt = Date.now();
   private mode: XdpMode | undefined;
@@ -96,7 +112,7 @@ export class EbpfSteering implements SteeringDataplane {
     return this.serial(async () => {
       const hostAddr = ipv4Bytes(this.opts.hostAddress); // refused before anything is loaded
       this.mode = await this.programs.load();
-      this.mapped.clear();
+      this.forgetMaps();
       // The tunnel's source address; the rest of the meta (active slot, generations) is kept.
       hostAddr.copy(this.array(STEER_MAPS.meta), META.hostAddr);
     });
@@ -113,14 +129,20 @@ export class EbpfSteering implements SteeringDataplane {
       const wait = this.lastFlipAt + IN_FLIGHT_GRACE_MS - Date.now();
       if (wait > 0) await sleep(wait);
 
-      this.writeBackends(target, image);
-      this.writeRings(target, image);
-      await this.writeVips(target, image);
+      // The slot is only known to hold what this process wrote if it still has that generation.
+      const known = this.slots[target];
+      const before = known && Number(meta.readBigUInt64LE(META.generation(target))) === known.generation ? known : undefined;
+      this.slots[target] = undefined; // unknown while half written (a failed write leaves it so)
+      const backendIds = this.writeBackends(target, image, before);
+      const rings = this.writeRings(target, image, before);
+      const vips = await this.writeVips(target, image, before);
       meta.writeBigUInt64LE(BigInt(image.generation), META.generation(target));
+      this.slots[target] = { generation: image.generation, backendIds, rings, vips };
       // The flip: after every write above (Atomics.store is sequentially consistent).
       Atomics.store(new Uint32Array(meta.buffer, meta.byteOffset + META.active, 1), 0, target);
       this.lastFlipAt = Date.now();
-      this.log.info({ generation: image.generation, slot: target, services: image.services.length, backends: image.backends.length }, 'steering table applied');
+      // debug: one line per generation on every host is a cost the fleet pays for each change.
+      this.log.debug({ generation: image.generation, slot: target, services: image.services.length, backends: image.backends.length }, 'steering table applied');
       return { generation: image.generation, applied: true };
     });
   }
@@ -160,42 +182,81 @@ export class EbpfSteering implements SteeringDataplane {
 
   uninstall(): Promise<void> {
     return this.serial(async () => {
-      this.mapped.clear();
+      this.forgetMaps();
       await this.programs.unload();
       this.mode = undefined;
     });
   }
 
-  /** Every id's record of the slot rewritten: the slot's region zeroed, then this table's backends. */
-  private writeBackends(slot: number, image: SlotImage): void {
+  /**
+   * The slot's backend records made the image's: the records of ids it no longer has zeroed
+   * (the whole region when the slot's content is unknown), then this table's backends written.
+   */
+  private writeBackends(slot: number, image: SlotImage, before: SlotState | undefined): Set<number> {
     const mem = this.array(STEER_MAPS.backends);
-    const bytes = STEER_MAX_ID * BACKEND_LAYOUT.size;
-    mem.fill(0, slot * bytes, (slot + 1) * bytes);
+    const size = BACKEND_LAYOUT.size;
+    const ids = new Set(image.backends.map((b) => b.id));
+    if (!before) {
+      const bytes = STEER_MAX_ID * size;
+      mem.fill(0, slot * bytes, (slot + 1) * bytes);
+    } else {
+      for (const id of before.backendIds) {
+        if (ids.has(id)) continue;
+        const at = (slot * STEER_MAX_ID + id) * size;
+        mem.fill(0, at, at + size);
+      }
+    }
     for (const b of image.backends) writeBackendRecord(mem, slot, b);
+    return ids;
   }
 
-  private writeRings(slot: number, image: SlotImage): void {
+  /** Each service's ring copied in, unless the slot already holds that very table at that index. */
+  private writeRings(slot: number, image: SlotImage, before: SlotState | undefined): Uint32Array[] {
     const mem = this.array(STEER_MAPS.rings);
+    const written: Uint32Array[] = [];
     for (const s of image.services) {
+      written[s.ring] = s.table;
+      if (before?.rings[s.ring] === s.table) continue;
       const at = (slot * STEER_MAX_SERVICES + s.ring) * RING_STRIDE;
       Buffer.from(s.table.buffer, s.table.byteOffset, s.table.byteLength).copy(mem, at);
     }
+    return written;
   }
 
-  /** The slot's VIP entries made exactly the image's: stale ones deleted, the rest written. */
-  private async writeVips(slot: number, image: SlotImage): Promise<void> {
+  /**
+   * The slot's VIP entries made exactly the image's: stale ones deleted, new or changed ones
+   * written. The slot's entries come from what this process wrote there when it knows, else
+   * from a dump; a generation that changes no VIP costs no syscall.
+   */
+  private async writeVips(slot: number, image: SlotImage, before: SlotState | undefined): Promise<Map<string, string>> {
     const m = STEER_MAPS.vips;
     const vips = this.map(m);
-    const want = image.services.map((s) => ({ key: encodeVipKey(s, slot), value: encodeVipValue(s) }));
-    const wanted = new Set(want.map((w) => w.key.toString('hex')));
-    const held = await vips.dump();
-    const stale: Buffer[] = [];
-    for (let i = 0; i < held.count; i++) {
-      const key = held.keys.subarray(i * m.keySize, (i + 1) * m.keySize);
-      if (vipKeySlot(key) === slot && !wanted.has(key.toString('hex'))) stale.push(key);
+    const want = new Map<string, { key: Buffer; value: Buffer }>();
+    for (const s of image.services) {
+      const key = encodeVipKey(s, slot);
+      want.set(key.toString('hex'), { key, value: encodeVipValue(s) });
     }
-    await vips.delete(Buffer.concat(stale));
-    await vips.update(Buffer.concat(want.map((w) => w.key)), Buffer.concat(want.map((w) => w.value)));
+    let held = before?.vips;
+    if (!held) {
+      held = new Map();
+      const d = await vips.dump();
+      for (let i = 0; i < d.count; i++) {
+        const key = d.keys.subarray(i * m.keySize, (i + 1) * m.keySize);
+        if (vipKeySlot(key) === slot) held.set(key.toString('hex'), d.values.subarray(i * m.valueSize, (i + 1) * m.valueSize).toString('hex'));
+      }
+    }
+    const stale: Buffer[] = [];
+    for (const k of held.keys()) if (!want.has(k)) stale.push(Buffer.from(k, 'hex'));
+    const changed = [...want].filter(([k, w]) => held.get(k) !== w.value.toString('hex')).map(([, w]) => w);
+    if (stale.length > 0) await vips.delete(Buffer.concat(stale));
+    if (changed.length > 0) await vips.update(Buffer.concat(changed.map((w) => w.key)), Buffer.concat(changed.map((w) => w.value)));
+    return new Map([...want].map(([k, w]) => [k, w.value.toString('hex')]));
+  }
+
+  /** Mappings and what was written through them, forgotten (the maps were replaced or are going). */
+  private forgetMaps(): void {
+    this.mapped.clear();
+    this.slots.fill(undefined);
   }
 
   /** The mmapped values of an array map, mapped again when its pin names another map (reinstalled). */
@@ -206,6 +267,8 @@ export class EbpfSteering implements SteeringDataplane {
     if (((m.flags ?? 0) & BPF_F_MMAPABLE) === 0) throw new Error(`${m.name} is not mmappable`);
     const { memory, mapId } = mapPinnedArray(pin, { name: m.name, valueSize: m.valueSize, maxEntries: m.maxEntries });
     const mem = Buffer.from(memory);
+    // Another map under the pin (reinstalled from elsewhere): what this process wrote is not in it.
+    if (had) this.slots.fill(undefined);
     this.mapped.set(m.name, { mapId, mem });
     return mem;
   }
