@@ -18,7 +18,12 @@ mkdir -p "$ROOT/build"
 for entry in "${PROGRAMS[@]}"; do
   SRC="$ROOT/${entry%%:*}"
   OUT="$ROOT/${entry##*:}"
-  if [ -x "$OUT" ] && [ "$OUT" -nt "$SRC" ] && [ "$OUT" -nt "${BASH_SOURCE[0]}" ]; then
+  stale=0
+  # The source, the headers beside it (bench/gen/clocks.h) and this script.
+  for dep in "$SRC" "$(dirname "$SRC")"/*.h "${BASH_SOURCE[0]}"; do
+    [ -e "$dep" ] && ! [ "$OUT" -nt "$dep" ] && stale=1
+  done
+  if [ -x "$OUT" ] && [ "$stale" -eq 0 ]; then
     continue
   fi
   command -v "$CC" >/dev/null 2>&1 || { echo "[build-workload] $CC not found (apt-get install gcc)" >&2; exit 1; }

@@ -35,6 +35,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clocks.h"
+
 #define MAX_BATCH 1024
 #define MAX_FLOWS 65536
 #define MAX_PAYLOAD 1400
@@ -95,21 +97,6 @@ static int parse_mac(const char *s, uint8_t mac[6])
 	for (int i = 0; i < 6; i++)
 		mac[i] = (uint8_t)v[i];
 	return 0;
-}
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static uint64_t cpu_ns(void)
-{
-	struct rusage ru;
-	getrusage(RUSAGE_SELF, &ru);
-	return ((uint64_t)ru.ru_utime.tv_sec + (uint64_t)ru.ru_stime.tv_sec) * 1000000000ull +
-	       ((uint64_t)ru.ru_utime.tv_usec + (uint64_t)ru.ru_stime.tv_usec) * 1000ull;
 }
 
 /* Fills a frame's IP and L4 checksums (after its addresses, ports and sequence are set). */
