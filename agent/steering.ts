@@ -35,10 +35,71 @@ export interface SteeringBackend {
   draining: boolean;
 }
 
+/**
+ * A workload address and the host it runs on now. Packets for it that reach any other host
+ * (a routed fabric still delivers the address to the host it was first announced from; a VIP
+ * flow's replies to an outbound connection; stragglers after a move) are tunnelled there whole,
+ * with no NAT: the address itself is what moved. Written by migrations (controller/steering-
+ * placement.ts); a host that owns the address passes its packets on to its stack.
+ */
+export interface SteeringAddress {
+  /** IPv4, dotted quad. */
+  address: string;
+  host: string;
+  /** That host's data-plane IPv4 address (the tunnel's destination). */
+  hostAddress: string;
+}
+
 /** The whole rule table at one generation (the generation increases by one per change). */
 export interface SteeringTable {
   generation: number;
   services: SteeringService[];
+  /** Workload addresses and where they run (absent in tables written before addresses moved). */
+  addresses?: SteeringAddress[];
+}
+
+/**
+ * What this host's program did with packets whose backend or address is not here (since the
+ * data plane was installed, summed over CPUs).
+ */
+export interface SteeringForwarding {
+  /** Tunnelled on to the host the table names: a frame another host tunnelled here for a backend
+   * or address that has moved on, or a packet for a moved address that the fabric delivered here. */
+  forwarded: bigint;
+  /** Dropped because this host knows no better place (the backend or address is in no table here,
+   * or the frame was already forwarded once: two hosts disagreeing mid-change never loop it).
+   * Never answered with a reset: the peer retransmits. */
+  staleDropped: bigint;
+}
+
+/** Which of a host's steering state belongs to one workload. */
+export interface WorkloadSelector {
+  /** The workload's addresses: reverse-NAT entries whose backend address is one of these. */
+  addresses: readonly string[];
+  /** Its backends' ids: flow entries naming them, their counters. */
+  backendIds: readonly number[];
+}
+
+/** A map's entries, packed as the kernel's batch calls take them. */
+export interface PackedMapEntries {
+  keySize: number;
+  valueSize: number;
+  count: number;
+  keys: Buffer;
+  values: Buffer;
+}
+
+/**
+ * The steering state of one workload, as exported by the host it leaves and imported by the
+ * host it moves to (agent/handoff-file.ts writes it into the image, versioned and checksummed).
+ */
+export interface SteeringHandoff {
+  /** steer_flows entries whose backend is the workload's. */
+  flows: PackedMapEntries;
+  /** steer_rnat entries whose backend address is the workload's. */
+  rnat: PackedMapEntries;
+  /** Per-backend counters, summed over CPUs: the target adds them, the source zeroes its own. */
+  backendCounters: Map<number, SteeringCounter>;
 }
 
 /** Traffic the data plane steered, per id (summed over CPUs). */
@@ -68,6 +129,18 @@ export interface SteeringDataplane {
   counters(): Promise<SteeringCounters>;
   /** Flow-table entries that name these backends (for "remove the last backend of a service with live flows"). */
   liveFlows(backendIds: readonly number[]): Promise<number>;
+  /** Packets forwarded or dropped because their backend or address is elsewhere. */
+  forwarding(): Promise<SteeringForwarding>;
+  /** The workload's state (flows, reverse NAT, counters) as it is now; changes nothing. */
+  exportWorkload(selector: WorkloadSelector): Promise<SteeringHandoff>;
+  /** Writes an exported state here (flows and reverse NAT created or overwritten, counters added); returns the entries written. */
+  importWorkload(handoff: SteeringHandoff): Promise<number>;
+  /**
+   * Removes what belongs to the workload here once it runs elsewhere (or never came): its
+   * reverse-NAT entries and counters. Flow entries stay: the fabric keeps delivering those flows
+   * to this host, which steers them on to the backend's new host. Returns the entries removed.
+   */
+  forgetWorkload(selector: WorkloadSelector): Promise<number>;
   /** Detach and remove this host's steering pins (lab teardown). */
   uninstall(): Promise<void>;
 }

@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { pino, type Logger } from 'pino';
 import type { Executor } from '../../lib/exec.js';
-import type { SteeringCounter, SteeringCounters, SteeringDataplane, SteeringTable } from '../steering.js';
+import type { SteeringCounter, SteeringCounters, SteeringDataplane, SteeringForwarding, SteeringHandoff, SteeringTable, WorkloadSelector } from '../steering.js';
 import { batchShape, type MapSpec } from './bpf/map-spec.js';
 import { batchValueBytes, BPF_F_MMAPABLE, mapPinnedArray, NativeMap, pinnedMapId, possibleCpus } from './bpf/native-map.js';
 import type { XdpMode } from './bpf/xdp-chain.js';
@@ -178,6 +178,24 @@ export class EbpfSteering implements SteeringDataplane {
     const m = STEER_MAPS.flows;
     const d = await this.map(m).dump();
     return countFlowsOf(d.values, d.count, new Set(backendIds));
+  }
+
+  // Filled in by the forwarding data plane (issue 9): until then, nothing is forwarded.
+  async forwarding(): Promise<SteeringForwarding> {
+    return { forwarded: 0n, staleDropped: 0n };
+  }
+
+  // Filled in by the map handoff (issue 9, agent/linux/steer-handoff.ts).
+  async exportWorkload(_selector: WorkloadSelector): Promise<SteeringHandoff> {
+    throw new Error('steering handoff is not built yet');
+  }
+
+  async importWorkload(_handoff: SteeringHandoff): Promise<number> {
+    throw new Error('steering handoff is not built yet');
+  }
+
+  async forgetWorkload(_selector: WorkloadSelector): Promise<number> {
+    throw new Error('steering handoff is not built yet');
   }
 
   uninstall(): Promise<void> {

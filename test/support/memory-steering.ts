@@ -3,7 +3,7 @@
  * (agent/steering-sync.ts, the controller's propagation) only. The product's data plane is the
  * kernel one (agent/linux/steering-ebpf.ts); nothing outside test/ may use this.
  */
-import type { SteeringCounters, SteeringDataplane, SteeringTable } from '../../agent/steering.js';
+import type { SteeringCounters, SteeringDataplane, SteeringForwarding, SteeringHandoff, SteeringTable } from '../../agent/steering.js';
 
 export class MemorySteering implements SteeringDataplane {
   table: SteeringTable = { generation: 0, services: [] };
@@ -36,6 +36,23 @@ export class MemorySteering implements SteeringDataplane {
 
   async liveFlows(backendIds: readonly number[]): Promise<number> {
     return backendIds.reduce((n, id) => n + (this.flows.get(id) ?? 0), 0);
+  }
+
+  async forwarding(): Promise<SteeringForwarding> {
+    return { forwarded: 0n, staleDropped: 0n };
+  }
+
+  async exportWorkload(): Promise<SteeringHandoff> {
+    const none = { keySize: 0, valueSize: 0, count: 0, keys: Buffer.alloc(0), values: Buffer.alloc(0) };
+    return { flows: none, rnat: none, backendCounters: new Map() };
+  }
+
+  async importWorkload(): Promise<number> {
+    return 0;
+  }
+
+  async forgetWorkload(): Promise<number> {
+    return 0;
   }
 
   async uninstall(): Promise<void> {
