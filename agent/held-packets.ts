@@ -30,6 +30,12 @@ export function concatHeld(...lists: HeldPackets[]): HeldPackets {
 /** Not a CRIU image name (those end in .img): CRIU never opens it. */
 export const HELD_FILE = 'godwit-held-packets.bin';
 
+/**
+ * The workload's steering state (flows, reverse NAT, counters) beside the held packets, in the
+ * layout of agent/handoff-file.ts. Not .img either, for the same reason.
+ */
+export const STEERING_FILE = 'godwit-steering.bin';
+
 /** Adds packets to the image's file (a retried send adds only what was stopped since). */
 export async function appendHeldFile(imageDir: string, held: HeldPackets): Promise<void> {
   if (held.count > 0) await appendFile(join(imageDir, HELD_FILE), held.bytes);

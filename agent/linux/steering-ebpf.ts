@@ -23,6 +23,7 @@ import {
   writeBackendRecord,
   type SlotImage,
 } from './steer-map-codec.js';
+import { SteerHandoff } from './steer-handoff.js';
 import { SteerPrograms } from './steer-object.js';
 
 /*
@@ -91,6 +92,7 @@ export class EbpfSteering implements SteeringDataplane {
   private readonly local: ReadonlySet<string>;
   private readonly mapped = new Map<string, Mapped>();
   private readonly rings = new MaglevTableCache();
+  private readonly handoff: SteerHandoff;
   private readonly slots: (SlotState | undefined)[] = [undefined, undefined];
   /** Unknown after a restart: as if a flip had just happened (one grace wait). */
   private lastFlipAt = Date.now();
@@ -101,6 +103,7 @@ export class EbpfSteering implements SteeringDataplane {
     this.log = opts.log ?? pino({ level: 'silent' });
     this.local = new Set([opts.hostAddress, ...(opts.localAddresses ?? [])]);
     this.programs = new SteerPrograms({ exec: opts.exec, iface: opts.iface, pinDir: opts.pinDir, objectPath: opts.objectPath, attach: opts.attach, log: this.log });
+    this.handoff = new SteerHandoff({ exec: opts.exec, pin: (name) => this.pin(name) });
   }
 
   /** How the interface's XDP root is attached after install() (undefined when not attaching). */
@@ -185,17 +188,17 @@ export class EbpfSteering implements SteeringDataplane {
     return { forwarded: 0n, staleDropped: 0n };
   }
 
-  // Filled in by the map handoff (issue 9, agent/linux/steer-handoff.ts).
-  async exportWorkload(_selector: WorkloadSelector): Promise<SteeringHandoff> {
-    throw new Error('steering handoff is not built yet');
+  // The map handoff of a migration: agent/linux/steer-handoff.ts.
+  exportWorkload(selector: WorkloadSelector): Promise<SteeringHandoff> {
+    return this.serial(() => this.handoff.exportWorkload(selector));
   }
 
-  async importWorkload(_handoff: SteeringHandoff): Promise<number> {
-    throw new Error('steering handoff is not built yet');
+  importWorkload(handoff: SteeringHandoff): Promise<number> {
+    return this.serial(() => this.handoff.importWorkload(handoff));
   }
 
-  async forgetWorkload(_selector: WorkloadSelector): Promise<number> {
-    throw new Error('steering handoff is not built yet');
+  forgetWorkload(selector: WorkloadSelector): Promise<number> {
+    return this.serial(() => this.handoff.forgetWorkload(selector));
   }
 
   uninstall(): Promise<void> {

@@ -274,7 +274,7 @@ describe('map layouts: a version per map, an upgrade that copies state, export a
   it('exports the entries a predicate selects and imports them into another map', async () => {
     const pin = pinFolder(dir()).mapPin('gwt_layout_counts');
     const source = mapAccess(execCommand, pin, V2_SHAPE);
-    const odd = await exportEntries(source, V2_SHAPE, (key) => key.readUInt32LE(0) % 2 === 1);
+    const odd = await exportEntries(source, V2_SHAPE, (e) => e.keys.readUInt32LE(e.keyOffset) % 2 === 1);
     expect(odd.count).toBe(2);
     const other = `${dir()}/other`;
     await execCommand('bpftool', ['map', 'create', other, 'type', 'hash', 'key', '4', 'value', '16', 'entries', '64', 'name', 'gwt_other']);
