@@ -4,6 +4,7 @@
  *   npm run bench -- lockops   lock/unlock of many entries, per method
  *   npm run bench -- steer-converge   rule change -> every agent's ack, at 10, 50, 100 agents
  *   npm run bench -- steer-dataplane   CPU per packet: godwit steering vs iptables / nftables DNAT vs no rule
+ *   npm run bench -- follow   steering state following a workload: map handoff, migrations in the routed lab
  */
 const [which, ...rest] = process.argv.slice(2);
 const benches: Record<string, () => Promise<{ run(argv: string[]): Promise<number> }>> = {
@@ -11,6 +12,7 @@ const benches: Record<string, () => Promise<{ run(argv: string[]): Promise<numbe
   lockops: () => import('./lockops.js'),
   'steer-converge': () => import('./steer-converge.js'),
   'steer-dataplane': () => import('./steer-dataplane.js'),
+  follow: () => import('./follow.js'),
 };
 const load = which ? benches[which] : undefined;
 if (!load) {
