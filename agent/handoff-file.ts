@@ -23,7 +23,7 @@
  * future reader can convert). No kernel here: files and bytes only.
  */
 import { createHash } from 'node:crypto';
-import { readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { open, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { STEERING_FILE } from './held-packets.js';
 import type { PackedMapEntries, SteeringCounter, SteeringHandoff } from './steering.js';
@@ -93,8 +93,11 @@ function checkSection(name: HandoffSectionName, e: PackedMapEntries): void {
     throw new HandoffFileError('size', `${name}: ${e.count} entries need ${e.count * e.keySize} key and ${e.count * e.valueSize} value bytes, have ${e.keys.length} and ${e.values.length}`);
 }
 
-/** The file's bytes for a handoff. */
-export function encodeHandoff(h: SteeringHandoff): Buffer {
+/**
+ * The file's bytes for a handoff, in pieces (the sections' own buffers, not copied) and the
+ * checksum last: what writeSteeringFile writes with one writev.
+ */
+export function encodeHandoffParts(h: SteeringHandoff): Buffer[] {
   const sections: Record<HandoffSectionName, PackedMapEntries> = { flows: h.flows, rnat: h.rnat, counters: packCounters(h.backendCounters) };
   for (const name of SECTION_ORDER) checkSection(name, sections[name]);
   const head = Buffer.alloc(HEADER_BYTES + SECTION_ORDER.length * SECTION_BYTES);
@@ -110,10 +113,15 @@ export function encodeHandoff(h: SteeringHandoff): Buffer {
     head.writeUInt32LE(s.valueSize, at + 12);
     head.writeUInt32LE(sections[name].count, at + 16);
   });
-  const parts = [head, ...SECTION_ORDER.flatMap((name) => [sections[name].keys, sections[name].values])];
+  const parts = [head, ...SECTION_ORDER.flatMap((name) => [sections[name].keys, sections[name].values])].filter((p) => p.length > 0);
   const hash = createHash('sha256');
   for (const p of parts) hash.update(p);
-  return Buffer.concat([...parts, hash.digest()]);
+  return [...parts, hash.digest()];
+}
+
+/** The file's bytes for a handoff, in one Buffer. */
+export function encodeHandoff(h: SteeringHandoff): Buffer {
+  return Buffer.concat(encodeHandoffParts(h));
 }
 
 /**
@@ -161,14 +169,31 @@ export function decodeHandoff(bytes: Buffer, file?: string): SteeringHandoff {
   return { flows: sections.flows, rnat: sections.rnat, backendCounters: unpackCounters(sections.counters) };
 }
 
-/** Writes the image's steering file whole (a temporary name, then renamed: never seen half written). */
+/** Writes the image's steering file whole (a temporary name, then renamed: never seen half written); returns its size. */
 export async function writeSteeringFile(imageDir: string, h: SteeringHandoff): Promise<number> {
-  const bytes = encodeHandoff(h);
+  const parts = encodeHandoffParts(h);
   const path = join(imageDir, STEERING_FILE);
   const tmp = `${path}.tmp-${process.pid}`;
-  await writeFile(tmp, bytes);
+  const file = await open(tmp, 'w');
+  let bytes = 0;
+  try {
+    // writev may write less than asked (a signal, a full disk): go on from where it stopped.
+    for (let rest = parts; rest.length > 0; ) {
+      const { bytesWritten } = await file.writev(rest);
+      bytes += bytesWritten;
+      rest = skipBytes(rest, bytesWritten);
+    }
+  } finally {
+    await file.close();
+  }
   await rename(tmp, path);
-  return bytes.length;
+  return bytes;
+}
+
+function skipBytes(parts: Buffer[], n: number): Buffer[] {
+  let i = 0;
+  while (i < parts.length && n >= parts[i].length) n -= parts[i++].length;
+  return i < parts.length ? [parts[i].subarray(n), ...parts.slice(i + 1)] : [];
 }
 
 /** The image's steering state; undefined when the image has none (the source steered nothing for it). */

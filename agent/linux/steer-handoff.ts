@@ -68,27 +68,28 @@ export class SteerHandoff {
 
   /** The workload's flows, reverse NAT and counters as they are now; changes nothing. */
   async exportWorkload(selector: WorkloadSelector): Promise<SteeringHandoff> {
-    const ids = idMask(selector.backendIds);
+    const mask = idMask(selector.backendIds);
     const addrs = addressSet(selector.addresses);
-    const flows = await this.exportFlows(ids);
+    const flows = await this.exportFlows(mask);
     const rnat = await this.exportRnat(addrs);
     const backendCounters = new Map<number, SteeringCounter>();
-    const stats = await this.readCounters();
-    for (const id of new Set(selector.backendIds)) backendCounters.set(id, stats.sum(id));
+    const ids = [...new Set(selector.backendIds)];
+    const stats = await this.readCounters(ids);
+    for (const id of ids) backendCounters.set(id, stats.sum(id));
     return { flows, rnat, backendCounters };
   }
 
   /** Flows and reverse NAT written (created or overwritten), counters added; returns the entries written. */
   async importWorkload(h: SteeringHandoff): Promise<number> {
     // Checked whole before anything is written: ids the counters cannot hold.
-    idMask([...h.backendCounters.keys()]);
+    const ids = [...h.backendCounters.keys()];
+    idMask(ids);
     let written = await importEntries(this.access(STEER_MAPS.flows), batchShape(STEER_MAPS.flows), h.flows);
     written += await importEntries(this.access(STEER_MAPS.rnat), batchShape(STEER_MAPS.rnat), h.rnat);
     if (h.backendCounters.size === 0) return written;
-    const stats = await this.readCounters();
-    const ids = [...h.backendCounters.keys()];
+    const stats = await this.readCounters(ids);
     for (const id of ids) stats.addToCpu0(id, h.backendCounters.get(id)!);
-    await stats.write(ids);
+    await stats.write();
     return written + ids.length;
   }
 
@@ -116,10 +117,10 @@ export class SteerHandoff {
 
     const unique = [...new Set(selector.backendIds)];
     if (unique.length === 0) return removed;
-    const stats = await this.readCounters();
+    const stats = await this.readCounters(unique);
     const nonZero = unique.filter((id) => stats.held(id)).length;
     for (const id of unique) stats.zero(id);
-    await stats.write(unique);
+    await stats.write();
     return removed + nonZero;
   }
 
@@ -132,12 +133,14 @@ export class SteerHandoff {
     return exportEntries(this.access(STEER_MAPS.rnat), batchShape(STEER_MAPS.rnat), (e) => addrs.has(e.keys.readUInt32LE(e.keyOffset + RNAT_BACKEND_ADDR)));
   }
 
-  /** steer_be_stats, read whole (one batch walk of 16,384 ids), with the edits to write back. */
-  private async readCounters(): Promise<BackendStats> {
+  /** These ids' counters of steer_be_stats (every CPU's copy), to sum or to change and write back. */
+  private async readCounters(ids: readonly number[]): Promise<BackendStats> {
     const m = STEER_MAPS.backendStats;
     const access = new NativeMap(this.opts.pin(m.name), batchShape(m)); // per-CPU values: the addon's layout only
-    const d = await access.dump();
-    return new BackendStats(access, d.keys, d.values, batchValueBytes(batchShape(m)), possibleCpus());
+    const keys = Buffer.alloc(ids.length * 4);
+    ids.forEach((id, i) => keys.writeUInt32LE(id, i * 4));
+    const { values } = await access.lookup(keys);
+    return new BackendStats(access, keys, values, batchValueBytes(batchShape(m)), possibleCpus());
   }
 
   private access(m: MapSpec) {
@@ -147,13 +150,13 @@ export class SteerHandoff {
 
 const STRIDE = Math.ceil(COUNTER_LAYOUT.size / 8) * 8;
 
-/** The per-CPU counters of steer_be_stats as one dump holds them: id -> CPUs' copies. */
+/** Some ids' per-CPU counters of steer_be_stats as read: id -> its CPUs' copies, changed in place, written back whole. */
 class BackendStats {
   private readonly at = new Map<number, number>();
 
   constructor(
     private readonly access: NativeMap,
-    keys: Buffer,
+    private readonly keys: Buffer,
     private readonly values: Buffer,
     private readonly valueBytes: number,
     private readonly cpus: number,
@@ -163,7 +166,7 @@ class BackendStats {
 
   private offset(id: number): number {
     const o = this.at.get(id);
-    if (o === undefined) throw new WorkloadSelectorError(`backend id ${id} is not in steer_be_stats`);
+    if (o === undefined) throw new RangeError(`backend id ${id} was not read`);
     return o;
   }
 
@@ -196,15 +199,8 @@ class BackendStats {
     this.values.fill(0, o, o + this.valueBytes);
   }
 
-  /** These ids' values (every CPU's copy) written back in one batch. */
-  async write(ids: readonly number[]): Promise<void> {
-    const keys = Buffer.alloc(ids.length * 4);
-    const values = Buffer.alloc(ids.length * this.valueBytes);
-    ids.forEach((id, i) => {
-      keys.writeUInt32LE(id, i * 4);
-      const o = this.offset(id);
-      this.values.copy(values, i * this.valueBytes, o, o + this.valueBytes);
-    });
-    await this.access.update(keys, values);
+  /** Every id read, with its values as they are now, written back in one batch. */
+  async write(): Promise<void> {
+    if (this.keys.length > 0) await this.access.update(this.keys, this.values);
   }
 }

@@ -59,6 +59,8 @@ export interface BpfMapAddon {
   update(fd: number, keys: Buffer, values: Buffer, keySize: number, valueSize: number): number;
   delete(fd: number, keys: Buffer, keySize: number): number;
   dump(fd: number, keySize: number, valueSize: number): PackedEntries;
+  /** The values of these keys, one lookup each; found[i] is 0 (and the value zeros) for a key the map does not hold. */
+  lookup(fd: number, keys: Buffer, keySize: number, valueSize: number): { values: Buffer; found: Buffer };
   methods(): BpfMapMethods;
   /** Records taken from a BPF ring buffer map: [u32 length LE][record] each (held.c). */
   ringDrain(fd: number, size: number): Buffer;
@@ -265,6 +267,14 @@ export class NativeMap implements MapAccess {
   /** Every entry, and the kernel's id of the map they came from; a per-CPU map's values as batchValueBytes() says. */
   async dump(): Promise<MapDump> {
     return withPinnedMap(this.pin, this.shape, (m, fd, mapId) => ({ ...m.dump(fd, this.shape.keySize, batchValueBytes(this.shape)), mapId }));
+  }
+
+  /**
+   * The values of a few keys (one syscall each; a per-CPU map's values as batchValueBytes()
+   * says): for a handful of ids of a large array, where dump() would read all of it.
+   */
+  async lookup(keys: Buffer): Promise<{ values: Buffer; found: Buffer }> {
+    return withPinnedMap(this.pin, this.shape, (m, fd) => m.lookup(fd, keys, this.shape.keySize, batchValueBytes(this.shape)));
   }
 
   /**
