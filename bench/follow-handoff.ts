@@ -146,16 +146,23 @@ async function measure(entries: number, run: number, withRnat: boolean, pinDirs:
     idKey.writeUInt32LE(WORKLOAD_ID);
     await new NativeMap(pin(pinDirs[0], stats.name), batchShape(stats)).update(idKey, counterValue);
 
+    const cpuMs = () => {
+      const u = process.cpuUsage();
+      return (u.user + u.system) / 1000;
+    };
+    const c0 = cpuMs();
     const t0 = performance.now();
     const exported = await a.exportWorkload(SELECTOR);
     const t1 = performance.now();
     const fileBytes = await writeSteeringFile(imageDir, exported);
     const t2 = performance.now();
+    const c2 = cpuMs();
     const read = await readSteeringFile(imageDir);
     const t3 = performance.now();
     if (!read) throw new Error(`the steering file written to ${imageDir} is gone`);
     await b.importWorkload(read);
     const t4 = performance.now();
+    const c4 = cpuMs();
 
     // What b holds now: exactly the workload's entries (b was empty), counters added.
     const bFlows = await dump(pinDirs[1], STEER_MAPS.flows);
@@ -181,6 +188,8 @@ async function measure(entries: number, run: number, withRnat: boolean, pinDirs:
       writeFileMs: t2 - t1,
       readFileMs: t3 - t2,
       importMapsMs: t4 - t3,
+      exportCpuMs: c2 - c0,
+      importCpuMs: c4 - c2,
       fileBytes,
       lost: lost + Math.max(0, entries + rnatCount - exported.flows.count - exported.rnat.count),
       digestOk,

@@ -32,6 +32,13 @@ export interface HandoffRun {
   readFileMs: number;
   importMapsMs: number;
   fileBytes: number;
+  /**
+   * CPU time (user + system, every thread of the bench process: syscalls and page faults
+   * included) of the export and of the import. On a shared machine the wall times above grow
+   * with the other tenants' load; these do not.
+   */
+  exportCpuMs: number;
+  importCpuMs: number;
   /** Exported entries (flows + rnat) not on the target afterwards with the same value. */
   lost: number;
   /** Count and sha256 of the target's selected entries equal the source's, every section. */
@@ -52,6 +59,8 @@ export interface HandoffRow {
   writeFileMs: number;
   readFileMs: number;
   importMapsMs: number;
+  exportCpuMs: number;
+  importCpuMs: number;
   fileBytes: number;
   rnat: number;
   others: number;
@@ -80,6 +89,8 @@ export function summarizeHandoff(runs: readonly HandoffRun[], at = new Date().to
       writeFileMs: med((r) => r.writeFileMs),
       readFileMs: med((r) => r.readFileMs),
       importMapsMs: med((r) => r.importMapsMs),
+      exportCpuMs: med((r) => r.exportCpuMs),
+      importCpuMs: med((r) => r.importCpuMs),
       fileBytes: rs[0].fileBytes,
       rnat: rs[0].rnat,
       others: rs[0].others,
@@ -97,12 +108,12 @@ export function handoffVerdict(r: HandoffRow): string {
   return r.totalMs <= HANDOFF_TARGET_MS ? `ok (<= ${HANDOFF_TARGET_MS} ms)` : `missed (> ${HANDOFF_TARGET_MS} ms)`;
 }
 
-const HANDOFF_HEADER = ['entries', 'export ms', 'import ms', 'total ms', 'best total', 'maps read', 'file write', 'file read', 'maps write', 'file KB', 'lost', 'digest', 'target'];
+const HANDOFF_HEADER = ['entries', 'export ms', 'import ms', 'total ms', 'best total', 'maps read', 'file write', 'file read', 'maps write', 'export CPU', 'import CPU', 'file KB', 'lost', 'digest', 'target'];
 
 export function handoffTable(rows: readonly HandoffRow[]): string {
   const body = rows.map((r) => [
     String(r.entries), fmt(r.exportMs), fmt(r.importMs), fmt(r.totalMs), fmt(r.bestTotalMs), fmt(r.exportMapsMs), fmt(r.writeFileMs), fmt(r.readFileMs), fmt(r.importMapsMs),
-    fmt(r.fileBytes / 1024), String(r.lost), r.digestOk ? 'equal' : 'DIFFERS', handoffVerdict(r),
+    fmt(r.exportCpuMs), fmt(r.importCpuMs), fmt(r.fileBytes / 1024), String(r.lost), r.digestOk ? 'equal' : 'DIFFERS', handoffVerdict(r),
   ]);
   return markdown(HANDOFF_HEADER, body);
 }

@@ -3,7 +3,7 @@ import { handoffSvg, handoffTable, handoffVerdict, summarizeHandoff, type Handof
 import { DEFAULT_KINDS, FOLLOW_KINDS, parseOptions } from '../../bench/follow.js';
 
 function run(entries: number, n: number, exportMs: number, importMs: number, lost = 0): HandoffRun {
-  return { entries, others: 100, rnat: 0, run: n, exportMs, importMs, exportMapsMs: exportMs / 2, writeFileMs: exportMs / 2, readFileMs: importMs / 2, importMapsMs: importMs / 2, fileBytes: entries * 28 + 200, lost, digestOk: lost === 0 };
+  return { entries, others: 100, rnat: 0, run: n, exportMs, importMs, exportMapsMs: exportMs / 2, writeFileMs: exportMs / 2, readFileMs: importMs / 2, importMapsMs: importMs / 2, exportCpuMs: exportMs, importCpuMs: importMs, fileBytes: entries * 28 + 200, lost, digestOk: lost === 0 };
 }
 
 describe('bench follow report', () => {
