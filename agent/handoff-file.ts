@@ -196,14 +196,22 @@ function skipBytes(parts: Buffer[], n: number): Buffer[] {
   return i < parts.length ? [parts[i].subarray(n), ...parts.slice(i + 1)] : [];
 }
 
-/** The image's steering state; undefined when the image has none (the source steered nothing for it). */
-export async function readSteeringFile(imageDir: string): Promise<SteeringHandoff | undefined> {
+/**
+ * The image's steering state; undefined when the image has none (the source steered nothing for
+ * it). `load` reads the file's bytes: on Linux pass mapFile (agent/linux/bpf/native-map.ts), or
+ * call readSteeringFileMapped (agent/linux/steer-handoff.ts), which maps the file instead of
+ * copying it (the returned sections are views into those bytes).
+ */
+export async function readSteeringFile(imageDir: string, load: (path: string) => Buffer | Promise<Buffer> = (p) => readFile(p)): Promise<SteeringHandoff | undefined> {
   const path = join(imageDir, STEERING_FILE);
-  const bytes = await readFile(path).catch((err: NodeJS.ErrnoException) => {
-    if (err.code === 'ENOENT') return undefined;
+  let bytes: Buffer;
+  try {
+    bytes = await load(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw err;
-  });
-  return bytes && decodeHandoff(bytes, path);
+  }
+  return decodeHandoff(bytes, path);
 }
 
 export async function removeSteeringFile(imageDir: string): Promise<void> {

@@ -8,7 +8,7 @@
  * of the workload (backend WORKLOAD_ID) and N/10 (at least 100) of another workload, plus its
  * counters (and with --rnat one reverse-NAT entry per flow); then, timed:
  *   export = exportWorkload on a (batch walks, selection by value, counters) + the file written,
- *   import = the file read and checked (sha256, layout) + importWorkload on b (batch updates).
+ *   import = the file mapped and checked (sha256, layout) + importWorkload on b (batch updates).
  * Afterwards b's entries of the workload are compared with what a exported: count and sha256
  * of the sorted entries (handoff-file.ts entriesDigest), and `lost` counts the exported entries
  * b does not hold with the same value. Another workload's entries must not have moved.
@@ -18,7 +18,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import { entriesDigest, readSteeringFile, writeSteeringFile } from '../agent/handoff-file.js';
+import { entriesDigest, writeSteeringFile } from '../agent/handoff-file.js';
+import { readSteeringFileMapped } from '../agent/linux/steer-handoff.js';
 import { batchShape } from '../agent/linux/bpf/map-spec.js';
 import { batchValueBytes, NativeMap, possibleCpus } from '../agent/linux/bpf/native-map.js';
 import { FLOW_RNAT, STEER_MAPS } from '../agent/linux/steer-map-codec.js';
@@ -157,7 +158,7 @@ async function measure(entries: number, run: number, withRnat: boolean, pinDirs:
     const fileBytes = await writeSteeringFile(imageDir, exported);
     const t2 = performance.now();
     const c2 = cpuMs();
-    const read = await readSteeringFile(imageDir);
+    const read = await readSteeringFileMapped(imageDir);
     const t3 = performance.now();
     if (!read) throw new Error(`the steering file written to ${imageDir} is gone`);
     await b.importWorkload(read);

@@ -1,4 +1,4 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, openSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -336,6 +336,28 @@ export function mapPinnedArray(pin: string, shape: ArrayMapShape): MappedArrayMa
     (m, fd) => m.mmap(fd, bytes),
   );
   return { memory, mapId };
+}
+
+/**
+ * A regular file's bytes mapped into this process (MAP_SHARED over the page cache; unmapped when
+ * the Buffer is collected) instead of copied into fresh memory: a file just written is in the
+ * page cache, and on this machine kind a first touch of fresh memory costs ~10 ms per MB
+ * (readFile of 2.7 MB: 25-38 ms; mapped: 1-7 ms, measured). Only for files nobody truncates
+ * while mapped (a read past a truncated end is SIGBUS): files replaced by rename, never
+ * rewritten in place. The file is opened read-write because the addon maps it writable; nothing
+ * here writes to it.
+ */
+export function mapFile(path: string): Buffer {
+  const fd = openSync(path, 'r+');
+  try {
+    const size = fstatSync(fd).size;
+    if (size === 0) return Buffer.alloc(0);
+    return Buffer.from(addon().mmap(fd, size));
+  } catch (err) {
+    throw asBpfMapError(path, err);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /** The kernel's id of the map pinned at `pin`: whether the pin still names a map mapped earlier. */
