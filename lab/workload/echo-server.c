@@ -320,3 +320,121 @@ int main(int argc, char **argv)
 	}
 	return 0;
 }
+
+/* ---- UDP echo (self-contained: nothing above refers to it) ----
+ *
+ * When asked, the same process also echoes UDP datagrams on ADDRESS:PORT: each datagram goes
+ * back, unchanged, to the address and port it came from. Asked by the environment variable
+ * GODWIT_ECHO_UDP=1, or by running the program under a name that ends in "-udp" (a link to it:
+ * lab/udp-workload.ts makes build/echo-server-udp), so that the TCP side's command line stays
+ * as it is.
+ *
+ * It starts from an ELF constructor, before main: glibc passes argc/argv to constructors, and
+ * this keeps the section apart from main's argument parsing and event loop. The socket is bound
+ * before main listens on TCP, so a caller that waits for the TCP listener finds UDP ready too.
+ * The echo loop runs on a thread of its own (blocking recvmmsg/sendmmsg) with SIGTERM/SIGINT
+ * blocked, so those signals reach the main thread's epoll_wait; main's return ends the thread.
+ * CRIU dumps and restores the thread with the process (one workload, one process tree).
+ */
+#include <libgen.h>
+#include <pthread.h>
+#include <sys/uio.h>
+
+#define UDP_BATCH 64
+#define UDP_MAX_DATAGRAM 2048
+
+static int udp_fd = -1;
+
+static void *udp_echo_loop(void *arg)
+{
+	(void)arg;
+	static char bufs[UDP_BATCH][UDP_MAX_DATAGRAM];
+	static struct sockaddr_in peers[UDP_BATCH];
+	static struct iovec iov[UDP_BATCH];
+	static struct mmsghdr msgs[UDP_BATCH];
+	for (;;) {
+		for (int i = 0; i < UDP_BATCH; i++) {
+			iov[i].iov_base = bufs[i];
+			iov[i].iov_len = UDP_MAX_DATAGRAM;
+			memset(&msgs[i].msg_hdr, 0, sizeof msgs[i].msg_hdr);
+			msgs[i].msg_hdr.msg_iov = &iov[i];
+			msgs[i].msg_hdr.msg_iovlen = 1;
+			msgs[i].msg_hdr.msg_name = &peers[i];
+			msgs[i].msg_hdr.msg_namelen = sizeof peers[i];
+		}
+		/* Blocks for the first datagram, then takes what else is queued. */
+		int n = recvmmsg(udp_fd, msgs, UDP_BATCH, MSG_WAITFORONE, NULL);
+		if (n < 0) {
+			if (errno == EINTR || errno == EAGAIN || errno == ENOMEM || errno == ENOBUFS)
+				continue;
+			return NULL;
+		}
+		for (int i = 0; i < n; i++)
+			iov[i].iov_len = msgs[i].msg_len; /* send back exactly what came */
+		/* A datagram the socket cannot take now is dropped, as UDP would; the peer sees it lost. */
+		for (int sent = 0; sent < n;) {
+			int w = sendmmsg(udp_fd, msgs + sent, (unsigned)(n - sent), 0);
+			if (w > 0)
+				sent += w;
+			else if (w < 0 && errno == EINTR)
+				continue;
+			else
+				sent++; /* skip the one that failed (ECONNREFUSED of an earlier send, ENOBUFS...) */
+		}
+	}
+}
+
+static int udp_echo_wanted(char **argv)
+{
+	const char *env = getenv("GODWIT_ECHO_UDP");
+	if (env && strcmp(env, "1") == 0)
+		return 1;
+	if (!argv || !argv[0])
+		return 0;
+	char name[256];
+	snprintf(name, sizeof name, "%s", argv[0]);
+	const char *base = basename(name);
+	size_t len = strlen(base);
+	return len > 4 && strcmp(base + len - 4, "-udp") == 0;
+}
+
+__attribute__((constructor)) static void udp_echo_start(int argc, char **argv, char **envp)
+{
+	(void)envp;
+	if (argc < 3 || !udp_echo_wanted(argv))
+		return;
+	struct sockaddr_in sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sin_family = AF_INET;
+	char *end = NULL;
+	long port = strtol(argv[2], &end, 10);
+	if (inet_pton(AF_INET, argv[1], &sa.sin_addr) != 1 || !end || *end || port < 1 || port > 65535)
+		return; /* main reports the bad arguments */
+	sa.sin_port = htons((unsigned short)port);
+	udp_fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (udp_fd < 0) {
+		perror("udp socket");
+		exit(1);
+	}
+	/* Room for a burst of many flows' datagrams (the lab sends from up to thousands of sockets). */
+	int size = 4 * 1024 * 1024;
+	setsockopt(udp_fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
+	setsockopt(udp_fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+	if (bind(udp_fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+		fprintf(stderr, "udp bind %s:%ld: %s\n", argv[1], port, strerror(errno));
+		exit(1);
+	}
+	sigset_t block, old;
+	sigemptyset(&block);
+	sigaddset(&block, SIGTERM);
+	sigaddset(&block, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &block, &old);
+	pthread_t t;
+	int err = pthread_create(&t, NULL, udp_echo_loop, NULL);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (err) {
+		fprintf(stderr, "udp thread: %s\n", strerror(err));
+		exit(1);
+	}
+	pthread_detach(t);
+}
