@@ -78,6 +78,11 @@ export interface WorkloadConnectionStats {
   error: string;
   /** Longest time it had bytes outstanding and received nothing (ms). */
   maxStallMs: number;
+  /**
+   * Longest time between two arrivals of echoed data while sending, one going on included (ms).
+   * A freeze shows here rather than in maxStallMs: a frozen workload has sent nothing it waits for.
+   */
+  maxGapMs: number;
 }
 
 export interface WorkloadOutboundStats {
@@ -88,6 +93,7 @@ export interface WorkloadOutboundStats {
   verifiedBytes: number;
   resets: number;
   corrupted: number;
+  /** The largest maxStallMs or maxGapMs of any connection. */
   maxStallMs: number;
   perConnection: WorkloadConnectionStats[];
 }
@@ -130,7 +136,10 @@ export interface OutboundConnectionReport {
   /** Resets either side saw. */
   resets: number;
   errors: string[];
-  /** The workload's longest stall (bytes outstanding, nothing received), ms. */
+  /**
+   * The workload's longest stall, ms: bytes outstanding and nothing received, or nothing received
+   * while sending (a freeze, the pauses of drainOutbound excluded).
+   */
   maxStallMs: number;
 }
 
@@ -300,7 +309,7 @@ export function joinOutbound(workload: WorkloadOutboundStats, server: ServerConn
       corrupted: w.corruptAt >= 0 || (s?.corruptAt ?? -1) >= 0,
       resets: (w.reset ? 1 : 0) + (s?.reset ? 1 : 0),
       errors,
-      maxStallMs: w.maxStallMs,
+      maxStallMs: Math.max(w.maxStallMs, w.maxGapMs),
     };
   });
   const sum = (k: keyof OutboundConnectionReport) => per.reduce((a, c) => a + Number(c[k]), 0);

@@ -13,7 +13,9 @@
  * then CHUNK bytes of its own stream (byte-stream.h, the same bytes as lab/byte-stream.ts) every
  * interval while less than max-outstanding bytes wait for their echo; the server
  * (lab/outbound-server.ts) checks every byte and echoes it, and this side checks every echoed
- * byte. Stall: how long a connection had bytes outstanding without receiving any. A connection
+ * byte. Stall: how long a connection had bytes outstanding without receiving any; gap: the longest
+ * time between two arrivals of echoed data while sending (a freeze shows as a gap: while the
+ * process is frozen nothing is outstanding, but the clock runs on). A connection
  * that fails is not reopened: it is reported. --control-port listens on ADDRESS too: a client
  * sends one line, "stats", "pause" (stop sending) or "resume", and gets one JSON line of counters
  * back (lab/outbound.ts reads it).
@@ -270,6 +272,8 @@ struct outconn {
 	unsigned short local_port;
 	long long stall_since;   /* ms; 0 while nothing is outstanding */
 	long long max_stall_ms;
+	long long last_rx_ms;    /* when data last arrived (or sending resumed) */
+	long long max_gap_ms;    /* longest time between two arrivals while sending */
 };
 
 static struct outconn *outs;
@@ -350,6 +354,10 @@ static void outconn_fail(struct outconn *c, int err)
 
 static void outconn_note_data(struct outconn *c, long long now)
 {
+	/* A freeze shows here: the clock runs on while the process is stopped and moved. */
+	if (!out_paused && c->last_rx_ms && now - c->last_rx_ms > c->max_gap_ms)
+		c->max_gap_ms = now - c->last_rx_ms;
+	c->last_rx_ms = now;
 	if (c->stall_since && now - c->stall_since > c->max_stall_ms)
 		c->max_stall_ms = now - c->stall_since;
 	c->stall_since = c->sent > c->verified ? now : 0;
@@ -453,12 +461,18 @@ static size_t out_stats_json(char *buf, size_t cap)
 		corrupted += c->corrupt_at >= 0;
 		if (stall > max_stall)
 			max_stall = stall;
+		long long gap = c->max_gap_ms;
+		if (!c->closed && !out_paused && c->last_rx_ms && now - c->last_rx_ms > gap)
+			gap = now - c->last_rx_ms; /* one going on now */
+		if (gap > max_stall)
+			max_stall = gap;
 		len = jappend(buf, len, cap,
 			      "%s{\"index\":%u,\"localPort\":%u,\"sent\":%llu,\"verified\":%llu,\"received\":%llu,\"corruptAt\":%lld,"
-			      "\"closed\":%s,\"reset\":%s,\"error\":\"%s\",\"maxStallMs\":%lld}",
+			      "\"closed\":%s,\"reset\":%s,\"error\":\"%s\",\"maxStallMs\":%lld,\"maxGapMs\":%lld}",
 			      i ? "," : "", c->index, c->local_port, (unsigned long long)c->sent, (unsigned long long)c->verified,
 			      (unsigned long long)c->received, (long long)c->corrupt_at, c->closed ? "true" : "false",
-			      c->reset ? "true" : "false", !c->closed ? "" : c->err ? strerror(c->err) : "closed by the peer", stall);
+			      c->reset ? "true" : "false", !c->closed ? "" : c->err ? strerror(c->err) : "closed by the peer", stall,
+			      gap);
 	}
 	len = jappend(buf, len, cap,
 		      "],\"connections\":%u,\"open\":%u,\"sending\":%s,\"sentBytes\":%llu,\"verifiedBytes\":%llu,\"resets\":%u,"
@@ -493,8 +507,12 @@ static void control_accept(void)
 	line[got] = 0;
 	if (strncmp(line, "pause", 5) == 0)
 		out_paused = 1;
-	else if (strncmp(line, "resume", 6) == 0)
+	else if (strncmp(line, "resume", 6) == 0 && out_paused) {
 		out_paused = 0;
+		/* The pause is not a stall: gaps count again from now. */
+		for (unsigned i = 0; i < n_out; i++)
+			outs[i].last_rx_ms = now_ms();
+	}
 	size_t cap = 4096 + (size_t)n_out * 256;
 	char *buf = malloc(cap);
 	if (buf) {
