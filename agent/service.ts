@@ -13,7 +13,7 @@ import type { ReceiveImageResponse } from '../proto/gen/godwit/v1/ReceiveImageRe
 import { HostOperationError, InvalidArgumentError, PreconditionError, ProcessNotFoundError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
 import { agentClient, handleUnary, toServiceError } from '../lib/rpc.js';
-import { endpointsFromWire, versionFromWire, workloadFromWire, type WorkloadSpec } from '../lib/wire.js';
+import { endpointsFromWire, versionFromWire, workloadFromWire, workloadSocketToWire, type WorkloadSpec } from '../lib/wire.js';
 import { appendHeldFile, concatHeld, readHeldFile, removeHeldFile } from './held-packets.js';
 import { imageTotals, receiveImage, sendImage } from './images.js';
 import type { LockModeName, LockStrategy } from './lock-strategy.js';
@@ -21,6 +21,7 @@ import { MigrationRecords } from './migration-record.js';
 import type { HostPlatform } from './platform.js';
 import { exportIntoImage, forgetHere, importFromImage } from './steering-handoff.js';
 import { steeringStateHandler } from './steering-state.js';
+import { HOST_BOUND_SOCKETS_REPORTED, hostBoundSockets, tcpConnectionCount } from '../lib/workload-sockets.js';
 
 export interface AgentServiceOptions {
   host: string;
@@ -60,7 +61,17 @@ export class AgentService {
       InspectWorkload: handleUnary(log, 'InspectWorkload', async (req) => {
         const w = workloadFromWire(req.workload);
         const info = await this.inspect(w);
-        return { command: info.command, processes: info.processes, tcpConnections: await p.tcpConnections(w.pid) };
+        // One read of the tree's sockets answers both: what CRIU's own locks count, and what
+        // cannot move (the controller refuses the migration on those, preflight.ts).
+        const sockets = await p.workloadSockets(w.pid);
+        const hostBound = hostBoundSockets(sockets, w.endpoints);
+        return {
+          command: info.command,
+          processes: info.processes,
+          tcpConnections: tcpConnectionCount(sockets),
+          hostBoundSockets: hostBound.slice(0, HOST_BOUND_SOCKETS_REPORTED).map(workloadSocketToWire),
+          hostBoundSocketCount: hostBound.length,
+        };
       }),
 
       Lock: handleUnary(log, 'Lock', async (req) => {
