@@ -4,8 +4,9 @@
  * bpf/root.c runs (lib/chain.h), first, so a locked packet is never steered.
  *
  * While a workload migrates, its endpoint (proto, address, port) has an entry in godwit_lock_ep,
- * or each of its connections an exact 4-tuple entry in the table godwit_lock_conn, and packets that match
- * an unexpired entry of either are stopped here: silently, so the kernel sends no RST. A copy
+ * or each of its connections an exact 4-tuple entry in the table godwit_lock_conn, and its
+ * addresses an address-wide entry (port GODWIT_ANY_PORT) in godwit_lock_ep; packets that match
+ * an unexpired entry of any are stopped here: silently, so the kernel sends no RST. A copy
  * of each stopped packet is held in a ring for the agent to deliver after unlock (see
  * lock_maps.h); what cannot be held its peer retransmits. Everything else goes on to the next
  * program of the chain, untouched.
@@ -195,6 +196,12 @@ int godwit_lock(struct xdp_md *ctx)
 	lease = live_lease(conn_lease(&tuple), &now);
 	if (!lease) {
 		endpoint_key_of(&tuple, &endpoint);
+		lease = live_lease(bpf_map_lookup_elem(&godwit_lock_ep, &endpoint), &now);
+	}
+	if (!lease) {
+		/* The whole address (GODWIT_ANY_PORT): what a migration adds so that the return traffic
+		 * of the workload's own outgoing connections, to ephemeral ports, is held too. */
+		endpoint.port = GODWIT_ANY_PORT;
 		lease = live_lease(bpf_map_lookup_elem(&godwit_lock_ep, &endpoint), &now);
 	}
 	if (!lease)

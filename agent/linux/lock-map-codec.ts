@@ -1,5 +1,5 @@
 import { isIPv4 } from 'node:net';
-import type { Endpoint } from '../../lib/endpoint.js';
+import { ANY_PORT, type Endpoint } from '../../lib/endpoint.js';
 import type { FourTuple } from '../netlock.js';
 import type { PackedEntries } from './bpf/map-access.js';
 import type { StructLayout } from './bpf/struct-layout.js';
@@ -121,10 +121,14 @@ const VALUE = {
   lastDropNs: offsetOf(LOCK_VALUE_LAYOUT, 'last_drop_ns'),
 };
 
-/** Address and port in network byte order, every byte (the pad too) written: the kernel hashes all 8. */
+/**
+ * Address and port in network byte order, every byte (the pad too) written: the kernel hashes all 8.
+ * Port ANY_PORT (0) is an address-wide entry (lib/endpoint.ts); which ports a caller may ask for
+ * is checked above this layer (lockEndpointProblem), the layout holds any u16.
+ */
 export function encodeEndpointKey(e: Endpoint): Buffer {
   if (!isIPv4(e.address)) throw new RangeError(`lock key: "${e.address}" is not an IPv4 address`);
-  if (!Number.isInteger(e.port) || e.port < 1 || e.port > 0xffff) throw new RangeError(`lock key: port ${e.port} is not 1-65535`);
+  if (!Number.isInteger(e.port) || e.port < ANY_PORT || e.port > 0xffff) throw new RangeError(`lock key: port ${e.port} is not 1-65535 (or ${ANY_PORT}: every port)`);
   const proto = IPPROTO[e.proto];
   if (proto === undefined) throw new RangeError(`lock key: proto "${e.proto}" is not tcp or udp`);
   const b = Buffer.alloc(ENDPOINT_KEY_LAYOUT.size);

@@ -1,5 +1,5 @@
 import { pino, type Logger } from 'pino';
-import { endpointProblem, formatEndpoint, type Endpoint } from '../../lib/endpoint.js';
+import { formatEndpoint, lockEndpointProblem, type Endpoint } from '../../lib/endpoint.js';
 import type { Executor } from '../../lib/exec.js';
 import { LockRequestError, type FourTuple, type LockEntry, type NetLock, type TupleLockEntry } from '../netlock.js';
 import type { MapAccessMethod } from './bpf/map-access.js';
@@ -303,11 +303,11 @@ function checkVersion(version: bigint): void {
     throw new LockRequestError('version', `version ${String(version)} must be a u64 bigint`);
 }
 
-/** Validates and de-duplicates (same key = same entry). */
+/** Validates (address-wide entries allowed) and de-duplicates (same key = same entry). */
 function uniqueEndpoints(endpoints: readonly Endpoint[]): Endpoint[] {
   const seen = new Map<string, Endpoint>();
   for (const e of endpoints) {
-    const problem = endpointProblem(e);
+    const problem = lockEndpointProblem(e);
     if (problem) throw new LockRequestError('endpoints', problem);
     seen.set(keyId(e), { proto: e.proto, address: e.address, port: e.port });
   }
