@@ -33,6 +33,9 @@
  * From 4 on, each map has a layout version of its own, with the upgrade that copies its state
  * from the previous one (agent/linux/lock-maps.ts), recorded per host in the pin folder
  * (agent/linux/bpf/layout-record.ts). This number stays as the name of the set at layout 4.
+ * Later additions, each a map of its own at its version 1: godwit_lock_any (a u32 in a one-slot
+ * array: an upper bound of the address-wide entries in godwit_lock_ep; a new pin starts at 0,
+ * right for the older maps, which never held one).
  */
 #define GODWIT_LOCK_LAYOUT_VERSION 4
 #define GODWIT_LOCK_EP_MAX_ENTRIES 65536

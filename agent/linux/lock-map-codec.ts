@@ -114,6 +114,10 @@ const TUPLE = {
   pad: offsetOf(TUPLE_KEY_LAYOUT, 'pad'),
 };
 
+/** The u32 word of an endpoint key whose low half is the port. */
+const PORT_WORD = KEY.port / 4;
+if (KEY.port % 4 !== 0) throw new Error('lock key layout: the port must start a u32 word');
+
 const VALUE = {
   version: offsetOf(LOCK_VALUE_LAYOUT, 'version'),
   deadlineNs: offsetOf(LOCK_VALUE_LAYOUT, 'deadline_ns'),
@@ -137,6 +141,14 @@ export function encodeEndpointKey(e: Endpoint): Buffer {
   b.writeUInt8(proto, KEY.proto);
   b.writeUInt8(0, KEY.pad);
   return b;
+}
+
+/**
+ * Whether the endpoint key at words[at..] (keyWords(): u32 words in this host's byte order,
+ * little endian) is address-wide: its port, bytes 4-5 of the key, is ANY_PORT (0).
+ */
+export function isAddressWideKey(words: Uint32Array, at: number): boolean {
+  return (words[at + PORT_WORD] & 0xffff) === ANY_PORT;
 }
 
 export function decodeEndpointKey(b: Buffer): Endpoint {
