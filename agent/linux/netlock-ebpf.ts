@@ -20,6 +20,7 @@ import {
   encodeTupleKeys,
   ENDPOINT_KEY_LAYOUT,
   isAddressWideKey,
+  keyWords,
   LOCK_CONN_MAP_NAME,
   LOCK_VALUE_LAYOUT,
   TUPLE_KEY_LAYOUT,
@@ -163,7 +164,7 @@ export class EbpfNetLock implements NetLock {
     return this.serial(async () => {
       if (wanted.length === 0) return;
       const { unlocked, keptNewer } = await this.endpointMap.unlock(encodeEndpointKeys(wanted), version);
-      await this.lowerGate();
+      if (wanted.some(isAddressWide)) await this.lowerGate();
       this.log.info({ version: version.toString(), unlocked, keptNewer: keptNewer.map((k) => `${formatEndpoint(wanted[k.index])}@${k.heldVersion}`) }, 'lock removed');
     });
   }
@@ -223,7 +224,7 @@ export class EbpfNetLock implements NetLock {
         const keySize = ENDPOINT_KEY_LAYOUT.size;
         const swept = Array.from({ length: expired.count }, (_, i) => formatEndpoint(decodeEndpointKey(expired.keys.subarray(i * keySize, (i + 1) * keySize))));
         this.log.info({ map: ENDPOINT_MAP_SHAPE.name, swept }, 'expired locks swept');
-        await this.lowerGate();
+        if (expired.keys.length > 0 && countAddressWide(expired.keys) > 0) await this.lowerGate();
       }
       // Without the addon there is no mapping, and nothing this agent could have written there.
       const conns = nativeBpfMapProblem() ? 0 : this.connTable().sweepExpired(monotonicNowNs());
@@ -281,6 +282,15 @@ export class EbpfNetLock implements NetLock {
     this.log.debug({ map: LOCK_CONN_MAP_NAME, mapId: mapped.mapId, entries: this.conn.table.size }, 'connection table mapped');
     return this.conn.table;
   }
+}
+
+/** Address-wide keys among packed endpoint keys. */
+function countAddressWide(keys: Buffer): number {
+  const words = keyWords(keys);
+  const perKey = ENDPOINT_KEY_LAYOUT.size / 4;
+  let n = 0;
+  for (let at = 0; at < words.length; at += perKey) if (isAddressWideKey(words, at)) n++;
+  return n;
 }
 
 function monotonicNowNs(): bigint {
