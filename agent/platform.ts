@@ -36,6 +36,8 @@ export interface HeldTraffic {
   /**
    * Takes the held packets addressed to these endpoints, in arrival order, each connection's
    * contiguous TCP data already joined into one segment; later takes will not see them again.
+   * An address-wide endpoint (port ANY_PORT, lib/endpoint.ts) takes every port of its address
+   * and protocol: the return traffic of the workload's outgoing connections (agent/lock-scope.ts).
    */
   take(endpoints: readonly Endpoint[]): HeldPackets;
   /**
