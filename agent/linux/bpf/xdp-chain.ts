@@ -188,7 +188,7 @@ export class XdpChain {
    * slot 0, steering in 1) moves to the current one: each feature's install leaves its program
    * in its own slot alone. Set first, cleared after: the feature never leaves the chain.
    */
-  async setSlot(slot: ChainSlot, progPin: string): Promise<void> {
+  async setSlot(slot: ChainSlot | number, progPin: string): Promise<void> {
     const { name } = await pinnedProg(this.host.exec, progPin);
     await run(this.host.exec, 'bpftool', ['map', 'update', 'pinned', this.chainPin, 'key', ...slotKey(slot), 'value', 'pinned', progPin]);
     this.host.log.info({ slot, progPin }, 'chain slot set');
@@ -208,7 +208,7 @@ export class XdpChain {
   }
 
   /** Empties a slot; its packets go on to the next slot. */
-  async clearSlot(slot: ChainSlot): Promise<void> {
+  async clearSlot(slot: ChainSlot | number): Promise<void> {
     if (!(await pathExists(this.host.exec, this.chainPin))) return;
     await this.host.exec('bpftool', ['map', 'delete', 'pinned', this.chainPin, 'key', ...slotKey(slot)], { allowFailure: true });
   }
