@@ -5,13 +5,17 @@
  *    tunnels it whole to b (address marker), replies leave b directly, a counts it forwarded;
  *  - a VIP backend that moved from a to b while host c still steers with the older table: c
  *    tunnels to a, a forwards to b (once), the connections live on when c catches up;
+ *  - the return traffic of a workload's outbound connection (to its address and an ephemeral
+ *    port), delivered to a, follows the address to b;
  *  - hosts that disagree (a says b, b says a): a frame already forwarded once is dropped and
  *    counted stale where it lands, never answered with a reset; the connections survive once
  *    the tables agree again.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { netnsPath } from '../../agent/linux/netns-exec.js';
 import type { SteeringBackend, SteeringTable } from '../../agent/steering.js';
-import { SteerNetns, VIP, type EchoServer, type SteerHost } from '../support/steer-netns.js';
+import { execCommand } from '../../lib/exec.js';
+import { CLIENT_ADDRESS, SteerNetns, VIP, type EchoServer, type SteerHost } from '../support/steer-netns.js';
 
 const VIP_PORT = 7200;
 const ECHO_PORT = 7201;
@@ -30,6 +34,33 @@ const apply = async (t: SteeringTable, ...hosts: SteerHost[]) => {
   for (const h of hosts) expect(await h.steering.apply(t)).toEqual({ generation: t.generation, applied: true });
 };
 const forwarding = (h: SteerHost) => h.steering.forwarding();
+
+/**
+ * An outbound connection from `from` (bound to the workload address) to the client's echo
+ * server: `rounds` chunks of 32 KiB each way, every byte compared. Prints "ok" or the failure.
+ */
+const OUTBOUND = `
+const net = require('net');
+const crypto = require('crypto');
+const [host, port, from, rounds] = process.argv.slice(1);
+const s = net.connect({ host, port: Number(port), localAddress: from }, async () => {
+  for (let r = 0; r < Number(rounds); r++) {
+    const data = crypto.randomBytes(32768);
+    const got = await new Promise((resolve) => {
+      const parts = []; let n = 0;
+      const on = (d) => { parts.push(d); n += d.length; if (n >= data.length) { s.off('data', on); resolve(Buffer.concat(parts)); } };
+      s.on('data', on);
+      s.write(data);
+    });
+    if (!got.equals(data)) { console.log('mismatch in round ' + r); process.exit(1); }
+  }
+  console.log('ok ' + s.localAddress + ':' + s.localPort);
+  clearTimeout(timer);
+  s.end();
+});
+s.on('error', (e) => { console.log('error ' + (e.code || e)); process.exit(1); });
+const timer = setTimeout(() => { console.log('timeout'); process.exit(1); }, 20000);
+`;
 
 /** Exit code of a TCP connect from the client that gives up after `seconds`: 0 opened, 124 no answer, other: refused or reset. */
 async function connectExit(address: string, port: number, seconds: number): Promise<number> {
@@ -67,6 +98,16 @@ describe('forwarding by the steering data plane', () => {
       client.child.stdin!.end();
     }
   }, 120_000);
+
+  it('steers the return traffic of the workload\'s outbound connections (its address, an ephemeral port) to its host', async () => {
+    const server = await net.startEcho({ netns: net.client.netns, workload: CLIENT_ADDRESS }, 7202);
+    const before = await forwarding(net.a);
+    const r = await execCommand('nsenter', [`--net=${netnsPath(net.b.netns)}`, process.execPath, '-e', OUTBOUND, CLIENT_ADDRESS, '7202', net.b.workload, '4'], { allowFailure: true, timeoutMs: 30_000 });
+    expect(r.stdout.trim()).toMatch(new RegExp(`^ok ${net.b.workload.replace(/\./g, '\\.')}:\\d+$`));
+    expect(server.conns.map((c) => c.split(':')[0])).toEqual([net.b.workload]);
+    // The client's echo went to a (the fabric's route) and on to b: 4 x 32 KiB, over 20 segments each.
+    expect((await forwarding(net.a)).forwarded - before.forwarded).toBeGreaterThanOrEqual(4n * 20n);
+  }, 60_000);
 
   it('forwards a moved backend\'s frames from its old host to its new one while a third host steers with the older table; connections survive', async () => {
     await net.router.exec('ip', ['route', 'replace', `${VIP}/32`, 'via', c().address]);

@@ -228,8 +228,8 @@ export class SteerNetns {
     return again;
   }
 
-  /** An echo server on host h's workload address. */
-  async startEcho(h: SteerHost, port: number): Promise<EchoServer> {
+  /** An echo server on host h's workload address (or any namespace's address: the client's, for outbound connections). */
+  async startEcho(h: Pick<SteerHost, 'netns' | 'workload'>, port: number): Promise<EchoServer> {
     const conns: string[] = [];
     const child = await this.startNode(h.netns, ECHO_SERVER, [h.workload, String(port)], (line) => {
       if (line.startsWith('conn ')) conns.push(line.slice(5));
