@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * godwit network lock, XDP on a host's interface: slot GODWIT_SLOT_LOCK of the chain that
- * bpf/root.c runs (lib/chain.h), first, so a locked packet is never steered.
+ * bpf/root.c runs (lib/chain.h), after steering: the lock sees a packet as it reaches the
+ * workload (a VIP's DNATed to the backend, a tunnelled frame taken off its tunnel), and what
+ * steering sends on to another host is that host's to hold.
  *
  * While a workload migrates, its endpoint (proto, address, port) has an entry in godwit_lock_ep,
  * or each of its connections an exact 4-tuple entry in the table godwit_lock_conn, and its
