@@ -13,14 +13,16 @@ import type { ReceiveImageResponse } from '../proto/gen/godwit/v1/ReceiveImageRe
 import { HostOperationError, InvalidArgumentError, PreconditionError, ProcessNotFoundError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
 import { agentClient, handleUnary, toServiceError } from '../lib/rpc.js';
-import { endpointsFromWire, versionFromWire, workloadFromWire, type WorkloadSpec } from '../lib/wire.js';
+import { endpointsFromWire, versionFromWire, workloadFromWire, workloadSocketToWire, type WorkloadSpec } from '../lib/wire.js';
 import { appendHeldFile, concatHeld, readHeldFile, removeHeldFile } from './held-packets.js';
 import { imageTotals, receiveImage, sendImage } from './images.js';
+import { lockScope } from './lock-scope.js';
 import type { LockModeName, LockStrategy } from './lock-strategy.js';
 import { MigrationRecords } from './migration-record.js';
 import type { HostPlatform } from './platform.js';
 import { exportIntoImage, forgetHere, importFromImage } from './steering-handoff.js';
 import { steeringStateHandler } from './steering-state.js';
+import { HOST_BOUND_SOCKETS_REPORTED, hostBoundSockets, tcpConnectionCount } from '../lib/workload-sockets.js';
 
 export interface AgentServiceOptions {
   host: string;
@@ -60,7 +62,17 @@ export class AgentService {
       InspectWorkload: handleUnary(log, 'InspectWorkload', async (req) => {
         const w = workloadFromWire(req.workload);
         const info = await this.inspect(w);
-        return { command: info.command, processes: info.processes, tcpConnections: await p.tcpConnections(w.pid) };
+        // One read of the tree's sockets answers both: what CRIU's own locks count, and what
+        // cannot move (the controller refuses the migration on those, preflight.ts).
+        const sockets = await p.workloadSockets(w.pid);
+        const hostBound = hostBoundSockets(sockets, w.endpoints);
+        return {
+          command: info.command,
+          processes: info.processes,
+          tcpConnections: tcpConnectionCount(sockets),
+          hostBoundSockets: hostBound.slice(0, HOST_BOUND_SOCKETS_REPORTED).map(workloadSocketToWire),
+          hostBoundSocketCount: hostBound.length,
+        };
       }),
 
       Lock: handleUnary(log, 'Lock', async (req) => {
@@ -72,10 +84,10 @@ export class AgentService {
         const strategy = p.lockStrategy(mode);
         const started = performance.now();
         if (strategy.holdsEndpoints) {
-          await this.hostStep('lock', () => p.netlock.lock(endpoints, version, leaseMs));
+          await this.hostStep('lock', () => p.netlock.lock(lockScope(endpoints), version, leaseMs));
           this.records.update(id, (r) => {
             r.lockMode = mode;
-            r.locked = endpoints;
+            r.locked = lockScope(endpoints);
             r.lockVersion = version.toString();
           });
         } else {
@@ -99,8 +111,8 @@ export class AgentService {
         let delivered = 0;
         const strategy = this.strategyOf(record.lockMode);
         if (record.locked.length > 0 || strategy.holdsEndpoints) {
-          dropped = await this.unlock(endpoints, version);
-          delivered = await this.deliverHeld(id, endpoints);
+          dropped = await this.unlock(lockScope(endpoints), version);
+          delivered = await this.deliverHeld(id, lockScope(endpoints));
         }
         if (record.lockResidue) {
           // The restore removed the lock made for it; whatever it left is removed now.
@@ -142,7 +154,7 @@ export class AgentService {
         const started = performance.now();
         // What the lock stopped here so far goes with the image, for the target to deliver.
         if (this.strategyOf(record.lockMode).holdsEndpoints) {
-          const held = p.held.take(record.dumped.endpoints);
+          const held = p.held.take(lockScope(record.dumped.endpoints));
           await appendHeldFile(this.imageDir(id), held);
           log.info({ migrationId: id, held: held.count, ms: performance.now() - started }, 'held packets added to the image');
         }
@@ -207,8 +219,8 @@ export class AgentService {
         for (const a of unique(endpoints.map((e) => e.address))) await p.network.removeAddress(a);
         const strategy = this.strategyOf(record.lockMode);
         if (record.locked.length > 0 || strategy.holdsEndpoints) {
-          await this.unlock(endpoints, version);
-          this.discardHeld(id, endpoints, 'stopped on the source after the image left');
+          await this.unlock(lockScope(endpoints), version);
+          this.discardHeld(id, lockScope(endpoints), 'stopped on the source after the image left');
         }
         if (record.lockResidue) {
           // What the dump left here: the workload runs on the target now.

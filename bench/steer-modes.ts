@@ -113,9 +113,9 @@ const STEER_OBJECT = join(REPO_ROOT, 'build', 'bpf', 'steer.o');
 const LOCK_OBJECT = join(REPO_ROOT, 'build', 'bpf', 'lock.o');
 
 /**
- * godwit's steering on `host` as an agent runs it: the lock installed first (chain slot 0, empty:
- * nothing migrates, but every packet passes through it, as on a real host), then the steering
- * data plane (slot 1) with one service VIP:port -> backend on this same host, as the agent would
+ * godwit's steering on `host` as an agent runs it: the lock installed first (its chain slot after
+ * steering's, empty: nothing migrates, but every packet passes through it, as on a real host),
+ * then the steering data plane (slot 0) with one service VIP:port -> backend on this same host, as the agent would
  * program it from the controller's table. The only place the benchmark touches godwit's steering.
  */
 export async function setupGodwit(host: LabHost, vip: SteerTarget & { proto: SteerProto }, backend: SteerTarget, pinDir: string): Promise<ModeHandle> {
