@@ -49,7 +49,7 @@ function summary(m: Migration__Output): string {
   if (Number(m.deliveredPackets) > 0) lines.push(`  ${m.deliveredPackets} packet(s) held during the freeze, delivered after it`);
   const st = m.steer;
   if (st && Number(st.generation) > 0) {
-    const where = st.converged ? (st.waitedMs < 1 ? 'inside the freeze' : `unlock waited ${st.waitedMs.toFixed(0)} ms for it`) : `hosts ${st.laggingHosts.join(', ')} had not acked`;
+    const where = st.converged ? (st.insideFreeze ? 'inside the freeze' : `unlock waited ${st.waitedMs.toFixed(0)} ms for it`) : `hosts ${st.laggingHosts.join(', ')} had not acked`;
     lines.push(`  steering: generation ${st.generation}, every host in ${st.convergeMs.toFixed(0)} ms (${where})`);
     if (Number(m.handedOff) > 0) lines.push(`  ${m.handedOff} steering entr(ies) handed off with the image`);
     if (Number(m.forwarded) > 0) lines.push(`  ${m.forwarded} packet(s) forwarded by the source to the target`);

@@ -52,8 +52,10 @@ export interface SteerRecord {
   /** False when some ready hosts had not acked within the wait (they are named in lagging). */
   converged?: boolean;
   lagging?: string[];
-  /** How long UNLOCK waited for the acks: 0 when convergence finished inside the freeze. */
+  /** How long UNLOCK waited for the acks (0 when they were all in). */
   waitedMs?: number;
+  /** Every ready host acked before UNLOCK began: convergence added nothing to the freeze. */
+  insideFreeze?: boolean;
   /** ROLLBACK: the generation that placed the workload back on the source. */
   revertedGeneration?: number;
 }

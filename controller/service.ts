@@ -168,6 +168,7 @@ export function toWire(m: MigrationState): Migration {
           waitedMs: m.steer.waitedMs ?? 0,
           backendIds: m.steer.backendIds,
           revertedGeneration: m.steer.revertedGeneration ?? 0,
+          insideFreeze: m.steer.insideFreeze ?? false,
         }
       : null,
     handedOff: m.handedOff ?? 0,

@@ -49,7 +49,10 @@ export class SteerStep {
     this.waits.delete(state.id);
     const waitedMs = now() - t0;
     if (!c.converged) this.opts.log.warn({ migrationId: state.id, generation: s.generation, lagging: c.lagging }, 'hosts did not ack the migration\'s steering in time; the source forwards for them');
-    return { convergeMs: c.convergeMs, converged: c.converged, lagging: c.lagging, waitedMs };
+    // Judged on the acks' own times, not on waitedMs: awaiting a settled wait still costs a turn
+    // of the event loop, which on a busy controller is more than nothing.
+    const insideFreeze = c.converged && s.issuedAtMs + c.convergeMs <= t0;
+    return { convergeMs: c.convergeMs, converged: c.converged, lagging: c.lagging, waitedMs, insideFreeze };
   }
 
   /** ROLLBACK: the workload placed back on the source, once STEER had placed it elsewhere; waits for the acks. */

@@ -132,8 +132,7 @@ export function hopResult(spec: HopSpec, m: Migration__Output, before?: TrafficW
     deliveredPackets: Number(m.deliveredPackets),
     steerMs: m.steer?.convergeMs ?? 0,
     steerWaitedMs: m.steer?.waitedMs ?? 0,
-    // Under a millisecond of waiting is the join itself (a resolved promise), not convergence.
-    steerInsideFreeze: !!m.steer && (m.steer.generation === '0' || (m.steer.converged && m.steer.waitedMs < 1)),
+    steerInsideFreeze: !!m.steer && (m.steer.generation === '0' || m.steer.insideFreeze),
     handedOff: Number(m.handedOff),
     forwarded: Number(m.forwarded),
     maxStallMs: after?.maxStallMs ?? 0,
