@@ -95,7 +95,7 @@ function checkSection(name: HandoffSectionName, e: PackedMapEntries): void {
 
 /**
  * The file's bytes for a handoff, in pieces (the sections' own buffers, not copied) and the
- * checksum last: what writeSteeringFile writes with one writev.
+ * checksum last: what writeHandoffFile writes with one writev.
  */
 export function encodeHandoffParts(h: SteeringHandoff): Buffer[] {
   const sections: Record<HandoffSectionName, PackedMapEntries> = { flows: h.flows, rnat: h.rnat, counters: packCounters(h.backendCounters) };
@@ -170,7 +170,7 @@ export function decodeHandoff(bytes: Buffer, file?: string): SteeringHandoff {
 }
 
 /** Writes the image's steering file whole (a temporary name, then renamed: never seen half written); returns its size. */
-export async function writeSteeringFile(imageDir: string, h: SteeringHandoff): Promise<number> {
+export async function writeHandoffFile(imageDir: string, h: SteeringHandoff): Promise<number> {
   const parts = encodeHandoffParts(h);
   const path = join(imageDir, STEERING_FILE);
   const tmp = `${path}.tmp-${process.pid}`;
@@ -199,10 +199,10 @@ function skipBytes(parts: Buffer[], n: number): Buffer[] {
 /**
  * The image's steering state; undefined when the image has none (the source steered nothing for
  * it). `load` reads the file's bytes: on Linux pass mapFile (agent/linux/bpf/native-map.ts), or
- * call readSteeringFileMapped (agent/linux/steer-handoff.ts), which maps the file instead of
+ * call readHandoffFileMapped (agent/linux/steer-handoff.ts), which maps the file instead of
  * copying it (the returned sections are views into those bytes).
  */
-export async function readSteeringFile(imageDir: string, load: (path: string) => Buffer | Promise<Buffer> = (p) => readFile(p)): Promise<SteeringHandoff | undefined> {
+export async function readHandoffFile(imageDir: string, load: (path: string) => Buffer | Promise<Buffer> = (p) => readFile(p)): Promise<SteeringHandoff | undefined> {
   const path = join(imageDir, STEERING_FILE);
   let bytes: Buffer;
   try {
@@ -214,7 +214,7 @@ export async function readSteeringFile(imageDir: string, load: (path: string) =>
   return decodeHandoff(bytes, path);
 }
 
-export async function removeSteeringFile(imageDir: string): Promise<void> {
+export async function removeHandoffFile(imageDir: string): Promise<void> {
   await rm(join(imageDir, STEERING_FILE), { force: true });
 }
 

@@ -26,6 +26,15 @@ export interface AgentMigrationRecord {
   dumped?: { pid: number; endpoints: Endpoint[] };
   /** The workload's PID after this agent restored it (target side, or source after an abort). */
   restoredPid?: number;
+  /**
+   * Steering: which state is the workload's (its addresses and backend ids). Source: what
+   * SendImage exported and Release removes; target: what Restore imported and Abort removes.
+   */
+  steerSelector?: { addresses: string[]; backendIds: number[] };
+  /** Target: Restore imported the steering state that came with the image. */
+  steerImported?: boolean;
+  /** Source: this host's forwarded-packet counter when Lock ran (decimal), for Release's count. */
+  forwardedAtLock?: string;
   imageReceived: boolean;
   released: boolean;
   aborted: boolean;

@@ -45,7 +45,9 @@ export interface TupleLockEntry {
  *
  * Two kinds of entry, held side by side: an endpoint (every packet to a listening address and
  * port) and an exact connection (a 4-tuple). A packet is dropped when either matches with a
- * running lease; each kind has its own versions.
+ * running lease; each kind has its own versions. An endpoint with port ANY_PORT
+ * (lib/endpoint.ts addressWide) is address-wide: it matches every port of its address and
+ * protocol that no exact endpoint entry matches, and is locked, unlocked and versioned on its own.
  */
 export interface NetLock {
   /** Load the program and attach it to the interface; reuse pinned maps if present (a held lock survives an agent restart). Idempotent. */

@@ -6,6 +6,7 @@ import type { Endpoint } from '../lib/endpoint.js';
 import type { LockModeName, LockStrategy } from './lock-strategy.js';
 import type { NetLock } from './netlock.js';
 import type { SteeringDataplane } from './steering.js';
+import type { WorkloadSocket } from '../lib/workload-sockets.js';
 
 export interface ProcessSummary {
   pid: number;
@@ -35,6 +36,8 @@ export interface HeldTraffic {
   /**
    * Takes the held packets addressed to these endpoints, in arrival order, each connection's
    * contiguous TCP data already joined into one segment; later takes will not see them again.
+   * An address-wide endpoint (port ANY_PORT, lib/endpoint.ts) takes every port of its address
+   * and protocol: the return traffic of the workload's outgoing connections (agent/lock-scope.ts).
    */
   take(endpoints: readonly Endpoint[]): HeldPackets;
   /**
@@ -69,5 +72,7 @@ export interface HostPlatform {
   processInfo(pid: number): Promise<ProcessSummary | undefined>;
   /** TCP connections (sockets with a peer) held by the process and its descendants: what CRIU's own locks lock one by one. */
   tcpConnections(pid: number): Promise<number>;
+  /** Every TCP and UDP socket held by the process and its descendants, as the host's kernel shows them. */
+  workloadSockets(pid: number): Promise<WorkloadSocket[]>;
   probe(): Promise<PlatformProbe>;
 }

@@ -13,13 +13,16 @@ import type { ReceiveImageResponse } from '../proto/gen/godwit/v1/ReceiveImageRe
 import { HostOperationError, InvalidArgumentError, PreconditionError, ProcessNotFoundError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
 import { agentClient, handleUnary, toServiceError } from '../lib/rpc.js';
-import { endpointsFromWire, versionFromWire, workloadFromWire, type WorkloadSpec } from '../lib/wire.js';
+import { endpointsFromWire, versionFromWire, workloadFromWire, workloadSocketToWire, type WorkloadSpec } from '../lib/wire.js';
 import { appendHeldFile, concatHeld, readHeldFile, removeHeldFile } from './held-packets.js';
 import { imageTotals, receiveImage, sendImage } from './images.js';
+import { lockScope } from './lock-scope.js';
 import type { LockModeName, LockStrategy } from './lock-strategy.js';
 import { MigrationRecords } from './migration-record.js';
 import type { HostPlatform } from './platform.js';
+import { exportIntoImage, forgetHere, importFromImage } from './steering-handoff.js';
 import { steeringStateHandler } from './steering-state.js';
+import { HOST_BOUND_SOCKETS_REPORTED, hostBoundSockets, tcpConnectionCount } from '../lib/workload-sockets.js';
 
 export interface AgentServiceOptions {
   host: string;
@@ -59,7 +62,17 @@ export class AgentService {
       InspectWorkload: handleUnary(log, 'InspectWorkload', async (req) => {
         const w = workloadFromWire(req.workload);
         const info = await this.inspect(w);
-        return { command: info.command, processes: info.processes, tcpConnections: await p.tcpConnections(w.pid) };
+        // One read of the tree's sockets answers both: what CRIU's own locks count, and what
+        // cannot move (the controller refuses the migration on those, preflight.ts).
+        const sockets = await p.workloadSockets(w.pid);
+        const hostBound = hostBoundSockets(sockets, w.endpoints);
+        return {
+          command: info.command,
+          processes: info.processes,
+          tcpConnections: tcpConnectionCount(sockets),
+          hostBoundSockets: hostBound.slice(0, HOST_BOUND_SOCKETS_REPORTED).map(workloadSocketToWire),
+          hostBoundSocketCount: hostBound.length,
+        };
       }),
 
       Lock: handleUnary(log, 'Lock', async (req) => {
@@ -71,10 +84,10 @@ export class AgentService {
         const strategy = p.lockStrategy(mode);
         const started = performance.now();
         if (strategy.holdsEndpoints) {
-          await this.hostStep('lock', () => p.netlock.lock(endpoints, version, leaseMs));
+          await this.hostStep('lock', () => p.netlock.lock(lockScope(endpoints), version, leaseMs));
           this.records.update(id, (r) => {
             r.lockMode = mode;
-            r.locked = endpoints;
+            r.locked = lockScope(endpoints);
             r.lockVersion = version.toString();
           });
         } else {
@@ -83,6 +96,7 @@ export class AgentService {
             r.lockMode = mode;
           });
         }
+        await this.noteForwarding(id);
         return { durationMs: performance.now() - started };
       }),
 
@@ -97,8 +111,8 @@ export class AgentService {
         let delivered = 0;
         const strategy = this.strategyOf(record.lockMode);
         if (record.locked.length > 0 || strategy.holdsEndpoints) {
-          dropped = await this.unlock(endpoints, version);
-          delivered = await this.deliverHeld(id, endpoints);
+          dropped = await this.unlock(lockScope(endpoints), version);
+          delivered = await this.deliverHeld(id, lockScope(endpoints));
         }
         if (record.lockResidue) {
           // The restore removed the lock made for it; whatever it left is removed now.
@@ -140,14 +154,20 @@ export class AgentService {
         const started = performance.now();
         // What the lock stopped here so far goes with the image, for the target to deliver.
         if (this.strategyOf(record.lockMode).holdsEndpoints) {
-          const held = p.held.take(record.dumped.endpoints);
+          const held = p.held.take(lockScope(record.dumped.endpoints));
           await appendHeldFile(this.imageDir(id), held);
           log.info({ migrationId: id, held: held.count, ms: performance.now() - started }, 'held packets added to the image');
         }
+        // The workload's steering state goes the same way, as it is now that the workload is dumped.
+        const selector = { addresses: unique(record.dumped.endpoints.map((e) => e.address)), backendIds: req.steerBackendIds ?? [] };
+        const steeringEntries = await this.hostStep('steering export', () => exportIntoImage(this.handoffEnds(), this.imageDir(id), selector));
+        this.records.update(id, (r) => {
+          r.steerSelector = selector;
+        });
         const client = agentClient(req.peerAddress);
         try {
           const t = await sendImage(client, id, this.imageDir(id), TRANSFER_TIMEOUT_MS);
-          return { durationMs: performance.now() - started, bytes: t.bytes, files: t.files };
+          return { durationMs: performance.now() - started, bytes: t.bytes, files: t.files, steeringEntries };
         } finally {
           client.close();
         }
@@ -175,12 +195,18 @@ export class AgentService {
         const mode = lockModeFromWire(req.lockMode);
         const record = this.records.get(id);
         if (record.restoredPid && (await p.processInfo(record.restoredPid))) {
-          return { durationMs: 0, pid: record.restoredPid, criuMs: 0, lockInstallMs: 0, lockRules: 0 };
+          return { durationMs: 0, pid: record.restoredPid, criuMs: 0, lockInstallMs: 0, lockRules: 0, steeringEntries: 0 };
         }
         if (!record.imageReceived) throw new PreconditionError(`migration ${id} has no image on host "${h}"; transfer it first`);
         const started = performance.now();
+        // Recorded first: an import that half-works is still removed by Abort.
+        this.records.update(id, (r) => {
+          r.steerSelector = { addresses: unique(w.endpoints.map((e) => e.address)), backendIds: req.steerBackendIds ?? [] };
+          r.steerImported = true;
+        });
+        const steeringEntries = await this.hostStep('steering import', () => importFromImage(this.handoffEnds(), this.imageDir(id), id));
         const restored = await this.restoreHere(id, w, mode);
-        return { durationMs: performance.now() - started, pid: restored.pid, criuMs: restored.criuMs, lockInstallMs: restored.lockInstallMs, lockRules: restored.lockRules };
+        return { durationMs: performance.now() - started, pid: restored.pid, criuMs: restored.criuMs, lockInstallMs: restored.lockInstallMs, lockRules: restored.lockRules, steeringEntries };
       }),
 
       Release: handleUnary(log, 'Release', async (req) => {
@@ -193,8 +219,8 @@ export class AgentService {
         for (const a of unique(endpoints.map((e) => e.address))) await p.network.removeAddress(a);
         const strategy = this.strategyOf(record.lockMode);
         if (record.locked.length > 0 || strategy.holdsEndpoints) {
-          await this.unlock(endpoints, version);
-          this.discardHeld(id, endpoints, 'stopped on the source after the image left');
+          await this.unlock(lockScope(endpoints), version);
+          this.discardHeld(id, lockScope(endpoints), 'stopped on the source after the image left');
         }
         if (record.lockResidue) {
           // What the dump left here: the workload runs on the target now.
@@ -202,13 +228,17 @@ export class AgentService {
           const r = await this.hostStep(`release (${strategy.mode} lock)`, () => strategy.removeResidue(residue));
           log.info({ migrationId: id, mode: strategy.mode, removed: r.removed }, "removed the dump's lock");
         }
+        // The workload runs on the target with its reverse NAT and counters; this host forwards its
+        // packets there by the table, and keeps the flow entries of the flows the fabric still brings here.
+        await forgetHere(this.handoffEnds(), record.steerSelector, id);
+        const forwardedPackets = await this.forwardedSince(record.forwardedAtLock);
         await rm(this.imageDir(id), { recursive: true, force: true });
         this.records.update(id, (r) => {
           r.locked = [];
           r.lockResidue = undefined;
           r.released = true;
         });
-        return { durationMs: performance.now() - started };
+        return { durationMs: performance.now() - started, forwardedPackets: forwardedPackets.toString() };
       }),
 
       Abort: handleUnary(log, 'Abort', async (req) => {
@@ -351,6 +381,11 @@ export class AgentService {
       await p.network.removeAddress(a);
       actions.push(`removed address ${a}`);
     }
+    if (r.steerImported && !r.dumped) {
+      const n = await forgetHere(this.handoffEnds(), r.steerSelector, id);
+      actions.push(`removed ${n} imported steering entr${n === 1 ? 'y' : 'ies'}`);
+      this.records.update(id, (x) => (x.steerImported = false));
+    }
     // A workload that cannot be brought back is lost either way: the locks still go (its peers
     // then get resets instead of retransmitting into a lock), and the error is reported last.
     let lost: unknown;
@@ -408,6 +443,37 @@ export class AgentService {
     }
     this.log.info({ migrationId: id, actions }, 'aborted');
     return { actions, pid };
+  }
+
+  private handoffEnds() {
+    return { steering: this.opts.platform.steering, log: this.log };
+  }
+
+  /** Remembers this host's forwarded-packet counter at the migration's Lock (once: a retried Lock keeps the first). */
+  private async noteForwarding(id: string): Promise<void> {
+    const steering = this.opts.platform.steering;
+    if (!steering || this.records.get(id).forwardedAtLock !== undefined) return;
+    try {
+      const f = await steering.forwarding();
+      this.records.update(id, (r) => {
+        r.forwardedAtLock = f.forwarded.toString();
+      });
+    } catch (err) {
+      this.log.warn({ migrationId: id, err: String(err) }, 'could not read the forwarding counter');
+    }
+  }
+
+  /** Packets forwarded by this host's data plane since `atLock` (0 when unknown). */
+  private async forwardedSince(atLock: string | undefined): Promise<bigint> {
+    const steering = this.opts.platform.steering;
+    if (!steering || atLock === undefined) return 0n;
+    try {
+      const now = (await steering.forwarding()).forwarded;
+      const since = now - BigInt(atLock);
+      return since > 0n ? since : 0n;
+    } catch {
+      return 0n;
+    }
   }
 
   /** The strategy of a recorded lock mode (absent: EBPF). */

@@ -73,7 +73,8 @@ export class SteeringSync {
       this.opts.log.warn('steering table in KV is malformed; ignored');
       return;
     }
-    if (!this.pending || table.generation >= this.pending.generation) this.pending = { generation: table.generation, services: table.services };
+    if (!this.pending || table.generation >= this.pending.generation)
+      this.pending = { generation: table.generation, services: table.services, addresses: Array.isArray(table.addresses) ? table.addresses : [] };
     if (!this.applying) void this.drain();
   }
 

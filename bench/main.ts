@@ -2,6 +2,7 @@
  * Benchmarks, each a subcommand with a readable table on stdout and `--json` for machines:
  *   npm run bench -- lock      migrations under each lock mode vs live connections
  *   npm run bench -- lockops   lock/unlock of many entries, per method
+ *   npm run bench -- lock-progrun   the lock program's CPU per packet (BPF_PROG_TEST_RUN): miss, endpoint, address-wide
  *   npm run bench -- steer-converge   rule change -> every agent's ack, at 10, 50, 100 agents
  *   npm run bench -- steer-dataplane   CPU per packet: godwit steering vs iptables / nftables DNAT vs no rule
  *   npm run bench -- follow   steering state following a workload: map handoff, migrations in the routed lab
@@ -10,6 +11,7 @@ const [which, ...rest] = process.argv.slice(2);
 const benches: Record<string, () => Promise<{ run(argv: string[]): Promise<number> }>> = {
   lock: () => import('./lock.js'),
   lockops: () => import('./lockops.js'),
+  'lock-progrun': () => import('./lock-progrun.js'),
   'steer-converge': () => import('./steer-converge.js'),
   'steer-dataplane': () => import('./steer-dataplane.js'),
   follow: () => import('./follow.js'),

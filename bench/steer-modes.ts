@@ -11,7 +11,7 @@ import { REPO_ROOT } from '../lib/rpc.js';
 import { EbpfNetLock } from '../agent/linux/netlock-ebpf.js';
 import { nsExecutor } from '../agent/linux/netns-exec.js';
 import type { SteeringDataplane, SteeringTable } from '../agent/steering.js';
-import { XDP_PASS_OBJECT, type LabHost } from '../lab/topology.js';
+import { attachXdpPass, type LabHost } from '../lab/topology.js';
 import type { SteerMode, SteerProto } from './steer-report.js';
 
 export interface SteerTarget {
@@ -92,9 +92,7 @@ async function setupBaseline(c: ModeContext): Promise<ModeHandle> {
 
 /** The baseline with a pass-through XDP program on the host's interface (see STEER_MODES). */
 async function setupBaselineXdp(c: ModeContext): Promise<ModeHandle> {
-  // `ip -n` (not nsenter): it loads in a mount namespace of its own, so iproute2's bpffs folders
-  // (/sys/fs/bpf/{ip,tc,xdp}) are not left behind in the machine's.
-  await execCommand('ip', ['-n', c.host.netns, 'link', 'set', 'dev', c.host.iface, 'xdpdrv', 'obj', XDP_PASS_OBJECT, 'sec', 'xdp']);
+  await attachXdpPass(c.host.netnsPath, c.host.iface);
   return {
     target: c.backend,
     teardown: async () => {
@@ -115,9 +113,9 @@ const STEER_OBJECT = join(REPO_ROOT, 'build', 'bpf', 'steer.o');
 const LOCK_OBJECT = join(REPO_ROOT, 'build', 'bpf', 'lock.o');
 
 /**
- * godwit's steering on `host` as an agent runs it: the lock installed first (chain slot 0, empty:
- * nothing migrates, but every packet passes through it, as on a real host), then the steering
- * data plane (slot 1) with one service VIP:port -> backend on this same host, as the agent would
+ * godwit's steering on `host` as an agent runs it: the lock installed first (its chain slot after
+ * steering's, empty: nothing migrates, but every packet passes through it, as on a real host),
+ * then the steering data plane (slot 0) with one service VIP:port -> backend on this same host, as the agent would
  * program it from the controller's table. The only place the benchmark touches godwit's steering.
  */
 export async function setupGodwit(host: LabHost, vip: SteerTarget & { proto: SteerProto }, backend: SteerTarget, pinDir: string): Promise<ModeHandle> {

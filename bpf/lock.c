@@ -1,11 +1,14 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * godwit network lock, XDP on a host's interface: slot GODWIT_SLOT_LOCK of the chain that
- * bpf/root.c runs (lib/chain.h), first, so a locked packet is never steered.
+ * bpf/root.c runs (lib/chain.h), after steering: the lock sees a packet as it reaches the
+ * workload (a VIP's DNATed to the backend, a tunnelled frame taken off its tunnel), and what
+ * steering sends on to another host is that host's to hold.
  *
  * While a workload migrates, its endpoint (proto, address, port) has an entry in godwit_lock_ep,
- * or each of its connections an exact 4-tuple entry in the table godwit_lock_conn, and packets that match
- * an unexpired entry of either are stopped here: silently, so the kernel sends no RST. A copy
+ * or each of its connections an exact 4-tuple entry in the table godwit_lock_conn, and its
+ * addresses an address-wide entry (port GODWIT_ANY_PORT) in godwit_lock_ep; packets that match
+ * an unexpired entry of any are stopped here: silently, so the kernel sends no RST. A copy
  * of each stopped packet is held in a ring for the agent to deliver after unlock (see
  * lock_maps.h); what cannot be held its peer retransmits. Everything else goes on to the next
  * program of the chain, untouched.
@@ -43,6 +46,17 @@ struct {
 	__type(key, __u32);
 	__type(value, struct godwit_conn_slot);
 } godwit_lock_conn SEC(".maps");
+
+/* How many address-wide entries godwit_lock_ep may hold: an upper bound the agent writes before
+ * it adds one and lowers once they are gone. 0 on a host where no migration holds an address, so
+ * traffic that matches nothing skips the address-wide lookup (a hash lookup; this is an array
+ * read the verifier inlines). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} godwit_lock_any SEC(".maps");
 
 /* Stopped packets, for the agent to deliver after unlock. */
 struct {
@@ -143,6 +157,15 @@ static __always_inline struct godwit_lock_value *conn_lease(const struct godwit_
 	return NULL;
 }
 
+/* Whether godwit_lock_ep may hold an address-wide entry. */
+static __always_inline int may_hold_address_wide(void)
+{
+	__u32 zero = 0;
+	__u32 *n = bpf_map_lookup_elem(&godwit_lock_any, &zero);
+
+	return n && *n;
+}
+
 /* The lease if it is still running; *now is read from the clock once, on first need. */
 static __always_inline struct godwit_lock_value *live_lease(struct godwit_lock_value *lease, __u64 *now)
 {
@@ -195,6 +218,12 @@ int godwit_lock(struct xdp_md *ctx)
 	lease = live_lease(conn_lease(&tuple), &now);
 	if (!lease) {
 		endpoint_key_of(&tuple, &endpoint);
+		lease = live_lease(bpf_map_lookup_elem(&godwit_lock_ep, &endpoint), &now);
+	}
+	if (!lease && may_hold_address_wide()) {
+		/* The whole address (GODWIT_ANY_PORT): what a migration adds so that the return traffic
+		 * of the workload's own outgoing connections, to ephemeral ports, is held too. */
+		endpoint.port = GODWIT_ANY_PORT;
 		lease = live_lease(bpf_map_lookup_elem(&godwit_lock_ep, &endpoint), &now);
 	}
 	if (!lease)

@@ -33,14 +33,25 @@
  * From 4 on, each map has a layout version of its own, with the upgrade that copies its state
  * from the previous one (agent/linux/lock-maps.ts), recorded per host in the pin folder
  * (agent/linux/bpf/layout-record.ts). This number stays as the name of the set at layout 4.
+ * Later additions, each a map of its own at its version 1: godwit_lock_any (a u32 in a one-slot
+ * array: an upper bound of the address-wide entries in godwit_lock_ep; a new pin starts at 0,
+ * right for the older maps, which never held one).
  */
 #define GODWIT_LOCK_LAYOUT_VERSION 4
 #define GODWIT_LOCK_EP_MAX_ENTRIES 65536
+#define GODWIT_ANY_PORT 0
 
-/* Key of godwit_lock_ep: the workload's listening (proto, address, port). 8 bytes. */
+/*
+ * Key of godwit_lock_ep: the workload's listening (proto, address, port). 8 bytes.
+ * Port GODWIT_ANY_PORT (0, which no TCP or UDP packet is addressed to) makes an address-wide
+ * entry: every port of that address and protocol, looked up when no exact endpoint entry
+ * matches. A migration holds one per address and protocol so that the return traffic of the
+ * workload's outgoing connections (to ephemeral ports) is held like the rest. Same layout:
+ * port 0 is only a value the agent used to refuse.
+ */
 struct godwit_endpoint_key {
 	__u32 addr;  /* IPv4 destination address, network byte order */
-	__u16 port;  /* TCP/UDP destination port, network byte order */
+	__u16 port;  /* TCP/UDP destination port, network byte order; GODWIT_ANY_PORT: every port */
 	__u8 proto;  /* IPPROTO_TCP or IPPROTO_UDP */
 	__u8 pad;    /* always 0 */
 };

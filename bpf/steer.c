@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * godwit packet steering: services (VIP:port -> backends), XDP on each host's interface, in
- * slot GODWIT_SLOT_STEER of the program chain (after the lock), plus a TC egress program for
- * the replies' reverse NAT.
+ * godwit packet steering: services (VIP:port -> backends) and workload addresses, XDP on each
+ * host's interface, in slot GODWIT_SLOT_STEER of the program chain (before the lock, which then
+ * sees what steering DNATed or took out of the tunnel), plus a TC egress program for the
+ * replies' reverse NAT.
  *
  * A packet to a service's VIP:port keeps the backend its flow was given (steer_flows); a new
  * flow, or one whose backend left the table, gets one from the service's Maglev ring (built by
@@ -12,6 +13,14 @@
  *  - backend elsewhere: tunnel the frame to the backend's host (lib/encap.h) and send it out
  *    again (XDP_TX). That host's program takes the tunnel off and finishes the DNAT, and the
  *    reply leaves it directly with the VIP as source (direct server return).
+ * A packet to no VIP:port whose destination is a workload address that runs on another host
+ * (steer_addrs) is tunnelled there whole, marked GODWIT_VXLAN_ADDR_MARKER: the address moved,
+ * so its connections' packets (to any port, replies of outbound connections too) follow it.
+ *
+ * A tunnelled frame whose backend or address is no longer here (a host on an older generation
+ * sent it, or the fabric still delivers the address here) is sent on, once, to the host this
+ * host's table names, and counted (steer_fwd); one it cannot place is dropped and counted,
+ * never passed to this host's stack, which would answer it with a reset.
  * Everything else goes on along the chain untouched. The maps: steer_maps.h.
  */
 #include <linux/bpf.h>
@@ -91,6 +100,35 @@ struct {
 	__type(value, struct godwit_steer_counter);
 } steer_be_stats SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, GODWIT_STEER_SLOTS * GODWIT_STEER_MAX_ADDRS);
+	__type(key, struct godwit_addr_key);
+	__type(value, struct godwit_addr_value);
+} steer_addrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, GODWIT_FWD_COUNTERS);
+	__type(key, __u32);
+	__type(value, struct godwit_fwd_counter);
+} steer_fwd SEC(".maps");
+
+static __always_inline void count_fwd(__u32 which)
+{
+	struct godwit_fwd_counter *c = bpf_map_lookup_elem(&steer_fwd, &which);
+
+	if (c)
+		c->packets++;
+}
+
+static __always_inline struct godwit_addr_value *address_in(__u32 slot, __u32 addr)
+{
+	struct godwit_addr_key k = { .addr = addr, .slot = slot };
+
+	return bpf_map_lookup_elem(&steer_addrs, &k);
+}
+
 static __always_inline void count(void *stats, __u32 id, __u32 bytes, __u32 new_flow)
 {
 	struct godwit_steer_counter *c = bpf_map_lookup_elem(stats, &id);
@@ -144,25 +182,69 @@ static __always_inline int deliver_local(struct iphdr *iph, struct l4_ports *por
 	return -1; /* go on along the chain */
 }
 
-/* A frame from another host's program: its tunnel off, then DNAT to the backend it chose. */
-static __always_inline int finish_tunnelled(struct xdp_md *ctx, __u32 slot)
+/* A tunnelled frame this host cannot deliver: dropped and counted, never answered. */
+static __always_inline int drop_stale(void)
 {
-	struct godwit_steer_backend *be;
+	count_fwd(GODWIT_FWD_STALE);
+	return XDP_DROP;
+}
+
+/* A tunnelled frame whose backend or address runs on `host`: sent on there, once. */
+static __always_inline int forward_once(struct xdp_md *ctx, const struct godwit_encap_hdr *h, __u32 self, __u32 host)
+{
+	/* Forwarded once already, and the host it was sent to still does not have it: the two
+	 * hosts' tables disagree (mid-change). Dropped rather than bounced; the peer retransmits. */
+	if (h->vxlan.flags & GODWIT_VXLAN_FLAG_FORWARDED)
+		return drop_stale();
+	count_fwd(GODWIT_FWD_FORWARDED);
+	return xdp_retarget_vxlan(ctx, self, host);
+}
+
+/*
+ * A frame from another host's program. Its backend (or, with the address marker, its inner
+ * destination address) here: the tunnel off, DNAT to the backend the sender chose (an address's
+ * frame as it is), on along the chain. Elsewhere: forwarded there. Unknown: dropped.
+ */
+static __always_inline int finish_tunnelled(struct xdp_md *ctx, __u32 slot, __u32 self)
+{
+	struct godwit_steer_backend *be = NULL;
+	struct godwit_encap_hdr *h;
 	struct hdr_cursor c;
 	struct l4_ports *ports;
 	struct iphdr *iph;
 	void *data_end;
-	int id = xdp_decap_vxlan(ctx);
+	__u32 id;
+	int rc;
 
-	if (id == 0)
+	h = xdp_vxlan_peek(ctx);
+	if (!h)
 		return godwit_chain_next(ctx, GODWIT_SLOT_STEER);
-	if (id < 0)
-		return XDP_DROP;
-	/* The backend moved away or is not in this host's table yet: the client retransmits. */
-	be = backend_in(slot, id);
-	if (!be || (be->flags & (GODWIT_BACKEND_PRESENT | GODWIT_BACKEND_LOCAL)) != (GODWIT_BACKEND_PRESENT | GODWIT_BACKEND_LOCAL))
-		return XDP_DROP;
+	id = godwit_vxlan_id(h);
+	if (id == GODWIT_VXLAN_ADDR_MARKER) {
+		struct godwit_addr_value *where;
+		struct iphdr *inner = (void *)(h + 1) + sizeof(struct ethhdr);
 
+		data_end = (void *)(long)ctx->data_end;
+		if ((void *)(inner + 1) > data_end)
+			return XDP_DROP;
+		where = address_in(slot, inner->daddr);
+		if (!where)
+			return drop_stale();
+		if (!(where->flags & GODWIT_ADDR_LOCAL))
+			return forward_once(ctx, h, self, where->host_addr);
+		if (xdp_decap_vxlan(ctx) < 0)
+			return XDP_DROP;
+		return godwit_chain_next(ctx, GODWIT_SLOT_STEER);
+	}
+	be = backend_in(slot, id);
+	if (!be || !(be->flags & GODWIT_BACKEND_PRESENT))
+		return drop_stale();
+	if (!(be->flags & GODWIT_BACKEND_LOCAL))
+		return forward_once(ctx, h, self, be->host_addr);
+
+	rc = xdp_decap_vxlan(ctx);
+	if (rc <= 0)
+		return XDP_DROP;
 	data_end = (void *)(long)ctx->data_end;
 	c.pos = (void *)(long)ctx->data;
 	if (parse_ethhdr(&c, data_end) != bpf_htons(ETH_P_IP))
@@ -178,6 +260,20 @@ static __always_inline int finish_tunnelled(struct xdp_md *ctx, __u32 slot)
 	if (deliver_local(iph, ports, data_end, be, RNAT_ENSURE) == XDP_DROP)
 		return XDP_DROP;
 	return godwit_chain_next(ctx, GODWIT_SLOT_STEER);
+}
+
+/*
+ * A packet for no VIP: if its destination is a workload address that runs on another host, the
+ * whole frame is tunnelled there (no NAT); otherwise it goes on along the chain. One hash lookup.
+ */
+static __always_inline int steer_address(struct xdp_md *ctx, const struct godwit_steer_meta *meta, __u32 slot, struct iphdr *iph, __u16 sport, __u16 dport)
+{
+	struct godwit_addr_value *where = address_in(slot, iph->daddr);
+
+	if (!where || (where->flags & GODWIT_ADDR_LOCAL))
+		return godwit_chain_next(ctx, GODWIT_SLOT_STEER);
+	count_fwd(GODWIT_FWD_FORWARDED);
+	return xdp_encap_vxlan(ctx, meta->host_addr, where->host_addr, godwit_flow_hash(iph->saddr, iph->daddr, sport, dport, iph->protocol), GODWIT_VXLAN_ADDR_MARKER);
 }
 
 SEC("xdp")
@@ -205,17 +301,18 @@ int godwit_steer(struct xdp_md *ctx)
 	if (parse_ethhdr(&c, data_end) != bpf_htons(ETH_P_IP))
 		return godwit_chain_next(ctx, GODWIT_SLOT_STEER);
 	iph = parse_iphdr(&c, data_end);
-	if (!iph || (iph->protocol != IPPROTO_TCP && iph->protocol != IPPROTO_UDP))
+	if (!iph)
 		return godwit_chain_next(ctx, GODWIT_SLOT_STEER);
-	/* Fragments carry no ports (the first one does, but the rest could not follow it). */
-	if (iph->frag_off & bpf_htons(0x2000 | GODWIT_IP_OFFSET))
-		return godwit_chain_next(ctx, GODWIT_SLOT_STEER);
+	/* ICMP and fragments (fragments carry no ports; the first one does, but the rest could not
+	 * follow it) are no service's, but an address's: they follow the address. */
+	if ((iph->protocol != IPPROTO_TCP && iph->protocol != IPPROTO_UDP) || (iph->frag_off & bpf_htons(0x2000 | GODWIT_IP_OFFSET)))
+		return steer_address(ctx, meta, slot, iph, 0, 0);
 	ports = parse_l4_ports(&c, data_end);
 	if (!ports)
 		return godwit_chain_next(ctx, GODWIT_SLOT_STEER);
 
 	if (iph->protocol == IPPROTO_UDP && ports->dest == bpf_htons(GODWIT_VXLAN_PORT) && iph->daddr == meta->host_addr)
-		return finish_tunnelled(ctx, slot);
+		return finish_tunnelled(ctx, slot, meta->host_addr);
 
 	vk.addr = iph->daddr;
 	vk.port = ports->dest;
@@ -223,7 +320,7 @@ int godwit_steer(struct xdp_md *ctx)
 	vk.slot = slot;
 	svc = bpf_map_lookup_elem(&steer_vips, &vk);
 	if (!svc)
-		return godwit_chain_next(ctx, GODWIT_SLOT_STEER);
+		return steer_address(ctx, meta, slot, iph, ports->source, ports->dest);
 
 	fk.saddr = iph->saddr;
 	fk.daddr = iph->daddr;

@@ -34,6 +34,8 @@
 #define GODWIT_STEER_FLOWS_VERSION 2
 #define GODWIT_STEER_RNAT_VERSION 1
 #define GODWIT_STEER_STATS_VERSION 1
+#define GODWIT_STEER_ADDRS_VERSION 1
+#define GODWIT_STEER_FWD_VERSION 1
 
 /* Service and backend ids are 1..GODWIT_STEER_MAX_ID-1 (0 means "none"); they index the
  * backends map and the counters directly. */
@@ -46,6 +48,8 @@
 /* Flows remembered (LRU): 131,072 live connections plus room for the benchmark's 100,000. */
 #define GODWIT_STEER_FLOWS 262144
 #define GODWIT_STEER_RNAT 262144
+/* Workload addresses per table copy (steer_addrs). */
+#define GODWIT_STEER_MAX_ADDRS 4096
 
 #define GODWIT_STEER_SLOTS 2
 
@@ -135,15 +139,49 @@ struct godwit_steer_counter {
 	__u64 flows;   /* new flows recorded */
 };
 
+/* steer_addrs: a workload address in one slot -> the host it runs on. Hash, 8-byte key. Rule
+ * table (double-buffered like steer_vips). A packet for an address whose entry is not LOCAL is
+ * tunnelled whole to host_addr (no NAT: the address itself moved). */
+struct godwit_addr_key {
+	__u32 addr;   /* workload address, network order */
+	__u8 slot;
+	__u8 pad[3];
+};
+
+#define GODWIT_ADDR_LOCAL 1   /* the address runs on this host: its packets go on to the stack */
+
+struct godwit_addr_value {
+	__u32 host_addr;   /* its host's data-plane address, network order (tunnel destination) */
+	__u32 flags;       /* GODWIT_ADDR_* */
+};
+
+/* steer_fwd: per-CPU array of GODWIT_FWD_COUNTERS counters, what this host did with packets
+ * whose backend or address is elsewhere (agent: EbpfSteering.forwarding()). */
+#define GODWIT_FWD_FORWARDED 0   /* tunnelled on to the host the table names */
+#define GODWIT_FWD_STALE 1       /* dropped: unknown here, or already forwarded once */
+#define GODWIT_FWD_COUNTERS 2
+
+struct godwit_fwd_counter {
+	__u64 packets;
+};
+
 /* ---- The tunnel between hosts ------------------------------------------------------------
  * VXLAN's wire format (RFC 7348), built and taken off by the programs themselves: the kernel has
  * no ipip/fou/geneve, and UDP crosses any routed fabric and is ECMP-hashed on its source port.
  * godwit's frames carry a fixed VNI, and the chosen backend's id in the 24 bits the RFC
- * reserves after the flags (the receiver must DNAT to the backend the sender chose).
+ * reserves after the flags (the receiver must DNAT to the backend the sender chose), or
+ * GODWIT_VXLAN_ADDR_MARKER for a frame steered by its destination address.
  */
 #define GODWIT_VXLAN_PORT 4789
 #define GODWIT_VXLAN_VNI 0x60d71u       /* fixed: frames with another VNI are not godwit's */
 #define GODWIT_VXLAN_FLAG_VNI 0x08      /* the I flag: the VNI is valid */
+/* A bit RFC 7348 reserves (and VXLAN-GBP and -GPE leave reserved too): the frame was already
+ * re-encapsulated once by a host whose table sent it on; such a frame that is still not local
+ * where it lands is dropped, so two hosts that disagree mid-change never bounce it. */
+#define GODWIT_VXLAN_FLAG_FORWARDED 0x40
+/* In the backend-id field: not a backend's frame but one for a workload address (steer_addrs),
+ * delivered as it is (no DNAT). Backend ids stay below GODWIT_STEER_MAX_ID, far from it. */
+#define GODWIT_VXLAN_ADDR_MARKER 0xffffffu
 /* Outer Ethernet + IPv4 + UDP + VXLAN: the encapsulation grows a frame by this much, so the
  * fabric's links need an MTU 50 bytes above the clients' (the lab sets it). */
 #define GODWIT_ENCAP_LEN (14 + 20 + 8 + 8)

@@ -67,12 +67,12 @@ export class AgentHandle {
     return unary(this.client, this.client.Checkpoint, { migrationId, workload: workloadToWire(w), lockMode }, heavyMs(lockMode));
   }
 
-  sendImage(migrationId: string, peerAddress: string): Promise<SendImageResponse__Output> {
-    return unary(this.client, this.client.SendImage, { migrationId, peerAddress }, HEAVY_MS);
+  sendImage(migrationId: string, peerAddress: string, steerBackendIds: number[] = []): Promise<SendImageResponse__Output> {
+    return unary(this.client, this.client.SendImage, { migrationId, peerAddress, steerBackendIds }, HEAVY_MS);
   }
 
-  restore(migrationId: string, w: WorkloadSpec, lockMode: LockModeName = 'EBPF'): Promise<RestoreResponse__Output> {
-    return unary(this.client, this.client.Restore, { migrationId, workload: workloadToWire(w), lockMode }, heavyMs(lockMode));
+  restore(migrationId: string, w: WorkloadSpec, lockMode: LockModeName = 'EBPF', steerBackendIds: number[] = []): Promise<RestoreResponse__Output> {
+    return unary(this.client, this.client.Restore, { migrationId, workload: workloadToWire(w), lockMode, steerBackendIds }, heavyMs(lockMode));
   }
 
   release(migrationId: string, endpoints: Endpoint[], version: string, lockMode: LockModeName = 'EBPF'): Promise<ReleaseResponse__Output> {

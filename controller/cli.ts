@@ -47,6 +47,14 @@ function summary(m: Migration__Output): string {
   for (const t of m.timings) lines.push(`  ${String(t.phase).padEnd(9)} ${t.durationMs.toFixed(0).padStart(6)} ms ${t.ok ? '' : `FAILED: ${t.error}`}`);
   if (m.freezeMs) lines.push(`  freeze ${m.freezeMs.toFixed(0)} ms`);
   if (Number(m.deliveredPackets) > 0) lines.push(`  ${m.deliveredPackets} packet(s) held during the freeze, delivered after it`);
+  const st = m.steer;
+  if (st && Number(st.generation) > 0) {
+    const where = st.converged ? (st.insideFreeze ? 'inside the freeze' : `unlock waited ${st.waitedMs.toFixed(0)} ms for it`) : `hosts ${st.laggingHosts.join(', ')} had not acked`;
+    lines.push(`  steering: generation ${st.generation}, every host in ${st.convergeMs.toFixed(0)} ms (${where})`);
+    if (Number(m.handedOff) > 0) lines.push(`  ${m.handedOff} steering entr(ies) handed off with the image`);
+    if (Number(m.forwarded) > 0) lines.push(`  ${m.forwarded} packet(s) forwarded by the source to the target`);
+    if (Number(st.revertedGeneration) > 0) lines.push(`  steering placed back on the source in generation ${st.revertedGeneration}`);
+  } else if (st?.skipped) lines.push(`  steering: ${st.skipped}`);
   if (m.restoredPid) lines.push(`  workload pid now ${m.restoredPid}`);
   if (m.error) lines.push(`  error: ${m.error}`);
   for (const w of m.warnings) lines.push(`  warning: ${w}`);

@@ -13,6 +13,7 @@ import { Orchestrator } from './orchestrator.js';
 import { HostRegistry } from './registry.js';
 import { ControllerService } from './service.js';
 import { SteeringController } from './steering-service.js';
+import { SteerStep } from './steer-step.js';
 import { SteeringStore } from './steering-store.js';
 import type { RuleTable } from './steering-table.js';
 
@@ -31,10 +32,11 @@ async function main() {
   const registry = new HostRegistry();
   registry.start(bus);
   const agents = new AgentPool();
-  const orchestrator = new Orchestrator({ store, registry, agents, bus, log });
-  const service = new ControllerService({ registry, agents, orchestrator, store, log });
   const steeringStore = new SteeringStore(await bus.kv<RuleTable>(STEERING_BUCKET, STEERING_KV), log);
   await steeringStore.start();
+  const steer = new SteerStep({ store: steeringStore, registry, log });
+  const orchestrator = new Orchestrator({ store, registry, agents, bus, log, steer });
+  const service = new ControllerService({ registry, agents, orchestrator, store, log });
   const steering = new SteeringController({ store: steeringStore, registry, agents, log });
 
   const server = new grpc.Server();

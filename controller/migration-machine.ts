@@ -2,8 +2,14 @@
  * The migration state machine, as a pure function: decide(state, event) -> (state, commands).
  * No I/O here: controller/orchestrator.ts carries out the commands and feeds back the events.
  *
- *   PENDING -> PREPARE -> LOCK -> DUMP -> TRANSFER -> RESTORE -> UNLOCK -> CLEANUP -> DONE
- *                 \________\_______\_______\___________\-> ROLLBACK -> FAILED
+ *   PENDING -> PREPARE -> LOCK -> STEER -> DUMP -> TRANSFER -> RESTORE -> UNLOCK -> CLEANUP -> DONE
+ *                 \________\_______\________\_______\___________\-> ROLLBACK -> FAILED
+ *
+ * STEER issues the rule generation that places the workload on the target (its backends and
+ * addresses) as soon as both hosts are locked; every host then learns it while the workload is
+ * dumped, moved and restored (the target's lock holds what arrives there meanwhile), and UNLOCK
+ * waits for the last ack before it lets traffic through, so convergence hides inside the freeze
+ * whenever it is shorter than dump + transfer + restore (steer.waitedMs says when it was not).
  *
  * RESTORE is the pivot: a failure up to and including it rolls back (the workload runs again on
  * the source); after it the workload runs on the target, so failures are recorded as warnings
@@ -11,11 +17,11 @@
  */
 import type { WorkloadSpec } from '../lib/wire.js';
 
-export const PHASES = ['PENDING', 'PREPARE', 'LOCK', 'DUMP', 'TRANSFER', 'RESTORE', 'UNLOCK', 'CLEANUP', 'DONE', 'ROLLBACK', 'FAILED'] as const;
+export const PHASES = ['PENDING', 'PREPARE', 'LOCK', 'STEER', 'DUMP', 'TRANSFER', 'RESTORE', 'UNLOCK', 'CLEANUP', 'DONE', 'ROLLBACK', 'FAILED'] as const;
 export type Phase = (typeof PHASES)[number];
 
 /** The phases that do work on hosts, in order. */
-export const FORWARD: readonly Phase[] = ['PREPARE', 'LOCK', 'DUMP', 'TRANSFER', 'RESTORE', 'UNLOCK', 'CLEANUP'];
+export const FORWARD: readonly Phase[] = ['PREPARE', 'LOCK', 'STEER', 'DUMP', 'TRANSFER', 'RESTORE', 'UNLOCK', 'CLEANUP'];
 const PIVOT: Phase = 'RESTORE';
 export const TERMINAL: readonly Phase[] = ['DONE', 'FAILED'];
 
@@ -29,6 +35,29 @@ export interface MigrationRequestSpec {
   lockLeaseMs: number;
   /** Run a CRIU lock mode past its known limit (criu-lock-limits.ts). Absent in older records: false. */
   allowUnsafeLock?: boolean;
+}
+
+/** The migration's steering: the generation that placed the workload on the target, and how the fleet took it. */
+export interface SteerRecord {
+  /** 0 when nothing was issued (skipped says why). */
+  generation: number;
+  /** When the generation was accepted by the store (wall clock, ms). */
+  issuedAtMs: number;
+  /** The workload's backends in the table (what its flows and counters name). */
+  backendIds: number[];
+  /** Why no generation was issued (no host steers, for example). */
+  skipped?: string;
+  /** Issue to the last ready host's ack, ms. */
+  convergeMs?: number;
+  /** False when some ready hosts had not acked within the wait (they are named in lagging). */
+  converged?: boolean;
+  lagging?: string[];
+  /** How long UNLOCK waited for the acks (0 when they were all in). */
+  waitedMs?: number;
+  /** Every ready host acked before UNLOCK began: convergence added nothing to the freeze. */
+  insideFreeze?: boolean;
+  /** ROLLBACK: the generation that placed the workload back on the source. */
+  revertedGeneration?: number;
 }
 
 export interface PhaseTiming {
@@ -53,6 +82,11 @@ export interface MigrationState {
   imageBytes: number;
   /** EBPF lock: packets the locks stopped that the target delivered right after unlock. */
   deliveredPackets?: number;
+  steer?: SteerRecord;
+  /** Steering state entries (flows, reverse NAT, counters) the source exported with the image. */
+  handedOff?: number;
+  /** Packets for the workload the source's data plane forwarded to the target during the move. */
+  forwarded?: number;
   warnings: string[];
   createdAtMs: number;
   updatedAtMs: number;
@@ -62,6 +96,10 @@ export interface PhaseResult {
   restoredPid?: number;
   imageBytes?: number;
   deliveredPackets?: number;
+  /** Merged into the migration's steer record. */
+  steer?: Partial<SteerRecord>;
+  handedOff?: number;
+  forwarded?: number;
 }
 
 export type MigrationEvent =
@@ -106,19 +144,14 @@ export function decide(state: MigrationState, event: MigrationEvent): Decision {
   };
 
   if (event.phase === 'ROLLBACK') {
-    const after = { ...base, restoredPid: event.type === 'phase-succeeded' ? (event.result?.restoredPid ?? base.restoredPid) : base.restoredPid };
+    const after = { ...withResult(base, event.type === 'phase-succeeded' ? event.result : undefined) };
     if (event.type === 'phase-failed') after.error = `${after.error}; rollback failed: ${event.error}`;
     return { state: { ...after, phase: 'FAILED' }, commands: [] };
   }
 
   if (event.type === 'phase-succeeded') {
     const next = nextForward(event.phase);
-    const s = {
-      ...base,
-      restoredPid: event.result?.restoredPid ?? base.restoredPid,
-      imageBytes: event.result?.imageBytes ?? base.imageBytes,
-      deliveredPackets: event.result?.deliveredPackets ?? base.deliveredPackets,
-    };
+    const s = withResult(base, event.result);
     return next ? enter(s, next) : { state: { ...s, phase: 'DONE' }, commands: [] };
   }
 
@@ -129,6 +162,20 @@ export function decide(state: MigrationState, event: MigrationEvent): Decision {
   const next = nextForward(event.phase);
   const s = { ...base, warnings: [...base.warnings, `${event.phase}: ${event.error}`] };
   return next ? enter(s, next) : { state: { ...s, phase: 'DONE' }, commands: [] };
+}
+
+/** A phase's result folded into the state: what it reports replaces, the steer record merges. */
+function withResult(state: MigrationState, r: PhaseResult | undefined): MigrationState {
+  if (!r) return state;
+  return {
+    ...state,
+    restoredPid: r.restoredPid ?? state.restoredPid,
+    imageBytes: r.imageBytes ?? state.imageBytes,
+    deliveredPackets: r.deliveredPackets ?? state.deliveredPackets,
+    handedOff: r.handedOff ?? state.handedOff,
+    forwarded: r.forwarded ?? state.forwarded,
+    steer: r.steer ? ({ ...state.steer, ...r.steer } as SteerRecord) : state.steer,
+  };
 }
 
 function enter(state: MigrationState, phase: Phase): Decision {

@@ -11,6 +11,7 @@ import { decide, freezeMs, isTerminal, type MigrationEvent, type MigrationState,
 import type { MigrationStore } from './migration-store.js';
 import { PHASE_ACTIONS, detail } from './phases.js';
 import type { HostRegistry } from './registry.js';
+import type { SteerStep } from './steer-step.js';
 
 export type EventKind = 'SNAPSHOT' | 'STARTED' | 'SUCCEEDED' | 'FAILED';
 
@@ -30,6 +31,7 @@ export interface OrchestratorOptions {
   agents: AgentPool;
   bus: Bus;
   log: Logger;
+  steer: SteerStep;
 }
 
 export class Orchestrator {
@@ -100,7 +102,7 @@ export class Orchestrator {
     const { registry, agents } = this.opts;
     const src = registry.ready(state.request.sourceHost).heartbeat;
     const tgt = registry.ready(state.request.targetHost).heartbeat;
-    return action({ state, source: agents.get(src.host, src.grpcAddress), target: agents.get(tgt.host, tgt.grpcAddress) });
+    return action({ state, source: agents.get(src.host, src.grpcAddress), target: agents.get(tgt.host, tgt.grpcAddress), steer: this.opts.steer });
   }
 
   private async record(state: MigrationState): Promise<void> {

@@ -5,11 +5,13 @@
 import type { AgentHandle } from './agent-client.js';
 import type { MigrationState, Phase, PhaseResult } from './migration-machine.js';
 import { checkHostsFit } from './preflight.js';
+import type { SteerStep } from './steer-step.js';
 
 export interface PhaseContext {
   state: MigrationState;
   source: AgentHandle;
   target: AgentHandle;
+  steer: SteerStep;
 }
 
 type PhaseAction = (ctx: PhaseContext) => Promise<PhaseResult | void>;
@@ -33,42 +35,61 @@ export const PHASE_ACTIONS: Partial<Record<Phase, PhaseAction>> = {
     ]);
   },
 
+  // As soon as both hosts hold the workload's traffic: the fleet learns the new placement while
+  // the workload is dumped, moved and restored (UNLOCK joins the acks).
+  STEER: async ({ state, steer }) => ({ steer: await steer.issue(state) }),
+
   DUMP: async ({ state, source }) => {
     const r = await source.checkpoint(state.id, state.request.workload, state.request.lockMode);
     return { imageBytes: Number(r.imageBytes) };
   },
 
+  // The workload's steering state travels with the image (the source exports it as it sends).
   TRANSFER: async ({ state, source, target }) => {
-    await source.sendImage(state.id, target.address);
+    const r = await source.sendImage(state.id, target.address, backendIds(state));
+    return { handedOff: Number(r.steeringEntries) };
   },
 
   RESTORE: async ({ state, target }) => {
-    const r = await target.restore(state.id, state.request.workload, state.request.lockMode);
+    const r = await target.restore(state.id, state.request.workload, state.request.lockMode, backendIds(state));
     return { restoredPid: r.pid };
   },
 
-  UNLOCK: async ({ state, target }) => {
+  // Traffic through only once every host sends the workload's packets here (or the wait gave up).
+  UNLOCK: async ({ state, target, steer }) => {
+    const joined = await steer.join(state);
     const r = await target.unlock(state.id, state.request.workload.endpoints, state.lockVersion, state.request.lockMode);
     if (r.lockLeftovers > 0) throw new Error(`CRIU's restore left ${r.lockLeftovers} rule(s) or element(s) of its ${state.request.lockMode} lock on the target (removed)`);
-    return { deliveredPackets: Number(r.deliveredPackets) };
+    return { deliveredPackets: Number(r.deliveredPackets), steer: joined };
   },
 
   CLEANUP: async ({ state, source }) => {
-    await source.release(state.id, state.request.workload.endpoints, state.lockVersion, state.request.lockMode);
+    const r = await source.release(state.id, state.request.workload.endpoints, state.lockVersion, state.request.lockMode);
+    return { forwarded: Number(r.forwardedPackets) };
   },
 
-  // Target first, so that the workload never runs on both hosts; then the source brings it back.
-  ROLLBACK: async ({ state, source, target }) => {
+  // Steering back to the source first (both hosts still hold the workload's traffic, so what
+  // arrives meanwhile waits in the source's lock); then the target, so that the workload never
+  // runs on both hosts; then the source brings it back.
+  ROLLBACK: async ({ state, source, target, steer }) => {
     const errors: string[] = [];
+    const reverted = await steer.revert(state).catch((e: Error) => {
+      errors.push(`steering back to the source: ${detail(e)}`);
+      return {};
+    });
     await target.abort(state.id, state.request.lockMode).catch((e: Error) => errors.push(`target: ${detail(e)}`));
     const r = await source.abort(state.id, state.request.lockMode).catch((e: Error) => {
       errors.push(`source: ${detail(e)}`);
       return undefined;
     });
     if (errors.length > 0) throw new Error(errors.join('; '));
-    return r && r.pid ? { restoredPid: r.pid } : {};
+    return { ...(r && r.pid ? { restoredPid: r.pid } : {}), steer: reverted };
   },
 };
+
+function backendIds(state: MigrationState): number[] {
+  return state.steer?.backendIds ?? [];
+}
 
 /** A gRPC error's details, or the message of any other error. */
 export function detail(e: unknown): string {

@@ -2,8 +2,9 @@
  * Checks that a migration can run, before anything changes: run by Migrate (so the caller gets
  * the right status code at once) and again in PREPARE.
  */
-import { PreconditionError } from '../lib/errors.js';
+import { HostBoundSocketsError, PreconditionError } from '../lib/errors.js';
 import { isServiceError } from '../lib/rpc.js';
+import { workloadSocketFromWire } from '../lib/wire.js';
 import type { AgentHandle } from './agent-client.js';
 import { unsafeLockRefusal } from './criu-lock-limits.js';
 import type { MigrationRequestSpec } from './migration-machine.js';
@@ -11,6 +12,15 @@ import type { MigrationRequestSpec } from './migration-machine.js';
 export async function checkHostsFit(req: MigrationRequestSpec, source: AgentHandle, target: AgentHandle): Promise<void> {
   // The agent answers NOT_FOUND / FAILED_PRECONDITION with a message naming what to fix; pass it on.
   const workload = await source.inspectWorkload(req.workload).catch(rethrowAgentError);
+  // A socket bound to an address the source keeps would make the restore fail after the freeze.
+  if (workload.hostBoundSocketCount > 0 || workload.hostBoundSockets.length > 0)
+    throw new HostBoundSocketsError(
+      source.host,
+      req.workload.pid,
+      workload.hostBoundSockets.map(workloadSocketFromWire),
+      workload.hostBoundSocketCount,
+      [...new Set(req.workload.endpoints.map((e) => e.address))],
+    );
   // CRIU's own locks lose the workload or its connections past a connection count.
   const refusal = unsafeLockRefusal(req.lockMode, workload.tcpConnections, req.allowUnsafeLock);
   if (refusal) throw refusal;

@@ -158,6 +158,21 @@ export function toWire(m: MigrationState): Migration {
     imageBytes: m.imageBytes,
     deliveredPackets: m.deliveredPackets ?? 0,
     warnings: m.warnings,
+    steer: m.steer
+      ? {
+          generation: m.steer.generation,
+          skipped: m.steer.skipped ?? '',
+          convergeMs: m.steer.convergeMs ?? 0,
+          converged: m.steer.converged ?? false,
+          laggingHosts: m.steer.lagging ?? [],
+          waitedMs: m.steer.waitedMs ?? 0,
+          backendIds: m.steer.backendIds,
+          revertedGeneration: m.steer.revertedGeneration ?? 0,
+          insideFreeze: m.steer.insideFreeze ?? false,
+        }
+      : null,
+    handedOff: m.handedOff ?? 0,
+    forwarded: m.forwarded ?? 0,
   };
 }
 

@@ -3,11 +3,19 @@
  * workload with N client connections that check every echoed byte; migrate it A -> B -> A
  * through the controller's gRPC API; a table per hop; lab down (always).
  *
+ * In the routed fabric (the default) the hosts sit on subnets of their own behind a router, so
+ * no gratuitous ARP can carry the workload's address: the clients connect to a service VIP that
+ * the router spreads over every host, and steering is what keeps them reaching the workload
+ * wherever it runs. `--fabric bridge` runs the same on one L2 segment, clients straight to the
+ * workload's address.
+ *
  *   npm run demo                      table
  *   npm run demo -- --json            the same as one JSON object on the last line
  */
-import { Command } from 'commander';
+import { Command, Option } from 'commander';
+import { SteeringApi } from '../controller/steering-client.js';
 import { labUp, startLabWorkload, type Lab } from './lab.js';
+import { LAB_FABRICS, type LabFabric } from './topology.js';
 import { migrateHop, type HopResult } from './hop.js';
 import { startTraffic, type TrafficHandle } from './traffic.js';
 
@@ -16,9 +24,10 @@ const o = new Command()
   .option('--connections <n>', 'client connections', (v) => Number(v), 200)
   .option('--route <hosts>', 'hosts the workload visits, in order', 'a,b,a')
   .option('--port <n>', 'the workload\'s port', (v) => Number(v), 7000)
+  .addOption(new Option('--fabric <fabric>', 'routed: clients through a VIP, hosts behind a router; bridge: one L2 segment').choices(LAB_FABRICS).default('routed'))
   .option('--json', 'print one JSON object as the last line')
   .parse()
-  .opts<{ connections: number; route: string; port: number; json?: boolean }>();
+  .opts<{ connections: number; route: string; port: number; fabric: LabFabric; json?: boolean }>();
 
 const say = (line: string) => process.stderr.write(line + '\n');
 
@@ -36,12 +45,12 @@ async function main(): Promise<number> {
   process.once('SIGTERM', onSignal);
   try {
     say(`lab: bringing up hosts ${hosts.join(', ')}, a client, nats-server and the controller`);
-    lab = await labUp({ hosts });
+    lab = await labUp({ hosts, fabric: o.fabric });
     const workload = await startLabWorkload(lab, route[0], o.port);
     const { endpoint } = workload;
-    const vip = endpoint.address;
-    say(`workload: echo-server pid ${workload.pid} on ${route[0]}, ${vip}:${o.port}`);
-    traffic = startTraffic(lab.topology.client, { address: vip, port: o.port }, { connections: o.connections });
+    say(`workload: echo-server pid ${workload.pid} on ${route[0]}, ${endpoint.address}:${o.port}`);
+    const target = o.fabric === 'routed' ? await serviceFor(lab, route[0], endpoint.address) : endpoint.address;
+    traffic = startTraffic(lab.topology.client, { address: target, port: o.port }, { connections: o.connections });
     await traffic.ready;
     say(`client: ${o.connections} connections sending and checking every byte`);
     await sleep(1_000);
@@ -61,6 +70,7 @@ async function main(): Promise<number> {
     const final = await traffic.drain(10_000);
     if (!final.drained) say(`client: drain incomplete after ${final.drainMs} ms: ${JSON.stringify({ ...final, errors: final.errors.slice(0, 3) })}`);
     const summary = {
+      fabric: o.fabric,
       connections: o.connections,
       survived: final.alive,
       bytesLost: final.bytesLost,
@@ -84,6 +94,25 @@ async function main(): Promise<number> {
   }
 }
 
+/**
+ * A service whose VIP the router spreads over every host, with the workload as its one backend:
+ * what the clients connect to. Returns the VIP once every host holds the rule.
+ */
+async function serviceFor(lab: Lab, host: string, address: string): Promise<string> {
+  const api = new SteeringApi(lab.controllerAddress);
+  try {
+    const vip = lab.topology.vip(0);
+    const service = { protocol: 'TCP' as const, vip, port: o.port };
+    await api.createService({ service });
+    const c = await api.updateService({ service, addBackend: { backend: { address, port: o.port }, weight: 1, host }, wait: { wait: true, timeoutMs: 30_000 } });
+    if (!c.converged) throw new Error(`hosts ${c.laggingHosts.join(', ')} did not take the service's rule`);
+    say(`service: tcp://${vip}:${o.port} -> ${address}:${o.port} on ${host}, held by every host (generation ${c.generation})`);
+    return vip;
+  } finally {
+    api.close();
+  }
+}
+
 function renderTable(hops: HopResult[]): string {
   const cols: [string, (h: HopResult) => string][] = [
     ['hop', (h) => `${h.from} -> ${h.to}`],
@@ -97,6 +126,9 @@ function renderTable(hops: HopResult[]): string {
     ['max stall ms', (h) => fmt(h.maxStallMs)],
     ['image MiB', (h) => (h.imageBytes / 1048576).toFixed(1)],
     ['delivered pkts', (h) => String(h.deliveredPackets)],
+    ['steer ms', (h) => (h.steerMs > 0 ? fmt(h.steerMs) + (h.steerInsideFreeze ? '' : '*') : '-')],
+    ['handed off', (h) => String(h.handedOff)],
+    ['forwarded', (h) => String(h.forwarded)],
     ['alive', (h) => `${h.alive}/${h.connections}`],
     ['bytes lost', (h) => String(h.bytesLost)],
     ['bytes dup', (h) => String(h.bytesDuplicated)],

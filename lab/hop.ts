@@ -38,6 +38,16 @@ export interface HopResult extends PhaseTimes {
   imageBytes: number;
   /** EBPF: packets the locks stopped that were delivered right after unlock (joined per connection). */
   deliveredPackets: number;
+  /** STEER: the generation issued to the last ready host's ack (0 when no host steers). */
+  steerMs: number;
+  /** How long UNLOCK waited for those acks: 0 when convergence finished inside the freeze. */
+  steerWaitedMs: number;
+  /** Convergence finished before the target unlocked, without holding the unlock up. */
+  steerInsideFreeze: boolean;
+  /** Steering state entries (flows, reverse NAT, counters) that went with the image. */
+  handedOff: number;
+  /** Packets the source's data plane forwarded to the target during the move. */
+  forwarded: number;
   maxStallMs: number;
   connections: number;
   alive: number;
@@ -120,6 +130,11 @@ export function hopResult(spec: HopSpec, m: Migration__Output, before?: TrafficW
     totalMs: m.updatedAtMs - m.createdAtMs,
     imageBytes: Number(m.imageBytes),
     deliveredPackets: Number(m.deliveredPackets),
+    steerMs: m.steer?.convergeMs ?? 0,
+    steerWaitedMs: m.steer?.waitedMs ?? 0,
+    steerInsideFreeze: !!m.steer && (m.steer.generation === '0' || m.steer.insideFreeze),
+    handedOff: Number(m.handedOff),
+    forwarded: Number(m.forwarded),
     maxStallMs: after?.maxStallMs ?? 0,
     connections: after?.connections ?? 0,
     alive: after?.alive ?? 0,

@@ -169,12 +169,19 @@ async function build(index: number, hostNames: string[], fabric: LabFabric, agen
  * fabric the router also gets the address's /32 route to that host (a migration does not move
  * that route yet).
  */
-export async function startLabWorkload(lab: Lab, hostName: string, port: number, addressIndex = 0): Promise<{ pid: number; endpoint: Endpoint }> {
+export async function startLabWorkload(
+  lab: Lab,
+  hostName: string,
+  port: number,
+  addressIndex = 0,
+  /** More echo-server arguments (outbound mode: outboundWorkloadArgs in lab/outbound.ts). */
+  args: readonly string[] = [],
+): Promise<{ pid: number; endpoint: Endpoint }> {
   const host = lab.host(hostName);
   const endpoint = parseEndpoint(`tcp://${lab.topology.workloadAddress(addressIndex)}:${port}`);
   await execCommand('ip', ['-n', host.netns, 'addr', 'add', `${endpoint.address}/32`, 'dev', host.iface]);
   await lab.topology.routeWorkloadAddress(endpoint.address, hostName);
-  const { pid } = await startWorkload(host, endpoint.address, port);
+  const { pid } = await startWorkload(host, endpoint.address, port, { args });
   return { pid, endpoint };
 }
 

@@ -118,6 +118,23 @@ export function labVipBlock(index: number): string {
   return `198.19.${index}.0/24`;
 }
 
+/**
+ * Attaches the pass-through XDP program (XDP_PASS_OBJECT) to an interface in a namespace, native
+ * mode. Loaded by bpftool into a pin of its own and attached from that pin, which is then
+ * removed (the attachment keeps the program): `ip link set ... obj` would use iproute2's own
+ * loader, which leaves its bpffs folders (/sys/fs/bpf/{tc,ip,xdp}) behind in the machine's.
+ */
+export async function attachXdpPass(netnsPath: string, iface: string, exec: Executor = execCommand): Promise<void> {
+  const pin = `/sys/fs/bpf/godwit-xdp-pass-${process.pid}-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
+  try {
+    await exec('bpftool', ['prog', 'load', XDP_PASS_OBJECT, pin, 'type', 'xdp']);
+    // nsenter --net only: `ip -n` would mount a sysfs of its own, where the pin is not.
+    await exec('nsenter', [`--net=${netnsPath}`, 'ip', 'link', 'set', 'dev', iface, 'xdpdrv', 'pinned', pin]);
+  } finally {
+    await exec('rm', ['-f', pin], { allowFailure: true });
+  }
+}
+
 /** nsenter options that put a command into the host's network namespace (and nothing else). */
 export function nsenterArgs(host: Pick<LabHost, 'netnsPath'>): string[] {
   return [`--net=${host.netnsPath}`];
@@ -251,6 +268,12 @@ async function createBridge(index: number, hostNames: string[], exec: Executor):
     await ip('-n', h.netns, 'link', 'set', 'lo', 'up');
     await ip('-n', h.netns, 'addr', 'add', `${h.address}/${LAB_PREFIX_LENGTH}`, 'dev', h.iface);
     await ip('-n', h.netns, 'link', 'set', h.iface, 'up');
+    // As on the routed fabric (createRouted says why): computed checksums on the wire, and a
+    // pass-through XDP program on the switch's end, so that a host's steering program can send a
+    // frame back out of eth0 (XDP_TX: packets for a workload that moved, tunnelled to its host).
+    await exec('nsenter', [...nsenterArgs(h), 'ethtool', '-K', h.iface, 'tx', 'off']);
+    await exec('nsenter', [...nsenterArgs(ctl), 'ethtool', '-K', peer, 'tx', 'off']);
+    await attachXdpPass(ctl.netnsPath, peer, exec);
   }
   // An existing neighbour entry is overridden by a gratuitous ARP whatever arp_accept says (even
   // within locktime); arp_accept (all OR eth0) lets a GARP also create an entry the client lacks.
@@ -334,7 +357,7 @@ async function createRouted(index: number, hostNames: string[], exec: Executor):
     // into page-backed buffers with XDP headroom, as a NIC driver does, so the packets the
     // router forwards reach a host's XDP program without a copy (a veth copies every skb that
     // lacks 256 bytes of headroom before running XDP on it, which no NIC would).
-    await inRouter('link', 'set', 'dev', r, 'xdpdrv', 'obj', XDP_PASS_OBJECT, 'sec', 'xdp');
+    await attachXdpPass(router.netnsPath, r, exec);
     await inRouter('link', 'set', r, 'up');
   }
   await sysctlIn(exec, router, [`net.ipv4.conf.${router.ifaceTo('ctl')}.rp_filter=0`]);

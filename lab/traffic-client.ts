@@ -16,6 +16,7 @@
  *   {"cmd":"stats"}                 counters now
  *   {"cmd":"window"}                stats of the window that closes now (its maxStallMs), then a new window
  *   {"cmd":"drain","timeoutMs":N}   stop sending, wait until every live connection got all it sent
+ *                                   (its reply adds perConnectionMaxStallMs)
  *   {"cmd":"quit"}                  close every socket and exit 0 (also when stdin closes)
  * Events: {"event":"ready","connections":N} once all are connected; {"event":"error",...} and
  * exit 1 if they cannot connect in time.
@@ -49,6 +50,8 @@ interface Conn {
   error?: string;
   /** Since when bytes have been outstanding with nothing received; undefined when nothing is outstanding. */
   stallSince?: number;
+  /** This connection's longest stall so far (ms). */
+  maxStall: number;
 }
 
 function out(obj: Record<string, unknown>, then?: () => void): void {
@@ -140,7 +143,7 @@ class TrafficClient {
   private adopt(index: number, socket: net.Socket): void {
     socket.setNoDelay(true);
     const seed = streamSeed(index, this.o.seed);
-    const c: Conn = { index, socket, writer: new StreamWriter(seed), verifier: new StreamVerifier(seed), sent: 0, closed: false };
+    const c: Conn = { index, socket, writer: new StreamWriter(seed), verifier: new StreamVerifier(seed), sent: 0, closed: false, maxStall: 0 };
     this.conns[index] = c;
     socket.on('data', (data: Buffer) => this.onData(c, data));
     socket.on('error', (e) => {
@@ -161,6 +164,7 @@ class TrafficClient {
   }
 
   private noteStall(c: Conn, ms: number): void {
+    if (ms > c.maxStall) c.maxStall = ms;
     if (ms > this.maxStall) {
       this.maxStall = ms;
       this.maxStallConn = c.index;
@@ -297,7 +301,10 @@ class TrafficClient {
     const start = performance.now();
     const settled = () => this.conns.every((c) => c.closed || (c.verifier.outstanding(c.sent) === 0 && c.verifier.pendingBytes === 0));
     while (!settled() && performance.now() - start < timeoutMs) await new Promise((r) => setTimeout(r, 10));
-    return { ...this.stats(true), drained: settled(), drainMs: round(performance.now() - start) };
+    const now = performance.now();
+    // Per connection, for percentiles over connections (only here: stats() stays small).
+    const perConnectionMaxStallMs = this.conns.map((c) => round(Math.max(c.maxStall, !c.closed && c.stallSince !== undefined ? now - c.stallSince : 0)));
+    return { ...this.stats(true), drained: settled(), drainMs: round(now - start), perConnectionMaxStallMs };
   }
 
   closeAll(): void {

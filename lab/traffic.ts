@@ -57,6 +57,8 @@ export interface TrafficReport extends TrafficStats {
   /** Every live connection got back all it sent before the timeout. */
   drained: boolean;
   drainMs: number;
+  /** Each connection's longest stall (ms), by connection index. */
+  perConnectionMaxStallMs: number[];
 }
 
 export interface TrafficOptions {

@@ -113,14 +113,15 @@ export async function startWorkload(
   host: LabHost,
   address: string,
   port: number,
-  opts: { binary?: string; timeoutMs?: number } = {},
+  /** args: more echo-server arguments after ADDRESS PORT (outbound mode: lab/outbound.ts). */
+  opts: { binary?: string; timeoutMs?: number; args?: readonly string[] } = {},
 ): Promise<StartedWorkload> {
   const binary = resolve(opts.binary ?? echoServerBinary());
   if (!existsSync(binary)) throw new Error(`${binary} does not exist: run scripts/build-workload.sh`);
   const binaryReal = realpathSync(binary);
   const timeoutMs = opts.timeoutMs ?? 5000;
 
-  const child = spawn('nsenter', [...nsenterArgs(host), 'unshare', '--pid', '--fork', 'setsid', ...CLOSE_INHERITED_FDS, binary, address, String(port)], {
+  const child = spawn('nsenter', [...nsenterArgs(host), 'unshare', '--pid', '--fork', 'setsid', ...CLOSE_INHERITED_FDS, binary, address, String(port), ...(opts.args ?? [])], {
     detached: true,
     stdio: 'ignore',
   });

@@ -21,6 +21,31 @@ export function parseEndpoint(text: string): Endpoint {
   return e;
 }
 
+/**
+ * The port of an address-wide lock entry: every TCP or UDP port of its address, for its protocol
+ * (GODWIT_ANY_PORT in bpf/lock_maps.h). No packet is addressed to port 0, so it names no real
+ * endpoint. Only the agent makes such entries (agent/lock-scope.ts), for what a migration locks
+ * and holds; a user's endpoint never has it (endpointProblem refuses it).
+ */
+export const ANY_PORT = 0;
+
+/** Every port of `address` for `proto`: an address-wide entry for the lock and the held packets. */
+export function addressWide(proto: Endpoint['proto'], address: string): Endpoint {
+  return { proto, address, port: ANY_PORT };
+}
+
+export function isAddressWide(e: Endpoint): boolean {
+  return e.port === ANY_PORT;
+}
+
+/**
+ * What the lock and the held packets accept: a user's endpoint, or an address-wide entry
+ * (ANY_PORT). Never for validating what a user sent: use endpointProblem.
+ */
+export function lockEndpointProblem(e: Endpoint): string | undefined {
+  return isAddressWide(e) ? endpointProblem({ ...e, port: 1 }) : endpointProblem(e);
+}
+
 /** Why an endpoint is unusable, or undefined when it is fine. IPv4 only for now (the lock parses IPv4). */
 export function endpointProblem(e: Endpoint): string | undefined {
   if (e.proto !== 'tcp' && e.proto !== 'udp') return `endpoint proto "${e.proto}" must be tcp or udp`;

@@ -1,4 +1,5 @@
 import { status } from '@grpc/grpc-js';
+import { formatSocket, type WorkloadSocket } from './workload-sockets.js';
 
 /**
  * An error a caller handles by its kind. Each carries the gRPC status it maps to, so the one
@@ -69,6 +70,52 @@ export class UnsafeLockModeError extends PreconditionError {
     );
     this.name = 'UnsafeLockModeError';
   }
+}
+
+/** How many of a workload's host-bound sockets a refusal names. */
+const HOST_BOUND_NAMED = 3;
+
+/**
+ * The workload holds sockets whose local address stays on the source host (lib/workload-sockets.ts):
+ * CRIU could not bind them back on the target, so the move is refused before anything is frozen.
+ * The message names the first few and the fix.
+ */
+export class HostBoundSocketsError extends PreconditionError {
+  constructor(
+    readonly host: string,
+    readonly pid: number,
+    /** The first host-bound sockets the agent listed. */
+    readonly sockets: readonly WorkloadSocket[],
+    /** How many there are in all (the agent lists only the first ones). */
+    readonly total: number,
+    /** The workload's endpoint addresses: where its sockets should be bound instead. */
+    readonly endpointAddresses: readonly string[],
+  ) {
+    super(hostBoundMessage(host, pid, sockets, Math.max(total, sockets.length), endpointAddresses));
+    this.name = 'HostBoundSocketsError';
+  }
+}
+
+function hostBoundMessage(host: string, pid: number, sockets: readonly WorkloadSocket[], total: number, endpointAddresses: readonly string[]): string {
+  const named = sockets.slice(0, HOST_BOUND_NAMED).map(formatSocket);
+  const more = total - named.length;
+  const locals = [...new Set(sockets.map((s) => s.localAddress))];
+  const one = locals.length === 1;
+  const which = one ? `its local address ${locals[0]} is` : `their local addresses ${locals.join(', ')} are`;
+  const target = endpointAddresses[0] ?? 'ENDPOINT_ADDRESS';
+  const fixes: string[] = [];
+  if (sockets.some((s) => s.remotePort !== 0))
+    fixes.push(
+      "bind the workload's outgoing connections to one of its endpoint addresses " +
+        `(for redis: bind-source-addr ${target}; generally: bind() before connect())`,
+    );
+  if (sockets.some((s) => s.remotePort === 0)) fixes.push(`bind its listening sockets to one of its endpoint addresses (${target}) or to 0.0.0.0`);
+  fixes.push(one ? 'or add that address as an endpoint' : 'or add those addresses as endpoints');
+  return (
+    `workload ${pid} on host "${host}" holds ${total} socket${total === 1 ? '' : 's'} whose local address does not move with it: ` +
+    `${named.join(', ')}${more > 0 ? ` (and ${more} more)` : ''}; ` +
+    `${which} host ${host}'s own and ${one ? 'does' : 'do'} not move with the workload; ${fixes.join(', ')}`
+  );
 }
 
 export class NotImplementedError extends GodwitError {

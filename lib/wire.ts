@@ -1,8 +1,10 @@
 /** Conversions between the wire (proto) messages and the domain types, with validation. */
 import type { Endpoint as WireEndpoint, Endpoint__Output } from '../proto/gen/godwit/v1/Endpoint.js';
 import type { Workload__Output } from '../proto/gen/godwit/v1/Workload.js';
+import type { WorkloadSocket as WireWorkloadSocket, WorkloadSocket__Output } from '../proto/gen/godwit/v1/WorkloadSocket.js';
 import { endpointProblem, type Endpoint } from './endpoint.js';
 import { InvalidArgumentError } from './errors.js';
+import type { WorkloadSocket } from './workload-sockets.js';
 
 export interface WorkloadSpec {
   pid: number;
@@ -43,4 +45,26 @@ export function workloadToWire(w: WorkloadSpec) {
 export function versionFromWire(v: string, field = 'version'): bigint {
   if (!/^\d+$/.test(v) || v === '0') throw new InvalidArgumentError(field, `${field} must be a positive integer, got "${v}"`);
   return BigInt(v);
+}
+
+export function workloadSocketToWire(s: WorkloadSocket): WireWorkloadSocket {
+  return {
+    protocol: s.proto === 'tcp' ? 'TCP' : 'UDP',
+    localAddress: s.localAddress,
+    localPort: s.localPort,
+    remoteAddress: s.remoteAddress,
+    remotePort: s.remotePort,
+    state: s.state,
+  };
+}
+
+export function workloadSocketFromWire(s: WorkloadSocket__Output): WorkloadSocket {
+  return {
+    proto: s.protocol === 'UDP' ? 'udp' : 'tcp',
+    localAddress: s.localAddress,
+    localPort: s.localPort,
+    remoteAddress: s.remoteAddress,
+    remotePort: s.remotePort,
+    state: s.state,
+  };
 }

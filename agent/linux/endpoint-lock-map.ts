@@ -36,6 +36,12 @@ export class EndpointLockMap {
     return this.access.dump();
   }
 
+  /** How many held entries have a key `test` accepts (keyWords form), from the mirror, loaded on first use. */
+  async countHeld(test: (words: Uint32Array, at: number) => boolean): Promise<number> {
+    const mirror = this.mirror ?? this.resync('first use', await this.access.dump());
+    return mirror.countKeys(test);
+  }
+
   /** The version guard against the mirror, then one batch update. */
   async lock(keys: Buffer, version: bigint, deadlineNs: bigint): Promise<{ locked: number; keptNewer: KeptNewer[] }> {
     const plan = await this.writePlanned(

@@ -1,5 +1,5 @@
 import { isIPv4 } from 'node:net';
-import type { Endpoint } from '../../lib/endpoint.js';
+import { ANY_PORT, type Endpoint } from '../../lib/endpoint.js';
 import type { FourTuple } from '../netlock.js';
 import type { PackedEntries } from './bpf/map-access.js';
 import type { StructLayout } from './bpf/struct-layout.js';
@@ -114,6 +114,10 @@ const TUPLE = {
   pad: offsetOf(TUPLE_KEY_LAYOUT, 'pad'),
 };
 
+/** The u32 word of an endpoint key whose low half is the port. */
+const PORT_WORD = KEY.port / 4;
+if (KEY.port % 4 !== 0) throw new Error('lock key layout: the port must start a u32 word');
+
 const VALUE = {
   version: offsetOf(LOCK_VALUE_LAYOUT, 'version'),
   deadlineNs: offsetOf(LOCK_VALUE_LAYOUT, 'deadline_ns'),
@@ -121,10 +125,14 @@ const VALUE = {
   lastDropNs: offsetOf(LOCK_VALUE_LAYOUT, 'last_drop_ns'),
 };
 
-/** Address and port in network byte order, every byte (the pad too) written: the kernel hashes all 8. */
+/**
+ * Address and port in network byte order, every byte (the pad too) written: the kernel hashes all 8.
+ * Port ANY_PORT (0) is an address-wide entry (lib/endpoint.ts); which ports a caller may ask for
+ * is checked above this layer (lockEndpointProblem), the layout holds any u16.
+ */
 export function encodeEndpointKey(e: Endpoint): Buffer {
   if (!isIPv4(e.address)) throw new RangeError(`lock key: "${e.address}" is not an IPv4 address`);
-  if (!Number.isInteger(e.port) || e.port < 1 || e.port > 0xffff) throw new RangeError(`lock key: port ${e.port} is not 1-65535`);
+  if (!Number.isInteger(e.port) || e.port < ANY_PORT || e.port > 0xffff) throw new RangeError(`lock key: port ${e.port} is not 1-65535 (or ${ANY_PORT}: every port)`);
   const proto = IPPROTO[e.proto];
   if (proto === undefined) throw new RangeError(`lock key: proto "${e.proto}" is not tcp or udp`);
   const b = Buffer.alloc(ENDPOINT_KEY_LAYOUT.size);
@@ -133,6 +141,14 @@ export function encodeEndpointKey(e: Endpoint): Buffer {
   b.writeUInt8(proto, KEY.proto);
   b.writeUInt8(0, KEY.pad);
   return b;
+}
+
+/**
+ * Whether the endpoint key at words[at..] (keyWords(): u32 words in this host's byte order,
+ * little endian) is address-wide: its port, bytes 4-5 of the key, is ANY_PORT (0).
+ */
+export function isAddressWideKey(words: Uint32Array, at: number): boolean {
+  return (words[at + PORT_WORD] & 0xffff) === ANY_PORT;
 }
 
 export function decodeEndpointKey(b: Buffer): Endpoint {

@@ -66,6 +66,8 @@ export interface LockPins {
   legacyTupleMap: string;
   /** godwit_held: the ring of stopped packets (agent/linux/packet-hold.ts). */
   heldRing: string;
+  /** godwit_lock_any: the bound on address-wide entries (address-wide-gate.ts). */
+  addressWideGate: string;
 }
 
 export function lockPins(pinDir: string): LockPins {
@@ -79,8 +81,16 @@ export function lockPins(pinDir: string): LockPins {
     connTable: f.mapPin(LOCK_CONN_MAP_NAME),
     legacyTupleMap: f.mapPin(LEGACY_TUPLE_MAP_NAME),
     heldRing: f.mapPin(HELD_MAPS[0].name),
+    addressWideGate: f.mapPin(ADDRESS_WIDE_GATE_MAP.name),
   };
 }
+
+/**
+ * godwit_lock_any: a u32 in a one-slot array, how many address-wide entries godwit_lock_ep may
+ * hold (address-wide-gate.ts). A new pin starts at 0, right for older endpoint maps, which
+ * never held one.
+ */
+export const ADDRESS_WIDE_GATE_MAP: MapSpec = { name: 'godwit_lock_any', type: 'array', keySize: 4, valueSize: 4, maxEntries: 1, structs: [], version: 1 };
 
 /** godwit_lock_ep: unchanged since layout 1. */
 export const ENDPOINT_MAP: MapSpec = { ...ENDPOINT_MAP_SHAPE, type: 'hash', structs: [ENDPOINT_KEY_LAYOUT, LOCK_VALUE_LAYOUT], version: 1 };
@@ -101,7 +111,7 @@ export const CONN_TABLE_MAP: MapSpec = {
 
 /** bpf/lock.c: the lock program, its maps, the held-packet maps, and the chain it runs in. */
 export function lockObject(objectPath: string): ObjectSpec {
-  return { name: 'lock', objectPath, programs: [LOCK_PROG_NAME], maps: [ENDPOINT_MAP, CONN_TABLE_MAP, ...HELD_MAPS], sharedMaps: [CHAIN_MAP] };
+  return { name: 'lock', objectPath, programs: [LOCK_PROG_NAME], maps: [ENDPOINT_MAP, CONN_TABLE_MAP, ADDRESS_WIDE_GATE_MAP, ...HELD_MAPS], sharedMaps: [CHAIN_MAP] };
 }
 
 /**

@@ -150,7 +150,7 @@ export class LockMirror implements HeldVersions {
 
   /** Records a batch update the kernel took: every key now holds version and deadlineNs. */
   record(keys: Buffer, version: bigint, deadlineNs: bigint): void {
-    const n = this.countKeys(keys);
+    const n = this.keysIn(keys);
     if (this.count + n > this.capacity) {
       let capacity = this.capacity;
       while (capacity < this.count + n) capacity *= 2;
@@ -164,12 +164,19 @@ export class LockMirror implements HeldVersions {
 
   /** Records a batch delete the kernel took; keys the mirror does not hold are skipped. */
   forget(keys: Buffer): void {
-    const n = this.countKeys(keys);
+    const n = this.keysIn(keys);
     const words = keyWords(keys);
     for (let i = 0; i < n; i++) {
       const e = this.find(words, i * this.perKey);
       if (e >= 0) this.remove(e);
     }
+  }
+
+  /** How many held entries have a key that `test` accepts (given the key's u32 words and where it starts). */
+  countKeys(test: (words: Uint32Array, at: number) => boolean): number {
+    let n = 0;
+    for (let e = 0; e < this.count; e++) if (test(this.entries, e * this.stride + KEY)) n++;
+    return n;
   }
 
   /** Records that the map holds nothing any more (an unlock of every entry): cheaper than forgetting each key. */
@@ -206,7 +213,7 @@ export class LockMirror implements HeldVersions {
     return { unknown, missing: this.count - (held.count - unknown), changed };
   }
 
-  private countKeys(keys: Buffer): number {
+  private keysIn(keys: Buffer): number {
     if (keys.length % this.keySize !== 0) throw new RangeError(`mirror: ${keys.length} bytes are not whole ${this.keySize}-byte keys`);
     return keys.length / this.keySize;
   }

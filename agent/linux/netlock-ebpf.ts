@@ -1,5 +1,5 @@
 import { pino, type Logger } from 'pino';
-import { endpointProblem, formatEndpoint, type Endpoint } from '../../lib/endpoint.js';
+import { formatEndpoint, isAddressWide, lockEndpointProblem, type Endpoint } from '../../lib/endpoint.js';
 import type { Executor } from '../../lib/exec.js';
 import { LockRequestError, type FourTuple, type LockEntry, type NetLock, type TupleLockEntry } from '../netlock.js';
 import type { MapAccessMethod } from './bpf/map-access.js';
@@ -8,6 +8,7 @@ import { mapPinnedArray, NativeAddonUnavailableError, nativeBpfMapProblem, pinne
 import { loadObject, removeObject, type ObjectSpec, type PinHost } from './bpf/object-loader.js';
 import { ensureBpffs, pinFolder, removeIfEmpty } from './bpf/pin-folder.js';
 import { ChainSlot, rootObjectBeside, XdpChain, type XdpMode } from './bpf/xdp-chain.js';
+import { ADDRESS_WIDE_GATE_SHAPE, AddressWideGate } from './address-wide-gate.js';
 import { ConnLockTable } from './conn-lock-table.js';
 import { EndpointLockMap } from './endpoint-lock-map.js';
 import {
@@ -18,6 +19,8 @@ import {
   encodeEndpointKeys,
   encodeTupleKeys,
   ENDPOINT_KEY_LAYOUT,
+  isAddressWideKey,
+  keyWords,
   LOCK_CONN_MAP_NAME,
   LOCK_VALUE_LAYOUT,
   TUPLE_KEY_LAYOUT,
@@ -81,6 +84,7 @@ export class EbpfNetLock implements NetLock {
   private readonly chain: XdpChain;
   private readonly pins: LockPins;
   private readonly endpointMap: EndpointLockMap;
+  private readonly gate: AddressWideGate;
   private conn: MappedConnTable | undefined;
   private readonly log: Logger;
   private mode: XdpMode | undefined;
@@ -97,6 +101,7 @@ export class EbpfNetLock implements NetLock {
     if (opts.mapMethod === 'native' && nativeProblem) throw new NativeAddonUnavailableError(nativeProblem);
     if (!opts.mapMethod && nativeProblem) this.log.warn({ problem: nativeProblem }, 'native BPF map addon unavailable; using bpftool per operation');
     this.endpointMap = new EndpointLockMap(ENDPOINT_MAP_SHAPE, mapAccess(opts.exec, this.pins.lockMap, ENDPOINT_MAP_SHAPE, opts.mapMethod), this.log);
+    this.gate = new AddressWideGate(mapAccess(opts.exec, this.pins.addressWideGate, ADDRESS_WIDE_GATE_SHAPE, opts.mapMethod));
   }
 
   /** How the chain's root is attached after install(): native (driver) XDP, or generic as a fallback. */
@@ -130,6 +135,10 @@ export class EbpfNetLock implements NetLock {
       }
       await staged.commit();
       await this.host.exec('rm', ['-f', this.pins.formerProg]);
+      // The gate from what the endpoint map holds now (the maps may be new ones, or changed while no agent ran).
+      this.endpointMap.forget();
+      this.gate.forget();
+      await this.lowerGate();
       this.log.info({ mode: this.mode, pinDir: this.pins.dir, ...staged.plan, mapMethod: this.mapMethod }, 'network lock installed');
     });
   }
@@ -140,7 +149,11 @@ export class EbpfNetLock implements NetLock {
     checkLease(leaseMs);
     return this.serial(async () => {
       if (wanted.length === 0) return;
+      const wide = wanted.filter(isAddressWide).length;
+      // Raised before the entries exist, so the program never skips a lookup that would match.
+      if (wide > 0) await this.gate.set((await this.endpointMap.countHeld(isAddressWideKey)) + wide);
       const { locked, keptNewer } = await this.endpointMap.lock(encodeEndpointKeys(wanted), version, leaseDeadline(leaseMs));
+      if (wide > 0) await this.lowerGate();
       this.log.info({ version: version.toString(), leaseMs, locked, keptNewer: keptNewer.map((k) => `${formatEndpoint(wanted[k.index])}@${k.heldVersion}`) }, 'lock set');
     });
   }
@@ -151,6 +164,7 @@ export class EbpfNetLock implements NetLock {
     return this.serial(async () => {
       if (wanted.length === 0) return;
       const { unlocked, keptNewer } = await this.endpointMap.unlock(encodeEndpointKeys(wanted), version);
+      if (wanted.some(isAddressWide)) await this.lowerGate();
       this.log.info({ version: version.toString(), unlocked, keptNewer: keptNewer.map((k) => `${formatEndpoint(wanted[k.index])}@${k.heldVersion}`) }, 'lock removed');
     });
   }
@@ -210,6 +224,7 @@ export class EbpfNetLock implements NetLock {
         const keySize = ENDPOINT_KEY_LAYOUT.size;
         const swept = Array.from({ length: expired.count }, (_, i) => formatEndpoint(decodeEndpointKey(expired.keys.subarray(i * keySize, (i + 1) * keySize))));
         this.log.info({ map: ENDPOINT_MAP_SHAPE.name, swept }, 'expired locks swept');
+        if (expired.keys.length > 0 && countAddressWide(expired.keys) > 0) await this.lowerGate();
       }
       // Without the addon there is no mapping, and nothing this agent could have written there.
       const conns = nativeBpfMapProblem() ? 0 : this.connTable().sweepExpired(monotonicNowNs());
@@ -237,10 +252,16 @@ export class EbpfNetLock implements NetLock {
       await removeIfEmpty(this.host.exec, this.host.folder);
       // A later install creates new maps.
       this.endpointMap.forget();
+      this.gate.forget();
       this.conn = undefined;
       this.mode = undefined;
       this.log.info({ pinDir: this.pins.dir }, 'network lock uninstalled');
     });
+  }
+
+  /** The gate (address-wide-gate.ts) to exactly the address-wide entries the endpoint map holds. */
+  private async lowerGate(): Promise<void> {
+    await this.gate.set(await this.endpointMap.countHeld(isAddressWideKey));
   }
 
   private serial<T>(op: () => Promise<T>): Promise<T> {
@@ -261,6 +282,15 @@ export class EbpfNetLock implements NetLock {
     this.log.debug({ map: LOCK_CONN_MAP_NAME, mapId: mapped.mapId, entries: this.conn.table.size }, 'connection table mapped');
     return this.conn.table;
   }
+}
+
+/** Address-wide keys among packed endpoint keys. */
+function countAddressWide(keys: Buffer): number {
+  const words = keyWords(keys);
+  const perKey = ENDPOINT_KEY_LAYOUT.size / 4;
+  let n = 0;
+  for (let at = 0; at < words.length; at += perKey) if (isAddressWideKey(words, at)) n++;
+  return n;
 }
 
 function monotonicNowNs(): bigint {
@@ -303,11 +333,11 @@ function checkVersion(version: bigint): void {
     throw new LockRequestError('version', `version ${String(version)} must be a u64 bigint`);
 }
 
-/** Validates and de-duplicates (same key = same entry). */
+/** Validates (address-wide entries allowed) and de-duplicates (same key = same entry). */
 function uniqueEndpoints(endpoints: readonly Endpoint[]): Endpoint[] {
   const seen = new Map<string, Endpoint>();
   for (const e of endpoints) {
-    const problem = endpointProblem(e);
+    const problem = lockEndpointProblem(e);
     if (problem) throw new LockRequestError('endpoints', problem);
     seen.set(keyId(e), { proto: e.proto, address: e.address, port: e.port });
   }

@@ -14,7 +14,9 @@ import { lockPins } from './lock-maps.js';
 import { EbpfNetLock } from './netlock-ebpf.js';
 import { RingHeldTraffic } from './packet-hold.js';
 import { EbpfSteering } from './steering-ebpf.js';
-import { countTcpConnections, inspectProcess } from './process-tree.js';
+import { tcpConnectionCount } from '../../lib/workload-sockets.js';
+import { treeSockets } from './process-sockets.js';
+import { inspectProcess } from './process-tree.js';
 
 export interface LinuxPlatformOptions {
   exec: Executor;
@@ -127,8 +129,12 @@ export class LinuxPlatform implements HostPlatform {
     return inspectProcess(pid);
   }
 
-  tcpConnections(pid: number) {
-    return countTcpConnections(pid);
+  async tcpConnections(pid: number) {
+    return tcpConnectionCount(await treeSockets(pid));
+  }
+
+  workloadSockets(pid: number) {
+    return treeSockets(pid);
   }
 
   async probe(): Promise<PlatformProbe> {

@@ -1,5 +1,5 @@
 import type { Executor } from '../../lib/exec.js';
-import { readSteeringFile } from '../handoff-file.js';
+import { readHandoffFile } from '../handoff-file.js';
 import type { PackedMapEntries, SteeringCounter, SteeringHandoff, WorkloadSelector } from '../steering.js';
 import { batchShape, type MapSpec } from './bpf/map-spec.js';
 import { exportEntries, importEntries, mapAccess, type EntryCursor } from './bpf/map-transfer.js';
@@ -33,10 +33,10 @@ export class WorkloadSelectorError extends Error {
 /**
  * The image's steering file (agent/handoff-file.ts), mapped rather than copied (mapFile: on this
  * machine kind about 30 ms less for 100,000 flows); undefined when the image has none. What the
- * target imports before unlock: readSteeringFileMapped(imageDir) then importWorkload().
+ * target imports before unlock: readHandoffFileMapped(imageDir) then importWorkload().
  */
-export function readSteeringFileMapped(imageDir: string): Promise<SteeringHandoff | undefined> {
-  return readSteeringFile(imageDir, mapFile);
+export function readHandoffFileMapped(imageDir: string): Promise<SteeringHandoff | undefined> {
+  return readHandoffFile(imageDir, mapFile);
 }
 
 export interface SteerHandoffOptions {

@@ -23,12 +23,24 @@ export const STEER_RNAT = 262144;
 export const STEER_SLOTS = 2;
 export const STEER_VXLAN_PORT = 4789;
 export const STEER_VXLAN_VNI = 0x60d71;
+export const STEER_MAX_ADDRS = 4096;
+/** GODWIT_VXLAN_FLAG_FORWARDED: a reserved VXLAN flag bit, set on a frame re-encapsulated once. */
+export const STEER_VXLAN_FLAG_FORWARDED = 0x40;
+/** GODWIT_VXLAN_ADDR_MARKER: in the backend-id field, "steered by address, deliver as it is". */
+export const STEER_VXLAN_ADDR_MARKER = 0xffffff;
 
 /** GODWIT_BACKEND_* flags. */
 export const BACKEND_PRESENT = 1;
 export const BACKEND_LOCAL = 2;
 export const BACKEND_DRAINING = 4;
 
+/** GODWIT_ADDR_* flags. */
+export const ADDR_LOCAL = 1;
+
+/** steer_fwd's indexes (GODWIT_FWD_*). */
+export const FWD_FORWARDED = 0;
+export const FWD_STALE = 1;
+export const FWD_COUNTERS = 2;
 
 const IPPROTO = { tcp: 6, udp: 17 } as const;
 
@@ -95,6 +107,16 @@ export const COUNTER_LAYOUT = layout('godwit_steer_counter', 24, [
   ['bytes', 8, 8],
   ['flows', 16, 8],
 ]);
+export const ADDR_KEY_LAYOUT = layout('godwit_addr_key', 8, [
+  ['addr', 0, 4],
+  ['slot', 4, 1],
+  ['pad', 5, 3],
+]);
+export const ADDR_VALUE_LAYOUT = layout('godwit_addr_value', 8, [
+  ['host_addr', 0, 4],
+  ['flags', 4, 4],
+]);
+export const FWD_COUNTER_LAYOUT = layout('godwit_fwd_counter', 8, [['packets', 0, 8]]);
 
 /**
  * One map of bpf/steer.c as the BPF lifecycle pins, checks and reuses it (bpf/map-spec.ts):
@@ -120,6 +142,8 @@ export const STEER_MAPS = {
   rnat: spec('steer_rnat', 'lru_hash', RNAT_KEY_LAYOUT, RNAT_VALUE_LAYOUT, STEER_RNAT),
   serviceStats: spec('steer_svc_stats', 'percpu_array', 4, COUNTER_LAYOUT, STEER_MAX_ID),
   backendStats: spec('steer_be_stats', 'percpu_array', 4, COUNTER_LAYOUT, STEER_MAX_ID),
+  addrs: spec('steer_addrs', 'hash', ADDR_KEY_LAYOUT, ADDR_VALUE_LAYOUT, STEER_SLOTS * STEER_MAX_ADDRS),
+  fwd: spec('steer_fwd', 'percpu_array', 4, FWD_COUNTER_LAYOUT, FWD_COUNTERS),
 } as const satisfies Record<string, MapSpec>;
 
 /** A table the data plane cannot hold or does not understand; nothing of it was applied. */
@@ -161,11 +185,20 @@ export interface ServiceRecord {
   table: Uint32Array;
 }
 
+/** One workload address of a slot (steer_addrs). */
+export interface AddressRecord {
+  address: string;
+  hostAddress: string;
+  /** It runs on this host (its host address is one of this host's): its packets go to the stack. */
+  local: boolean;
+}
+
 /** What one slot of the rule maps holds for a table. */
 export interface SlotImage {
   generation: number;
   services: ServiceRecord[];
   backends: BackendRecord[];
+  addresses: AddressRecord[];
 }
 
 const isPort = (p: number) => Number.isInteger(p) && p >= 1 && p <= 0xffff;
@@ -238,7 +271,42 @@ export function compileSlot(table: SteeringTable, localHostAddresses: ReadonlySe
     const t = rings.get(s.backends.filter((b) => !b.draining).map((b) => ({ id: b.id, weight: b.weight })));
     services.push({ id: s.id, proto: s.proto, vip: s.vip, vipPort: s.vipPort, ring, table: t });
   });
-  return { generation: table.generation, services, backends };
+  return { generation: table.generation, services, backends, addresses: compileAddresses(table, localHostAddresses) };
+}
+
+/** The table's workload addresses, local by the same test as backends (the host address is this host's). */
+function compileAddresses(table: SteeringTable, localHostAddresses: ReadonlySet<string>): AddressRecord[] {
+  const addresses = table.addresses ?? [];
+  if (addresses.length > STEER_MAX_ADDRS) throw new SteeringTableError(`${addresses.length} workload addresses; this data plane holds at most ${STEER_MAX_ADDRS}`);
+  const seen = new Set<string>();
+  return addresses.map((a) => {
+    const name = `workload address ${a.address} (host ${a.host})`;
+    ipv4Bytes(a.address);
+    ipv4Bytes(a.hostAddress);
+    if (seen.has(a.address)) throw new SteeringTableError(`${name}: address listed twice`);
+    seen.add(a.address);
+    return { address: a.address, hostAddress: a.hostAddress, local: localHostAddresses.has(a.hostAddress) };
+  });
+}
+
+/** steer_addrs key of an address in a slot. */
+export function encodeAddrKey(address: string, slot: number): Buffer {
+  const b = Buffer.alloc(ADDR_KEY_LAYOUT.size);
+  ipv4Bytes(address).copy(b, 0);
+  b.writeUInt8(slot, 4);
+  return b;
+}
+
+export function encodeAddrValue(a: Pick<AddressRecord, 'hostAddress' | 'local'>): Buffer {
+  const b = Buffer.alloc(ADDR_VALUE_LAYOUT.size);
+  ipv4Bytes(a.hostAddress).copy(b, 0);
+  b.writeUInt32LE(a.local ? ADDR_LOCAL : 0, 4);
+  return b;
+}
+
+/** The slot byte of a packed steer_addrs key. */
+export function addrKeySlot(key: Buffer, at = 0): number {
+  return key[at + 4];
 }
 
 /** steer_vips key of a service in a slot. */
@@ -303,6 +371,13 @@ export function sumPerCpuCounter(values: Buffer, at: number, cpus: number): Stee
     c.flows += values.readBigUInt64LE(o + 16);
   }
   return c;
+}
+
+/** Sums one steer_fwd entry (possible CPUs, 8 bytes each) at `at`. */
+export function sumPerCpuPackets(values: Buffer, at: number, cpus: number): bigint {
+  let n = 0n;
+  for (let cpu = 0; cpu < cpus; cpu++) n += values.readBigUInt64LE(at + cpu * FWD_COUNTER_LAYOUT.size);
+  return n;
 }
 
 /** Counts packed steer_flows values that name one of the ids. */

@@ -9,8 +9,8 @@ import { steerMapSpecs } from './steer-map-upgrades.js';
 /*
  * bpf/steer.c as the BPF lifecycle loads it (bpf/object-loader.ts): its two programs, its maps
  * (steer-map-codec.ts, a layout version each) and the chain map it shares with the root. The
- * XDP program runs in chain slot ChainSlot.steer behind the root (after the lock in slot 0, so a
- * locked endpoint is dropped before steering sees it); the reverse NAT runs on TC egress.
+ * XDP program runs in chain slot ChainSlot.steer behind the root (before the lock, so the lock
+ * sees packets after DNAT and after the tunnel is taken off); the reverse NAT runs on TC egress.
  *
  * Its pins live in the host's pin folder beside the lock's (the chain map is one per
  * interface): progs/godwit_steer, progs/godwit_steer_rnat, maps/steer_*.

@@ -6,12 +6,17 @@ import { batchShape, type MapSpec } from './bpf/map-spec.js';
 import { batchValueBytes, BPF_F_MMAPABLE, mapPinnedArray, NativeMap, pinnedMapId, possibleCpus } from './bpf/native-map.js';
 import type { XdpMode } from './bpf/xdp-chain.js';
 import {
+  addrKeySlot,
   BACKEND_LAYOUT,
   compileSlot,
   countFlowsOf,
   MaglevTableCache,
+  encodeAddrKey,
+  encodeAddrValue,
   encodeVipKey,
   encodeVipValue,
+  FWD_FORWARDED,
+  FWD_STALE,
   ipv4Bytes,
   META,
   RING_STRIDE,
@@ -19,6 +24,7 @@ import {
   STEER_MAX_ID,
   STEER_MAX_SERVICES,
   sumPerCpuCounter,
+  sumPerCpuPackets,
   vipKeySlot,
   writeBackendRecord,
   type SlotImage,
@@ -32,8 +38,8 @@ import { SteerPrograms } from './steer-object.js';
  * apply() writes the table into the copy (slot) of the rule maps that packets are not using,
  * whole, and then flips steer_meta.active to it with one 4-byte store: the program reads the
  * active slot once per packet, so every packet sees one generation. The backends, rings and meta
- * are mmapped arrays written in this process's memory; only the VIP index (a hash) costs
- * syscalls, one batch each for deletes and updates. Counters and flows are single copies indexed
+ * are mmapped arrays written in this process's memory; only the VIP index and the workload
+ * addresses (hashes) cost syscalls, one batch each for deletes and updates. Counters and flows are single copies indexed
  * by the table's stable ids (steer_maps.h).
  *
  * Loading and attaching the programs is steer-object.ts's business (the BPF lifecycle: XDP chain
@@ -84,6 +90,14 @@ interface SlotState {
   rings: Uint32Array[];
   /** steer_vips entries of the slot: key hex -> value hex. */
   vips: Map<string, string>;
+  /** steer_addrs entries of the slot: key hex -> value hex. */
+  addrs: Map<string, string>;
+}
+
+/** A hash map of the rule table: its entries carry their slot in the key. */
+interface SlottedHash {
+  spec: MapSpec;
+  slotOf(key: Buffer): number;
 }
 
 export class EbpfSteering implements SteeringDataplane {
@@ -139,13 +153,14 @@ export class EbpfSteering implements SteeringDataplane {
       const backendIds = this.writeBackends(target, image, before);
       const rings = this.writeRings(target, image, before);
       const vips = await this.writeVips(target, image, before);
+      const addrs = await this.writeAddrs(target, image, before);
       meta.writeBigUInt64LE(BigInt(image.generation), META.generation(target));
-      this.slots[target] = { generation: image.generation, backendIds, rings, vips };
+      this.slots[target] = { generation: image.generation, backendIds, rings, vips, addrs };
       // The flip: after every write above (Atomics.store is sequentially consistent).
       Atomics.store(new Uint32Array(meta.buffer, meta.byteOffset + META.active, 1), 0, target);
       this.lastFlipAt = Date.now();
       // debug: one line per generation on every host is a cost the fleet pays for each change.
-      this.log.debug({ generation: image.generation, slot: target, services: image.services.length, backends: image.backends.length }, 'steering table applied');
+      this.log.debug({ generation: image.generation, slot: target, services: image.services.length, backends: image.backends.length, addresses: image.addresses.length }, 'steering table applied');
       return { generation: image.generation, applied: true };
     });
   }
@@ -183,9 +198,19 @@ export class EbpfSteering implements SteeringDataplane {
     return countFlowsOf(d.values, d.count, new Set(backendIds));
   }
 
-  // Filled in by the forwarding data plane (issue 9): until then, nothing is forwarded.
   async forwarding(): Promise<SteeringForwarding> {
-    return { forwarded: 0n, staleDropped: 0n };
+    const m = STEER_MAPS.fwd;
+    const d = await this.map(m).dump();
+    const cpus = possibleCpus();
+    const valueBytes = batchValueBytes(batchShape(m));
+    const out: SteeringForwarding = { forwarded: 0n, staleDropped: 0n };
+    for (let i = 0; i < d.count; i++) {
+      const n = sumPerCpuPackets(d.values, i * valueBytes, cpus);
+      const index = d.keys.readUInt32LE(i * 4);
+      if (index === FWD_FORWARDED) out.forwarded = n;
+      else if (index === FWD_STALE) out.staleDropped = n;
+    }
+    return out;
   }
 
   // The map handoff of a migration: agent/linux/steer-handoff.ts.
@@ -244,33 +269,48 @@ export class EbpfSteering implements SteeringDataplane {
     return written;
   }
 
-  /**
-   * The slot's VIP entries made exactly the image's: stale ones deleted, new or changed ones
-   * written. The slot's entries come from what this process wrote there when it knows, else
-   * from a dump; a generation that changes no VIP costs no syscall.
-   */
-  private async writeVips(slot: number, image: SlotImage, before: SlotState | undefined): Promise<Map<string, string>> {
-    const m = STEER_MAPS.vips;
-    const vips = this.map(m);
+  /** The slot's VIP entries made exactly the image's (syncSlot). */
+  private writeVips(slot: number, image: SlotImage, before: SlotState | undefined): Promise<Map<string, string>> {
     const want = new Map<string, { key: Buffer; value: Buffer }>();
     for (const s of image.services) {
       const key = encodeVipKey(s, slot);
       want.set(key.toString('hex'), { key, value: encodeVipValue(s) });
     }
-    let held = before?.vips;
+    return this.syncSlot({ spec: STEER_MAPS.vips, slotOf: vipKeySlot }, slot, want, before?.vips);
+  }
+
+  /** The slot's workload-address entries made exactly the image's (syncSlot). */
+  private writeAddrs(slot: number, image: SlotImage, before: SlotState | undefined): Promise<Map<string, string>> {
+    const want = new Map<string, { key: Buffer; value: Buffer }>();
+    for (const a of image.addresses) {
+      const key = encodeAddrKey(a.address, slot);
+      want.set(key.toString('hex'), { key, value: encodeAddrValue(a) });
+    }
+    return this.syncSlot({ spec: STEER_MAPS.addrs, slotOf: addrKeySlot }, slot, want, before?.addrs);
+  }
+
+  /**
+   * One slot's entries of a rule-table hash made exactly `want`: stale ones deleted, new or
+   * changed ones written. The slot's entries come from what this process wrote there when it
+   * knows (`held`), else from a dump; a generation that changes none costs no syscall.
+   */
+  private async syncSlot(h: SlottedHash, slot: number, want: Map<string, { key: Buffer; value: Buffer }>, known: Map<string, string> | undefined): Promise<Map<string, string>> {
+    const m = h.spec;
+    const map = this.map(m);
+    let held = known;
     if (!held) {
       held = new Map();
-      const d = await vips.dump();
+      const d = await map.dump();
       for (let i = 0; i < d.count; i++) {
         const key = d.keys.subarray(i * m.keySize, (i + 1) * m.keySize);
-        if (vipKeySlot(key) === slot) held.set(key.toString('hex'), d.values.subarray(i * m.valueSize, (i + 1) * m.valueSize).toString('hex'));
+        if (h.slotOf(key) === slot) held.set(key.toString('hex'), d.values.subarray(i * m.valueSize, (i + 1) * m.valueSize).toString('hex'));
       }
     }
     const stale: Buffer[] = [];
     for (const k of held.keys()) if (!want.has(k)) stale.push(Buffer.from(k, 'hex'));
     const changed = [...want].filter(([k, w]) => held.get(k) !== w.value.toString('hex')).map(([, w]) => w);
-    if (stale.length > 0) await vips.delete(Buffer.concat(stale));
-    if (changed.length > 0) await vips.update(Buffer.concat(changed.map((w) => w.key)), Buffer.concat(changed.map((w) => w.value)));
+    if (stale.length > 0) await map.delete(Buffer.concat(stale));
+    if (changed.length > 0) await map.update(Buffer.concat(changed.map((w) => w.key)), Buffer.concat(changed.map((w) => w.value)));
     return new Map([...want].map(([k, w]) => [k, w.value.toString('hex')]));
   }
 

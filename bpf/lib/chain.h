@@ -20,9 +20,15 @@
 #include <bpf/bpf_helpers.h>
 
 #define GODWIT_CHAIN_SLOTS 8
-/* Fixed order: the lock first (a locked packet must never be steered), steering after it. */
-#define GODWIT_SLOT_LOCK 0
-#define GODWIT_SLOT_STEER 1
+/*
+ * Fixed order: steering first, the lock after it. The lock then sees a packet as it is for this
+ * host: after steering's DNAT (a VIP packet for a local workload endpoint) and after the tunnel
+ * is taken off (a frame another host steered here), so a frozen workload's packets are held
+ * however they arrive; what steering tunnels on to another host (XDP_TX) is not this host's to
+ * hold. A program name is in one slot only (agent/linux/bpf/xdp-chain.ts moves it on upgrade).
+ */
+#define GODWIT_SLOT_STEER 0
+#define GODWIT_SLOT_LOCK 1
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);

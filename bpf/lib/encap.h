@@ -30,20 +30,47 @@ struct godwit_encap_hdr {
 } __attribute__((packed));
 
 /*
+ * Sends a frame whose outer headers (h, at the frame's start) are written but for the MACs: the
+ * outer MACs come from the kernel's FIB and neighbour table; without an answer the frame goes to
+ * fb_dst from fb_src (the previous hop, which routes it on). XDP_TX, or XDP_REDIRECT when the
+ * route leaves by another interface.
+ */
+static __always_inline int xdp_tunnel_send(struct xdp_md *ctx, struct godwit_encap_hdr *h, const unsigned char *fb_dst, const unsigned char *fb_src)
+{
+	struct bpf_fib_lookup fib = {};
+	int rc;
+
+	fib.family = AF_INET;
+	fib.ipv4_src = h->ip.saddr;
+	fib.ipv4_dst = h->ip.daddr;
+	fib.l4_protocol = IPPROTO_UDP;
+	fib.tot_len = bpf_ntohs(h->ip.tot_len);
+	fib.ifindex = ctx->ingress_ifindex;
+	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+		__builtin_memcpy(h->eth.h_dest, fib.dmac, ETH_ALEN);
+		__builtin_memcpy(h->eth.h_source, fib.smac, ETH_ALEN);
+		if (fib.ifindex != ctx->ingress_ifindex)
+			return bpf_redirect(fib.ifindex, 0);
+		return XDP_TX;
+	}
+	__builtin_memcpy(h->eth.h_dest, fb_dst, ETH_ALEN);
+	__builtin_memcpy(h->eth.h_source, fb_src, ETH_ALEN);
+	return XDP_TX;
+}
+
+/*
  * Pushes outer Ethernet/IPv4/UDP/VXLAN headers: from src to dst (network order), UDP source
- * port from the flow's hash, the backend's id in the VXLAN header. The outer MACs come from the
- * kernel's FIB and neighbour table; without an answer the frame goes back where it came from
- * (the incoming MACs swapped: the previous hop routes it on). Returns the XDP action: XDP_TX,
- * XDP_REDIRECT when the route leaves by another interface, XDP_DROP when the frame has no room.
+ * port from the flow's hash, the backend's id (or GODWIT_VXLAN_ADDR_MARKER) in the VXLAN header,
+ * and sends it (xdp_tunnel_send; without a route the frame goes back where it came from, the
+ * incoming MACs swapped). Returns the XDP action; XDP_DROP when the frame has no room.
  */
 static __always_inline int xdp_encap_vxlan(struct xdp_md *ctx, __u32 src, __u32 dst, __u32 flow_hash, __u32 backend_id)
 {
-	struct bpf_fib_lookup fib = {};
 	struct godwit_encap_hdr *h;
 	struct ethhdr *inner;
 	void *data, *data_end;
 	__u32 inner_len;
-	int rc;
 
 	inner_len = (__u32)(ctx->data_end - ctx->data);
 	if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct godwit_encap_hdr)))
@@ -81,31 +108,61 @@ static __always_inline int xdp_encap_vxlan(struct xdp_md *ctx, __u32 src, __u32 
 	h->vxlan.vni = bpf_htonl(GODWIT_VXLAN_VNI << 8);
 
 	h->eth.h_proto = bpf_htons(ETH_P_IP);
-	fib.family = AF_INET;
-	fib.ipv4_src = src;
-	fib.ipv4_dst = dst;
-	fib.l4_protocol = IPPROTO_UDP;
-	fib.tot_len = bpf_ntohs(h->ip.tot_len);
-	fib.ifindex = ctx->ingress_ifindex;
-	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
-	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
-		__builtin_memcpy(h->eth.h_dest, fib.dmac, ETH_ALEN);
-		__builtin_memcpy(h->eth.h_source, fib.smac, ETH_ALEN);
-		if (fib.ifindex != ctx->ingress_ifindex)
-			return bpf_redirect(fib.ifindex, 0);
-		return XDP_TX;
-	}
-	__builtin_memcpy(h->eth.h_dest, inner->h_source, ETH_ALEN);
-	__builtin_memcpy(h->eth.h_source, inner->h_dest, ETH_ALEN);
-	return XDP_TX;
+	return xdp_tunnel_send(ctx, h, inner->h_source, inner->h_dest);
+}
+
+/*
+ * A godwit tunnel frame at this host (eth + option-less outer IPv4 + UDP to GODWIT_VXLAN_PORT
+ * first), read without changing it: the outer headers, or NULL when the frame is not godwit's.
+ */
+static __always_inline struct godwit_encap_hdr *xdp_vxlan_peek(struct xdp_md *ctx)
+{
+	void *data_end = (void *)(long)ctx->data_end;
+	struct godwit_encap_hdr *h = (void *)(long)ctx->data;
+
+	if ((void *)(h + 1) > data_end)
+		return NULL;
+	if (h->ip.ihl != 5 || (h->vxlan.flags & ~GODWIT_VXLAN_FLAG_FORWARDED) != GODWIT_VXLAN_FLAG_VNI || h->vxlan.vni != bpf_htonl(GODWIT_VXLAN_VNI << 8))
+		return NULL;
+	return h;
+}
+
+static __always_inline __u32 godwit_vxlan_id(const struct godwit_encap_hdr *h)
+{
+	return ((__u32)h->vxlan.backend_id[0] << 16) | ((__u32)h->vxlan.backend_id[1] << 8) | h->vxlan.backend_id[2];
+}
+
+/*
+ * Sends a tunnel frame that landed here on to dst, as it is but for the outer addresses (from
+ * src, this host, so that replies to the tunnel and ICMP come here) and the FORWARDED flag: the
+ * inner frame, the backend id and the UDP source port (the flow's ECMP path) are kept. Without
+ * a route the frame goes back to the hop it came from. Returns the XDP action.
+ */
+static __always_inline int xdp_retarget_vxlan(struct xdp_md *ctx, __u32 src, __u32 dst)
+{
+	void *data_end = (void *)(long)ctx->data_end;
+	struct godwit_encap_hdr *h = (void *)(long)ctx->data;
+	unsigned char dmac[ETH_ALEN], smac[ETH_ALEN];
+
+	if ((void *)(h + 1) > data_end)
+		return XDP_DROP;
+	h->ip.saddr = src;
+	h->ip.daddr = dst;
+	h->ip.ttl = 64;
+	h->ip.check = 0;
+	h->ip.check = ipv4_csum20((void *)h + sizeof(struct ethhdr));
+	h->vxlan.flags |= GODWIT_VXLAN_FLAG_FORWARDED;
+	__builtin_memcpy(dmac, h->eth.h_source, ETH_ALEN);
+	__builtin_memcpy(smac, h->eth.h_dest, ETH_ALEN);
+	return xdp_tunnel_send(ctx, h, dmac, smac);
 }
 
 /*
  * Takes godwit's tunnel headers off a frame already known to be UDP to GODWIT_VXLAN_PORT at
  * this host (eth + option-less outer IPv4 + UDP first). The inner frame gets the outer
  * destination MAC (this interface's: the inner one was the sending host's next hop) and source.
- * Returns the backend id the sender chose, 0 when the frame is not godwit's (left untouched),
- * -1 when it is but cannot be taken apart (drop it).
+ * Returns the backend id the sender chose (or GODWIT_VXLAN_ADDR_MARKER), 0 when the frame is not
+ * godwit's (left untouched), -1 when it is but cannot be taken apart (drop it).
  */
 static __always_inline int xdp_decap_vxlan(struct xdp_md *ctx)
 {
@@ -118,9 +175,9 @@ static __always_inline int xdp_decap_vxlan(struct xdp_md *ctx)
 
 	if ((void *)(h + 1) > data_end)
 		return 0;
-	if (h->ip.ihl != 5 || h->vxlan.flags != GODWIT_VXLAN_FLAG_VNI || h->vxlan.vni != bpf_htonl(GODWIT_VXLAN_VNI << 8))
+	if (h->ip.ihl != 5 || (h->vxlan.flags & ~GODWIT_VXLAN_FLAG_FORWARDED) != GODWIT_VXLAN_FLAG_VNI || h->vxlan.vni != bpf_htonl(GODWIT_VXLAN_VNI << 8))
 		return 0;
-	backend_id = ((__u32)h->vxlan.backend_id[0] << 16) | ((__u32)h->vxlan.backend_id[1] << 8) | h->vxlan.backend_id[2];
+	backend_id = godwit_vxlan_id(h);
 	__builtin_memcpy(dmac, h->eth.h_dest, ETH_ALEN);
 	__builtin_memcpy(smac, h->eth.h_source, ETH_ALEN);
 	if (bpf_xdp_adjust_head(ctx, (int)sizeof(struct godwit_encap_hdr)))

@@ -9,7 +9,8 @@
  *   select(records, endpoints)
  *                        -> { taken, kept }: of ringDrain's records, the IPv4 packets addressed to
  *                           one of `endpoints` (8 bytes each, as struct godwit_endpoint_key:
- *                           address and port in network order, proto, pad) as a packet list
+ *                           address and port in network order, proto, pad; port 0 matches
+ *                           every port of the address and protocol) as a packet list
  *                           ([u32 length LE][IPv4 packet] each), and every other record, as it was.
  *   coalesce(packets)    -> Buffer of packets in the same [u32 length LE][IPv4 packet] form with
  *                           each connection's contiguous TCP data joined: see below.
@@ -173,6 +174,12 @@ static const uint8_t *record_ipv4(const uint8_t *rec, uint32_t rec_len, uint32_t
 	return ip;
 }
 
+/* Port GODWIT_ANY_PORT (0) in a key: every port of its address and protocol, as bpf/lock.c reads it. */
+static bool any_port(const uint8_t *port)
+{
+	return port[0] == 0 && port[1] == 0;
+}
+
 static napi_value select_held(napi_env env, napi_callback_info info)
 {
 	napi_value argv[2];
@@ -205,7 +212,8 @@ static napi_value select_held(napi_env env, napi_callback_info info)
 		if (ip && (ip[9] == IPPROTO_TCP || ip[9] == IPPROTO_UDP)) {
 			const uint8_t *l4 = ip + (ip[0] & 0x0f) * 4;
 			for (size_t k = 0; k < keys_len && !match; k += 8)
-				match = memcmp(keys + k, ip + 16, 4) == 0 && memcmp(keys + k + 4, l4 + 2, 2) == 0 && keys[k + 6] == ip[9];
+				match = memcmp(keys + k, ip + 16, 4) == 0 && keys[k + 6] == ip[9] &&
+					(any_port(keys + k + 4) || memcmp(keys + k + 4, l4 + 2, 2) == 0);
 		}
 		if (!ip) /* not a packet the lock stops: nobody will claim it */
 			continue;

@@ -24,12 +24,14 @@ import { buildTestBpf } from '../support/test-bpf.js';
 
 /*
  * The BPF lifecycle (agent/linux/bpf/) on real kernels maps and a veth pair: the XDP chain with
- * the lock in slot 0 and a counting probe (test/support/bpf/chain_probe.c) in slot 1, a TC
+ * the lock in its slot and a counting probe (test/support/bpf/chain_probe.c) in the slot after
+ * it, a program name in one slot only (how a host pinned in an older order moves on), a TC
  * egress program, per-map layout versions with an upgrade, export and import of entries, and
  * the upgrade of a host whose lock an older version attached directly.
  */
 const net = new LockNetns({ tag: 'ch', subnet: 246, buildNative: true });
 const PROBE_PORT = 7100; // PROBE_PORT in chain_probe.c
+const PROBE_SLOT = ChainSlot.lock + 1; // PROBE_SLOT in chain_probe.c
 const log = pino({ enabled: false });
 let objDir = '';
 let probeObject = '';
@@ -92,7 +94,7 @@ describe('XdpChain: one root per interface, programs by slot', () => {
   const chain = () => new XdpChain({ ...hostOf(pinDir()), iface: 'eth0', rootObjectPath: rootObjectBeside(net.lockOpts.objectPath) });
   const udpEp = (): Endpoint => ({ proto: 'udp', address: net.a.address, port: PROBE_PORT });
 
-  it('attaches the root once, with the lock in slot 0', async () => {
+  it('attaches the root once, with the lock in its slot', async () => {
     const root = await attachedOn('eth0');
     expect(root?.name).toBe('godwit_xdp_root');
     const slots = await chain().slots();
@@ -101,10 +103,10 @@ describe('XdpChain: one root per interface, programs by slot', () => {
     expect(slots.get(ChainSlot.lock)).toBe(lockProg.id);
   });
 
-  it('runs slot 1 after the lock: it sees what the lock passes, not what it drops', async () => {
+  it('runs the slot after the lock: it sees what the lock passes, not what it drops', async () => {
     const staged = await loadObject(hostOf(pinDir()), probeSpec(probeObject));
     const c = chain();
-    await c.setSlot(ChainSlot.steer, staged.stagedPin('gwt_probe_xdp'));
+    await c.setSlot(PROBE_SLOT, staged.stagedPin('gwt_probe_xdp'));
     await staged.commit();
     const root = await attachedOn('eth0');
 
@@ -113,7 +115,7 @@ describe('XdpChain: one root per interface, programs by slot', () => {
 
     await net.lock.lock([udpEp()], 1n, 30_000);
     await udpBurst('b', 3);
-    expect((await probeCounts(pinDir())).xdp).toBe(5n); // dropped in slot 0
+    expect((await probeCounts(pinDir())).xdp).toBe(5n); // dropped by the lock
     expect((await net.lock.list())[0].drops).toBe(3n);
     await net.lock.unlock([udpEp()], 1n);
 
@@ -124,12 +126,12 @@ describe('XdpChain: one root per interface, programs by slot', () => {
 
   it('replaces a slot in place; the root stays attached and the lock keeps working', async () => {
     const root = await attachedOn('eth0');
-    const before = (await chain().slots()).get(ChainSlot.steer);
+    const before = (await chain().slots()).get(PROBE_SLOT);
     const staged = await loadObject(hostOf(pinDir()), probeSpec(probeObject));
     expect(staged.plan.reused).toContain('gwt_probe_seen'); // its counter survives the reload
-    await chain().setSlot(ChainSlot.steer, staged.stagedPin('gwt_probe_xdp'));
+    await chain().setSlot(PROBE_SLOT, staged.stagedPin('gwt_probe_xdp'));
     await staged.commit();
-    const after = (await chain().slots()).get(ChainSlot.steer);
+    const after = (await chain().slots()).get(PROBE_SLOT);
     expect(after).toBeDefined();
     expect(after).not.toBe(before);
     expect(await attachedOn('eth0')).toEqual(root);
@@ -140,6 +142,41 @@ describe('XdpChain: one root per interface, programs by slot', () => {
     await udpBurst('b', 2);
     expect((await probeCounts(pinDir())).xdp).toBe(11n);
     await net.lock.unlock([udpEp()], 2n);
+  });
+
+  it('keeps a program name in one slot: setting it elsewhere takes it out of its former slot', async () => {
+    const c = chain();
+    const probePin = `${pinDir()}/progs/gwt_probe_xdp`;
+    const lockId = (await c.slots()).get(ChainSlot.lock);
+    await c.setSlot(PROBE_SLOT + 1, probePin);
+    expect([...(await c.slots()).keys()].sort()).toEqual([ChainSlot.lock, PROBE_SLOT + 1]);
+    await c.setSlot(PROBE_SLOT, probePin);
+    const slots = await c.slots();
+    expect([...slots.keys()].sort()).toEqual([ChainSlot.lock, PROBE_SLOT]);
+    expect(slots.get(ChainSlot.lock)).toBe(lockId); // another program's slot is left alone
+    await udpBurst('b', 2);
+    expect((await probeCounts(pinDir())).xdp).toBe(13n); // counted once each
+  });
+
+  it('moves a lock pinned in another slot (the older chain order) into its own on install, locks kept', async () => {
+    // The older order ran the lock in slot 0, where steering runs now: put it back there alone.
+    const c = chain();
+    const exec = net.a.exec;
+    const lockPin = lockPins(pinDir()).prog;
+    const oldSlot = ChainSlot.steer;
+    await exec('bpftool', ['map', 'update', 'pinned', c.chainPin, 'key', String(oldSlot), '0', '0', '0', 'value', 'pinned', lockPin]);
+    await exec('bpftool', ['map', 'delete', 'pinned', c.chainPin, 'key', String(ChainSlot.lock), '0', '0', '0']);
+    expect([...(await c.slots()).keys()].sort()).toEqual([oldSlot, PROBE_SLOT]);
+    await net.lock.lock([udpEp()], 3n, 30_000);
+
+    await new EbpfNetLock(net.lockOpts).install(); // what an upgraded agent does
+    expect([...(await c.slots()).keys()].sort()).toEqual([ChainSlot.lock, PROBE_SLOT]);
+    const before = (await probeCounts(pinDir())).xdp;
+    await udpBurst('b', 2);
+    expect((await probeCounts(pinDir())).xdp).toBe(before); // still locked: dropped by the lock in its new slot
+    await net.lock.unlock([udpEp()], 3n);
+    await udpBurst('b', 2);
+    expect((await probeCounts(pinDir())).xdp).toBe(before + 2n);
   });
 
   it('attaches a TC egress program from the same object, and detaches it', async () => {
@@ -159,7 +196,7 @@ describe('XdpChain: one root per interface, programs by slot', () => {
 
   it('keeps the root while another slot remains, detaches it with the last', async () => {
     const c = chain();
-    await c.clearSlot(ChainSlot.steer);
+    await c.clearSlot(PROBE_SLOT);
     await removeObject(hostOf(pinDir()), probeSpec(probeObject));
     expect([...(await c.slots()).keys()]).toEqual([ChainSlot.lock]);
     expect((await attachedOn('eth0'))?.name).toBe('godwit_xdp_root');

@@ -76,7 +76,11 @@ describe('live migration through the controller', () => {
       await expectConsistent();
       // Automation sees every phase on NATS, in order.
       const phases = events.filter((e) => e.migrationId === hop.migrationId && e.kind === 'SUCCEEDED').map((e) => e.phase);
-      expect(phases).toEqual(['PENDING', 'PREPARE', 'LOCK', 'DUMP', 'TRANSFER', 'RESTORE', 'UNLOCK', 'CLEANUP', 'DONE']);
+      expect(phases).toEqual(['PENDING', 'PREPARE', 'LOCK', 'STEER', 'DUMP', 'TRANSFER', 'RESTORE', 'UNLOCK', 'CLEANUP', 'DONE']);
+      // The workload's address followed it in the steering table, and every host acked in time.
+      const m = await lab.controller.getMigration(hop.migrationId);
+      expect(Number(m.steer?.generation)).toBeGreaterThan(0);
+      expect(m.steer?.converged).toBe(true);
       expect(events.find((e) => e.migrationId === hop.migrationId && e.phase === 'DUMP')?.subject).toBe(SUBJECTS.migrationEvent(hop.migrationId, 'DUMP'));
     }
     const stats = await traffic.stats();

@@ -3,6 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { execCommand } from '../../lib/exec.js';
 import type { Endpoint } from '../../lib/endpoint.js';
 import { MapLayoutError } from '../../agent/linux/bpf/map-layout.js';
+import { ChainSlot } from '../../agent/linux/bpf/xdp-chain.js';
 import { EbpfNetLock } from '../../agent/linux/netlock-ebpf.js';
 import { netnsPath } from '../../agent/linux/netns-exec.js';
 import { LockNetns } from '../support/lock-netns.js';
@@ -51,10 +52,10 @@ async function xdpProgOnA(): Promise<{ id: number; name: string } | undefined> {
   return link?.xdp?.prog;
 }
 
-/** The program id in the lock's chain slot (slot 0 of the pinned godwit_xdp_chain). */
+/** The program id in the lock's chain slot (ChainSlot.lock of the pinned godwit_xdp_chain). */
 async function lockSlotProgId(): Promise<number | undefined> {
   const rows = JSON.parse((await execCommand('bpftool', ['-j', 'map', 'dump', 'pinned', `${lockOpts.pinDir}/maps/godwit_xdp_chain`])).stdout) as { formatted: { key: number; value: number } }[];
-  return rows.find((r) => r.formatted.key === 0)?.formatted.value;
+  return rows.find((r) => r.formatted.key === ChainSlot.lock)?.formatted.value;
 }
 
 async function entryFor(e: Endpoint) {
@@ -77,7 +78,7 @@ afterAll(() => net.tearDown());
 describe('EbpfNetLock on a veth host', () => {
   it('installs natively with an empty lock map', async () => {
     expect(lock!.attachMode).toBe('native');
-    expect((await xdpProgOnA())?.name).toBe('godwit_xdp_root'); // the chain's root, with the lock in slot 0
+    expect((await xdpProgOnA())?.name).toBe('godwit_xdp_root'); // the chain's root, with the lock in its slot
     expect(await lockSlotProgId()).toBeDefined();
     expect(await lock!.list()).toEqual([]);
   });

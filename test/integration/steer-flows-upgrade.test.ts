@@ -17,7 +17,9 @@ import { buildTestBpf } from '../support/test-bpf.js';
 /*
  * steer_flows layout 1 -> 2 (godwit_flow_value gained flags): a host's pinned flows of the older
  * layout are carried into the new map when the new steering program is installed, so an agent
- * upgrade keeps every established flow on its backend.
+ * upgrade keeps every established flow on its backend. The maps the older install did not have
+ * (here all but steer_flows, among them steer_addrs and steer_fwd of issue 9) are created next
+ * to the pinned ones.
  */
 const REPO = fileURLToPath(new URL('../../', import.meta.url));
 const log = pino({ enabled: false });
@@ -58,7 +60,13 @@ describe('steer_flows upgrade from layout 1', () => {
     const steering = new EbpfSteering({ exec: execCommand, iface: 'lo', pinDir, objectPath: `${REPO}build/bpf/steer.o`, hostAddress: '198.18.250.1', attach: false, log });
     try {
       await steering.install();
-      expect((await new LayoutRecord(execCommand, folder.layouts).read()).get(STEER_MAPS.flows.name)).toBe(2);
+      const layouts = await new LayoutRecord(execCommand, folder.layouts).read();
+      expect(layouts.get(STEER_MAPS.flows.name)).toBe(2);
+      for (const m of [STEER_MAPS.addrs, STEER_MAPS.fwd]) expect(layouts.get(m.name), m.name).toBe(1);
+      // The new maps work: a table with addresses applies, the forwarding counters read zero.
+      await steering.apply({ generation: 1, services: [], addresses: [{ address: '198.18.250.9', host: 'x', hostAddress: '198.18.250.2' }] });
+      expect((await new NativeMap(folder.mapPin(STEER_MAPS.addrs.name), { name: 'steer_addrs', type: 'hash', keySize: 8, valueSize: 8, maxEntries: STEER_MAPS.addrs.maxEntries }).dump()).count).toBe(1);
+      expect(await steering.forwarding()).toEqual({ forwarded: 0n, staleDropped: 0n });
       const now = await new NativeMap(pin, { name: 'steer_flows', type: 'lru_hash', keySize: 16, valueSize: FLOW_VALUE_LAYOUT.size, maxEntries: STEER_MAPS.flows.maxEntries }).dump();
       const rows = Array.from({ length: now.count }, (_, i) => ({
         sport: now.keys.readUInt16BE(i * 16 + 8),

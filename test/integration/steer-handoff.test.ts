@@ -11,10 +11,10 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { pino } from 'pino';
-import { entriesDigest, handoffDigest, readSteeringFile, removeSteeringFile, writeSteeringFile } from '../../agent/handoff-file.js';
+import { entriesDigest, handoffDigest, readHandoffFile, removeHandoffFile, writeHandoffFile } from '../../agent/handoff-file.js';
 import { batchShape } from '../../agent/linux/bpf/map-spec.js';
 import { batchValueBytes, NativeMap, possibleCpus } from '../../agent/linux/bpf/native-map.js';
-import { readSteeringFileMapped, WorkloadSelectorError } from '../../agent/linux/steer-handoff.js';
+import { readHandoffFileMapped, WorkloadSelectorError } from '../../agent/linux/steer-handoff.js';
 import { FLOW_RNAT, STEER_MAPS } from '../../agent/linux/steer-map-codec.js';
 import { EbpfSteering } from '../../agent/linux/steering-ebpf.js';
 import type { PackedMapEntries, SteeringCounter, WorkloadSelector } from '../../agent/steering.js';
@@ -157,11 +157,11 @@ describe('steering state handoff between two hosts (real kernel maps)', () => {
     expect(entriesDigest(await dump('a', STEER_MAPS.rnat))).toEqual(entriesDigest(aRnatBefore));
 
     // Through the image's file, as a migration carries it (mapped on the target, as the agent reads it).
-    expect(await readSteeringFileMapped(imageDir)).toBeUndefined();
-    await writeSteeringFile(imageDir, exported);
-    const carried = await readSteeringFileMapped(imageDir);
+    expect(await readHandoffFileMapped(imageDir)).toBeUndefined();
+    await writeHandoffFile(imageDir, exported);
+    const carried = await readHandoffFileMapped(imageDir);
     expect(handoffDigest(carried!)).toEqual(handoffDigest(exported));
-    expect(handoffDigest((await readSteeringFile(imageDir))!)).toEqual(handoffDigest(exported));
+    expect(handoffDigest((await readHandoffFile(imageDir))!)).toEqual(handoffDigest(exported));
     expect(await hosts.b.importWorkload(carried!)).toBe(500 + 300 + 2);
 
     // b: exactly the moving workload's entries beside what it had; counters added to its own.
@@ -177,7 +177,7 @@ describe('steering state handoff between two hosts (real kernel maps)', () => {
     expect(bCounters.get(12)).toEqual(aCounters[12]);
     expect(bCounters.get(STAYING_ID)).toEqual(bBeforeStaying);
     expect(await hosts.b.liveFlows([11, 12])).toBe(500);
-    await removeSteeringFile(imageDir);
+    await removeHandoffFile(imageDir);
 
     // Forget on a: its reverse NAT and counters of the workload go, its flows stay (steered on
     // from here) without the flag that says a reverse-NAT entry exists here.

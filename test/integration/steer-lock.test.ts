@@ -1,9 +1,10 @@
 /**
  * The lock and steering on one interface, through the XDP chain (agent/linux/bpf/xdp-chain.ts):
  * host a of the steering fabric (test/support/steer-netns.ts) runs both, installed in either
- * order, in one pin folder. Traffic through the VIP works with both; a locked endpoint is
- * dropped by the lock (slot 0) before steering (slot 1) sees it; taking either one away leaves
- * the other working and the root attached.
+ * order, in one pin folder. Traffic through the VIP works with both; steering (slot 0) runs
+ * before the lock (slot 1), so a VIP packet DNATed to a locked workload endpoint, or tunnelled
+ * to a by b and taken out of the tunnel there, is held by a's lock; taking either one away
+ * leaves the other working and the root attached.
  */
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
@@ -25,9 +26,11 @@ let lock: EbpfNetLock;
 let chain: XdpChain;
 let echo: EchoServer[];
 let version = 0n;
+let generation = 0;
 
-const table = (generation: number): SteeringTable => ({
-  generation,
+/** The next generation: both backends, or (onlyA) a's alone, so that every VIP flow goes to a's workload. */
+const table = (onlyA = false): SteeringTable => ({
+  generation: ++generation,
   services: [
     {
       id: 1,
@@ -36,11 +39,14 @@ const table = (generation: number): SteeringTable => ({
       vipPort: VIP_PORT,
       backends: [
         { id: 1, address: net.a.workload, port: ECHO_PORT, weight: 1, host: 'a', hostAddress: net.a.address, draining: false },
-        { id: 2, address: net.b.workload, port: ECHO_PORT, weight: 1, host: 'b', hostAddress: net.b.address, draining: false },
+        ...(onlyA ? [] : [{ id: 2, address: net.b.workload, port: ECHO_PORT, weight: 1, host: 'b', hostAddress: net.b.address, draining: false }]),
       ],
     },
   ],
 });
+const applyBoth = async (t: SteeringTable) => {
+  for (const h of [net.a, net.b]) await h.steering.apply(t);
+};
 
 /** Whether a TCP connection from the client to address:port opens (a dropped SYN: it does not). */
 async function connects(address: string, port: number): Promise<boolean> {
@@ -60,20 +66,43 @@ async function vipTrafficWorks(): Promise<void> {
   }
 }
 
-async function servicePackets(): Promise<bigint> {
-  return (await net.a.steering.counters()).services.get(1)?.packets ?? 0n;
+async function servicePackets(h = net.a): Promise<bigint> {
+  return (await h.steering.counters()).services.get(1)?.packets ?? 0n;
+}
+
+async function lockDropsOf(e: Endpoint): Promise<bigint> {
+  return (await lock.list()).find((x) => x.endpoint.address === e.address && x.endpoint.port === e.port)?.drops ?? 0n;
 }
 
 /** Locks `e`, checks that a connection to it does not open, unlocks, checks that one does. */
-async function lockDrops(e: Endpoint, steered: boolean): Promise<void> {
+async function lockDrops(e: Endpoint): Promise<void> {
   const v = ++version;
   await lock.lock([e], v, LEASE_MS);
-  const before = steered ? await servicePackets() : 0n;
   expect(await connects(e.address, e.port)).toBe(false);
-  // The lock ran first: steering never saw the dropped SYNs.
-  if (steered) expect(await servicePackets()).toBe(before);
+  expect(await lockDropsOf(e)).toBeGreaterThan(0n);
   await lock.unlock([e], v);
   expect(await connects(e.address, e.port)).toBe(true);
+}
+
+const workloadEndpoint = (): Endpoint => ({ proto: 'tcp', address: net.a.workload, port: ECHO_PORT });
+
+/**
+ * With every VIP flow steered to a's workload and its endpoint locked: a connection through the
+ * VIP does not open, steering (the host `steeredBy`, whose counters grow) saw the SYNs first,
+ * and a's lock held them after the DNAT (its drops grow). Unlocked, the connection opens.
+ */
+async function lockHoldsSteered(steeredBy = net.a): Promise<void> {
+  await applyBoth(table(true));
+  const e = workloadEndpoint();
+  const v = ++version;
+  await lock.lock([e], v, LEASE_MS);
+  const before = await servicePackets(steeredBy);
+  expect(await connects(VIP, VIP_PORT)).toBe(false);
+  expect(await servicePackets(steeredBy)).toBeGreaterThan(before);
+  expect(await lockDropsOf(e)).toBeGreaterThan(0n);
+  await lock.unlock([e], v);
+  expect(await connects(VIP, VIP_PORT)).toBe(true);
+  await applyBoth(table());
 }
 
 async function rootAttached(): Promise<boolean> {
@@ -88,7 +117,7 @@ beforeAll(async () => {
   const pinDir = `${net.pinRoot}/a`;
   lock = new EbpfNetLock({ exec: net.a.exec, iface: 'eth0', pinDir, objectPath: `${REPO}build/bpf/lock.o`, log });
   chain = new XdpChain({ exec: net.a.exec, folder: pinFolder(pinDir), log, iface: 'eth0', rootObjectPath: `${REPO}build/bpf/root.o` });
-  for (const h of [net.a, net.b]) await h.steering.apply(table(1));
+  await applyBoth(table());
 }, 180_000);
 
 afterAll(async () => {
@@ -97,31 +126,42 @@ afterAll(async () => {
 }, 300_000); // teardown must finish even on a loaded machine: a cut-short one leaves namespaces behind
 
 describe('the lock and steering on one interface', () => {
-  const vipEndpoint: Endpoint = { proto: 'tcp', address: VIP, port: VIP_PORT };
+  const slotsNow = async () => [...(await chain.slots()).keys()].sort();
 
-  it('steering first, then the lock: both in the chain, VIP traffic works, a locked VIP endpoint is dropped before steering', async () => {
+  it('steering first, then the lock: both in the chain, VIP traffic works, a VIP packet DNATed to a locked workload endpoint is held by the lock', async () => {
     await lock.install();
-    expect([...(await chain.slots()).keys()].sort()).toEqual([ChainSlot.lock, ChainSlot.steer]);
+    expect(await slotsNow()).toEqual([ChainSlot.steer, ChainSlot.lock]);
+    expect(ChainSlot.steer).toBeLessThan(ChainSlot.lock); // steering runs first
     expect(await rootAttached()).toBe(true);
     await vipTrafficWorks();
-    await lockDrops(vipEndpoint, true);
+    await lockHoldsSteered();
     expect(echo[0].conns.length + echo[1].conns.length).toBeGreaterThanOrEqual(20);
+  }, 180_000);
+
+  it('a frame another host steered here is taken out of the tunnel before the lock, which holds it', async () => {
+    // The VIP routed to b: b steers to a's workload through the tunnel, a decaps and DNATs, a's lock holds.
+    await net.router.exec('ip', ['route', 'replace', `${VIP}/32`, 'via', net.b.address]);
+    try {
+      await lockHoldsSteered(net.b);
+    } finally {
+      await net.router.exec('ip', ['route', 'replace', `${VIP}/32`, 'via', net.a.address]);
+    }
   }, 180_000);
 
   it('uninstalling steering leaves the lock working and the root attached', async () => {
     await net.a.steering.uninstall();
     expect([...(await chain.slots()).keys()]).toEqual([ChainSlot.lock]);
     expect(await rootAttached()).toBe(true);
-    await lockDrops({ proto: 'tcp', address: net.a.workload, port: ECHO_PORT }, false);
+    await lockDrops(workloadEndpoint());
   }, 120_000);
 
-  it('the lock first, then steering: VIP traffic works again, the lock still runs first', async () => {
+  it('the lock first, then steering: VIP traffic works again, steering still runs before the lock', async () => {
     await net.a.steering.install();
-    expect([...(await chain.slots()).keys()].sort()).toEqual([ChainSlot.lock, ChainSlot.steer]);
+    expect(await slotsNow()).toEqual([ChainSlot.steer, ChainSlot.lock]);
     // Steering's maps were removed with it: the table is applied again, as an agent would.
-    await net.a.steering.apply(table(2));
+    await applyBoth(table());
     await vipTrafficWorks();
-    await lockDrops(vipEndpoint, true);
+    await lockHoldsSteered();
   }, 180_000);
 
   it('uninstalling the lock leaves steering working and the root attached; the last one out detaches it', async () => {

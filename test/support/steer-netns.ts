@@ -4,6 +4,7 @@
  *
  *   client 198.19.1.2 ── rc [router] ra ── 198.19.2.2 host a   (workload 198.19.12.1 on lo)
  *                                    rb ── 198.19.3.2 host b   (workload 198.19.13.1 on lo)
+ *                                    rx ── 198.19.4.2 host c   (workload 198.19.14.1 on lo; with { hostC: true })
  *
  * The router routes the VIP to host a, which steers: its own backends by DNAT, b's through the
  * tunnel. Both hosts run godwit's steering (EbpfSteering, XDP + TC on eth0, pinned below
@@ -35,7 +36,7 @@ export const VIP = '198.19.100.10';
 export const CLIENT_ADDRESS = '198.19.1.2';
 
 export interface SteerHost {
-  readonly name: 'a' | 'b';
+  readonly name: 'a' | 'b' | 'c';
   readonly netns: string;
   /** Data-plane address (eth0). */
   readonly address: string;
@@ -160,30 +161,38 @@ export class SteerNetns {
   readonly router: { netns: string; exec: Executor };
   readonly a: SteerHost;
   readonly b: SteerHost;
+  /** The third host, when asked for ({ hostC: true }). */
+  readonly c: SteerHost | undefined;
   readonly pinRoot: string;
   private readonly children = new NsChildren();
   private installed: SteerHost[] = [];
 
-  constructor(tag: string) {
+  constructor(tag: string, opts: { hostC?: boolean } = {}) {
     const name = `gst-${tag}-${randomBytes(3).toString('hex')}`;
     const ns = (suffix: string) => ({ netns: `${name}-${suffix}`, exec: nsExecutor(`${name}-${suffix}`, execCommand) });
     this.client = ns('c');
     this.router = ns('r');
     this.pinRoot = `/sys/fs/bpf/${name}`;
-    const host = (h: 'a' | 'b', subnet: number, workload: string): SteerHost => {
-      const { netns, exec } = ns(h);
+    const host = (h: 'a' | 'b' | 'c', subnet: number, workload: string): SteerHost => {
+      const { netns, exec } = ns(h === 'c' ? 'x' : h); // "-c" is the client's
       const address = `198.19.${subnet}.2`;
       const pinDir = `${this.pinRoot}/${h}`;
       return { name: h, netns, address, workload, exec, steering: steeringOf({ exec, pinDir, address }) };
     };
     this.a = host('a', 2, '198.19.12.1');
     this.b = host('b', 3, '198.19.13.1');
+    this.c = opts.hostC ? host('c', 4, '198.19.14.1') : undefined;
+  }
+
+  /** The hosts of the fabric: a, b, and c when there is one. */
+  get hosts(): SteerHost[] {
+    return this.c ? [this.a, this.b, this.c] : [this.a, this.b];
   }
 
   async setUp(): Promise<void> {
     await execCommand(`${REPO}scripts/build-bpf.sh`, [], { timeoutMs: 60_000 });
     await execCommand('bash', [`${REPO}scripts/build-native.sh`], { timeoutMs: 120_000 });
-    for (const n of [this.client, this.router, this.a, this.b]) await execCommand('ip', ['netns', 'add', n.netns]);
+    for (const n of [this.client, this.router, ...this.hosts]) await execCommand('ip', ['netns', 'add', n.netns]);
     const r = this.router;
     const link = async (other: { netns: string; exec: Executor }, routerSide: string, subnet: number, mtu: number) => {
       await execCommand('ip', ['link', 'add', 'eth0', 'netns', other.netns, 'mtu', String(mtu), 'type', 'veth', 'peer', 'name', routerSide, 'netns', r.netns, 'mtu', String(mtu)]);
@@ -200,12 +209,13 @@ export class SteerNetns {
     await link(this.client, 'rc', 1, 1500);
     await link(this.a, 'ra', 2, 1550);
     await link(this.b, 'rb', 3, 1550);
+    if (this.c) await link(this.c, 'rx', 4, 1550);
     await r.exec('ip', ['link', 'set', 'dev', 'lo', 'up']);
     await r.exec('sysctl', ['-qw', 'net.ipv4.ip_forward=1']);
     await r.exec('ip', ['route', 'add', `${VIP}/32`, 'via', this.a.address]);
-    for (const h of [this.a, this.b]) await h.exec('ip', ['addr', 'add', `${h.workload}/32`, 'dev', 'lo']);
-    for (const n of [r, this.a, this.b]) for (const k of ['all', 'default']) await n.exec('sysctl', ['-qw', `net.ipv4.conf.${k}.rp_filter=0`]);
-    for (const h of [this.a, this.b]) {
+    for (const h of this.hosts) await h.exec('ip', ['addr', 'add', `${h.workload}/32`, 'dev', 'lo']);
+    for (const n of [r, ...this.hosts]) for (const k of ['all', 'default']) await n.exec('sysctl', ['-qw', `net.ipv4.conf.${k}.rp_filter=0`]);
+    for (const h of this.hosts) {
       this.installed.push(h);
       await h.steering.install();
     }
@@ -218,8 +228,8 @@ export class SteerNetns {
     return again;
   }
 
-  /** An echo server on host h's workload address. */
-  async startEcho(h: SteerHost, port: number): Promise<EchoServer> {
+  /** An echo server on host h's workload address (or any namespace's address: the client's, for outbound connections). */
+  async startEcho(h: Pick<SteerHost, 'netns' | 'workload'>, port: number): Promise<EchoServer> {
     const conns: string[] = [];
     const child = await this.startNode(h.netns, ECHO_SERVER, [h.workload, String(port)], (line) => {
       if (line.startsWith('conn ')) conns.push(line.slice(5));
@@ -227,10 +237,10 @@ export class SteerNetns {
     return { child, conns };
   }
 
-  /** The client, talking to VIP:port with chunks of `chunk` bytes. */
-  async startClient(port: number, chunk: number): Promise<SteerClient> {
+  /** The client, talking to address:port (the VIP unless told) with chunks of `chunk` bytes. */
+  async startClient(port: number, chunk: number, address = VIP): Promise<SteerClient> {
     let client: SteerClient | undefined;
-    const child = await this.startNode(this.client.netns, CLIENT, [VIP, String(port), String(chunk)], (line) => client?.onLine(line));
+    const child = await this.startNode(this.client.netns, CLIENT, [address, String(port), String(chunk)], (line) => client?.onLine(line));
     client = new SteerClient(child);
     return client;
   }
@@ -245,7 +255,7 @@ export class SteerNetns {
     const attempt = (step: () => Promise<unknown>) => steps.attempt(step);
     for (const h of this.installed) await attempt(() => h.steering.uninstall());
     await this.children.killAll(steps);
-    for (const n of [this.client, this.router, this.a, this.b]) await attempt(() => execCommand('ip', ['netns', 'del', n.netns], { allowFailure: true }));
+    for (const n of [this.client, this.router, ...this.hosts]) await attempt(() => execCommand('ip', ['netns', 'del', n.netns], { allowFailure: true }));
     await attempt(() => execCommand('rm', ['-rf', this.pinRoot]));
     this.installed = [];
     steps.done('steering netns fixture');

@@ -11,9 +11,9 @@ import {
   HANDOFF_SECTIONS,
   handoffDigest,
   HandoffFileError,
-  readSteeringFile,
-  removeSteeringFile,
-  writeSteeringFile,
+  readHandoffFile,
+  removeHandoffFile,
+  writeHandoffFile,
 } from '../../agent/handoff-file.js';
 import { selectEntries } from '../../agent/linux/bpf/map-transfer.js';
 import { COUNTER_LAYOUT, STEER_MAPS } from '../../agent/linux/steer-map-codec.js';
@@ -81,14 +81,14 @@ describe('steering handoff file', () => {
   it('writes the file into the image folder beside the held packets, reads it back, removes it', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'gwt-handoff-file-'));
     dirs.push(dir);
-    expect(await readSteeringFile(dir)).toBeUndefined();
+    expect(await readHandoffFile(dir)).toBeUndefined();
     const h = handoff(1000, 200);
-    const size = await writeSteeringFile(dir, h);
+    const size = await writeHandoffFile(dir, h);
     expect(size).toBe((await readFile(join(dir, STEERING_FILE))).length);
-    const back = await readSteeringFile(dir);
+    const back = await readHandoffFile(dir);
     expect(handoffDigest(back!)).toEqual(handoffDigest(h));
-    await removeSteeringFile(dir);
-    expect(await readSteeringFile(dir)).toBeUndefined();
+    await removeHandoffFile(dir);
+    expect(await readHandoffFile(dir)).toBeUndefined();
   });
 
   it('refuses an unknown version, a wrong magic, a truncated or oversized file and a bad checksum, saying which', async () => {
@@ -134,7 +134,7 @@ describe('steering handoff file', () => {
     const dir = await mkdtemp(join(tmpdir(), 'gwt-handoff-file-'));
     dirs.push(dir);
     await writeFile(join(dir, STEERING_FILE), v2);
-    await expect(readSteeringFile(dir)).rejects.toMatchObject({ name: 'HandoffFileError', problem: 'version', file: join(dir, STEERING_FILE) });
+    await expect(readHandoffFile(dir)).rejects.toMatchObject({ name: 'HandoffFileError', problem: 'version', file: join(dir, STEERING_FILE) });
   });
 
   it('refuses to write sections that do not fit the format', () => {

@@ -45,6 +45,13 @@ describe('lock map codec', () => {
     expect(encodeEndpointKey({ proto: 'udp', address: '10.0.0.255', port: 1 }).toString('hex')).toBe('0a0000ff00011100');
   });
 
+  it('encodes an address-wide entry as port 0 (GODWIT_ANY_PORT), in the same layout', () => {
+    const key = encodeEndpointKey({ proto: 'udp', address: '198.18.250.1', port: 0 });
+    expect(key.toString('hex')).toBe('c612fa0100001100');
+    expect(decodeEndpointKey(key)).toEqual({ proto: 'udp', address: '198.18.250.1', port: 0 });
+    expect(() => encodeEndpointKey({ proto: 'tcp', address: '1.2.3.4', port: -1 })).toThrow(/port/);
+  });
+
   it('round-trips keys', () => {
     const endpoints: Endpoint[] = [
       { proto: 'tcp', address: '198.18.250.1', port: 7000 },

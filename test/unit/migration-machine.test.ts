@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { decide, FORWARD, freezeMs, newMigration, type MigrationEvent, type MigrationState, type Phase } from '../../controller/migration-machine.js';
+import { decide, FORWARD, freezeMs, newMigration, type MigrationEvent, type MigrationState, type Phase, type PhaseResult } from '../../controller/migration-machine.js';
 
 const spec = {
   sourceHost: 'a',
@@ -10,7 +10,7 @@ const spec = {
 };
 
 let clock = 1_000;
-const ok = (phase: Phase, result?: { restoredPid?: number; imageBytes?: number }): MigrationEvent => {
+const ok = (phase: Phase, result?: PhaseResult): MigrationEvent => {
   clock += 10;
   return { type: 'phase-succeeded', phase, startedAtMs: clock, durationMs: 5, result };
 };
@@ -43,7 +43,36 @@ describe('migration state machine', () => {
     expect(state.error).toBeUndefined();
   });
 
-  for (const failing of ['PREPARE', 'LOCK', 'DUMP', 'TRANSFER', 'RESTORE'] as Phase[]) {
+  it('steers right after LOCK, while both hosts hold the traffic, and before the dump', () => {
+    expect(FORWARD.slice(0, 4)).toEqual(['PREPARE', 'LOCK', 'STEER', 'DUMP']);
+    expect(FORWARD.indexOf('STEER')).toBeLessThan(FORWARD.indexOf('UNLOCK'));
+  });
+
+  it('keeps the steer record: issued at STEER, completed by UNLOCK, handoff and forwarding counted', () => {
+    const results: Partial<Record<Phase, PhaseResult>> = {
+      STEER: { steer: { generation: 7, issuedAtMs: 5, backendIds: [3, 4] } },
+      TRANSFER: { handedOff: 120 },
+      UNLOCK: { deliveredPackets: 2, steer: { convergeMs: 12.5, converged: true, lagging: [], waitedMs: 0 } },
+      CLEANUP: { forwarded: 9 },
+    };
+    const { state } = runToEnd(fresh(), (p) => ok(p, results[p]));
+    expect(state.phase).toBe('DONE');
+    expect(state.steer).toEqual({ generation: 7, issuedAtMs: 5, backendIds: [3, 4], convergeMs: 12.5, converged: true, lagging: [], waitedMs: 0 });
+    expect(state.handedOff).toBe(120);
+    expect(state.forwarded).toBe(9);
+    expect(state.deliveredPackets).toBe(2);
+  });
+
+  it('rolls back a failure after STEER with the steer record kept (ROLLBACK places the workload back) and records the reverting generation', () => {
+    const { state, ran } = runToEnd(fresh(), (p) =>
+      p === 'STEER' ? ok(p, { steer: { generation: 7, issuedAtMs: 5, backendIds: [3] } }) : p === 'RESTORE' ? fail(p, 'criu restore failed') : p === 'ROLLBACK' ? ok(p, { restoredPid: 42, steer: { revertedGeneration: 8 } }) : ok(p),
+    );
+    expect(ran).toEqual(['PREPARE', 'LOCK', 'STEER', 'DUMP', 'TRANSFER', 'RESTORE', 'ROLLBACK']);
+    expect(state.phase).toBe('FAILED');
+    expect(state.steer).toMatchObject({ generation: 7, revertedGeneration: 8 });
+  });
+
+  for (const failing of ['PREPARE', 'LOCK', 'STEER', 'DUMP', 'TRANSFER', 'RESTORE'] as Phase[]) {
     it(`rolls back when ${failing} fails (at or before the pivot) and ends FAILED with the cause`, () => {
       const { state, ran } = runToEnd(fresh(), (p) => (p === failing ? fail(p, `${p} broke`) : ok(p, p === 'ROLLBACK' ? { restoredPid: 99 } : undefined)));
       expect(ran[ran.length - 1]).toBe('ROLLBACK');

@@ -5,22 +5,31 @@ import { batchShape } from '../../agent/linux/bpf/map-spec.js';
 import { BATCH_MAP_TYPES } from '../../agent/linux/bpf/native-map.js';
 import { structLayoutFromBtf } from '../../agent/linux/bpf/struct-layout.js';
 import {
+  ADDR_LOCAL,
   BACKEND_DRAINING,
   BACKEND_LOCAL,
   BACKEND_PRESENT,
   compileSlot,
   COUNTER_LAYOUT,
+  encodeAddrKey,
+  encodeAddrValue,
   encodeVipKey,
+  FWD_COUNTERS,
+  FWD_FORWARDED,
+  FWD_STALE,
   MaglevTableCache,
   encodeVipValue,
   readBackendRecord,
   RING_STRIDE,
   STEER_FLOWS,
   STEER_MAPS,
+  STEER_MAX_ADDRS,
   STEER_MAX_ID,
   STEER_MAX_SERVICES,
   STEER_RING_SIZE,
   STEER_RNAT,
+  STEER_VXLAN_ADDR_MARKER,
+  STEER_VXLAN_FLAG_FORWARDED,
   STEER_VXLAN_PORT,
   STEER_VXLAN_VNI,
   SteeringTableError,
@@ -95,6 +104,32 @@ describe('steering table compilation', () => {
     expect(readBackendRecord(mem, 1, 9)).toEqual(r);
   });
 
+  it('compiles workload addresses, local by their host address, and refuses duplicates', () => {
+    const t: SteeringTable = {
+      generation: 3,
+      services: [],
+      addresses: [
+        { address: '198.19.12.1', host: 'a', hostAddress: '198.19.2.2' },
+        { address: '198.19.13.1', host: 'b', hostAddress: '198.19.3.2' },
+      ],
+    };
+    expect(compileSlot(t, new Set(['198.19.2.2'])).addresses).toEqual([
+      { address: '198.19.12.1', hostAddress: '198.19.2.2', local: true },
+      { address: '198.19.13.1', hostAddress: '198.19.3.2', local: false },
+    ]);
+    expect(compileSlot({ generation: 1, services: [] }, new Set()).addresses).toEqual([]); // tables from before addresses moved
+    expect(() => compileSlot({ ...t, addresses: [t.addresses![0], { ...t.addresses![0], host: 'c' }] }, new Set())).toThrow(/listed twice/);
+    expect(() => compileSlot({ ...t, addresses: [{ ...t.addresses![0], hostAddress: 'b' }] }, new Set())).toThrow(/"b" is not an IPv4 address/);
+    const many = Array.from({ length: STEER_MAX_ADDRS + 1 }, (_, i) => ({ address: `10.${i >> 8}.${i & 255}.1`, host: 'a', hostAddress: '198.19.2.2' }));
+    expect(() => compileSlot({ generation: 1, services: [], addresses: many }, new Set())).toThrow(/at most 4096/);
+  });
+
+  it('encodes address keys in network order with the slot, values with the LOCAL flag', () => {
+    expect(encodeAddrKey('198.19.12.1', 1).toString('hex')).toBe('c6130c0101000000');
+    expect(encodeAddrValue({ hostAddress: '198.19.3.2', local: false }).toString('hex')).toBe('c613030200000000');
+    expect(encodeAddrValue({ hostAddress: '198.19.3.2', local: true }).readUInt32LE(4)).toBe(ADDR_LOCAL);
+  });
+
   it('sums per-CPU counters', () => {
     const v = Buffer.alloc(3 * 24);
     for (let cpu = 0; cpu < 3; cpu++) {
@@ -149,6 +184,11 @@ describe('steering map layouts against the compiled program', () => {
     expect(define('GODWIT_STEER_RNAT')).toBe(STEER_RNAT);
     expect(define('GODWIT_VXLAN_PORT')).toBe(STEER_VXLAN_PORT);
     expect(define('GODWIT_VXLAN_VNI')).toBe(STEER_VXLAN_VNI);
+    expect(define('GODWIT_STEER_MAX_ADDRS')).toBe(STEER_MAX_ADDRS);
+    expect(define('GODWIT_VXLAN_ADDR_MARKER')).toBe(STEER_VXLAN_ADDR_MARKER);
+    expect(define('GODWIT_VXLAN_FLAG_FORWARDED')).toBe(STEER_VXLAN_FLAG_FORWARDED);
+    expect(define('GODWIT_ADDR_LOCAL')).toBe(ADDR_LOCAL);
+    expect([define('GODWIT_FWD_FORWARDED'), define('GODWIT_FWD_STALE'), define('GODWIT_FWD_COUNTERS')]).toEqual([FWD_FORWARDED, FWD_STALE, FWD_COUNTERS]);
     const versions: Record<string, number> = {
       steer_meta: define('GODWIT_STEER_META_VERSION'),
       steer_vips: define('GODWIT_STEER_VIPS_VERSION'),
@@ -158,6 +198,8 @@ describe('steering map layouts against the compiled program', () => {
       steer_rnat: define('GODWIT_STEER_RNAT_VERSION'),
       steer_svc_stats: define('GODWIT_STEER_STATS_VERSION'),
       steer_be_stats: define('GODWIT_STEER_STATS_VERSION'),
+      steer_addrs: define('GODWIT_STEER_ADDRS_VERSION'),
+      steer_fwd: define('GODWIT_STEER_FWD_VERSION'),
     };
     for (const m of Object.values(STEER_MAPS)) expect(m.version, m.name).toBe(versions[m.name]);
   });

@@ -1,7 +1,7 @@
 import { dirname, join } from 'node:path';
 import type { Logger } from 'pino';
 import { CommandError, type Executor } from '../../../lib/exec.js';
-import { bpftoolJson, pathExists, pinnedProg, run } from './bpftool.js';
+import { BPFTOOL_TIMEOUT_MS, bpftoolJson, pathExists, pinnedProg, run } from './bpftool.js';
 import type { MapSpec } from './map-spec.js';
 import { loadObject, removeObject, type ObjectSpec, type PinHost } from './object-loader.js';
 import { removeIfEmpty } from './pin-folder.js';
@@ -13,8 +13,11 @@ import { removeIfEmpty } from './pin-folder.js';
  * interface is never without the root meanwhile, and the lock and steering never fight over it.
  */
 
-/** Slots of the chain, in the order they run (GODWIT_SLOT_* in bpf/lib/chain.h). */
-export const ChainSlot = { lock: 0, steer: 1 } as const;
+/**
+ * Slots of the chain, in the order they run (GODWIT_SLOT_* in bpf/lib/chain.h): steering first,
+ * so that the lock sees packets after DNAT and after the tunnel is taken off.
+ */
+export const ChainSlot = { steer: 0, lock: 1 } as const;
 export type ChainSlot = (typeof ChainSlot)[keyof typeof ChainSlot];
 
 /** GODWIT_CHAIN_SLOTS. */
@@ -178,14 +181,34 @@ export class XdpChain {
     return mode;
   }
 
-  /** Puts the program pinned at progPin into a slot, replacing what ran there (one map update: atomic). */
-  async setSlot(slot: ChainSlot, progPin: string): Promise<void> {
+  /**
+   * Puts the program pinned at progPin into a slot, replacing what ran there (one map update:
+   * atomic), then takes a program of the same name out of every other slot: a program name is
+   * in one slot only. That is how a host whose chain was pinned in an older order (the lock in
+   * slot 0, steering in 1) moves to the current one: each feature's install leaves its program
+   * in its own slot alone. Set first, cleared after: the feature never leaves the chain.
+   */
+  async setSlot(slot: ChainSlot | number, progPin: string): Promise<void> {
+    const { name } = await pinnedProg(this.host.exec, progPin);
     await run(this.host.exec, 'bpftool', ['map', 'update', 'pinned', this.chainPin, 'key', ...slotKey(slot), 'value', 'pinned', progPin]);
     this.host.log.info({ slot, progPin }, 'chain slot set');
+    if (!name) return;
+    for (const [other, id] of await this.slots()) {
+      if (other === slot || (await this.progName(id)) !== name) continue;
+      await this.host.exec('bpftool', ['map', 'delete', 'pinned', this.chainPin, 'key', ...slotKey(other)], { allowFailure: true, timeoutMs: BPFTOOL_TIMEOUT_MS });
+      this.host.log.info({ slot: other, progName: name, movedTo: slot }, 'program taken out of its former chain slot');
+    }
+  }
+
+  /** The name of a loaded program (undefined when it is gone meanwhile). */
+  private async progName(id: number): Promise<string | undefined> {
+    const r = await this.host.exec('bpftool', ['-j', 'prog', 'show', 'id', String(id)], { allowFailure: true, timeoutMs: BPFTOOL_TIMEOUT_MS });
+    if (r.exitCode !== 0) return undefined;
+    return (JSON.parse(r.stdout) as { name?: string }).name;
   }
 
   /** Empties a slot; its packets go on to the next slot. */
-  async clearSlot(slot: ChainSlot): Promise<void> {
+  async clearSlot(slot: ChainSlot | number): Promise<void> {
     if (!(await pathExists(this.host.exec, this.chainPin))) return;
     await this.host.exec('bpftool', ['map', 'delete', 'pinned', this.chainPin, 'key', ...slotKey(slot)], { allowFailure: true });
   }

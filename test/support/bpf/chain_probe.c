@@ -16,6 +16,8 @@
 #include "lib/parse.h"
 
 #define PROBE_PORT 7100
+/* The probe's chain slot: after the lock (PROBE_SLOT in bpf-chain.test.ts). */
+#define PROBE_SLOT (GODWIT_SLOT_LOCK + 1)
 
 /* [0]: UDP to PROBE_PORT seen at XDP; [1]: UDP from PROBE_PORT seen at TC egress. */
 struct {
@@ -55,7 +57,7 @@ int gwt_probe_xdp(struct xdp_md *ctx)
 {
 	if (udp_port_is((void *)(long)ctx->data, (void *)(long)ctx->data_end, 1))
 		count(0);
-	return godwit_chain_next(ctx, GODWIT_SLOT_STEER);
+	return godwit_chain_next(ctx, PROBE_SLOT);
 }
 
 SEC("tc")
