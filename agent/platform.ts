@@ -65,6 +65,11 @@ export interface HostPlatform {
   /** The host's steering data plane, where the platform has one. */
   readonly steering?: SteeringDataplane;
   /**
+   * Reads a large file of a received image without copying it where the platform can (Linux:
+   * mapped); absent: read as a copy. The file must not be truncated while the buffer is in use.
+   */
+  readonly readImageFile?: (path: string) => Buffer | Promise<Buffer>;
+  /**
    * How this host holds a migration's network in a lock mode, checkpointing and restoring with
    * it; throws PreconditionError for a mode the platform does not have.
    */

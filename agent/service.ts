@@ -446,7 +446,7 @@ export class AgentService {
   }
 
   private handoffEnds() {
-    return { steering: this.opts.platform.steering, log: this.log };
+    return { steering: this.opts.platform.steering, log: this.log, readFile: this.opts.platform.readImageFile };
   }
 
   /** Remembers this host's forwarded-packet counter at the migration's Lock (once: a retried Lock keeps the first). */

@@ -26,6 +26,7 @@ import { percentile } from '../lab/udp-flow.js';
 import { startUdpTraffic, type UdpTrafficHandle, type UdpTrafficReport } from '../lab/udp-traffic.js';
 import { startLabDualWorkload } from '../lab/udp-workload.js';
 import { stopWorkload } from '../lab/workload.js';
+import type { FollowKind } from './follow.js';
 
 export interface ChurnOptions {
   /** Successive migrations (M). */
@@ -318,3 +319,12 @@ function table(header: string[], rows: string[][]): string {
 }
 
 const fmt = (ms: number) => ms.toFixed(0);
+
+/** The kind as `bench follow --kinds churn` runs it (--migrations, --tcp, --udp). */
+export const churnKind: FollowKind = {
+  async run(opts, io) {
+    const r = await runChurn({ migrations: opts.migrations, tcpConnections: opts.tcp, udpFlows: opts.udp, say: io.say });
+    io.emit(churnJsonLine(r));
+    return { table: renderChurnTable(r), ok: churnPassed(r) };
+  },
+};

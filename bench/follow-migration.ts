@@ -15,6 +15,7 @@ import { migrateHop } from '../lab/hop.js';
 import { labUp, startLabWorkload, type Lab } from '../lab/lab.js';
 import { startTraffic, type TrafficHandle, type TrafficReport } from '../lab/traffic.js';
 import { stopWorkload } from '../lab/workload.js';
+import type { FollowKind } from './follow.js';
 
 export interface FollowMigrationRow {
   kind: 'migration';
@@ -166,3 +167,15 @@ export function followMigrationTable(rows: FollowMigrationRow[]): string {
   const line = (cells: string[]) => '| ' + cells.map((c, i) => c.padStart(width[i])).join(' | ') + ' |';
   return [line(head), '|' + width.map((w) => '-'.repeat(w + 1) + ':').join('|') + '|', ...body.map(line)].join('\n');
 }
+
+/**
+ * The kind as `bench follow` runs it. Passes when every migration ended DONE with every
+ * connection intact (no byte lost, no reset); the freeze and stall targets are read off the table.
+ */
+export const migrationKind: FollowKind = {
+  async run(opts, io) {
+    const rows = await runFollowMigrations({ connections: opts.connections, runs: opts.runs, direct: opts.direct, log: io.say, onRow: (r) => io.emit({ ...r }) });
+    const ok = rows.every((r) => r.ok && r.bytesLost === 0 && r.resets === 0 && r.survived === r.connections + opts.direct);
+    return { table: followMigrationTable(rows), ok };
+  },
+};

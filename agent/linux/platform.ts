@@ -1,4 +1,5 @@
 /** The Linux host platform: CRIU, the XDP lock, steering, iproute2 and arping, /proc. */
+import { mapFile } from './bpf/native-map.js';
 import { dirname, join } from 'node:path';
 import type { Executor } from '../../lib/exec.js';
 import type { Logger } from '../../lib/log.js';
@@ -89,6 +90,8 @@ export class LinuxPlatform implements HostPlatform {
   }
 
   /** The steering data plane once startSteering() installed it; a host whose steering did not load has none. */
+  readonly readImageFile = mapFile;
+
   get steering(): SteeringDataplane | undefined {
     return this.steeringInstalled ? this.steeringPlane : undefined;
   }

@@ -36,12 +36,15 @@ describe('bench follow report', () => {
     for (const s of ['export', 'import', 'export + import']) expect(svg).toContain(`data-series="${s}"`);
   });
 
-  it('parses its options; kinds default to handoff and migration, with handoff registered', () => {
+  it('parses its options; kinds default to handoff and migration, with every kind registered', () => {
     const o = parseOptions([]);
     expect(o).toMatchObject({ kinds: DEFAULT_KINDS, entries: [1000, 10_000, 100_000], connections: [0, 1000, 5000], runs: 3, json: false, rnat: false });
     expect(DEFAULT_KINDS).toEqual(['handoff', 'migration']);
     expect(parseOptions(['--kinds', 'handoff', '--entries', '500,2000', '--runs', '1', '--json', '--rnat'])).toMatchObject({ kinds: ['handoff'], entries: [500, 2000], runs: 1, json: true, rnat: true });
     expect(() => parseOptions(['--entries', 'many'])).toThrow(/--entries/);
-    expect(Object.keys(FOLLOW_KINDS)).toContain('handoff');
+    expect(Object.keys(FOLLOW_KINDS).sort()).toEqual(['churn', 'handoff', 'migration']);
+    expect(o).toMatchObject({ direct: 20, migrations: 100, tcp: 1000, udp: 1000 });
+    expect(parseOptions(['--kinds', 'churn', '--migrations', '3', '--tcp', '50', '--udp', '50'])).toMatchObject({ kinds: ['churn'], migrations: 3, tcp: 50, udp: 50 });
+    expect(() => parseOptions(['--migrations', '0'])).toThrow(/--migrations/);
   });
 });
