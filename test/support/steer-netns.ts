@@ -27,6 +27,7 @@ import { fileURLToPath } from 'node:url';
 import { nsExecutor } from '../../agent/linux/netns-exec.js';
 import { EbpfSteering } from '../../agent/linux/steering-ebpf.js';
 import { execCommand, type Executor } from '../../lib/exec.js';
+import { attachXdpPass } from '../../lab/topology.js';
 import { NsChildren, TeardownSteps } from './ns-children.js';
 
 const REPO = fileURLToPath(new URL('../../', import.meta.url));
@@ -202,7 +203,7 @@ export class SteerNetns {
         await x.exec('ethtool', ['-K', dev, 'tx', 'off']);
         await x.exec('ip', ['link', 'set', 'dev', dev, 'up']);
       }
-      await r.exec('ip', ['link', 'set', 'dev', routerSide, 'xdpdrv', 'obj', `${REPO}build/bpf/xdp_pass.o`, 'sec', 'xdp']);
+      await attachXdpPass(`/run/netns/${r.netns}`, routerSide);
       await other.exec('ip', ['link', 'set', 'dev', 'lo', 'up']);
       await other.exec('ip', ['route', 'add', 'default', 'via', `198.19.${subnet}.1`]);
     };
