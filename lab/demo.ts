@@ -82,6 +82,7 @@ async function main(): Promise<number> {
       hops: hops.map(roundHop),
     };
     process.stdout.write(renderTable(hops) + '\n');
+    if (hops.some((h) => h.steerMs > 0 && !h.steerInsideFreeze)) process.stdout.write('* steering convergence did not finish inside the freeze: the unlock waited for it\n');
     process.stdout.write(
       `\n${summary.survived}/${summary.connections} connections survived ${hops.length} hop(s); ` +
         `${summary.bytesChecked} bytes echoed and checked, ${summary.bytesLost} lost, ${summary.bytesDuplicated} duplicated, ${summary.corrupted} corrupted connections\n`,
