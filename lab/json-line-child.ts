@@ -5,8 +5,8 @@ import readline from 'node:readline';
  * A lab program run as a child and driven over JSON lines: commands on its stdin
  * ({"cmd":..,"id":N}), one reply per command on its stdout ({"reply":..,"id":N}, or
  * {"reply":"error","error":..}), and events ({"event":"ready"} once it works, {"event":"error"}
- * if it cannot start). lab/udp-traffic.ts drives lab/udp-client.ts with it (lab/traffic.ts has
- * the same protocol with its own copy, older than this module).
+ * if it cannot start). lab/traffic.ts drives lab/traffic-client.ts with it, lab/udp-traffic.ts
+ * lab/udp-client.ts.
  */
 export interface JsonLineChild {
   readonly pid: number;

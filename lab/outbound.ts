@@ -14,11 +14,10 @@
  * `outboundReport(server, { address, controlPort })` / `drainOutbound(...)` after a migration:
  * per connection, bytes sent and checked both ways, resets, errors, max stall.
  */
-import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { spawnJsonLineChild } from './json-line-child.js';
 import { nsenterArgs, type LabHost } from './topology.js';
 import { startWorkload, type StartedWorkload } from './workload.js';
 
@@ -188,92 +187,9 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 export function startOutboundServer(host: LabHost, opts: { port: number; script?: string }): OutboundServerHandle {
   const script = opts.script ?? outboundServerScript();
   if (!existsSync(script)) throw new Error(`${script} does not exist: compile the project (npx tsc -p tsconfig.json)`);
-  const child = spawn('nsenter', [...nsenterArgs(host), process.execPath, script, '--address', host.address, '--port', String(opts.port)], {
-    stdio: ['pipe', 'pipe', 'pipe'],
-  });
-  if (child.pid === undefined) throw new Error('cannot spawn nsenter for the outbound server');
-  const pid = child.pid;
-  let stderrTail = '';
-  child.stderr.on('data', (d: Buffer) => (stderrTail = (stderrTail + d.toString()).slice(-4000)));
-  child.stdin.on('error', () => undefined);
-  let ended: string | undefined;
-  const exited = new Promise<void>((resolve) => {
-    child.on('exit', (code, signal) => {
-      ended = signal ? `killed by ${signal}` : `exited ${code}`;
-      resolve();
-    });
-    child.on('error', (e) => {
-      ended = e.message;
-      resolve();
-    });
-  });
-  const gone = () => new Error(`outbound server ${ended}${stderrTail ? ` (${stderrTail.trim().slice(-500)})` : ''}`);
-
-  let readyResolve!: () => void;
-  let readyReject!: (e: Error) => void;
-  const ready = new Promise<void>((res, rej) => {
-    readyResolve = res;
-    readyReject = rej;
-  });
-  ready.catch(() => undefined);
-  const pending = new Map<number, { resolve: (v: Record<string, unknown>) => void; reject: (e: Error) => void }>();
-  let nextId = 1;
-  readline.createInterface({ input: child.stdout }).on('line', (line) => {
-    let msg: Record<string, unknown>;
-    try {
-      msg = JSON.parse(line);
-    } catch {
-      return;
-    }
-    if (msg.event === 'ready') readyResolve();
-    else if (msg.event === 'error') readyReject(new Error(`outbound server: ${String(msg.error)}`));
-    else if (typeof msg.id === 'number' && pending.has(msg.id)) {
-      const p = pending.get(msg.id)!;
-      pending.delete(msg.id);
-      if (msg.reply === 'error') p.reject(new Error(`outbound server: ${String(msg.error)}`));
-      else p.resolve(msg);
-    }
-  });
-  void exited.then(() => {
-    readyReject(gone());
-    for (const p of pending.values()) p.reject(gone());
-    pending.clear();
-  });
-
-  const request = (cmd: Record<string, unknown>, timeoutMs = 10_000): Promise<Record<string, unknown>> => {
-    if (ended !== undefined) return Promise.reject(gone());
-    const id = nextId++;
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        pending.delete(id);
-        reject(new Error(`outbound server: no reply to ${String(cmd.cmd)} within ${timeoutMs} ms`));
-      }, timeoutMs);
-      pending.set(id, {
-        resolve: (v) => (clearTimeout(timer), resolve(v)),
-        reject: (e) => (clearTimeout(timer), reject(e)),
-      });
-      child.stdin.write(JSON.stringify({ ...cmd, id }) + '\n');
-    });
-  };
-
-  let stopping: Promise<void> | undefined;
-  const stop = () =>
-    (stopping ??= (async () => {
-      if (ended !== undefined) return;
-      await request({ cmd: 'quit' }, 2000).catch(() => undefined);
-      for (const signal of [undefined, 'SIGTERM', 'SIGKILL'] as const) {
-        if (signal) {
-          try {
-            process.kill(pid, signal);
-          } catch {
-            return;
-          }
-        }
-        await Promise.race([exited, sleep(2000)]);
-        if (ended !== undefined) return;
-      }
-      throw new Error(`outbound server ${pid} survives SIGKILL`);
-    })());
+  const child = spawnJsonLineChild('outbound server', 'nsenter', [...nsenterArgs(host), process.execPath, script, '--address', host.address, '--port', String(opts.port)]);
+  const { pid, ready, stop } = child;
+  const request = (cmd: Record<string, unknown>, timeoutMs = 10_000) => child.request<Record<string, unknown>>(cmd, timeoutMs);
 
   return {
     pid,

@@ -1,8 +1,7 @@
-import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { spawnJsonLineChild } from './json-line-child.js';
 import { nsenterArgs, type LabHost } from './topology.js';
 
 /**
@@ -100,8 +99,6 @@ export function trafficClientScript(): string {
   return join(here, '..', 'dist', 'lab', 'traffic-client.js');
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
 export function startTraffic(client: LabHost, target: { address: string; port: number }, opts: TrafficOptions): TrafficHandle {
   const script = opts.script ?? trafficClientScript();
   if (!existsSync(script)) throw new Error(`${script} does not exist: compile the project (npx tsc -p tsconfig.json)`);
@@ -128,103 +125,9 @@ export function startTraffic(client: LabHost, target: { address: string; port: n
     '--seed',
     String(opts.seed ?? 0),
   ];
-  const child = spawn('nsenter', args, { stdio: ['pipe', 'pipe', 'pipe'] });
-  if (child.pid === undefined) throw new Error('cannot spawn nsenter for the traffic client');
-  const pid = child.pid;
-
-  let stderrTail = '';
-  child.stderr.on('data', (d: Buffer) => (stderrTail = (stderrTail + d.toString()).slice(-4000)));
-  child.stdin.on('error', () => undefined); // EPIPE once the client is gone
-
-  let exitCode: number | null | undefined;
-  let exitDescription = '';
-  const exited = new Promise<number | null>((resolve) => {
-    child.on('exit', (code, signal) => {
-      exitCode = code;
-      exitDescription = signal ? `killed by ${signal}` : `exited ${code}`;
-      resolve(code);
-    });
-    child.on('error', () => resolve(null));
-  });
-  const gone = (what: string) => new Error(`traffic client ${what}: ${exitDescription}${stderrTail ? ` (${stderrTail.trim().slice(-500)})` : ''}`);
-
-  let readyResolve!: () => void;
-  let readyReject!: (e: Error) => void;
-  const ready = new Promise<void>((res, rej) => {
-    readyResolve = res;
-    readyReject = rej;
-  });
-  ready.catch(() => undefined); // callers that never await ready must not see an unhandled rejection
-
-  const pending = new Map<number, { resolve: (v: Record<string, unknown>) => void; reject: (e: Error) => void }>();
-  let nextId = 1;
-
-  readline.createInterface({ input: child.stdout }).on('line', (line) => {
-    let msg: Record<string, unknown>;
-    try {
-      msg = JSON.parse(line);
-    } catch {
-      return;
-    }
-    if (msg.event === 'ready') readyResolve();
-    else if (msg.event === 'error') readyReject(new Error(`traffic client: ${String(msg.error)}`));
-    else if (typeof msg.id === 'number' && pending.has(msg.id)) {
-      const p = pending.get(msg.id)!;
-      pending.delete(msg.id);
-      if (msg.reply === 'error') p.reject(new Error(`traffic client: ${String(msg.error)}`));
-      else p.resolve(msg);
-    }
-  });
-  void exited.then(() => {
-    readyReject(gone('ended before it was ready'));
-    for (const p of pending.values()) p.reject(gone('ended'));
-    pending.clear();
-  });
-
-  const request = <T>(cmd: Record<string, unknown>, timeoutMs: number): Promise<T> => {
-    if (exitCode !== undefined) return Promise.reject(gone('is not running'));
-    const id = nextId++;
-    return new Promise<T>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        pending.delete(id);
-        reject(new Error(`traffic client: no reply to ${String(cmd.cmd)} within ${timeoutMs} ms`));
-      }, timeoutMs);
-      pending.set(id, {
-        resolve: (v) => {
-          clearTimeout(timer);
-          resolve(v as T);
-        },
-        reject: (e) => {
-          clearTimeout(timer);
-          reject(e);
-        },
-      });
-      child.stdin.write(JSON.stringify({ ...cmd, id }) + '\n');
-    });
-  };
-
-  const waitExit = async (ms: number): Promise<boolean> => {
-    if (exitCode !== undefined) return true;
-    await Promise.race([exited, sleep(ms)]);
-    return exitCode !== undefined;
-  };
-
-  let stopping: Promise<void> | undefined;
-  const stop = (): Promise<void> =>
-    (stopping ??= (async () => {
-      if (exitCode !== undefined) return;
-      await request({ cmd: 'quit' }, 2000).catch(() => undefined);
-      if (await waitExit(2000)) return;
-      for (const signal of ['SIGTERM', 'SIGKILL'] as const) {
-        try {
-          process.kill(pid, signal);
-        } catch {
-          return; // already gone
-        }
-        if (await waitExit(2000)) return;
-      }
-      throw new Error(`traffic client ${pid} survives SIGKILL`);
-    })());
+  const child = spawnJsonLineChild('traffic client', 'nsenter', args);
+  const { pid, ready, exited, stop } = child;
+  const request = <T>(cmd: Record<string, unknown>, timeoutMs: number) => child.request<T>(cmd, timeoutMs);
 
   return {
     pid,
