@@ -150,7 +150,10 @@ describe('redirect rules follow the workload (routed fabric)', () => {
       );
       outPid = w.pid;
       const control = { address: w.endpoint.address, controlPort: OUT_CONTROL };
-      const before = await outboundReport(server, control);
+      // The workload listens once its connections are up; the server may still be accepting.
+      let before = await outboundReport(server, control);
+      for (const deadline = Date.now() + 15_000; before.open < OUTBOUND && Date.now() < deadline; before = await outboundReport(server, control))
+        await new Promise((r) => setTimeout(r, 100));
       expect(before.open).toBe(OUTBOUND);
       let at = 'a';
       for (const to of ['b', 'a']) {
