@@ -20,7 +20,7 @@
  */
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
-import readline from 'node:readline';
+import { out, serveJsonLines } from './json-line-serve.js';
 import { parseArgs } from 'node:util';
 import { StreamVerifier, streamSeed } from './byte-stream.js';
 
@@ -40,10 +40,6 @@ interface Conn {
   error?: string;
   lastDataAt: number;
   maxGapMs: number;
-}
-
-function out(obj: Record<string, unknown>, then?: () => void): void {
-  process.stdout.write(JSON.stringify(obj) + '\n', then);
 }
 
 const round = (ms: number) => Math.round(ms * 10) / 10;
@@ -163,53 +159,17 @@ async function main(): Promise<void> {
     out({ event: 'error', error: '--address IPv4 and --port 1-65535 are required' }, () => process.exit(2));
     return;
   }
+  const address = values.address;
   const server = new OutboundServer();
-  const quit = (reply?: Record<string, unknown>) => {
-    server.close();
-    if (reply) out(reply, () => process.exit(0));
-    else process.exit(0);
-  };
-  let queue = Promise.resolve();
-  const rl = readline.createInterface({ input: process.stdin });
-  rl.on('line', (line) => {
-    if (!line.trim()) return;
-    queue = queue.then(async () => {
-      let msg: { cmd?: string; id?: unknown; address?: string; port?: number; line?: string };
-      try {
-        msg = JSON.parse(line);
-      } catch {
-        out({ reply: 'error', error: `not JSON: ${line.slice(0, 200)}` });
-        return;
-      }
-      const id = msg.id === undefined ? {} : { id: msg.id };
-      switch (msg.cmd) {
-        case 'stats':
-          out({ reply: 'stats', ...id, ...server.stats() });
-          break;
-        case 'ask':
-          try {
-            out({ reply: 'ask', ...id, answer: await ask(String(msg.address), Number(msg.port), String(msg.line ?? 'stats')) });
-          } catch (e) {
-            out({ reply: 'error', ...id, error: (e as Error).message });
-          }
-          break;
-        case 'quit':
-          quit({ reply: 'quit', ...id });
-          break;
-        default:
-          out({ reply: 'error', ...id, error: `unknown cmd ${JSON.stringify(msg.cmd)}` });
-      }
-    });
+  await serveJsonLines({
+    commands: {
+      stats: () => ({ ...server.stats() }),
+      ask: async (msg) => ({ answer: await ask(String(msg.address), Number(msg.port), String(msg.line ?? 'stats')) }),
+    },
+    start: () => server.listen(address, port).catch((e: Error) => Promise.reject(new Error(`listen ${address}:${port}: ${e.message}`))),
+    ready: { address, port },
+    close: () => server.close(),
   });
-  rl.on('close', () => void queue.then(() => quit()));
-  process.on('SIGTERM', () => quit());
-  try {
-    await server.listen(values.address, port);
-  } catch (e) {
-    out({ event: 'error', error: `listen ${values.address}:${port}: ${(e as Error).message}` }, () => process.exit(1));
-    return;
-  }
-  out({ event: 'ready', address: values.address, port });
 }
 
 void main();

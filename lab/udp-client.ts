@@ -23,7 +23,7 @@
  */
 import dgram from 'node:dgram';
 import { performance } from 'node:perf_hooks';
-import readline from 'node:readline';
+import { out, serveJsonLines } from './json-line-serve.js';
 import { parseArgs } from 'node:util';
 import { UdpFlowLedger, checkDatagram, encodeDatagram, totals, type UdpFlowStats } from './udp-flow.js';
 
@@ -42,10 +42,6 @@ interface Flow {
   socket: dgram.Socket;
   ledger: UdpFlowLedger;
   error?: string;
-}
-
-function out(obj: Record<string, unknown>, then?: () => void): void {
-  process.stdout.write(JSON.stringify(obj) + '\n', then);
 }
 
 function parseOptions(argv: string[]): Options {
@@ -219,60 +215,17 @@ async function main(): Promise<void> {
     return;
   }
   const client = new UdpClient(o);
-  let quitting = false;
-  const quit = (reply?: Record<string, unknown>) => {
-    if (quitting) return;
-    quitting = true;
-    client.closeAll();
-    if (reply) out(reply, () => process.exit(0));
-    else process.exit(0);
-  };
-
-  // Commands one at a time, in order (a drain finishes before the next command).
-  let queue = Promise.resolve();
-  const rl = readline.createInterface({ input: process.stdin });
-  rl.on('line', (line) => {
-    if (!line.trim()) return;
-    queue = queue.then(async () => {
-      let msg: { cmd?: string; id?: unknown; graceMs?: number };
-      try {
-        msg = JSON.parse(line);
-      } catch {
-        out({ reply: 'error', error: `not JSON: ${line.slice(0, 200)}` });
-        return;
-      }
-      const id = msg.id === undefined ? {} : { id: msg.id };
-      switch (msg.cmd) {
-        case 'stats':
-          out({ reply: 'stats', ...id, ...client.stats() });
-          break;
-        case 'window':
-          out({ reply: 'window', ...id, ...client.window() });
-          break;
-        case 'drain':
-          out({ reply: 'drain', ...id, ...(await client.drain(Number(msg.graceMs ?? 1000))) });
-          break;
-        case 'quit':
-          quit({ reply: 'quit', ...id });
-          break;
-        default:
-          out({ reply: 'error', ...id, error: `unknown cmd ${JSON.stringify(msg.cmd)}` });
-      }
-    });
+  await serveJsonLines({
+    commands: {
+      stats: () => ({ ...client.stats() }),
+      window: () => ({ ...client.window() }),
+      drain: async (msg) => ({ ...(await client.drain(Number(msg.graceMs ?? 1000))) }),
+    },
+    start: () => client.openAll(),
+    started: () => client.startSending(),
+    ready: { flows: o.flows },
+    close: () => client.closeAll(),
   });
-  rl.on('close', () => void queue.then(() => quit()));
-  process.on('SIGTERM', () => quit());
-
-  try {
-    await client.openAll();
-  } catch (e) {
-    client.closeAll();
-    out({ event: 'error', error: (e as Error).message }, () => process.exit(1));
-    return;
-  }
-  if (quitting) return;
-  client.startSending();
-  out({ event: 'ready', flows: o.flows });
 }
 
 void main();
