@@ -1,5 +1,19 @@
 import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+/**
+ * The compiled lab program `name` (e.g. "traffic-client.js"): beside this module when it runs
+ * from dist/lab, else in this project's dist/lab (when run from source by the test runner).
+ */
+export function labProgram(name: string): string {
+  const here = dirname(fileURLToPath(import.meta.url));
+  const sibling = join(here, name);
+  if (existsSync(sibling)) return sibling;
+  return join(here, '..', 'dist', 'lab', name);
+}
 
 /**
  * A lab program run as a child and driven over JSON lines: commands on its stdin

@@ -15,9 +15,7 @@
  * per connection, bytes sent and checked both ways, resets, errors, max stall.
  */
 import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { spawnJsonLineChild } from './json-line-child.js';
+import { labProgram, spawnJsonLineChild } from './json-line-child.js';
 import { nsenterArgs, type LabHost } from './topology.js';
 import { startWorkload, type StartedWorkload } from './workload.js';
 
@@ -175,10 +173,7 @@ export interface OutboundServerHandle {
 }
 
 export function outboundServerScript(): string {
-  const here = dirname(fileURLToPath(import.meta.url));
-  const sibling = join(here, 'outbound-server.js');
-  if (existsSync(sibling)) return sibling; // running from dist/lab
-  return join(here, '..', 'dist', 'lab', 'outbound-server.js');
+  return labProgram('outbound-server.js');
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

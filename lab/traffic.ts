@@ -1,7 +1,5 @@
 import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { spawnJsonLineChild } from './json-line-child.js';
+import { labProgram, spawnJsonLineChild } from './json-line-child.js';
 import { nsenterArgs, type LabHost } from './topology.js';
 
 /**
@@ -93,10 +91,7 @@ export interface TrafficHandle {
 }
 
 export function trafficClientScript(): string {
-  const here = dirname(fileURLToPath(import.meta.url));
-  const sibling = join(here, 'traffic-client.js');
-  if (existsSync(sibling)) return sibling; // running from dist/lab
-  return join(here, '..', 'dist', 'lab', 'traffic-client.js');
+  return labProgram('traffic-client.js');
 }
 
 export function startTraffic(client: LabHost, target: { address: string; port: number }, opts: TrafficOptions): TrafficHandle {

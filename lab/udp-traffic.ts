@@ -1,7 +1,5 @@
 import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { spawnJsonLineChild } from './json-line-child.js';
+import { labProgram, spawnJsonLineChild } from './json-line-child.js';
 import { nsenterArgs, type LabHost } from './topology.js';
 import type { UdpTrafficTotals } from './udp-flow.js';
 
@@ -64,10 +62,7 @@ export interface UdpTrafficHandle {
 }
 
 export function udpClientScript(): string {
-  const here = dirname(fileURLToPath(import.meta.url));
-  const sibling = join(here, 'udp-client.js');
-  if (existsSync(sibling)) return sibling; // running from dist/lab
-  return join(here, '..', 'dist', 'lab', 'udp-client.js');
+  return labProgram('udp-client.js');
 }
 
 export function startUdpTraffic(client: LabHost, target: { address: string; port: number }, opts: UdpTrafficOptions): UdpTrafficHandle {
