@@ -8,6 +8,7 @@
  * lines with --json, one per measured size, with the fields issue 9 names first.
  */
 import { median } from './lock-report.js';
+import { fmt, lineChartSvg } from './line-chart.js';
 
 /** Issue 9's target: 100,000 flow entries exported and imported within this. */
 export const HANDOFF_TARGET_MS = 100;
@@ -125,12 +126,6 @@ export function markdown(header: readonly string[], body: readonly string[][]): 
   return [line(header), `|${widths.map((w) => '-'.repeat(w + 1) + ':').join('|')}|`, ...body.map(line)].join('\n');
 }
 
-function fmt(v: number): string {
-  return Number.isInteger(v) ? String(v) : v.toFixed(1);
-}
-
-const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
-
 const SERIES = [
   { key: 'exportMs', label: 'export', color: '#2166ac' },
   { key: 'importMs', label: 'import', color: '#1b7837' },
@@ -139,47 +134,17 @@ const SERIES = [
 
 /** Export, import and their sum (ms) against entries (log scale), with the target as a dashed line. */
 export function handoffSvg(rows: readonly HandoffRow[]): string {
-  const W = 720;
-  const H = 420;
-  const m = { left: 70, right: 150, top: 40, bottom: 52 };
-  const pw = W - m.left - m.right;
-  const ph = H - m.top - m.bottom;
-  const sorted = [...rows].sort((a, b) => a.entries - b.entries);
-  const top = niceCeil(Math.max(HANDOFF_TARGET_MS * 1.2, ...sorted.map((r) => r.totalMs)));
-  const lo = Math.log10(Math.max(1, Math.min(...sorted.map((r) => r.entries), 1000)));
-  const hi = Math.max(lo + 1, Math.log10(Math.max(...sorted.map((r) => r.entries), 1)));
-  const x = (n: number) => m.left + ((Math.log10(n) - lo) / (hi - lo)) * pw;
-  const y = (v: number) => m.top + ph - (v / top) * ph;
-  const p: string[] = [];
-  p.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`);
-  p.push(`<rect width="${W}" height="${H}" fill="white"/>`);
-  p.push(`<text x="${m.left + pw / 2}" y="22" text-anchor="middle" font-size="15">${esc('Steering state handoff: export + import through the image file')}</text>`);
-  for (let i = 0; i <= 5; i++) {
-    const v = (top / 5) * i;
-    p.push(`<line x1="${m.left}" x2="${m.left + pw}" y1="${y(v).toFixed(1)}" y2="${y(v).toFixed(1)}" stroke="#e3e3e3"/>`);
-    p.push(`<text x="${m.left - 6}" y="${(y(v) + 4).toFixed(1)}" text-anchor="end">${fmt(v)} ms</text>`);
-  }
-  for (const r of sorted) p.push(`<text x="${x(r.entries).toFixed(1)}" y="${m.top + ph + 18}" text-anchor="middle">${r.entries.toLocaleString('en-US')}</text>`);
-  p.push(`<line x1="${m.left}" x2="${m.left + pw}" y1="${m.top + ph}" y2="${m.top + ph}" stroke="black"/>`);
-  p.push(`<line x1="${m.left}" x2="${m.left}" y1="${m.top}" y2="${m.top + ph}" stroke="black"/>`);
-  p.push(`<text x="${m.left + pw / 2}" y="${H - 12}" text-anchor="middle">flow entries handed off (log scale)</text>`);
-  p.push(`<line data-target="${HANDOFF_TARGET_MS}" x1="${m.left}" x2="${m.left + pw}" y1="${y(HANDOFF_TARGET_MS).toFixed(1)}" y2="${y(HANDOFF_TARGET_MS).toFixed(1)}" stroke="#555" stroke-dasharray="6 4"/>`);
-  p.push(`<text x="${m.left + pw + 6}" y="${(y(HANDOFF_TARGET_MS) + 4).toFixed(1)}">target ${HANDOFF_TARGET_MS} ms</text>`);
-  let legendY = m.top + 10;
-  for (const s of SERIES) {
-    p.push(`<polyline data-series="${s.label}" fill="none" stroke="${s.color}" stroke-width="2" points="${sorted.map((r) => `${x(r.entries).toFixed(1)},${y(r[s.key]).toFixed(1)}`).join(' ')}"/>`);
-    for (const r of sorted) p.push(`<circle cx="${x(r.entries).toFixed(1)}" cy="${y(r[s.key]).toFixed(1)}" r="3.5" fill="${s.color}"><title>${s.label} of ${r.entries} entries: ${fmt(r[s.key])} ms</title></circle>`);
-    p.push(`<line x1="${m.left + pw + 14}" x2="${m.left + pw + 38}" y1="${legendY + 30}" y2="${legendY + 30}" stroke="${s.color}" stroke-width="2"/>`);
-    p.push(`<text x="${m.left + pw + 44}" y="${legendY + 34}">${s.label}</text>`);
-    legendY += 20;
-  }
-  p.push('</svg>');
-  return p.join('\n') + '\n';
+  return lineChartSvg({
+    title: 'Steering state handoff: export + import through the image file',
+    points: rows.map((r) => r.entries),
+    xText: (n) => n.toLocaleString('en-US'),
+    xLabel: 'flow entries handed off (log scale)',
+    xScale: 'log',
+    series: SERIES.map((s) => ({ label: s.label, color: s.color, values: rows.map((r) => r[s.key]) })),
+    targetMs: HANDOFF_TARGET_MS,
+    targetLabel: `target ${HANDOFF_TARGET_MS} ms`,
+    pointTitle: (series, n, v) => `${series} of ${n} entries: ${v} ms`,
+    rightMargin: 150,
+  });
 }
 
-/** 1, 2, 5 x 10^k at or above v. */
-function niceCeil(v: number): number {
-  const d = 10 ** Math.floor(Math.log10(v));
-  for (const k of [1, 2, 5, 10]) if (k * d >= v) return k * d;
-  return 10 * d;
-}
