@@ -75,8 +75,6 @@ export interface HostPlatform {
    */
   lockStrategy(mode: LockModeName): LockStrategy;
   processInfo(pid: number): Promise<ProcessSummary | undefined>;
-  /** TCP connections (sockets with a peer) held by the process and its descendants: what CRIU's own locks lock one by one. */
-  tcpConnections(pid: number): Promise<number>;
   /** Every TCP and UDP socket held by the process and its descendants, as the host's kernel shows them. */
   workloadSockets(pid: number): Promise<WorkloadSocket[]>;
   probe(): Promise<PlatformProbe>;

@@ -111,8 +111,9 @@ export class AgentService {
         let delivered = 0;
         const strategy = this.strategyOf(record.lockMode);
         if (record.locked.length > 0 || strategy.holdsEndpoints) {
-          dropped = await this.unlock(lockScope(endpoints), version);
-          delivered = await this.deliverHeld(id, lockScope(endpoints));
+          const scope = lockScope(endpoints);
+          dropped = await this.unlock(scope, version);
+          delivered = await this.deliverHeld(id, scope);
         }
         if (record.lockResidue) {
           // The restore removed the lock made for it; whatever it left is removed now.
@@ -159,7 +160,7 @@ export class AgentService {
           log.info({ migrationId: id, held: held.count, ms: performance.now() - started }, 'held packets added to the image');
         }
         // The workload's steering state goes the same way, as it is now that the workload is dumped.
-        const selector = { addresses: unique(record.dumped.endpoints.map((e) => e.address)), backendIds: req.steerBackendIds ?? [] };
+        const selector = workloadSelector(record.dumped.endpoints, req.steerBackendIds);
         const steeringEntries = await this.hostStep('steering export', () => exportIntoImage(this.handoffEnds(), this.imageDir(id), selector));
         this.records.update(id, (r) => {
           r.steerSelector = selector;
@@ -201,7 +202,7 @@ export class AgentService {
         const started = performance.now();
         // Recorded first: an import that half-works is still removed by Abort.
         this.records.update(id, (r) => {
-          r.steerSelector = { addresses: unique(w.endpoints.map((e) => e.address)), backendIds: req.steerBackendIds ?? [] };
+          r.steerSelector = workloadSelector(w.endpoints, req.steerBackendIds);
           r.steerImported = true;
         });
         const steeringEntries = await this.hostStep('steering import', () => importFromImage(this.handoffEnds(), this.imageDir(id), id));
@@ -219,8 +220,9 @@ export class AgentService {
         for (const a of unique(endpoints.map((e) => e.address))) await p.network.removeAddress(a);
         const strategy = this.strategyOf(record.lockMode);
         if (record.locked.length > 0 || strategy.holdsEndpoints) {
-          await this.unlock(lockScope(endpoints), version);
-          this.discardHeld(id, lockScope(endpoints), 'stopped on the source after the image left');
+          const scope = lockScope(endpoints);
+          await this.unlock(scope, version);
+          this.discardHeld(id, scope, 'stopped on the source after the image left');
         }
         if (record.lockResidue) {
           // What the dump left here: the workload runs on the target now.
@@ -506,6 +508,11 @@ function lockModeFromWire(mode: string | number | null | undefined): LockModeNam
 function migrationId(id: string): string {
   if (!MIGRATION_ID.test(id)) throw new InvalidArgumentError('migration_id', `migration_id "${id}" must be 1-64 of [A-Za-z0-9_-]`);
   return id;
+}
+
+/** The workload's steering state: its endpoints' addresses and its backends (as the controller named them). */
+function workloadSelector(endpoints: WorkloadSpec['endpoints'], backendIds: number[] | undefined): { addresses: string[]; backendIds: number[] } {
+  return { addresses: unique(endpoints.map((e) => e.address)), backendIds: backendIds ?? [] };
 }
 
 function unique<T>(xs: T[]): T[] {

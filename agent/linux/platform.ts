@@ -15,7 +15,6 @@ import { lockPins } from './lock-maps.js';
 import { EbpfNetLock } from './netlock-ebpf.js';
 import { RingHeldTraffic } from './packet-hold.js';
 import { EbpfSteering } from './steering-ebpf.js';
-import { tcpConnectionCount } from '../../lib/workload-sockets.js';
 import { treeSockets } from './process-sockets.js';
 import { inspectProcess } from './process-tree.js';
 
@@ -130,10 +129,6 @@ export class LinuxPlatform implements HostPlatform {
 
   processInfo(pid: number) {
     return inspectProcess(pid);
-  }
-
-  async tcpConnections(pid: number) {
-    return tcpConnectionCount(await treeSockets(pid));
   }
 
   workloadSockets(pid: number) {
