@@ -131,72 +131,98 @@ export async function run(argv: string[]): Promise<number> {
   } catch (e) {
     return (e as { code?: string }).code === 'commander.helpDisplayed' ? 0 : 2;
   }
-  let workloads: Map<number, BenchWorkload>;
-  try {
-    workloads = new Map(opts.memory.map((m) => [m, workloadFor(m)]));
-  } catch (e) {
-    say(`bench freeze: ${(e as Error).message}`);
-    return 2;
-  }
   mkdirSync(opts.results, { recursive: true });
   const jsonl = join(opts.results, 'freeze.jsonl');
   const svg = join(opts.results, 'freeze.svg');
-  const rows: FreezeRow[] = [];
-  let lab: Lab | undefined;
-  let current: Cleanup | undefined;
-  const cleanupAll = async () => {
-    await current?.run().catch(() => undefined);
-    await lab?.down().catch((e: Error) => say(`lab down: ${e.message}`));
-    lab = undefined;
-  };
-  const onSignal = () => void cleanupAll().then(() => process.exit(130));
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
-
-  const variants = (mem: number): boolean[] => (mem === 0 || opts.postCopy === 'off' ? [false] : opts.postCopy === 'on' ? [true] : [false, true]);
   const started = Date.now();
-  // Where the steering table places the workload's address: a migration moves it there for good
-  // (until the next migration), so every measurement starts its workload where the last one left it.
-  const place = { home: 'a' };
+  let rows: FreezeRow[];
   try {
-    say(`bench freeze: connections ${opts.connections.join(',')}, memory ${opts.memory.join(',')} MiB, ${opts.runs} run(s), CRIU -v${opts.criuLogLevel}`);
-    lab = await labUp({ hosts: ['a', 'b'], agentFlags: ['--criu-log-level', String(opts.criuLogLevel)] });
-    for (const mem of opts.memory) {
-      const workload = workloads.get(mem)!;
-      for (const n of opts.connections) {
-        for (let r = 1; r <= opts.runs; r++) {
-          const measurements: (() => Promise<FreezeRow>)[] = [];
-          if (opts.criuAlone) measurements.push(() => criuAlone(lab!, { host: place.home, connections: n, run: r, port: PORT, logLevel: opts.criuLogLevel, start: workload.start, memoryMiB: mem }, current!));
-          for (const postCopy of variants(mem)) measurements.push(() => migration(lab!, workload, { connections: n, memoryMiB: mem, postCopy, run: r, logLevel: opts.criuLogLevel }, place, current!));
-          for (const measure of measurements) {
-            current = new Cleanup(lab);
-            let row: FreezeRow;
-            try {
-              row = await measure();
-            } finally {
-              await current.run().catch((e: Error) => say(`  cleanup: ${e.message}`));
-              current = undefined;
-            }
-            rows.push(row);
-            appendFileSync(jsonl, JSON.stringify(row) + '\n');
-            if (opts.json) process.stdout.write(JSON.stringify(row) + '\n');
-            say(
-              `  ${row.kind} N=${n} ${mem} MiB${row.postCopy ? ' post-copy' : ''} run ${r}: ${row.ok ? 'ok' : 'FAILED'} freeze ${row.freezeMs.toFixed(0)} ms ` +
-                `(CRIU ${row.criuDumpMs.toFixed(0)} + ${row.criuRestoreMs.toFixed(0)}, overhead ${row.overheadPct.toFixed(0)}%)${row.error ? ` — ${row.error}` : ''}`,
-            );
-            writeFileSync(svg, freezeSvg(rows));
-          }
-        }
-      }
-    }
-  } finally {
-    await cleanupAll();
+    rows = await measureFreeze({
+      ...opts,
+      log: say,
+      onRow: (row, all) => {
+        appendFileSync(jsonl, JSON.stringify(jsonLine(row)) + '\n');
+        if (opts.json) process.stdout.write(JSON.stringify(jsonLine(row)) + '\n');
+        writeFileSync(svg, freezeSvg(all));
+      },
+    });
+  } catch (e) {
+    if (!(e instanceof InvalidArgumentError)) throw e;
+    say(`bench freeze: ${e.message}`);
+    return 2;
   }
   const text = `${measurementTable(rows)}\n\n${summaryTable(rows)}\n\n${breakdownTable(rows)}\n`;
   if (opts.json) process.stderr.write(text);
   else process.stdout.write(text);
   say(`bench freeze: ${rows.length} measurements in ${((Date.now() - started) / 60_000).toFixed(1)} min; appended to ${jsonl}; plot ${svg}`);
   return rows.every((r) => r.ok) ? 0 : 1;
+}
+
+/** A row as one JSON line: the fields issue 10 names first, then the rest. */
+export function jsonLine(r: FreezeRow): Record<string, unknown> {
+  const { connections, memoryMiB, postCopy, freezeMs, criuDumpMs, criuRestoreMs, overheadPct, survived, bytesLost, memoryIntact, ...rest } = r;
+  return { connections, memoryMiB, postCopy, freezeMs, criuDumpMs, criuRestoreMs, overheadPct, survived, bytesLost, memoryIntact, ...rest };
+}
+
+export interface FreezeRun extends Omit<Options, 'json' | 'results'> {
+  log: (line: string) => void;
+  /** Each row as it is measured, with every row so far. */
+  onRow?: (row: FreezeRow, all: readonly FreezeRow[]) => void;
+}
+
+/** Every measurement of the run, in one lab brought up and down here. */
+export async function measureFreeze(opts: FreezeRun): Promise<FreezeRow[]> {
+  const workloads = new Map(opts.memory.map((m) => [m, workloadFor(m)]));
+  const rows: FreezeRow[] = [];
+  let lab: Lab | undefined;
+  let current: Cleanup | undefined;
+  const cleanupAll = async () => {
+    await current?.run().catch(() => undefined);
+    await lab?.down().catch((e: Error) => opts.log(`lab down: ${e.message}`));
+    lab = undefined;
+  };
+  const onSignal = () => void cleanupAll().then(() => process.exit(130));
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const variants = (mem: number): boolean[] => (mem === 0 || opts.postCopy === 'off' ? [false] : opts.postCopy === 'on' ? [true] : [false, true]);
+  // Where the steering table places the workload's address: a migration moves it there for good
+  // (until the next migration), so every measurement starts its workload where the last one left it.
+  const place = { home: 'a' };
+  try {
+    opts.log(`bench freeze: connections ${opts.connections.join(',')}, memory ${opts.memory.join(',')} MiB, ${opts.runs} run(s), CRIU -v${opts.criuLogLevel}`);
+    lab = await labUp({ hosts: ['a', 'b'], agentFlags: ['--criu-log-level', String(opts.criuLogLevel)] });
+    for (const mem of opts.memory) {
+      const workload = workloads.get(mem)!;
+      for (const n of opts.connections) {
+        for (let r = 1; r <= opts.runs; r++) {
+          const measurements: ((c: Cleanup) => Promise<FreezeRow>)[] = [];
+          if (opts.criuAlone) measurements.push((c) => criuAlone(lab!, { host: place.home, connections: n, run: r, port: PORT, logLevel: opts.criuLogLevel, start: workload.start, memoryMiB: mem }, c));
+          for (const postCopy of variants(mem)) measurements.push((c) => migration(lab!, workload, { connections: n, memoryMiB: mem, postCopy, run: r, logLevel: opts.criuLogLevel }, place, c));
+          for (const measure of measurements) {
+            current = new Cleanup(lab);
+            let row: FreezeRow;
+            try {
+              row = await measure(current);
+            } finally {
+              await current.run().catch((e: Error) => opts.log(`  cleanup: ${e.message}`));
+              current = undefined;
+            }
+            rows.push(row);
+            opts.onRow?.(row, rows);
+            opts.log(
+              `  ${row.kind} N=${n} ${mem} MiB${row.postCopy ? ' post-copy' : ''} run ${r}: ${row.ok ? 'ok' : 'FAILED'} freeze ${row.freezeMs.toFixed(0)} ms ` +
+                `(CRIU ${row.criuDumpMs.toFixed(0)} + ${row.criuRestoreMs.toFixed(0)}, overhead ${row.overheadPct.toFixed(0)}%)${row.error ? ` — ${row.error}` : ''}`,
+            );
+          }
+        }
+      }
+    }
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    await cleanupAll();
+  }
+  return rows;
 }
 
 interface MigrationSpec {
