@@ -122,6 +122,9 @@ export async function run(argv: string[]): Promise<number> {
   try {
     say(`bench lock: N=${opts.connections.join(',')} modes=${opts.modes.join(',')} runs=${opts.runs} (${total} migrations)`);
     lab = await labUp({ hosts: ['a', 'b'] });
+    // Where the steering table places the workload's address after the last migration: the next
+    // measurement starts its workload there (a migration's placement stays until the next one).
+    const place = { home: 'a' };
     let i = 0;
     for (const n of opts.connections) {
       for (let r = 1; r <= opts.runs; r++) {
@@ -132,7 +135,7 @@ export async function run(argv: string[]): Promise<number> {
           let row: LockMeasurement;
           let leftovers = 0;
           try {
-            row = await measure(lab, mode, n, r, current);
+            row = await measure(lab, mode, n, r, current, place);
           } finally {
             leftovers = await current.run().catch((e: Error) => {
               say(`  cleanup: ${e.message}`);
@@ -162,7 +165,9 @@ export async function run(argv: string[]): Promise<number> {
   return 0;
 }
 
-async function measure(lab: Lab, mode: BenchMode, n: number, runNo: number, cleanup: Cleanup): Promise<LockMeasurement> {
+async function measure(lab: Lab, mode: BenchMode, n: number, runNo: number, cleanup: Cleanup, place: { home: string }): Promise<LockMeasurement> {
+  const from = place.home;
+  const to = from === 'a' ? 'b' : 'a';
   const row: LockMeasurement = {
     mode,
     connections: n,
@@ -188,7 +193,7 @@ async function measure(lab: Lab, mode: BenchMode, n: number, runNo: number, clea
     const vip = lab.topology.workloadAddress(0);
     // The client may still map the address to the host of the previous measurement's workload.
     await execCommand('ip', ['-n', lab.topology.client.netns, 'neigh', 'flush', 'to', vip], { allowFailure: true });
-    const workload = await startLabWorkload(lab, 'a', PORT);
+    const workload = await startLabWorkload(lab, from, PORT);
     cleanup.pids.push(workload.pid);
     let traffic: TrafficHandle | undefined;
     if (n > 0) {
@@ -198,8 +203,8 @@ async function measure(lab: Lab, mode: BenchMode, n: number, runNo: number, clea
     }
     await sleep(WARMUP_MS);
     const hop = await migrateHop(lab.controller, traffic, {
-      from: 'a',
-      to: 'b',
+      from,
+      to,
       pid: workload.pid,
       endpoints: [parseEndpoint(`tcp://${vip}:${PORT}`)],
       lockMode: mode.toUpperCase() as HopLockMode,
@@ -208,6 +213,7 @@ async function measure(lab: Lab, mode: BenchMode, n: number, runNo: number, clea
       settleTimeoutMs: SETTLE_TIMEOUT_MS,
     });
     if (hop.pid) cleanup.pids.push(hop.pid);
+    if (hop.phase === 'DONE') place.home = to;
     const m = await lab.controller.getMigration(hop.migrationId);
     Object.assign(row, {
       ok: hop.phase === 'DONE',
