@@ -12,6 +12,8 @@
  *   batch the sender reads the next.
  * - A large file (memory pages) is streamed in CHUNK_BYTES pieces, alone in its messages.
  * - The hash is computed as the bytes go by on both sides; nothing is read twice.
+ * - In a pipelined freeze the stream opens before CRIU starts and follows the folder while the
+ *   dump writes it (ImageStream.follow): what is left for after the dump is the last few files.
  */
 import { createHash, type Hash } from 'node:crypto';
 import { closeSync, fstatSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
@@ -42,6 +44,10 @@ const BATCH_FILES = 64;
  */
 const NOT_IMAGE = new Set(['restored.pid', 'restore.log', 'dump.log']);
 const FILE_NAME = /^[A-Za-z0-9._-]{1,255}$/;
+/** While CRIU writes: how long a file must be unchanged before it goes out, and how often to look. */
+const SETTLE_NS = 10_000_000n;
+const FOLLOW_INTERVAL_MS = 5;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export interface TransferTotals {
   bytes: number;
@@ -75,63 +81,147 @@ function hashFileStart(hash: Hash, name: string, size: number): void {
   hash.update(name).update('\0').update(size8);
 }
 
-/** Source side: streams every image file of `dir` to the peer's ReceiveImage. */
-export async function sendImage(client: AgentClient, migrationId: string, dir: string, timeoutMs: number): Promise<SendResult> {
-  let call!: grpc.ClientWritableStream<ImageChunk>;
-  const answer = new Promise<ReceiveImageResponse__Output>((resolve, reject) => {
-    call = client.ReceiveImage({ deadline: Date.now() + timeoutMs }, (err, res) => (err ? reject(err) : resolve(res!)));
-  });
-  const write = async (chunk: Omit<ImageChunk, 'migrationId' | 'format'>) => {
-    if (!call.write({ ...chunk, migrationId, format: IMAGE_STREAM_FORMAT })) await once(call, 'drain');
-  };
-  const hash = createHash('sha256');
-  let bytes = 0;
-  let batch: { name: string; mode: number; data: Buffer }[] = [];
-  let batchBytes = 0;
-  const flush = async () => {
-    if (batch.length === 0) return;
-    const files = batch;
-    batch = [];
-    batchBytes = 0;
-    await write({ files });
-  };
-  const names = imageFiles(dir);
-  for (const name of names) {
-    const fd = openSync(join(dir, name), 'r');
-    try {
-      const st = fstatSync(fd);
-      const mode = st.mode & 0o777;
-      hashFileStart(hash, name, st.size);
-      bytes += st.size;
-      if (st.size <= CHUNK_BYTES) {
-        const data = readAll(fd, st.size);
-        hash.update(data);
-        batch.push({ name, mode, data });
-        batchBytes += data.length;
-        if (batchBytes >= BATCH_BYTES || batch.length >= BATCH_FILES) await flush();
-        continue;
+/**
+ * Source side: an image stream to the peer's ReceiveImage. It can start while CRIU is still
+ * writing the image (follow()): every file that has not changed for SETTLE_MS goes out then, so
+ * that when the dump ends most of the image is on the target already. finish() sends what is
+ * left: files not sent yet, and any file sent early that changed afterwards (its size or mtime
+ * differs from when it was read), sent again whole; the receiver keeps the last copy.
+ *
+ * Why a settled file cannot change unnoticed: tmpfs stamps mtime from a coarse clock (one tick,
+ * at most about 4 ms, behind), so a write after our read gets an mtime later than one that was
+ * already SETTLE_MS old when we read.
+ */
+export class ImageStream {
+  private readonly call: grpc.ClientWritableStream<ImageChunk>;
+  private readonly answer: Promise<ReceiveImageResponse__Output>;
+  private readonly hash = createHash('sha256');
+  /** Size and mtime of each file when it was read for sending. */
+  private readonly sent = new Map<string, { size: bigint; mtimeNs: bigint }>();
+  private batch: { name: string; mode: number; data: Buffer }[] = [];
+  private batchBytes = 0;
+  private bytes = 0;
+  private following?: Promise<void>;
+  private stopping = false;
+  /** Files and bytes that went out while the image was still being written. */
+  readonly early = { files: 0, bytes: 0, ms: 0 };
+
+  constructor(client: AgentClient, private readonly migrationId: string, private readonly dir: string, timeoutMs: number) {
+    let call!: grpc.ClientWritableStream<ImageChunk>;
+    this.answer = new Promise<ReceiveImageResponse__Output>((resolve, reject) => {
+      call = client.ReceiveImage({ deadline: Date.now() + timeoutMs }, (err, res) => (err ? reject(err) : resolve(res!)));
+    });
+    // A cancelled stream's answer is an error nobody waits for.
+    this.answer.catch(() => undefined);
+    this.call = call;
+  }
+
+  /** Sends the files that have settled, over and over, until finish() or cancel(). */
+  follow(): void {
+    this.following ??= (async () => {
+      while (!this.stopping) {
+        const t0 = performance.now();
+        const before = this.sent.size;
+        const bytes = this.bytes;
+        await this.pass(false);
+        if (this.sent.size > before) {
+          this.early.files += this.sent.size - before;
+          this.early.bytes += this.bytes - bytes;
+          this.early.ms += performance.now() - t0;
+        }
+        await sleep(FOLLOW_INTERVAL_MS);
       }
-      await flush();
+    })();
+  }
+
+  /** Everything not sent yet or changed since, then the end; resolves with the receiver's answer. */
+  async finish(): Promise<SendResult> {
+    this.stopping = true;
+    await this.following;
+    await this.pass(true);
+    await this.flush();
+    await this.write({ end: { files: this.sent.size, bytes: this.bytes, sha256: this.hash.digest('hex') } });
+    this.call.end();
+    const res = await this.answer;
+    if (Number(res.files) !== this.sent.size || Number(res.bytes) !== this.bytes) {
+      throw new Error(`peer stored ${res.files} files / ${res.bytes} bytes, sent ${this.sent.size} / ${this.bytes}`);
+    }
+    return { bytes: this.bytes, files: this.sent.size, peerSteps: res.steps.map((s) => ({ step: s.step, ms: s.ms, host: s.host })) };
+  }
+
+  /** Stops following and abandons the stream (the dump failed): the receiver drops what it got. */
+  async cancel(): Promise<void> {
+    this.stopping = true;
+    // Cancelled first: a pass waiting for the stream to drain ends with it.
+    this.call.cancel();
+    await this.following?.catch(() => undefined);
+  }
+
+  /** One look at the folder: each file new or changed since it was sent (and, unless final, settled) goes out. */
+  private async pass(final: boolean): Promise<void> {
+    const now = BigInt(Date.now()) * 1_000_000n;
+    for (const name of imageFiles(this.dir)) {
+      if (!final && this.stopping) return;
+      let st;
+      try {
+        st = statSync(join(this.dir, name), { bigint: true });
+      } catch {
+        continue; // gone again (CRIU renames some files into place)
+      }
+      const prev = this.sent.get(name);
+      if (prev && prev.size === st.size && prev.mtimeNs === st.mtimeNs) continue;
+      if (!final && now - st.mtimeNs < SETTLE_NS) continue;
+      await this.sendFile(name);
+    }
+  }
+
+  private async sendFile(name: string): Promise<void> {
+    const fd = openSync(join(this.dir, name), 'r');
+    try {
+      const st = fstatSync(fd, { bigint: true });
+      this.sent.set(name, { size: st.size, mtimeNs: st.mtimeNs });
+      const size = Number(st.size);
+      const mode = Number(st.mode) & 0o777;
+      hashFileStart(this.hash, name, size);
+      this.bytes += size;
+      if (size <= CHUNK_BYTES) {
+        const data = readAll(fd, size);
+        this.hash.update(data);
+        this.batch.push({ name, mode, data });
+        this.batchBytes += data.length;
+        if (this.batchBytes >= BATCH_BYTES || this.batch.length >= BATCH_FILES) await this.flush();
+        return;
+      }
+      await this.flush();
       let first = true;
-      for (let at = 0; at < st.size; ) {
-        const data = readAll(fd, Math.min(CHUNK_BYTES, st.size - at), at);
-        hash.update(data);
+      for (let at = 0; at < size; ) {
+        const data = readAll(fd, Math.min(CHUNK_BYTES, size - at), at);
+        this.hash.update(data);
         at += data.length;
-        await write({ file: name, header: first ? { size: st.size, mode } : null, data, ...(at >= st.size ? { trailer: {} } : {}) });
+        await this.write({ file: name, header: first ? { size, mode } : null, data, ...(at >= size ? { trailer: {} } : {}) });
         first = false;
       }
     } finally {
       closeSync(fd);
     }
   }
-  await flush();
-  await write({ end: { files: names.length, bytes, sha256: hash.digest('hex') } });
-  call.end();
-  const res = await answer;
-  if (Number(res.files) !== names.length || Number(res.bytes) !== bytes) {
-    throw new Error(`peer stored ${res.files} files / ${res.bytes} bytes, sent ${names.length} / ${bytes}`);
+
+  private async flush(): Promise<void> {
+    if (this.batch.length === 0) return;
+    const files = this.batch;
+    this.batch = [];
+    this.batchBytes = 0;
+    await this.write({ files });
   }
-  return { bytes, files: names.length, peerSteps: res.steps.map((s) => ({ step: s.step, ms: s.ms, host: s.host })) };
+
+  private async write(chunk: Omit<ImageChunk, 'migrationId' | 'format'>): Promise<void> {
+    if (!this.call.write({ ...chunk, migrationId: this.migrationId, format: IMAGE_STREAM_FORMAT })) await once(this.call, 'drain');
+  }
+}
+
+/** Source side: streams every image file of `dir` to the peer's ReceiveImage (the image is complete). */
+export function sendImage(client: AgentClient, migrationId: string, dir: string, timeoutMs: number): Promise<SendResult> {
+  return new ImageStream(client, migrationId, dir, timeoutMs).finish();
 }
 
 /** `length` bytes of the file at `position` (or at its current offset). */
@@ -177,13 +267,13 @@ export async function receiveImage(
   let current: IncomingFile | undefined;
   let bytes = 0;
   let files = 0;
+  /** Distinct files: a file sent again (it changed after an early send) replaces the first copy. */
   const seen = new Set<string>();
   const hash = createHash('sha256');
   let ended = false;
   const fail = (code: status, message: string) => new ImageReceiveError(code, message);
   const checkName = (name: string) => {
     if (!FILE_NAME.test(name) || name.startsWith('.')) throw fail(status.INVALID_ARGUMENT, `image file name "${name}" is not a plain file name`);
-    if (seen.has(name)) throw fail(status.INVALID_ARGUMENT, `image file "${name}" sent twice`);
     seen.add(name);
   };
   try {
@@ -207,7 +297,6 @@ export async function receiveImage(
         hash.update(f.data);
         writeFileSync(join(dir, f.name), f.data, { mode: f.mode || 0o600 });
         bytes += f.data.length;
-        files += 1;
       }
       if (c.header) {
         if (current) throw fail(status.INVALID_ARGUMENT, `header for ${c.file} before ${current.name} ended`);
@@ -226,7 +315,6 @@ export async function receiveImage(
           if (current.received !== current.size) throw fail(status.DATA_LOSS, `image file ${c.file} ended at ${current.received} of ${current.size} bytes`);
           closeSync(current.fd);
           bytes += current.received;
-          files += 1;
           current = undefined;
         }
       }
@@ -234,6 +322,7 @@ export async function receiveImage(
       if (c.end) {
         if (current) throw fail(status.DATA_LOSS, `stream ended inside image file ${current.name}`);
         const digest = hash.digest('hex');
+        files = seen.size;
         if (Number(c.end.files) !== files || Number(c.end.bytes) !== bytes || c.end.sha256 !== digest)
           throw fail(
             status.DATA_LOSS,
@@ -243,7 +332,7 @@ export async function receiveImage(
       }
     }
     if (migrationId === undefined) throw fail(status.INVALID_ARGUMENT, 'empty image stream');
-    if (!ended) throw fail(status.DATA_LOSS, `image stream for ${migrationId} ended before its last message (${files} files received)`);
+    if (!ended) throw fail(status.DATA_LOSS, `image stream for ${migrationId} ended before its last message (${seen.size} files received)`);
     steps.add('receive: write files', writeMs);
     steps.add('receive: stream', performance.now() - started - writeMs);
     return { migrationId, totals: { bytes, files }, steps };

@@ -18,14 +18,14 @@ import type { Logger } from '../lib/log.js';
 import { agentClient, handleUnary, toServiceError } from '../lib/rpc.js';
 import { endpointsFromWire, versionFromWire, workloadFromWire, workloadSocketToWire, type WorkloadSpec } from '../lib/wire.js';
 import { appendHeldFile, concatHeld, readHeldFile, removeHeldFile } from './held-packets.js';
-import { imageTotals, receiveImage, sendImage } from './images.js';
+import { ImageStream, imageTotals, receiveImage } from './images.js';
 import { lockScope } from './lock-scope.js';
 import type { LockModeName, LockStrategy } from './lock-strategy.js';
 import { MigrationRecords } from './migration-record.js';
 import type { HostPlatform } from './platform.js';
 import { exportIntoImage, forgetHere, importFromImage } from './steering-handoff.js';
 import { steeringStateHandler } from './steering-state.js';
-import { StepTimer } from './step-timer.js';
+import { CONCURRENT_STEP, StepTimer } from './step-timer.js';
 import { HOST_BOUND_SOCKETS_REPORTED, hostBoundSockets, tcpConnectionCount } from '../lib/workload-sockets.js';
 
 export interface AgentServiceOptions {
@@ -127,11 +127,21 @@ export class AgentService {
             await rm(dir, { recursive: true, force: true });
             await mkdir(dir, { recursive: true });
           });
-          const result = await this.dump(id, w, mode, dir, steps);
+          // Pipelined: the image starts for the target while CRIU writes it (images.ts ImageStream).
+          const stream = req.sendTo ? new ImageStream(this.peer(req.sendTo), id, dir, TRANSFER_TIMEOUT_MS) : undefined;
+          stream?.follow();
+          const result = await this.dump(id, w, mode, dir, steps).catch(async (err: unknown) => {
+            await stream?.cancel();
+            throw err;
+          });
           // Pipelined: the image's size is what the transfer counts, so nothing is read for it here.
-          const totals = req.sendTo ? { bytes: 0, files: 0 } : await steps.time('image totals', () => imageTotals(dir));
-          const dumped = { durationMs: result.durationMs, imageBytes: totals.bytes, imageFiles: totals.files, frozenMs: 0, tcpConnections: result.connections, steps: steps.wire(h) };
-          return req.sendTo ? { ...dumped, transfer: await this.pipelined(() => this.sendImageTo(id, req.sendTo, req.steerBackendIds), (sent) => ({ sent })) } : dumped;
+          const totals = stream ? { bytes: 0, files: 0 } : await steps.time('image totals', () => imageTotals(dir));
+          const dumped = { durationMs: result.durationMs, imageBytes: totals.bytes, imageFiles: totals.files, frozenMs: 0, tcpConnections: result.connections };
+          if (!stream) return { ...dumped, steps: steps.wire(h) };
+          const transfer = await this.pipelined(() => this.sendImageTo(id, req.sendTo, req.steerBackendIds, stream), (sent) => ({ sent }));
+          // Alongside CRIU, not after it: the report keeps it out of the phase's sum.
+          steps.add(`${CONCURRENT_STEP} image sent while dumping`, stream.early.ms);
+          return { ...dumped, steps: steps.wire(h), transfer };
         }
         const totals = imageTotals(dir);
         const connections = record.lockResidue ? this.strategyOf(record.lockMode).connections(record.lockResidue) : 0;
@@ -437,26 +447,36 @@ export class AgentService {
    * The source's image, sent to the target agent: first what the lock stopped here so far (for
    * the target to deliver) and the workload's steering state, as they are now that it is dumped.
    */
-  private async sendImageTo(id: string, peerAddress: string, backendIds: number[]): Promise<SendImageResponse> {
+  private async sendImageTo(id: string, peerAddress: string, backendIds: number[], started_?: ImageStream): Promise<SendImageResponse> {
     const p = this.opts.platform;
     const record = this.records.get(id);
-    if (!record.dumped) throw new PreconditionError(`migration ${id} has no checkpoint on host "${this.opts.host}" to send`);
+    if (!record.dumped) {
+      await started_?.cancel();
+      throw new PreconditionError(`migration ${id} has no checkpoint on host "${this.opts.host}" to send`);
+    }
+    const stream = started_ ?? new ImageStream(this.peer(peerAddress), id, this.imageDir(id), TRANSFER_TIMEOUT_MS);
     const dumped = record.dumped;
     const started = performance.now();
     const steps = new StepTimer();
-    if (this.strategyOf(record.lockMode).holdsEndpoints) {
-      const held = await steps.time('held packets: drain', () => p.held.take(lockScope(dumped.endpoints)));
-      await steps.time('held packets: into image', () => appendHeldFile(this.imageDir(id), held));
-      this.log.info({ migrationId: id, held: held.count, ms: performance.now() - started }, 'held packets added to the image');
+    try {
+      if (this.strategyOf(record.lockMode).holdsEndpoints) {
+        const held = await steps.time('held packets: drain', () => p.held.take(lockScope(dumped.endpoints)));
+        await steps.time('held packets: into image', () => appendHeldFile(this.imageDir(id), held));
+        this.log.info({ migrationId: id, held: held.count, ms: performance.now() - started }, 'held packets added to the image');
+      }
+      const selector = workloadSelector(dumped.endpoints, backendIds);
+      const steeringEntries = await steps.time('steering export', () => this.hostStep('steering export', () => exportIntoImage(this.handoffEnds(), this.imageDir(id), selector)));
+      this.records.update(id, (r) => {
+        r.steerSelector = selector;
+      });
+      const t = await steps.time('send image', () => stream.finish());
+      steps.addFrom(t.peerSteps);
+      this.log.info({ migrationId: id, files: t.files, bytes: t.bytes, earlyFiles: stream.early.files, earlyBytes: stream.early.bytes }, 'image sent');
+      return { durationMs: performance.now() - started, bytes: t.bytes, files: t.files, steeringEntries, steps: steps.wire(this.opts.host) };
+    } catch (err) {
+      await stream.cancel();
+      throw err;
     }
-    const selector = workloadSelector(dumped.endpoints, backendIds);
-    const steeringEntries = await steps.time('steering export', () => this.hostStep('steering export', () => exportIntoImage(this.handoffEnds(), this.imageDir(id), selector)));
-    this.records.update(id, (r) => {
-      r.steerSelector = selector;
-    });
-    const t = await steps.time('send image', () => sendImage(this.peer(peerAddress), id, this.imageDir(id), TRANSFER_TIMEOUT_MS));
-    steps.addFrom(t.peerSteps);
-    return { durationMs: performance.now() - started, bytes: t.bytes, files: t.files, steeringEntries, steps: steps.wire(this.opts.host) };
   }
 
   /**

@@ -10,6 +10,12 @@ export interface StepTime {
   host?: string;
 }
 
+/**
+ * Names a step that ran alongside the call's other steps (streaming the image while CRIU writes
+ * it): its time is shown, never added into the phase's sum.
+ */
+export const CONCURRENT_STEP = '(concurrent)';
+
 export class StepTimer {
   readonly steps: StepTime[] = [];
 

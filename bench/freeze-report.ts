@@ -5,6 +5,7 @@
  * no godwit in the way): the floor godwit's freeze is compared with.
  */
 import type { HopStep } from '../lab/hop.js';
+import { CONCURRENT_STEP } from '../agent/step-timer.js';
 import { lineChartSvg } from './line-chart.js';
 
 export type FreezeKind = 'migration' | 'criu-alone';
@@ -186,7 +187,7 @@ export function breakdownTable(rows: readonly FreezeRow[]): string {
 /** The largest sum of one host's steps in the phase (hosts run in parallel in LOCK; the target's transfer steps nest inside the source's). */
 function busiestHost(steps: readonly HopStep[], phase: string): number {
   const per = new Map<string, number>();
-  for (const s of steps) if (s.phase === phase) per.set(s.host, (per.get(s.host) ?? 0) + s.ms);
+  for (const s of steps) if (s.phase === phase && !s.step.startsWith(CONCURRENT_STEP)) per.set(s.host, (per.get(s.host) ?? 0) + s.ms);
   return Math.max(0, ...per.values());
 }
 
