@@ -63,20 +63,23 @@ export class AgentHandle {
     return unary(this.client, this.client.Unlock, { migrationId, endpoints: endpoints.map(endpointToWire), version }, unlockMs(lockMode));
   }
 
-  checkpoint(migrationId: string, w: WorkloadSpec, lockMode: LockModeName = 'EBPF'): Promise<CheckpointResponse__Output> {
-    return unary(this.client, this.client.Checkpoint, { migrationId, workload: workloadToWire(w), lockMode }, heavyMs(lockMode));
+  checkpoint(migrationId: string, w: WorkloadSpec, lockMode: LockModeName = 'EBPF', postCopy = false): Promise<CheckpointResponse__Output> {
+    return unary(this.client, this.client.Checkpoint, { migrationId, workload: workloadToWire(w), lockMode, postCopy }, heavyMs(lockMode));
   }
 
   sendImage(migrationId: string, peerAddress: string, steerBackendIds: number[] = []): Promise<SendImageResponse__Output> {
     return unary(this.client, this.client.SendImage, { migrationId, peerAddress, steerBackendIds }, HEAVY_MS);
   }
 
-  restore(migrationId: string, w: WorkloadSpec, lockMode: LockModeName = 'EBPF', steerBackendIds: number[] = []): Promise<RestoreResponse__Output> {
-    return unary(this.client, this.client.Restore, { migrationId, workload: workloadToWire(w), lockMode, steerBackendIds }, heavyMs(lockMode));
+  /** pageServer: post-copy, the source's page server (restore --lazy-pages from it). */
+  restore(migrationId: string, w: WorkloadSpec, lockMode: LockModeName = 'EBPF', steerBackendIds: number[] = [], pageServer?: string): Promise<RestoreResponse__Output> {
+    const postCopy = pageServer !== undefined ? { postCopy: true, pageServer } : {};
+    return unary(this.client, this.client.Restore, { migrationId, workload: workloadToWire(w), lockMode, steerBackendIds, ...postCopy }, heavyMs(lockMode));
   }
 
-  release(migrationId: string, endpoints: Endpoint[], version: string, lockMode: LockModeName = 'EBPF'): Promise<ReleaseResponse__Output> {
-    return unary(this.client, this.client.Release, { migrationId, endpoints: endpoints.map(endpointToWire), version }, unlockMs(lockMode));
+  /** postCopy: the source's Release waits for the target to have every page (as long as a heavy step). */
+  release(migrationId: string, endpoints: Endpoint[], version: string, lockMode: LockModeName = 'EBPF', postCopy = false): Promise<ReleaseResponse__Output> {
+    return unary(this.client, this.client.Release, { migrationId, endpoints: endpoints.map(endpointToWire), version }, postCopy ? HEAVY_MS : unlockMs(lockMode));
   }
 
   abort(migrationId: string, lockMode: LockModeName = 'EBPF'): Promise<AbortResponse__Output> {

@@ -40,8 +40,10 @@ export const PHASE_ACTIONS: Partial<Record<Phase, PhaseAction>> = {
   STEER: async ({ state, steer }) => ({ steer: await steer.issue(state) }),
 
   DUMP: async ({ state, source }) => {
-    const r = await source.checkpoint(state.id, state.request.workload, state.request.lockMode);
-    return { imageBytes: Number(r.imageBytes) };
+    const postCopy = state.request.postCopy === true;
+    const r = await source.checkpoint(state.id, state.request.workload, state.request.lockMode, postCopy);
+    if (postCopy && !r.pageServer) throw new Error(`source host "${source.host}" dumped for post-copy but named no page server`);
+    return { imageBytes: Number(r.imageBytes), ...(postCopy ? { pageServer: r.pageServer } : {}) };
   },
 
   // The workload's steering state travels with the image (the source exports it as it sends).
@@ -51,7 +53,7 @@ export const PHASE_ACTIONS: Partial<Record<Phase, PhaseAction>> = {
   },
 
   RESTORE: async ({ state, target }) => {
-    const r = await target.restore(state.id, state.request.workload, state.request.lockMode, backendIds(state));
+    const r = await target.restore(state.id, state.request.workload, state.request.lockMode, backendIds(state), state.request.postCopy ? state.pageServer : undefined);
     return { restoredPid: r.pid };
   },
 
@@ -63,9 +65,10 @@ export const PHASE_ACTIONS: Partial<Record<Phase, PhaseAction>> = {
     return { deliveredPackets: Number(r.deliveredPackets), steer: joined };
   },
 
+  // Post-copy: the source's Release returns once the target has every page (the page server ended).
   CLEANUP: async ({ state, source }) => {
-    const r = await source.release(state.id, state.request.workload.endpoints, state.lockVersion, state.request.lockMode);
-    return { forwarded: Number(r.forwardedPackets) };
+    const r = await source.release(state.id, state.request.workload.endpoints, state.lockVersion, state.request.lockMode, state.request.postCopy === true);
+    return { forwarded: Number(r.forwardedPackets), ...(state.request.postCopy ? { lazyPagesMs: r.lazyPagesMs } : {}) };
   },
 
   // Steering back to the source first (both hosts still hold the workload's traffic, so what
