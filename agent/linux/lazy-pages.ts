@@ -196,7 +196,7 @@ async function pagemapFiles(imageDir: string): Promise<string[]> {
  * while no target daemon holds the page server (it serves one session). Returns the bytes fetched.
  */
 export async function reclaimPages(imageDir: string, pageServer: { address: string; port: number }): Promise<number> {
-  const sock = connect(pageServer);
+  const sock = connect({ host: pageServer.address, port: pageServer.port });
   try {
     await Promise.race([
       once(sock, 'connect'),
