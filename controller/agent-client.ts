@@ -55,26 +55,36 @@ export class AgentHandle {
     return unary(this.client, this.client.InspectWorkload, { workload: workloadToWire(w) }, PROBE_MS);
   }
 
-  lock(migrationId: string, endpoints: Endpoint[], version: string, leaseMs: number, lockMode: LockModeName = 'EBPF'): Promise<LockResponse__Output> {
-    return unary(this.client, this.client.Lock, { migrationId, endpoints: endpoints.map(endpointToWire), version, leaseMs, lockMode }, PROBE_MS);
+  /** bringUpAddresses: this host is the target; its addresses come up behind the lock (LockRequest). */
+  lock(migrationId: string, endpoints: Endpoint[], version: string, leaseMs: number, lockMode: LockModeName = 'EBPF', bringUpAddresses = false): Promise<LockResponse__Output> {
+    return unary(this.client, this.client.Lock, { migrationId, endpoints: endpoints.map(endpointToWire), version, leaseMs, lockMode, bringUpAddresses }, PROBE_MS);
   }
 
   unlock(migrationId: string, endpoints: Endpoint[], version: string, lockMode: LockModeName = 'EBPF'): Promise<UnlockResponse__Output> {
     return unary(this.client, this.client.Unlock, { migrationId, endpoints: endpoints.map(endpointToWire), version }, unlockMs(lockMode));
   }
 
-  checkpoint(migrationId: string, w: WorkloadSpec, lockMode: LockModeName = 'EBPF', postCopy = false): Promise<CheckpointResponse__Output> {
-    return unary(this.client, this.client.Checkpoint, { migrationId, workload: workloadToWire(w), lockMode, postCopy }, heavyMs(lockMode));
+  /**
+   * sendTo: the image goes on to this target agent in the same call (a pipelined freeze).
+   * postCopy: criu dump --lazy-pages; the answer names the page server.
+   */
+  checkpoint(migrationId: string, w: WorkloadSpec, lockMode: LockModeName = 'EBPF', sendTo?: { address: string; steerBackendIds: number[] }, postCopy = false): Promise<CheckpointResponse__Output> {
+    const pipeline = sendTo ? { sendTo: sendTo.address, steerBackendIds: sendTo.steerBackendIds } : {};
+    return unary(this.client, this.client.Checkpoint, { migrationId, workload: workloadToWire(w), lockMode, postCopy, ...pipeline }, heavyMs(lockMode));
   }
 
   sendImage(migrationId: string, peerAddress: string, steerBackendIds: number[] = []): Promise<SendImageResponse__Output> {
     return unary(this.client, this.client.SendImage, { migrationId, peerAddress, steerBackendIds }, HEAVY_MS);
   }
 
-  /** pageServer: post-copy, the source's page server (restore --lazy-pages from it). */
-  restore(migrationId: string, w: WorkloadSpec, lockMode: LockModeName = 'EBPF', steerBackendIds: number[] = [], pageServer?: string): Promise<RestoreResponse__Output> {
+  /**
+   * unlockVersion: unlock here once restored, in the same call (a pipelined freeze).
+   * pageServer: post-copy, the source's page server (restore --lazy-pages from it).
+   */
+  restore(migrationId: string, w: WorkloadSpec, lockMode: LockModeName = 'EBPF', steerBackendIds: number[] = [], unlockVersion?: string, pageServer?: string): Promise<RestoreResponse__Output> {
+    const pipeline = unlockVersion !== undefined ? { unlock: true, lockVersion: unlockVersion } : {};
     const postCopy = pageServer !== undefined ? { postCopy: true, pageServer } : {};
-    return unary(this.client, this.client.Restore, { migrationId, workload: workloadToWire(w), lockMode, steerBackendIds, ...postCopy }, heavyMs(lockMode));
+    return unary(this.client, this.client.Restore, { migrationId, workload: workloadToWire(w), lockMode, steerBackendIds, ...pipeline, ...postCopy }, heavyMs(lockMode));
   }
 
   /** postCopy: the source's Release waits for the target to have every page (as long as a heavy step). */

@@ -152,7 +152,7 @@ export function toWire(m: MigrationState): Migration {
       postCopy: m.request.postCopy === true,
     },
     phase: m.phase,
-    timings: m.timings.map((t) => ({ phase: t.phase, startedAtMs: t.startedAtMs, durationMs: t.durationMs, ok: t.ok, error: t.error ?? '' })),
+    timings: m.timings.map((t) => ({ phase: t.phase, startedAtMs: t.startedAtMs, durationMs: t.durationMs, ok: t.ok, error: t.error ?? '', steps: t.steps ?? [] })),
     error: m.error ?? '',
     failedPhase: m.failedPhase ?? 'PHASE_UNSPECIFIED',
     restoredPid: m.restoredPid ?? 0,
