@@ -37,7 +37,8 @@ const program = new Command()
   .option('--pin-dir <dir>', 'bpffs folder for this host\'s pinned program and maps (default /sys/fs/bpf/godwit/<host>)')
   .option('--advertise <addr>', 'gRPC address peers should use (default: --listen)')
   .option('--data-address <ipv4>', 'IPv4 where other hosts reach this host\'s data plane (default: the address of --listen)')
-  .option('--no-checkpoint', 'this host only steers packets: no CRIU probe, no lock program, no lock sweeper');
+  .option('--no-checkpoint', 'this host only steers packets: no CRIU probe, no lock program, no lock sweeper')
+  .option('--assume-no-userfaultfd', 'for tests: report that this host has no userfaultfd, so post-copy migrations to it are refused');
 
 function criuLogLevel(text: string): number {
   try {
@@ -50,7 +51,7 @@ function criuLogLevel(text: string): number {
 async function main() {
   const o = program.parse().opts<{
     host: string; listen: string; nats: string; iface: string; stateDir: string; criu: string;
-    bpfObject: string; pinDir?: string; advertise?: string; dataAddress?: string; checkpoint: boolean; criuLogLevel: number;
+    bpfObject: string; pinDir?: string; advertise?: string; dataAddress?: string; checkpoint: boolean; criuLogLevel: number; assumeNoUserfaultfd?: boolean;
   }>();
   if (!HOST_NAME.test(o.host)) program.error(`--host "${o.host}" must match ${HOST_NAME}`);
   const log = createLogger('agent').child({ host: o.host });
@@ -66,6 +67,7 @@ async function main() {
     bpfObject: o.bpfObject,
     pinDir: o.pinDir ?? `/sys/fs/bpf/godwit/${o.host}`,
     dataAddress,
+    assumeNoUserfaultfd: o.assumeNoUserfaultfd === true,
     log,
   });
   // Typed as the interface: the steering data plane is optional for a host driver.

@@ -35,6 +35,11 @@ export interface AgentMigrationRecord {
   steerImported?: boolean;
   /** Source: this host's forwarded-packet counter when Lock ran (decimal), for Release's count. */
   forwardedAtLock?: string;
+  /**
+   * Post-copy, source: where CRIU serves the memory the image left out, how much, and since when
+   * (epoch ms); reclaimed once a rollback fetched it back into the image.
+   */
+  postCopy?: { pageServer: string; lazyBytes: number; readyAtMs: number; reclaimed?: boolean };
   imageReceived: boolean;
   released: boolean;
   aborted: boolean;

@@ -56,6 +56,38 @@ export interface PlatformProbe {
   lockOk: boolean;
   lockProblem: string;
   addresses: string[];
+  /** Post-copy: this host can restore a workload whose memory arrives later (userfaultfd). */
+  userfaultfd: boolean;
+  userfaultfdProblem: string;
+}
+
+/** A CRIU process of a post-copy migration that outlives the RPC that started it. */
+export interface LazyProcess {
+  /** Resolves with the exit code (null: killed) when it ends. */
+  readonly ended: Promise<number | null>;
+  readonly running: boolean;
+  kill(): void;
+}
+
+/**
+ * Post-copy (criu --lazy-pages, agent/linux/lazy-pages.ts): the workload resumes on the target
+ * before its memory has arrived; the source serves the memory until the target has all of it.
+ */
+export interface PostCopy {
+  /**
+   * Source: checkpoints the tree without its lazily restorable memory and serves that memory on a
+   * page server of this host; resolves once the image is written. `served` ends when the target
+   * has fetched everything (the dumped tasks are gone then) or the server failed.
+   */
+  dump(pid: number, imageDir: string): Promise<{ durationMs: number; pageServer: string; lazyBytes: number; server: LazyProcess }>;
+  /** Target: starts the lazy-pages daemon against `pageServer`, then restores the tree lazily. */
+  restore(imageDir: string, pageServer: string): Promise<{ pid: number; durationMs: number; daemon: LazyProcess }>;
+  /**
+   * Source rollback: fetches back every page the dump left to the page server, so the image is
+   * whole, and ends the page server's session (CRIU then ends the frozen tasks as a normal dump
+   * does). Returns the bytes fetched.
+   */
+  reclaim(imageDir: string, pageServer: string): Promise<number>;
 }
 
 export interface HostPlatform {
@@ -64,6 +96,8 @@ export interface HostPlatform {
   readonly network: AddressControl;
   /** The host's steering data plane, where the platform has one. */
   readonly steering?: SteeringDataplane;
+  /** Post-copy, where the platform has it (whether this host's kernel allows it: probe().userfaultfd). */
+  readonly postCopy?: PostCopy;
   /**
    * Reads a large file of a received image without copying it where the platform can (Linux:
    * mapped); absent: read as a copy. The file must not be truncated while the buffer is in use.

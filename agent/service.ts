@@ -22,7 +22,7 @@ import { ImageStream, imageTotals, receiveImage } from './images.js';
 import { lockScope } from './lock-scope.js';
 import type { LockModeName, LockStrategy } from './lock-strategy.js';
 import { MigrationRecords } from './migration-record.js';
-import type { HostPlatform } from './platform.js';
+import type { HostPlatform, LazyProcess, PostCopy } from './platform.js';
 import { exportIntoImage, forgetHere, importFromImage } from './steering-handoff.js';
 import { steeringStateHandler } from './steering-state.js';
 import { CONCURRENT_STEP, StepTimer } from './step-timer.js';
@@ -39,10 +39,18 @@ export interface AgentServiceOptions {
 
 const MIGRATION_ID = /^[A-Za-z0-9_-]{1,64}$/;
 const TRANSFER_TIMEOUT_MS = 10 * 60_000;
+/** Post-copy: longest Release waits for the target to have fetched every page. */
+const LAZY_PAGES_TIMEOUT_MS = 10 * 60_000;
 
 export class AgentService {
   private readonly records: MigrationRecords;
   private readonly log: Logger;
+  /**
+   * Post-copy CRIU processes that outlive their RPC, by migration: the source's page server (the
+   * lazy dump), the target's lazy-pages daemon. In memory only: an agent restart loses them
+   * (the processes go on; the source then cannot wait for or reclaim the pages).
+   */
+  private readonly lazy = new Map<string, LazyProcess>();
   private readonly peers = new Map<string, AgentClient>();
   /** Target: the workload's addresses being brought up since Lock, by migration id. */
   private readonly addressesUp = new Map<string, Promise<void>>();
@@ -130,13 +138,14 @@ export class AgentService {
           // Pipelined: the image starts for the target while CRIU writes it (images.ts ImageStream).
           const stream = req.sendTo ? new ImageStream(this.peer(req.sendTo), id, dir, TRANSFER_TIMEOUT_MS) : undefined;
           stream?.follow();
-          const result = await this.dump(id, w, mode, dir, steps).catch(async (err: unknown) => {
+          const dump = req.postCopy ? () => this.dumpLazily(id, w, mode, dir, steps) : () => this.dump(id, w, mode, dir, steps);
+          const result: { durationMs: number; connections: number; pageServer?: string } = await dump().catch(async (err: unknown) => {
             await stream?.cancel();
             throw err;
           });
           // Pipelined: the image's size is what the transfer counts, so nothing is read for it here.
           const totals = stream ? { bytes: 0, files: 0 } : await steps.time('image totals', () => imageTotals(dir));
-          const dumped = { durationMs: result.durationMs, imageBytes: totals.bytes, imageFiles: totals.files, frozenMs: 0, tcpConnections: result.connections };
+          const dumped = { durationMs: result.durationMs, imageBytes: totals.bytes, imageFiles: totals.files, frozenMs: 0, tcpConnections: result.connections, pageServer: result.pageServer ?? '' };
           if (!stream) return { ...dumped, steps: steps.wire(h) };
           const transfer = await this.pipelined(() => this.sendImageTo(id, req.sendTo, req.steerBackendIds, stream), (sent) => ({ sent }));
           // Alongside CRIU, not after it: the report keeps it out of the phase's sum.
@@ -145,7 +154,7 @@ export class AgentService {
         }
         const totals = imageTotals(dir);
         const connections = record.lockResidue ? this.strategyOf(record.lockMode).connections(record.lockResidue) : 0;
-        const dumped = { durationMs: 0, imageBytes: totals.bytes, imageFiles: totals.files, frozenMs: 0, tcpConnections: connections, steps: [] };
+        const dumped = { durationMs: 0, imageBytes: totals.bytes, imageFiles: totals.files, frozenMs: 0, tcpConnections: connections, steps: [], pageServer: record.postCopy?.pageServer ?? '' };
         return req.sendTo ? { ...dumped, transfer: await this.pipelined(() => this.sendImageTo(id, req.sendTo, req.steerBackendIds), (sent) => ({ sent })) } : dumped;
       }),
 
@@ -189,7 +198,8 @@ export class AgentService {
           r.steerImported = true;
         });
         const steeringEntries = await steps.time('steering import', () => this.hostStep('steering import', () => importFromImage(this.handoffEnds(), this.imageDir(id), id)));
-        const restored = await this.restoreHere(id, w, mode, steps);
+        const lazyFrom = req.postCopy ? this.postCopyFor(mode, req.pageServer) : undefined;
+        const restored = await this.restoreHere(id, w, mode, steps, lazyFrom);
         const answer = { durationMs: performance.now() - started, pid: restored.pid, criuMs: restored.criuMs, lockInstallMs: restored.lockInstallMs, lockRules: restored.lockRules, steeringEntries, steps: steps.wire(h) };
         if (!req.unlock) return answer;
         return { ...answer, unlocked: await this.pipelined(() => this.unlockHere(id, w.endpoints, versionFromWire(req.lockVersion)), (unlocked) => ({ unlocked })) };
@@ -222,13 +232,14 @@ export class AgentService {
         // packets there by the table, and keeps the flow entries of the flows the fabric still brings here.
         await steps.time('steering: forget', () => forgetHere(this.handoffEnds(), record.steerSelector, id));
         const forwardedPackets = await this.forwardedSince(record.forwardedAtLock);
+        const lazyPagesMs = record.postCopy ? await steps.time('post-copy: every page fetched', () => this.lazyPagesServed(id, record.postCopy!.readyAtMs)) : 0;
         await steps.time('image removal', () => rm(this.imageDir(id), { recursive: true, force: true }));
         this.records.update(id, (r) => {
           r.locked = [];
           r.lockResidue = undefined;
           r.released = true;
         });
-        return { durationMs: performance.now() - started, forwardedPackets: forwardedPackets.toString(), steps: steps.wire(h) };
+        return { durationMs: performance.now() - started, forwardedPackets: forwardedPackets.toString(), steps: steps.wire(h), lazyPagesMs, lazyBytes: record.postCopy?.lazyBytes ?? 0 };
       }),
 
       Abort: handleUnary(log, 'Abort', async (req) => {
@@ -279,7 +290,14 @@ export class AgentService {
    * removes what is there); then the address up, announced while the restore runs (the lock holds
    * packets off until unlock).
    */
-  private async restoreHere(id: string, w: WorkloadSpec, mode: LockModeName, steps: StepTimer): Promise<{ pid: number; criuMs: number; lockInstallMs: number; lockRules: number }> {
+  private async restoreHere(
+    id: string,
+    w: WorkloadSpec,
+    mode: LockModeName,
+    steps: StepTimer,
+    /** Post-copy: the memory comes from this page server. */
+    lazyFrom?: { postCopy: PostCopy; pageServer: string },
+  ): Promise<{ pid: number; criuMs: number; lockInstallMs: number; lockRules: number }> {
     const p = this.opts.platform;
     const strategy = p.lockStrategy(mode);
     const before = await steps.time(`before restore (${mode} lock)`, () => this.hostStep(`before restore (${mode} lock)`, () =>
@@ -302,7 +320,8 @@ export class AgentService {
     }
     steps.add('address up', performance.now() - t0);
     const announced = Promise.all(unique(w.endpoints.map((e) => e.address)).map((a) => p.network.announce(a)));
-    const restored = await steps.time('criu restore', () => this.hostStep('restore', () => strategy.restore(this.imageDir(id)))).catch(async (err: unknown) => {
+    const restore = lazyFrom ? () => this.restoreLazily(id, lazyFrom.postCopy, lazyFrom.pageServer) : () => strategy.restore(this.imageDir(id));
+    const restored = await steps.time(lazyFrom ? 'criu lazy-pages + restore' : 'criu restore', () => this.hostStep('restore', restore)).catch(async (err: unknown) => {
       await announced.catch(() => undefined);
       throw err;
     });
@@ -311,6 +330,85 @@ export class AgentService {
       r.restoredPid = restored.pid;
     });
     return { pid: restored.pid, criuMs: restored.durationMs, lockInstallMs: before.installMs, lockRules: before.rules };
+  }
+
+  /** Post-copy on this host for a request: EBPF lock only, and the platform must have it. */
+  private postCopyFor(mode: LockModeName, pageServer: string | undefined): { postCopy: PostCopy; pageServer: string } {
+    const postCopy = this.opts.platform.postCopy;
+    if (mode !== 'EBPF') throw new InvalidArgumentError('post_copy', `post_copy needs lock_mode EBPF (CRIU's lazy dump here runs with --network-lock skip), not ${mode}`);
+    if (!postCopy) throw new PreconditionError(`host "${this.opts.host}" has no post-copy (no page server address)`);
+    if (pageServer !== undefined && !pageServer) throw new InvalidArgumentError('page_server', 'page_server is required with post_copy: the source\'s CheckpointResponse.page_server');
+    return { postCopy, pageServer: pageServer ?? '' };
+  }
+
+  /** Source, post-copy: the lazy dump; its page server runs on until the target has every page. */
+  private async dumpLazily(id: string, w: WorkloadSpec, mode: LockModeName, dir: string, steps: StepTimer): Promise<{ durationMs: number; connections: number; pageServer: string }> {
+    const { postCopy } = this.postCopyFor(mode, undefined);
+    const dumped = await steps.time('criu dump --lazy-pages', () => this.hostStep('checkpoint (post-copy)', () => postCopy.dump(w.pid, dir)));
+    this.lazy.set(id, dumped.server);
+    dumped.server.ended.then(
+      (code) => this.log.info({ migrationId: id, exit: code }, 'post-copy page server ended'),
+      () => undefined,
+    );
+    this.records.update(id, (r) => {
+      r.dumped = { pid: w.pid, endpoints: w.endpoints };
+      r.lockMode = mode;
+      r.postCopy = { pageServer: dumped.pageServer, lazyBytes: dumped.lazyBytes, readyAtMs: Date.now() };
+    });
+    this.log.info({ migrationId: id, pageServer: dumped.pageServer, lazyBytes: dumped.lazyBytes, ms: dumped.durationMs }, 'dumped for post-copy');
+    return { durationMs: dumped.durationMs, connections: 0, pageServer: dumped.pageServer };
+  }
+
+  /** Target, post-copy: daemon, then the lazy restore; the daemon fetches the rest afterwards. */
+  private async restoreLazily(id: string, postCopy: PostCopy, pageServer: string): Promise<{ pid: number; durationMs: number }> {
+    const r = await postCopy.restore(this.imageDir(id), pageServer);
+    this.lazy.set(id, r.daemon);
+    r.daemon.ended.then(
+      (code) => {
+        if (code === 0) this.log.info({ migrationId: id }, 'post-copy: every page arrived');
+        else this.log.error({ migrationId: id, exit: code }, 'post-copy: the lazy-pages daemon failed; the workload may fault on pages it never got');
+      },
+      () => undefined,
+    );
+    return { pid: r.pid, durationMs: r.durationMs };
+  }
+
+  /**
+   * Source, Release: waits until the page server ended (the target has every page; CRIU has
+   * ended the dumped tasks). Returns ms since the dump was ready.
+   */
+  private async lazyPagesServed(id: string, readyAtMs: number): Promise<number> {
+    const server = this.lazy.get(id);
+    if (!server) {
+      this.log.warn({ migrationId: id }, 'post-copy page server unknown to this agent (restarted?); not waiting for it');
+      return 0;
+    }
+    let timer: NodeJS.Timeout | undefined;
+    const code = await Promise.race([
+      server.ended,
+      new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), LAZY_PAGES_TIMEOUT_MS))),
+    ]).finally(() => clearTimeout(timer));
+    if (code === 'timeout') throw new HostOperationError(this.opts.host, 'release', `the target had not fetched every page after ${LAZY_PAGES_TIMEOUT_MS} ms; the page server keeps serving`);
+    this.lazy.delete(id);
+    if (code !== 0) throw new HostOperationError(this.opts.host, 'release', `the post-copy page server ended with ${code === null ? 'a kill' : `exit ${code}`} (see ${join(this.imageDir(id), 'dump.log')})`);
+    return Date.now() - readyAtMs;
+  }
+
+  /** Source rollback of a post-copy dump: pages back into the image, then CRIU ends the frozen tasks. */
+  private async reclaimLazyPages(id: string, pc: NonNullable<ReturnType<MigrationRecords['get']>['postCopy']>): Promise<string> {
+    const postCopy = this.opts.platform.postCopy;
+    const server = this.lazy.get(id);
+    if (pc.reclaimed) return 'memory already fetched back from the page server';
+    if (!postCopy || !server?.running)
+      throw new HostOperationError(this.opts.host, 'rollback', 'the post-copy page server is gone, so the memory the image left out is lost with it');
+    const bytes = await this.hostStep('fetching the memory back from the page server', () => postCopy.reclaim(this.imageDir(id), pc.pageServer));
+    const code = await server.ended;
+    this.lazy.delete(id);
+    if (code !== 0) throw new HostOperationError(this.opts.host, 'rollback', `CRIU's lazy dump ended with ${code === null ? 'a kill' : `exit ${code}`} after the memory was fetched back`);
+    this.records.update(id, (x) => {
+      if (x.postCopy) x.postCopy.reclaimed = true;
+    });
+    return `fetched ${bytes} bytes of memory back from the page server`;
   }
 
   private async unlock(endpoints: WorkloadSpec['endpoints'], version: bigint, steps = new StepTimer()): Promise<bigint> {
@@ -370,6 +468,15 @@ export class AgentService {
     const r = this.records.get(id);
     const actions: string[] = [];
     let pid: number | undefined;
+    // A workload that cannot be brought back is lost either way: the locks still go (its peers
+    // then get resets instead of retransmitting into a lock), and the error is reported last.
+    let lost: unknown;
+    // Post-copy, target: the daemon first, so it never closes the source's session as if complete.
+    const daemon = !r.dumped ? this.lazy.get(id) : undefined;
+    if (daemon?.running) {
+      daemon.kill();
+      actions.push('stopped the lazy-pages daemon');
+    }
     if (r.restoredPid && !r.dumped && (await p.processInfo(r.restoredPid))) {
       process.kill(r.restoredPid, 'SIGKILL');
       actions.push(`killed restored pid ${r.restoredPid}`);
@@ -384,10 +491,16 @@ export class AgentService {
       actions.push(`removed ${n} imported steering entr${n === 1 ? 'y' : 'ies'}`);
       this.records.update(id, (x) => (x.steerImported = false));
     }
-    // A workload that cannot be brought back is lost either way: the locks still go (its peers
-    // then get resets instead of retransmitting into a lock), and the error is reported last.
-    let lost: unknown;
-    if (r.dumped) {
+    if (r.dumped && r.postCopy && !r.restoredPid) {
+      // The dumped tasks are still here, frozen, their memory in CRIU's page server: fetch it back
+      // into the image and let CRIU end them; the restore below then brings the workload back.
+      try {
+        actions.push(await this.reclaimLazyPages(id, r.postCopy));
+      } catch (err) {
+        lost = err;
+      }
+    }
+    if (r.dumped && !lost) {
       const alive = r.restoredPid ? await p.processInfo(r.restoredPid) : await p.processInfo(r.dumped.pid);
       if (alive) {
         pid = alive.pid;

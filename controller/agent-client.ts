@@ -64,24 +64,32 @@ export class AgentHandle {
     return unary(this.client, this.client.Unlock, { migrationId, endpoints: endpoints.map(endpointToWire), version }, unlockMs(lockMode));
   }
 
-  /** sendTo: the image goes on to this target agent in the same call (a pipelined freeze). */
-  checkpoint(migrationId: string, w: WorkloadSpec, lockMode: LockModeName = 'EBPF', sendTo?: { address: string; steerBackendIds: number[] }): Promise<CheckpointResponse__Output> {
+  /**
+   * sendTo: the image goes on to this target agent in the same call (a pipelined freeze).
+   * postCopy: criu dump --lazy-pages; the answer names the page server.
+   */
+  checkpoint(migrationId: string, w: WorkloadSpec, lockMode: LockModeName = 'EBPF', sendTo?: { address: string; steerBackendIds: number[] }, postCopy = false): Promise<CheckpointResponse__Output> {
     const pipeline = sendTo ? { sendTo: sendTo.address, steerBackendIds: sendTo.steerBackendIds } : {};
-    return unary(this.client, this.client.Checkpoint, { migrationId, workload: workloadToWire(w), lockMode, ...pipeline }, heavyMs(lockMode));
+    return unary(this.client, this.client.Checkpoint, { migrationId, workload: workloadToWire(w), lockMode, postCopy, ...pipeline }, heavyMs(lockMode));
   }
 
   sendImage(migrationId: string, peerAddress: string, steerBackendIds: number[] = []): Promise<SendImageResponse__Output> {
     return unary(this.client, this.client.SendImage, { migrationId, peerAddress, steerBackendIds }, HEAVY_MS);
   }
 
-  /** unlockVersion: unlock here once restored, in the same call (a pipelined freeze). */
-  restore(migrationId: string, w: WorkloadSpec, lockMode: LockModeName = 'EBPF', steerBackendIds: number[] = [], unlockVersion?: string): Promise<RestoreResponse__Output> {
+  /**
+   * unlockVersion: unlock here once restored, in the same call (a pipelined freeze).
+   * pageServer: post-copy, the source's page server (restore --lazy-pages from it).
+   */
+  restore(migrationId: string, w: WorkloadSpec, lockMode: LockModeName = 'EBPF', steerBackendIds: number[] = [], unlockVersion?: string, pageServer?: string): Promise<RestoreResponse__Output> {
     const pipeline = unlockVersion !== undefined ? { unlock: true, lockVersion: unlockVersion } : {};
-    return unary(this.client, this.client.Restore, { migrationId, workload: workloadToWire(w), lockMode, steerBackendIds, ...pipeline }, heavyMs(lockMode));
+    const postCopy = pageServer !== undefined ? { postCopy: true, pageServer } : {};
+    return unary(this.client, this.client.Restore, { migrationId, workload: workloadToWire(w), lockMode, steerBackendIds, ...pipeline, ...postCopy }, heavyMs(lockMode));
   }
 
-  release(migrationId: string, endpoints: Endpoint[], version: string, lockMode: LockModeName = 'EBPF'): Promise<ReleaseResponse__Output> {
-    return unary(this.client, this.client.Release, { migrationId, endpoints: endpoints.map(endpointToWire), version }, unlockMs(lockMode));
+  /** postCopy: the source's Release waits for the target to have every page (as long as a heavy step). */
+  release(migrationId: string, endpoints: Endpoint[], version: string, lockMode: LockModeName = 'EBPF', postCopy = false): Promise<ReleaseResponse__Output> {
+    return unary(this.client, this.client.Release, { migrationId, endpoints: endpoints.map(endpointToWire), version }, postCopy ? HEAVY_MS : unlockMs(lockMode));
   }
 
   abort(migrationId: string, lockMode: LockModeName = 'EBPF'): Promise<AbortResponse__Output> {

@@ -3,7 +3,7 @@
  *
  *   godwit hosts
  *   godwit migrate --from a --to b --pid 1234 --endpoint tcp://198.18.1.200:7000 [--wait]
- *                  [--lock-mode EBPF|IPTABLES|NFTABLES] [--allow-unsafe-lock]
+ *                  [--lock-mode EBPF|IPTABLES|NFTABLES] [--allow-unsafe-lock] [--post-copy]
  *   godwit get <id> | godwit list | godwit watch <id>
  *
  * Packet steering, with ipvsadm's verbs (`ipvsadm -A -t`, `-a -t ... -r ... -w`, `-Ln --stats`):
@@ -49,6 +49,7 @@ function summary(m: Migration__Output): string {
     for (const s of t.steps) lines.push(`      ${s.ms.toFixed(1).padStart(7)} ms  ${s.host}: ${s.step}`);
   }
   if (m.freezeMs) lines.push(`  freeze ${m.freezeMs.toFixed(0)} ms`);
+  if (r.postCopy) lines.push(`  post-copy: ${m.lazyPagesMs ? `every page on the target ${m.lazyPagesMs.toFixed(0)} ms after the dump` : 'memory still arriving'}`);
   if (Number(m.deliveredPackets) > 0) lines.push(`  ${m.deliveredPackets} packet(s) held during the freeze, delivered after it`);
   const st = m.steer;
   if (st && Number(st.generation) > 0) {
@@ -80,8 +81,9 @@ program
   .option('--lease-ms <ms>', 'lock lease', (v) => Number(v))
   .option('--lock-mode <mode>', 'EBPF (default), IPTABLES or NFTABLES (CRIU\'s own lock)', (v) => v.toUpperCase())
   .option('--allow-unsafe-lock', 'run IPTABLES / NFTABLES even at a connection count where CRIU\'s lock is known to fail')
+  .option('--post-copy', 'resume the workload on the target before its memory has arrived (EBPF lock, userfaultfd on the target); the workload is lost if the source dies before every page arrived')
   .option('--wait', 'follow the migration until it ends')
-  .action(async (o: { from: string; to: string; pid: number; endpoint: string[]; leaseMs?: number; lockMode?: string; allowUnsafeLock?: boolean; wait?: boolean }) => {
+  .action(async (o: { from: string; to: string; pid: number; endpoint: string[]; leaseMs?: number; lockMode?: string; allowUnsafeLock?: boolean; postCopy?: boolean; wait?: boolean }) => {
     const c = api();
     let endpoints;
     try {
@@ -99,6 +101,7 @@ program
       lockLeaseMs: o.leaseMs,
       lockMode,
       allowUnsafeLock: o.allowUnsafeLock === true,
+      postCopy: o.postCopy === true,
     });
     if (o.wait) {
       m = await c.wait(m.id, (e) => !json() && e.kind !== 'SNAPSHOT' && process.stderr.write(`${e.phase} ${e.kind}${e.detail ? `: ${e.detail}` : ''}\n`));

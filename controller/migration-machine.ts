@@ -35,6 +35,8 @@ export interface MigrationRequestSpec {
   lockLeaseMs: number;
   /** Run a CRIU lock mode past its known limit (criu-lock-limits.ts). Absent in older records: false. */
   allowUnsafeLock?: boolean;
+  /** Post-copy: the workload resumes on the target before its memory has arrived. Absent in older records: false. */
+  postCopy?: boolean;
 }
 
 /** The migration's steering: the generation that placed the workload on the target, and how the fleet took it. */
@@ -96,6 +98,10 @@ export interface MigrationState {
   handedOff?: number;
   /** Packets for the workload the source's data plane forwarded to the target during the move. */
   forwarded?: number;
+  /** Post-copy: where the source's CRIU serves the workload's memory (DUMP's answer, for RESTORE). */
+  pageServer?: string;
+  /** Post-copy: DUMP's end to the source's page server's end (every page on the target), from CLEANUP. */
+  lazyPagesMs?: number;
   warnings: string[];
   createdAtMs: number;
   updatedAtMs: number;
@@ -109,6 +115,8 @@ export interface PhaseResult {
   steer?: Partial<SteerRecord>;
   handedOff?: number;
   forwarded?: number;
+  pageServer?: string;
+  lazyPagesMs?: number;
   /** The agents' steps in this phase; kept in the phase's timing. */
   steps?: HostStep[];
   /**
@@ -200,6 +208,8 @@ function withResult(state: MigrationState, r: PhaseResult | undefined): Migratio
     deliveredPackets: r.deliveredPackets ?? state.deliveredPackets,
     handedOff: r.handedOff ?? state.handedOff,
     forwarded: r.forwarded ?? state.forwarded,
+    pageServer: r.pageServer ?? state.pageServer,
+    lazyPagesMs: r.lazyPagesMs ?? state.lazyPagesMs,
     steer: r.steer ? ({ ...state.steer, ...r.steer } as SteerRecord) : state.steer,
   };
 }

@@ -45,9 +45,12 @@ export const PHASE_ACTIONS: Partial<Record<Phase, PhaseAction>> = {
 
   // Pipelined: the source sends the image on to the target as soon as the dump ends, in the same
   // call; TRANSFER is recorded from what it reports (or run on its own if the call could not).
+  // Post-copy: the dump leaves the memory to the source's page server, which the answer names.
   DUMP: async ({ state, source, target }) => {
-    const r = await source.checkpoint(state.id, state.request.workload, state.request.lockMode, { address: target.address, steerBackendIds: backendIds(state) });
-    const dumped = { imageBytes: Number(r.imageBytes), steps: r.steps };
+    const postCopy = state.request.postCopy === true;
+    const r = await source.checkpoint(state.id, state.request.workload, state.request.lockMode, { address: target.address, steerBackendIds: backendIds(state) }, postCopy);
+    if (postCopy && !r.pageServer) throw new Error(`source host "${source.host}" dumped for post-copy but named no page server`);
+    const dumped = { imageBytes: Number(r.imageBytes), steps: r.steps, ...(postCopy ? { pageServer: r.pageServer } : {}) };
     const t = r.transfer;
     if (!t) return dumped;
     const sent = t.sent;
@@ -67,7 +70,7 @@ export const PHASE_ACTIONS: Partial<Record<Phase, PhaseAction>> = {
   // for): the target unlocks as soon as it has restored, in the same call.
   RESTORE: async ({ state, target, steer }) => {
     const joined = steer.joinIfSettled(state);
-    const r = await target.restore(state.id, state.request.workload, state.request.lockMode, backendIds(state), joined ? state.lockVersion : undefined);
+    const r = await target.restore(state.id, state.request.workload, state.request.lockMode, backendIds(state), joined ? state.lockVersion : undefined, state.request.postCopy ? state.pageServer : undefined);
     const restored = { restoredPid: r.pid, steps: r.steps };
     const u = r.unlocked;
     if (!joined || !u) return restored;
@@ -83,9 +86,10 @@ export const PHASE_ACTIONS: Partial<Record<Phase, PhaseAction>> = {
     return outcome.result;
   },
 
+  // Post-copy: the source's Release returns once the target has every page (the page server ended).
   CLEANUP: async ({ state, source }) => {
-    const r = await source.release(state.id, state.request.workload.endpoints, state.lockVersion, state.request.lockMode);
-    return { forwarded: Number(r.forwardedPackets), steps: r.steps };
+    const r = await source.release(state.id, state.request.workload.endpoints, state.lockVersion, state.request.lockMode, state.request.postCopy === true);
+    return { forwarded: Number(r.forwardedPackets), steps: r.steps, ...(state.request.postCopy ? { lazyPagesMs: r.lazyPagesMs } : {}) };
   },
 
   // Steering back to the source first (both hosts still hold the workload's traffic, so what

@@ -30,6 +30,11 @@ export async function checkHostsFit(req: MigrationRequestSpec, source: AgentHand
     // The XDP lock is what EBPF mode uses; CRIU's own lock modes do without it.
     if (!p.lockOk && req.lockMode === 'EBPF') throw new PreconditionError(`${role} host "${p.host}" has no network lock: ${p.lockProblem}`);
   }
+  // Post-copy: the target's restore hands the workload's memory to userfaultfd.
+  if (req.postCopy && !tp.userfaultfd)
+    throw new PreconditionError(
+      `target host "${tp.host}" cannot take a post-copy migration: ${tp.userfaultfdProblem || 'no userfaultfd'}; migrate without --post-copy, or to a host that has userfaultfd`,
+    );
   for (const e of req.workload.endpoints) {
     if (tp.addresses.includes(e.address))
       throw new PreconditionError(`target host "${tp.host}" already owns address ${e.address}; a moved workload's address must be free on the target`);

@@ -126,10 +126,13 @@ export function validateMigrate(req: MigrateRequest__Output): MigrationRequestSp
   const lockMode: LockMode = req.lockMode === 'LOCK_MODE_UNSPECIFIED' || !req.lockMode ? 'EBPF' : (req.lockMode as LockMode);
   if (!LOCK_MODES.includes(lockMode))
     throw new InvalidArgumentError('lock_mode', `lock_mode ${String(req.lockMode)} is not one of ${LOCK_MODES.join(', ')}`);
+  const postCopy = req.postCopy === true;
+  if (postCopy && lockMode !== 'EBPF')
+    throw new InvalidArgumentError('post_copy', `post_copy needs lock_mode EBPF (CRIU's lazy dump runs with --network-lock skip), not ${lockMode}`);
   const lease = req.lockLeaseMs || DEFAULT_LEASE_MS;
   if (lease < MIN_LEASE_MS || lease > MAX_LEASE_MS)
     throw new InvalidArgumentError('lock_lease_ms', `lock_lease_ms must be between ${MIN_LEASE_MS} and ${MAX_LEASE_MS}, got ${lease}`);
-  return { sourceHost: req.sourceHost, targetHost: req.targetHost, workload, lockMode, lockLeaseMs: lease, allowUnsafeLock: req.allowUnsafeLock === true };
+  return { sourceHost: req.sourceHost, targetHost: req.targetHost, workload, lockMode, lockLeaseMs: lease, allowUnsafeLock: req.allowUnsafeLock === true, postCopy };
 }
 
 function newMigrationId(): string {
@@ -146,6 +149,7 @@ export function toWire(m: MigrationState): Migration {
       lockMode: m.request.lockMode,
       lockLeaseMs: m.request.lockLeaseMs,
       allowUnsafeLock: m.request.allowUnsafeLock === true,
+      postCopy: m.request.postCopy === true,
     },
     phase: m.phase,
     timings: m.timings.map((t) => ({ phase: t.phase, startedAtMs: t.startedAtMs, durationMs: t.durationMs, ok: t.ok, error: t.error ?? '', steps: t.steps ?? [] })),
@@ -173,6 +177,7 @@ export function toWire(m: MigrationState): Migration {
       : null,
     handedOff: m.handedOff ?? 0,
     forwarded: m.forwarded ?? 0,
+    lazyPagesMs: m.lazyPagesMs ?? 0,
   };
 }
 

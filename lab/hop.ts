@@ -74,6 +74,8 @@ export interface HopSpec {
   lockMode?: HopLockMode;
   /** Run a CRIU lock mode even where it is known to fail (MigrateRequest.allow_unsafe_lock). */
   allowUnsafeLock?: boolean;
+  /** Post-copy (MigrateRequest.post_copy): the workload resumes before its memory has arrived. */
+  postCopy?: boolean;
   /**
    * Longest wait after the migration ends for every live connection to catch up (default 180 s:
    * a peer that retransmitted into the lock for long backs off up to 120 s between tries).
@@ -93,6 +95,7 @@ export async function migrateHop(controller: ControllerApi, traffic: TrafficHand
     workload: { pid: spec.pid, endpoints: spec.endpoints.map(endpointToWire) },
     ...(spec.lockMode ? { lockMode: spec.lockMode } : {}),
     ...(spec.allowUnsafeLock ? { allowUnsafeLock: true } : {}),
+    ...(spec.postCopy ? { postCopy: true } : {}),
   });
   const m = await controller.wait(accepted.id);
   if (traffic) await settle(traffic, spec.settleTimeoutMs ?? DEFAULT_SETTLE_TIMEOUT_MS);

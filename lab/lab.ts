@@ -176,12 +176,14 @@ export async function startLabWorkload(
   addressIndex = 0,
   /** More echo-server arguments (outbound mode: outboundWorkloadArgs in lab/outbound.ts). */
   args: readonly string[] = [],
+  /** timeoutMs: how long it may take to listen (a workload that fills memory first takes longer). */
+  opts: { timeoutMs?: number } = {},
 ): Promise<{ pid: number; endpoint: Endpoint }> {
   const host = lab.host(hostName);
   const endpoint = parseEndpoint(`tcp://${lab.topology.workloadAddress(addressIndex)}:${port}`);
   await execCommand('ip', ['-n', host.netns, 'addr', 'add', `${endpoint.address}/32`, 'dev', host.iface]);
   await lab.topology.routeWorkloadAddress(endpoint.address, hostName);
-  const { pid } = await startWorkload(host, endpoint.address, port, { args });
+  const { pid } = await startWorkload(host, endpoint.address, port, { args, ...opts });
   return { pid, endpoint };
 }
 

@@ -8,6 +8,7 @@
  *                        Restore ignores the flag and uses the method recorded in the image
  *                        ("--network-lock will be ignored in restore command"); it is passed anyway.
  *  restore -d            detach: the agent is not the restored tree's parent
+ *  restore --lazy-pages  post-copy: the memory comes from a lazy-pages daemon (agent/linux/lazy-pages.ts)
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -62,6 +63,11 @@ export const RESTORE_LOG = 'restore.log';
 export class Criu {
   constructor(private readonly opts: CriuOptions) {}
 
+  /** The criu command (for the long-running post-copy processes, agent/linux/lazy-pages.ts). */
+  get path(): string {
+    return this.opts.criuPath;
+  }
+
   async version(): Promise<string> {
     const r = await this.opts.exec(this.opts.criuPath, ['--version']);
     return /Version:\s*(\S+)/.exec(r.stdout)?.[1] ?? r.stdout.trim();
@@ -85,13 +91,14 @@ export class Criu {
   }
 
   /** Restores the tree from `imageDir`, detached; returns its root's PID in this PID namespace. */
-  async restore(imageDir: string, networkLock: CriuNetworkLock = 'skip'): Promise<RestoreResult> {
+  async restore(imageDir: string, networkLock: CriuNetworkLock = 'skip', opts: { lazyPages?: boolean } = {}): Promise<RestoreResult> {
     const started = performance.now();
     const pidFile = join(imageDir, 'restored.pid');
     await this.run('restore', imageDir, RESTORE_LOG, [
       'restore', '--images-dir', imageDir, '--restore-detached', '--pidfile', pidFile,
       '--tcp-established', '--network-lock', networkLock,
       '--log-file', RESTORE_LOG, this.verbosity(),
+      ...(opts.lazyPages ? ['--lazy-pages'] : []),
     ]);
     const pid = Number((await readFile(pidFile, 'utf8')).trim());
     return { pid, durationMs: performance.now() - started };

@@ -17,6 +17,8 @@ import { RingHeldTraffic } from './packet-hold.js';
 import { EbpfSteering } from './steering-ebpf.js';
 import { treeSockets } from './process-sockets.js';
 import { inspectProcess } from './process-tree.js';
+import { userfaultfdProblem } from './lazy-pages.js';
+import { LinuxPostCopy } from './post-copy.js';
 
 export interface LinuxPlatformOptions {
   exec: Executor;
@@ -34,6 +36,8 @@ export interface LinuxPlatformOptions {
    * Needed by startSteering() only: an agent that does not steer may leave it out.
    */
   dataAddress?: string;
+  /** Report no userfaultfd whatever the kernel has (tests of the post-copy refusal). */
+  assumeNoUserfaultfd?: boolean;
   log: Logger;
 }
 
@@ -54,12 +58,15 @@ export class LinuxPlatform implements HostPlatform {
   private steeringInstalled = false;
   private readonly criu: Criu;
   private readonly netfilter: CriuNetfilter;
+  /** Post-copy; its page server listens on the data address (the one other hosts reach). */
+  readonly postCopy?: LinuxPostCopy;
   private lockProblem = 'not installed yet';
 
   constructor(private readonly opts: LinuxPlatformOptions) {
     this.criu = new Criu({ exec: opts.exec, criuPath: opts.criuPath, logLevel: opts.criuLogLevel });
     this.network = new HostNetwork({ exec: opts.exec, iface: opts.iface });
     this.netfilter = new CriuNetfilter(opts.exec);
+    if (opts.dataAddress) this.postCopy = new LinuxPostCopy({ criu: this.criu, address: opts.dataAddress, log: opts.log });
     this.netlock = new EbpfNetLock({
       exec: opts.exec,
       iface: opts.iface,
@@ -138,11 +145,13 @@ export class LinuxPlatform implements HostPlatform {
   }
 
   async probe(): Promise<PlatformProbe> {
-    const [criuVersion, criuProblem, addresses] = await Promise.all([
+    const [criuVersion, criuProblem, addresses, uffdProblem] = await Promise.all([
       this.criu.version().catch((e: Error) => `unavailable: ${e.message}`),
       this.criu.checkProblem().catch((e: Error) => e.message),
       this.network.addresses(),
+      this.opts.assumeNoUserfaultfd ? Promise.resolve('assumed absent (agent flag --assume-no-userfaultfd)') : userfaultfdProblem(),
     ]);
+    const postCopyProblem = uffdProblem ?? (this.postCopy ? undefined : 'no data address for a page server');
     return {
       criuVersion,
       criuOk: criuProblem === undefined,
@@ -150,6 +159,8 @@ export class LinuxPlatform implements HostPlatform {
       lockOk: this.lockProblem === '',
       lockProblem: this.lockProblem,
       addresses,
+      userfaultfd: postCopyProblem === undefined,
+      userfaultfdProblem: postCopyProblem ?? '',
     };
   }
 }

@@ -3,7 +3,8 @@
  *
  * Usage: echo-server ADDRESS PORT [--outbound SERVER:PORT --connections K [--source ADDR]
  *                                  [--seed S] [--chunk BYTES] [--interval-ms MS]
- *                                  [--max-outstanding BYTES] [--control-port PORT]]
+ *                                  [--max-outstanding BYTES]] [--control-port PORT]
+ *                                  [--memory-mib N]
  *
  * Outbound mode (--outbound), a workload that also holds connections of its own, as a database
  * replica or an application with a database does: before listening it opens K TCP connections to
@@ -19,6 +20,17 @@
  * that fails is not reopened: it is reported. --control-port listens on ADDRESS too: a client
  * sends one line, "stats", "pause" (stop sending) or "resume", and gets one JSON line of counters
  * back (lab/outbound.ts reads it).
+ *
+ * Memory mode (--memory-mib N), a workload whose image is mostly memory, as a cache or a database
+ * is: it maps N MiB of private anonymous memory, writes every page, and keeps rewriting it while it
+ * runs (MEM_PAGES_PER_TICK pages every MEM_TICK_MS, round robin). Each page's contents follow from
+ * its index and a per-page version (mem_versions[], 4 bytes a page), so "memcheck" on the control
+ * port can recompute what every page must hold and count those that do not: a page lost or
+ * mixed up by a migration (a zero page, another page's data, an older version than its counter
+ * says) shows up as pagesBad. The answer: {"memoryMiB":N,"pagesBad":B,"firstBadPage":I,
+ * "writes":W,"checksum":"<fnv-1a 64 of every page, hex>"}. "pause" also stops the rewriting (so two
+ * checksums taken while paused must be equal), "resume" restarts it. The control port works with
+ * or without outbound mode: --control-port alone serves "stats" (no connections) and "memcheck".
  *
  * Single-threaded, non-blocking, level-triggered epoll. Every byte read is written back on the
  * same connection. Output the peer does not take yet waits in a per-connection buffer; while that
@@ -41,6 +53,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -253,6 +266,103 @@ static int accept_all(void)
 			return 1;
 		}
 	}
+}
+
+
+/* ---- memory mode ---- */
+
+#define MEM_PAGE 4096
+#define MEM_TICK_MS 20
+#define MEM_PAGES_PER_TICK 64 /* 256 KiB every 20 ms: about 12 MiB/s rewritten */
+
+static unsigned char *mem_base;
+static size_t mem_pages;
+static uint32_t *mem_versions; /* per page: how many times it was rewritten */
+static size_t mem_cursor;      /* next page the writer rewrites */
+static uint64_t mem_writes;
+static long mem_mib;
+
+/* splitmix64: the pattern's seed per (page, version), so neighbouring pages never look alike. */
+static uint64_t mix64(uint64_t x)
+{
+	x += 0x9e3779b97f4a7c15ULL;
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+	return x ^ (x >> 31);
+}
+
+/* Word w of page `page` at version `version`: never all zero for a whole page (seed | 1). */
+static inline uint64_t mem_word(uint64_t seed, size_t w)
+{
+	return seed + (uint64_t)w * 0x2545f4914f6cdd1dULL;
+}
+
+static uint64_t mem_seed(size_t page, uint32_t version)
+{
+	return mix64(((uint64_t)page << 32) ^ version ^ 0x676f64776974ULL) | 1;
+}
+
+static void mem_fill(size_t page)
+{
+	uint64_t *p = (uint64_t *)(mem_base + page * MEM_PAGE);
+	uint64_t seed = mem_seed(page, mem_versions[page]);
+	for (size_t w = 0; w < MEM_PAGE / 8; w++)
+		p[w] = mem_word(seed, w);
+}
+
+static int mem_init(long mib)
+{
+	size_t bytes = (size_t)mib << 20;
+	mem_pages = bytes / MEM_PAGE;
+	mem_mib = mib;
+	mem_base = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (mem_base == MAP_FAILED)
+		return perror("mmap memory"), -1;
+	mem_versions = calloc(mem_pages, sizeof *mem_versions);
+	if (!mem_versions)
+		return perror("calloc versions"), -1;
+	for (size_t i = 0; i < mem_pages; i++)
+		mem_fill(i);
+	return 0;
+}
+
+/* One tick's rewriting: the next MEM_PAGES_PER_TICK pages get a new version and new contents. */
+static void mem_tick(void)
+{
+	for (int k = 0; k < MEM_PAGES_PER_TICK && mem_pages; k++) {
+		size_t i = mem_cursor;
+		mem_cursor = (mem_cursor + 1) % mem_pages;
+		mem_versions[i]++;
+		mem_fill(i);
+		mem_writes++;
+	}
+}
+
+/* Checks every page against its version; FNV-1a 64 over all pages' bytes as the checksum. */
+static size_t mem_check_json(char *buf, size_t cap)
+{
+	uint64_t fnv = 0xcbf29ce484222325ULL;
+	size_t bad = 0;
+	long long first_bad = -1;
+	for (size_t i = 0; i < mem_pages; i++) {
+		const uint64_t *p = (const uint64_t *)(mem_base + i * MEM_PAGE);
+		uint64_t seed = mem_seed(i, mem_versions[i]);
+		int ok = 1;
+		for (size_t w = 0; w < MEM_PAGE / 8; w++) {
+			if (p[w] != mem_word(seed, w))
+				ok = 0;
+			/* FNV over 64-bit words (not bytes): 8x fewer multiplies for 1 GiB. */
+			fnv = (fnv ^ p[w]) * 0x100000001b3ULL;
+		}
+		if (!ok) {
+			if (first_bad < 0)
+				first_bad = (long long)i;
+			bad++;
+		}
+	}
+	int n = snprintf(buf, cap, "{\"memoryMiB\":%ld,\"pages\":%zu,\"pagesBad\":%zu,\"firstBadPage\":%lld,\"writes\":%llu,\"checksum\":\"%016llx\"}\n",
+			 mem_mib, mem_pages, bad, first_bad, (unsigned long long)mem_writes, (unsigned long long)fnv);
+	return n < 0 ? 0 : ((size_t)n >= cap ? cap - 1 : (size_t)n);
 }
 
 
@@ -505,6 +615,21 @@ static void control_accept(void)
 			break;
 	}
 	line[got] = 0;
+	if (strncmp(line, "memcheck", 8) == 0) {
+		/* 1 GiB takes about a second to check: the answer goes out with a longer timeout. */
+		struct timeval slow = { .tv_sec = 30 };
+		setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &slow, sizeof slow);
+		char mbuf[512];
+		size_t len = mem_check_json(mbuf, sizeof mbuf), off = 0;
+		while (off < len) {
+			ssize_t w = send(fd, mbuf + off, len - off, MSG_NOSIGNAL);
+			if (w <= 0)
+				break;
+			off += (size_t)w;
+		}
+		close(fd);
+		return;
+	}
 	if (strncmp(line, "pause", 5) == 0)
 		out_paused = 1;
 	else if (strncmp(line, "resume", 6) == 0 && out_paused) {
@@ -548,7 +673,7 @@ static void usage(const char *me)
 {
 	fprintf(stderr,
 		"usage: %s ADDRESS PORT [--outbound SERVER:PORT --connections K [--source ADDR] [--seed S] [--chunk BYTES]\n"
-		"       [--interval-ms MS] [--max-outstanding BYTES] [--control-port PORT]]\n",
+		"       [--interval-ms MS] [--max-outstanding BYTES]] [--control-port PORT] [--memory-mib N]\n",
 		me);
 }
 
@@ -579,7 +704,7 @@ int main(int argc, char **argv)
 	sa.sin_port = htons((unsigned short)port);
 
 	const char *outbound = NULL, *source = NULL;
-	long connections = 1, control_port = 0;
+	long connections = 1, control_port = 0, memory_mib = 0;
 	for (int i = 3; i < argc; i += 2) {
 		const char *name = argv[i], *value = argv[i + 1];
 		long v = strtol(value, &end, 10);
@@ -600,6 +725,8 @@ int main(int argc, char **argv)
 			out_max_outstanding = (uint64_t)v;
 		else if (strcmp(name, "--control-port") == 0 && numeric && v >= 1 && v <= 65535)
 			control_port = v;
+		else if (strcmp(name, "--memory-mib") == 0 && numeric && v >= 1 && v <= 1 << 20)
+			memory_mib = v;
 		else {
 			fprintf(stderr, "bad option %s %s\n", name, value);
 			usage(argv[0]);
@@ -640,6 +767,9 @@ int main(int argc, char **argv)
 			if (outconn_open(&outs[n_out], n_out, &server, source ? &src : NULL) < 0)
 				return 1;
 	}
+	/* Memory before listening too: once the lab sees the listener, every page holds its pattern. */
+	if (memory_mib && mem_init(memory_mib) < 0)
+		return 1;
 	if (control_port) {
 		struct sockaddr_in ca = sa;
 		ca.sin_port = htons((unsigned short)control_port);
@@ -664,6 +794,7 @@ int main(int argc, char **argv)
 	struct epoll_event evs[MAX_EVENTS];
 	long long accept_resume_at = 0; /* non-zero while accepting is paused for lack of fds */
 	long long next_tick = n_out ? now_ms() + out_interval_ms : 0;
+	long long next_mem_tick = mem_pages ? now_ms() + MEM_TICK_MS : 0;
 	while (!stop_requested) {
 		int timeout = -1;
 		long long now = now_ms();
@@ -683,6 +814,16 @@ int main(int argc, char **argv)
 				next_tick = now + out_interval_ms - (now - next_tick) % out_interval_ms;
 			}
 			long long left = next_tick - now;
+			if (timeout < 0 || left < timeout)
+				timeout = (int)(left > 0 ? left : 0);
+		}
+		if (next_mem_tick) {
+			if (now >= next_mem_tick) {
+				if (!out_paused)
+					mem_tick();
+				next_mem_tick = now + MEM_TICK_MS;
+			}
+			long long left = next_mem_tick - now;
 			if (timeout < 0 || left < timeout)
 				timeout = (int)(left > 0 ? left : 0);
 		}

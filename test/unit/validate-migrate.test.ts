@@ -11,6 +11,7 @@ const good = (): MigrateRequest__Output => ({
   lockMode: 'LOCK_MODE_UNSPECIFIED',
   lockLeaseMs: 0,
   allowUnsafeLock: false,
+  postCopy: false,
 });
 
 function codeOf(req: MigrateRequest__Output): { code: status; message: string } {
@@ -47,7 +48,15 @@ describe('Migrate request validation', () => {
     expect(validateMigrate(r).allowUnsafeLock).toBe(true);
   });
 
+  it('carries post_copy into the migration', () => {
+    const r = good();
+    r.postCopy = true;
+    expect(validateMigrate(r).postCopy).toBe(true);
+    expect(validateMigrate(good()).postCopy).toBe(false);
+  });
+
   const cases: [string, (r: MigrateRequest__Output) => void, status, RegExp][] = [
+    ['post-copy under a CRIU lock mode', (r) => ((r.postCopy = true), (r.lockMode = 'IPTABLES')), status.INVALID_ARGUMENT, /post_copy needs lock_mode EBPF/],
     ['no source', (r) => (r.sourceHost = ''), status.INVALID_ARGUMENT, /source_host is required/],
     ['a bad host name', (r) => (r.targetHost = 'B/../x'), status.INVALID_ARGUMENT, /target_host .* not a valid host name/],
     ['target equal to source', (r) => (r.targetHost = 'a'), status.INVALID_ARGUMENT, /must differ from source_host/],
