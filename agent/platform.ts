@@ -7,6 +7,8 @@ import type { LockModeName, LockStrategy } from './lock-strategy.js';
 import type { NetLock } from './netlock.js';
 import type { SteeringDataplane } from './steering.js';
 import type { WorkloadSocket } from '../lib/workload-sockets.js';
+import type { FileMismatch, TreeFacts, WorkloadFile } from '../lib/workload-facts.js';
+import type { LaunchSpec } from './linux/init-launcher.js';
 
 export interface ProcessSummary {
   pid: number;
@@ -56,6 +58,9 @@ export interface PlatformProbe {
   lockOk: boolean;
   lockProblem: string;
   addresses: string[];
+  /** The agent's effective capabilities by name (CRIU runs with them). */
+  capabilities: string[];
+  cpuFeatures: string[];
 }
 
 export interface HostPlatform {
@@ -78,4 +83,10 @@ export interface HostPlatform {
   /** Every TCP and UDP socket held by the process and its descendants, as the host's kernel shows them. */
   workloadSockets(pid: number): Promise<WorkloadSocket[]>;
   probe(): Promise<PlatformProbe>;
+  /** Preflight's facts about the tree rooted at `pid`; files under `skipPrefixes` are left out. */
+  treeFacts(pid: number, skipPrefixes: readonly string[]): Promise<TreeFacts>;
+  /** Which of these files (the source's) are missing here or differ. */
+  checkFiles(files: readonly WorkloadFile[]): Promise<FileMismatch[]>;
+  /** Starts a command so that CRIU can move it (`godwit run`); returns its init's host PID. */
+  launchWorkload(spec: LaunchSpec): Promise<number>;
 }

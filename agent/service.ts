@@ -23,6 +23,10 @@ import type { HostPlatform } from './platform.js';
 import { exportIntoImage, forgetHere, importFromImage } from './steering-handoff.js';
 import { steeringStateHandler } from './steering-state.js';
 import { HOST_BOUND_SOCKETS_REPORTED, hostBoundSockets, tcpConnectionCount } from '../lib/workload-sockets.js';
+import { fileFromWire, fileToWire, treeFactsToWire } from '../lib/facts-wire.js';
+import { CriuLogKeeper } from './criu-logs.js';
+import { WorkloadRunner } from './run-workload.js';
+import { carryOutput, outputFileOf, placeOutput } from './workload-output.js';
 
 export interface AgentServiceOptions {
   host: string;
@@ -31,7 +35,14 @@ export interface AgentServiceOptions {
   log: Logger;
   /** Longest a lock may be held when the request names no lease. */
   defaultLeaseMs?: number;
+  /**
+   * Where `godwit run` workloads' output files live: the same path on every host (the file
+   * travels with the image and is put back at its path), default /var/lib/godwit/workloads.
+   */
+  workloadDir?: string;
 }
+
+export const DEFAULT_WORKLOAD_DIR = '/var/lib/godwit/workloads';
 
 const MIGRATION_ID = /^[A-Za-z0-9_-]{1,64}$/;
 const TRANSFER_TIMEOUT_MS = 10 * 60_000;
@@ -39,10 +50,16 @@ const TRANSFER_TIMEOUT_MS = 10 * 60_000;
 export class AgentService {
   private readonly records: MigrationRecords;
   private readonly log: Logger;
+  private readonly runner: WorkloadRunner;
+  private readonly criuLogs: CriuLogKeeper;
+  private readonly workloadDir: string;
 
   constructor(private readonly opts: AgentServiceOptions) {
     this.records = new MigrationRecords(opts.stateDir);
     this.log = opts.log;
+    this.workloadDir = opts.workloadDir ?? DEFAULT_WORKLOAD_DIR;
+    this.runner = new WorkloadRunner({ platform: opts.platform, workloadDir: this.workloadDir, log: opts.log });
+    this.criuLogs = new CriuLogKeeper(opts.stateDir);
   }
 
   imageDir(migrationId: string): string {
@@ -66,12 +83,15 @@ export class AgentService {
         // cannot move (the controller refuses the migration on those, preflight.ts).
         const sockets = await p.workloadSockets(w.pid);
         const hostBound = hostBoundSockets(sockets, w.endpoints);
+        // The rest of what preflight judges; a workload's output file travels with the image.
+        const facts = await p.treeFacts(w.pid, [`${this.workloadDir}/`]);
         return {
           command: info.command,
           processes: info.processes,
           tcpConnections: tcpConnectionCount(sockets),
           hostBoundSockets: hostBound.slice(0, HOST_BOUND_SOCKETS_REPORTED).map(workloadSocketToWire),
           hostBoundSocketCount: hostBound.length,
+          ...treeFactsToWire(facts),
         };
       }),
 
@@ -136,9 +156,16 @@ export class AgentService {
         const record = this.records.get(id);
         if (!record.dumped) {
           await this.inspect(w);
+          await this.criuLogs.keep(id, dir);
           await rm(dir, { recursive: true, force: true });
           await mkdir(dir, { recursive: true });
-          const result = await this.dump(id, w, mode, dir);
+          const output = await outputFileOf(w.pid, this.workloadDir);
+          const result = await this.dump(id, w, mode, dir).catch(async (err: unknown) => {
+            await this.criuLogs.keep(id, dir);
+            throw err;
+          });
+          // Nothing writes the output file now: its copy goes with the image.
+          if (output) await this.hostStep('output file into the image', () => carryOutput(dir, output));
           const totals = await imageTotals(dir);
           return { durationMs: result.durationMs, imageBytes: totals.bytes, imageFiles: totals.files, frozenMs: 0, tcpConnections: result.connections };
         }
@@ -206,7 +233,11 @@ export class AgentService {
           r.steerImported = true;
         });
         const steeringEntries = await this.hostStep('steering import', () => importFromImage(this.handoffEnds(), this.imageDir(id), id));
-        const restored = await this.restoreHere(id, w, mode);
+        await this.hostStep('output file from the image', () => placeOutput(this.imageDir(id)));
+        const restored = await this.restoreHere(id, w, mode).catch(async (err: unknown) => {
+          await this.criuLogs.keep(id, this.imageDir(id));
+          throw err;
+        });
         return { durationMs: performance.now() - started, pid: restored.pid, criuMs: restored.criuMs, lockInstallMs: restored.lockInstallMs, lockRules: restored.lockRules, steeringEntries };
       }),
 
@@ -251,6 +282,26 @@ export class AgentService {
       }),
 
       SteeringState: steeringStateHandler(h, p.steering, log),
+
+      RunWorkload: handleUnary(log, 'RunWorkload', async (req) => {
+        const r = await this.runner.run({ name: req.name, user: req.user, endpoints: endpointsFromWire(req.endpoints), command: req.command, cwd: req.cwd });
+        return { pid: r.pid, outputPath: r.outputPath };
+      }),
+
+      WorkloadOutput: handleUnary(log, 'WorkloadOutput', async (req) => {
+        const r = await this.runner.output(req.name, Number(req.maxBytes));
+        return { output: r.output, size: String(r.size), path: r.path };
+      }),
+
+      MigrationLogs: handleUnary(log, 'MigrationLogs', async (req) => {
+        const id = migrationId(req.migrationId);
+        return { logs: await this.criuLogs.read(id, this.imageDir(id)) };
+      }),
+
+      CheckFiles: handleUnary(log, 'CheckFiles', async (req) => {
+        const mismatches = await p.checkFiles(req.files.map(fileFromWire));
+        return { mismatches: mismatches.map((m) => ({ file: fileToWire(m.file), problem: m.problem })) };
+      }),
     };
   }
 
@@ -374,6 +425,8 @@ export class AgentService {
     const r = this.records.get(id);
     const actions: string[] = [];
     let pid: number | undefined;
+    // What CRIU said goes nowhere with the image folder (a failed restore's log, on the target).
+    await this.criuLogs.keep(id, this.imageDir(id));
     if (r.restoredPid && !r.dumped && (await p.processInfo(r.restoredPid))) {
       process.kill(r.restoredPid, 'SIGKILL');
       actions.push(`killed restored pid ${r.restoredPid}`);
@@ -399,7 +452,10 @@ export class AgentService {
       } else {
         // A lock the dump left here (its residue) is still here, as this restore needs it.
         try {
-          const restored = await this.hostStep('restore on source', () => this.strategyOf(r.lockMode).restore(this.imageDir(id)));
+          const restored = await this.hostStep('restore on source', () => this.strategyOf(r.lockMode).restore(this.imageDir(id))).catch(async (err: unknown) => {
+            await this.criuLogs.keep(id, this.imageDir(id));
+            throw err;
+          });
           pid = restored.pid;
           this.records.update(id, (x) => (x.restoredPid = restored.pid));
           actions.push(`restored workload from its image as pid ${restored.pid}`);

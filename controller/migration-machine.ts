@@ -35,6 +35,8 @@ export interface MigrationRequestSpec {
   lockLeaseMs: number;
   /** Run a CRIU lock mode past its known limit (criu-lock-limits.ts). Absent in older records: false. */
   allowUnsafeLock?: boolean;
+  /** The registered workload (`godwit run`) this moves, if it was named or is one (workload-registry.ts). */
+  workloadName?: string;
 }
 
 /** The migration's steering: the generation that placed the workload on the target, and how the fleet took it. */

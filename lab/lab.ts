@@ -50,6 +50,8 @@ export interface LabOptions {
   agentFlags?: string[];
   /** 'bridge' (default): one L2 segment; 'routed': a /29 per host behind a router (lab/topology.ts). */
   fabric?: LabFabric;
+  /** Extra flags for one host's agent, e.g. { b: ['--cpu-features', FILE] }. */
+  hostAgentFlags?: Record<string, string[]>;
 }
 
 export function labDir(index: number): string {
@@ -68,14 +70,14 @@ export async function labUp(opts: LabOptions = {}): Promise<Lab> {
   const index = opts.index ?? (await findFreeLabIndex());
   const hosts = opts.hosts ?? ['a', 'b'];
   try {
-    return await build(index, hosts, opts.fabric ?? 'bridge', opts.agentFlags ?? []);
+    return await build(index, hosts, opts.fabric ?? 'bridge', opts.agentFlags ?? [], opts.hostAgentFlags ?? {});
   } catch (err) {
     await labDown(index);
     throw err;
   }
 }
 
-async function build(index: number, hostNames: string[], fabric: LabFabric, agentFlags: string[]): Promise<Lab> {
+async function build(index: number, hostNames: string[], fabric: LabFabric, agentFlags: string[], hostAgentFlags: Record<string, string[]>): Promise<Lab> {
   const topology = await createTopology({ index, hosts: hostNames, fabric });
   const dir = labDir(index);
   rmSync(dir, { recursive: true, force: true });
@@ -115,7 +117,11 @@ async function build(index: number, hostNames: string[], fabric: LabFabric, agen
     '--iface', h.iface,
     '--state-dir', join(dir, 'hosts', h.name),
     '--pin-dir', agentPinDir(index, h.name),
+    // One folder for every host's `godwit run` output files: the hosts share this machine's
+    // filesystem, so a moved workload finds its output file where it left it.
+    '--workload-dir', join(dir, 'workloads'),
     ...agentFlags,
+    ...(hostAgentFlags[h.name] ?? []),
   ];
   for (const h of topology.hosts) start(`agent-${h.name}`, h, node, agentArgs(h));
 

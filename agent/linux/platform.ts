@@ -16,7 +16,12 @@ import { EbpfNetLock } from './netlock-ebpf.js';
 import { RingHeldTraffic } from './packet-hold.js';
 import { EbpfSteering } from './steering-ebpf.js';
 import { treeSockets } from './process-sockets.js';
-import { inspectProcess } from './process-tree.js';
+import { inspectProcess, treePids } from './process-tree.js';
+import { cpuFeatures, effectiveCapabilities } from './capabilities.js';
+import { launchUnderInit, type LaunchSpec } from './init-launcher.js';
+import { outsideUnixSockets, sharesIpcNamespace, sysvShmAttachments, treeProcesses } from './tree-facts.js';
+import { checkFiles, treeFiles } from './tree-files.js';
+import type { TreeFacts, WorkloadFile } from '../../lib/workload-facts.js';
 
 export interface LinuxPlatformOptions {
   exec: Executor;
@@ -33,6 +38,10 @@ export interface LinuxPlatformOptions {
    */
   dataAddress?: string;
   log: Logger;
+  /** build/godwit-init (lab/workload/godwit-init.c): what `godwit run` starts workloads under. */
+  initPath?: string;
+  /** A file of CPU feature flags to report instead of /proc/cpuinfo's (agent --cpu-features). */
+  cpuFeaturesFile?: string;
 }
 
 /** startSteering() without the host's data address: steering cannot tunnel or tell local backends. */
@@ -135,11 +144,33 @@ export class LinuxPlatform implements HostPlatform {
     return treeSockets(pid);
   }
 
+  async treeFacts(pid: number, skipPrefixes: readonly string[]): Promise<TreeFacts> {
+    const pids = await treePids(pid);
+    const [tree, sharesHostIpcNamespace, sysvShm, outside, files] = await Promise.all([
+      treeProcesses(pids),
+      sharesIpcNamespace(pid),
+      sysvShmAttachments(pids),
+      outsideUnixSockets(pids, this.opts.exec),
+      treeFiles(pids, skipPrefixes),
+    ]);
+    return { tree, sharesHostIpcNamespace, sysvShm, outsideUnixSockets: outside, files };
+  }
+
+  checkFiles(files: readonly WorkloadFile[]) {
+    return checkFiles(files);
+  }
+
+  launchWorkload(spec: LaunchSpec): Promise<number> {
+    return launchUnderInit(this.opts.exec, this.opts.initPath ?? join(dirname(dirname(this.opts.bpfObject)), 'godwit-init'), spec);
+  }
+
   async probe(): Promise<PlatformProbe> {
-    const [criuVersion, criuProblem, addresses] = await Promise.all([
+    const [criuVersion, criuProblem, addresses, capabilities, cpu] = await Promise.all([
       this.criu.version().catch((e: Error) => `unavailable: ${e.message}`),
       this.criu.checkProblem().catch((e: Error) => e.message),
       this.network.addresses(),
+      effectiveCapabilities(),
+      cpuFeatures(this.opts.cpuFeaturesFile),
     ]);
     return {
       criuVersion,
@@ -148,6 +179,8 @@ export class LinuxPlatform implements HostPlatform {
       lockOk: this.lockProblem === '',
       lockProblem: this.lockProblem,
       addresses,
+      capabilities,
+      cpuFeatures: cpu,
     };
   }
 }

@@ -11,6 +11,7 @@ const good = (): MigrateRequest__Output => ({
   lockMode: 'LOCK_MODE_UNSPECIFIED',
   lockLeaseMs: 0,
   allowUnsafeLock: false,
+  workloadName: '',
 });
 
 function codeOf(req: MigrateRequest__Output): { code: status; message: string } {
