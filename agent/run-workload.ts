@@ -67,7 +67,10 @@ export class WorkloadRunner {
     }
   }
 
-  /** Until every TCP endpoint has a listener in the tree; a command that dies meanwhile is an error. */
+  /**
+   * Until every TCP endpoint's port has a listener in the tree (on whatever address: preflight
+   * says later if it is one that cannot move); a command that dies meanwhile is an error.
+   */
   private async waitReady(pid: number, spec: RunSpec, outputPath: string): Promise<void> {
     const p = this.opts.platform;
     const tcp = spec.endpoints.filter((e) => e.proto === 'tcp');
@@ -79,7 +82,7 @@ export class WorkloadRunner {
       }
       const sockets = tcp.length > 0 ? await p.workloadSockets(pid) : [];
       const listening = (e: Endpoint) =>
-        sockets.some((s) => s.proto === 'tcp' && s.state === 'LISTEN' && s.localPort === e.port && (s.localAddress === e.address || s.localAddress === '0.0.0.0' || s.localAddress === '::'));
+        sockets.some((s) => s.proto === 'tcp' && s.state === 'LISTEN' && s.localPort === e.port);
       if (tcp.every(listening) || Date.now() > deadline) return;
       await new Promise((r) => setTimeout(r, 50));
     }

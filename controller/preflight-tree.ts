@@ -55,7 +55,7 @@ function otherUserRefusal(facts: TreeFacts, source: HostCapabilities, target: Ho
     'capability',
     `${named}${more} on host "${source.host}" run${others.length === 1 ? 's' : ''} as another user than the agent: CRIU needs ${OTHER_USER_CAPABILITY} ` +
       `to read and restore such a process's rlimits ("Can't get rlimit 0: Operation not permitted"), and the agent on ` +
-      `${lacking.map((h) => `host "${h.host}"`).join(' and ')} lacks it; run the workload's processes as root ` +
+      `${lacking.map((h) => `host "${h.host}"`).join(' and ')} lack${lacking.length === 1 ? 's' : ''} it; run the workload's processes as root ` +
       `(nginx: "user root;"), or give the agents ${OTHER_USER_CAPABILITY}`,
   );
 }
