@@ -6,9 +6,9 @@
  * it then), and the target puts it back at the same path before the restore unless it already
  * has the same bytes there (hosts that share the folder, as the lab's do).
  */
-import { copyFile, readFile, readlink, rename, stat, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, readlink, rename, stat, writeFile } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 
 const OUTPUT_COPY = 'godwit-output.log';
 const OUTPUT_META = 'godwit-output.json';
@@ -32,6 +32,7 @@ export async function placeOutput(imageDir: string): Promise<string | undefined>
   const { path } = JSON.parse(meta) as { path: string };
   const copy = join(imageDir, OUTPUT_COPY);
   if (await sameBytes(copy, path)) return path;
+  await mkdir(dirname(path), { recursive: true });
   const tmp = `${path}.godwit-tmp`;
   await copyFile(copy, tmp);
   await rename(tmp, path);

@@ -136,9 +136,10 @@ async function build(
     '--iface', h.iface,
     '--state-dir', join(dir, 'hosts', h.name),
     '--pin-dir', agentPinDir(index, h.name),
-    // One folder for every host's `godwit run` output files: the hosts share this machine's
-    // filesystem, so a moved workload finds its output file where it left it.
-    '--workload-dir', join(dir, 'workloads'),
+    // `godwit run` output files: one folder for every host (they share this machine's
+    // filesystem, so a moved workload finds its file where it left it), or each host's own with
+    // private folders (the file then travels with the image).
+    '--workload-dir', join(privateFolders ? privateDir({ dir }) : dir, 'workloads'),
     ...agentFlags,
     ...(hostAgentFlags[h.name] ?? []),
   ];

@@ -162,6 +162,9 @@ describe('preflight', () => {
       const after = JSON.parse((await get(ep)).body) as { shmid: number; expected: string; actual: string };
       expect(after).toEqual(before);
     }
+    // Its output file is in host a's own folder: it went to b with the image and came back.
+    const logs = (await godwitCli(lab, ['logs', 'shm'])).stdout;
+    expect(logs).toContain(`shm-server: segment ${before.shmid}, ${size} bytes, sha256 ${before.expected}`);
   });
 
   it("explains a CRIU failure with CRIU's first error line, and keeps the full log for godwit logs", async () => {
