@@ -72,6 +72,16 @@ export class WorkloadRegistry {
     this.cache.set(w.name, { value: w, revision });
   }
 
+  /** Replaces the record of a workload that no longer runs (its name is reused). */
+  async replace(w: WorkloadRecord): Promise<void> {
+    const current = await this.kv.get(w.name);
+    if (!current) return this.register(w);
+    const revision = await this.kv.update(w.name, w, current.revision).catch((err: unknown) => {
+      throw new AlreadyExistsError(`workload "${w.name}" was registered again meanwhile: ${err instanceof Error ? err.message : String(err)}`);
+    });
+    this.cache.set(w.name, { value: w, revision });
+  }
+
   /** Where a migration left the workload: host and the PID of its init there. */
   async moved(name: string, host: string, pid: number): Promise<void> {
     for (let i = 0; i < MAX_CAS_TRIES; i++) {

@@ -4,6 +4,7 @@
  * request, recording where each migration left it, and fetching logs from the hosts.
  */
 import { basename } from 'node:path';
+import { status } from '@grpc/grpc-js';
 import type { MigrateRequest__Output } from '../proto/gen/godwit/v1/MigrateRequest.js';
 import type { RunRequest__Output } from '../proto/gen/godwit/v1/RunRequest.js';
 import type { WorkloadInfo } from '../proto/gen/godwit/v1/WorkloadInfo.js';
@@ -42,15 +43,27 @@ export class WorkloadService {
     if (req.command.length === 0 || !req.command[0]) throw new InvalidArgumentError('command', 'command is required: the program and its arguments');
     const name = req.name || basename(req.command[0]);
     if (!WORKLOAD_NAME.test(name)) throw new InvalidArgumentError('name', `name "${name}" must be 1-63 of [A-Za-z0-9_.-], starting with a letter or digit`);
-    if (workloads.get(name)) throw new AlreadyExistsError(`a workload named "${name}" is registered already (on host "${workloads.get(name)?.host}"); pick another --name`);
+    const previous = workloads.get(name);
+    if (previous && (await this.stillRuns(previous)))
+      throw new AlreadyExistsError(`a workload named "${name}" runs already (pid ${previous.pid} on host "${previous.host}"); pick another --name`);
     const endpoints = endpointsFromWire(req.endpoints);
     const h = hosts.ready(req.host).heartbeat;
     const r = await agents.get(h.host, h.grpcAddress).runWorkload({ name, user: req.user, endpoints: endpoints.map(endpointToWire), command: req.command, cwd: req.cwd });
     const now = Date.now();
     const record: WorkloadRecord = { name, host: h.host, pid: r.pid, endpoints, command: req.command, user: req.user, outputPath: r.outputPath, startedAtMs: now, updatedAtMs: now };
-    await workloads.register(record);
+    await (previous ? workloads.replace(record) : workloads.register(record));
     log.info({ workload: name, host: h.host, pid: r.pid }, 'workload started');
     return toWire(record);
+  }
+
+  /** A registered workload's process still exists where it was left (an unreachable host counts as yes). */
+  private async stillRuns(w: WorkloadRecord): Promise<boolean> {
+    try {
+      await this.agent(w.host).inspectWorkload({ pid: w.pid, endpoints: w.endpoints });
+      return true;
+    } catch (err) {
+      return !(typeof err === 'object' && err !== null && (err as { code?: unknown }).code === status.NOT_FOUND);
+    }
   }
 
   list(): WorkloadInfo[] {

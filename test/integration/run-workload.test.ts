@@ -78,5 +78,16 @@ describe('godwit run', () => {
     // One output file across both moves: what it printed on a, on b, and on a again.
     const logs = (await godwitCli(lab, ['logs', 'web'])).stdout;
     for (const path of ['/before-move', '/after-move', '/home-again']) expect(logs).toMatch(new RegExp(`"GET ${path} HTTP/1.1" 404`));
+
+    // SIGTERM to the init reaches the command; the init says how it ended and exits.
+    await stopWorkload(pid);
+    expect((await godwitCli(lab, ['logs', 'web'])).stdout).toContain('godwit-init: /usr/bin/python3 ended by signal 15');
+    // A name whose workload has ended can be used again; one that runs cannot.
+    const again = JSON.parse((await godwitCli(lab, ['--json', 'run', '--host', 'b', '--name', 'web', '--endpoint', `tcp://${address}:${PORT}`, '--', '/usr/bin/python3', '-m', 'http.server', String(PORT), '--bind', address])).stdout) as { host: string; pid: number };
+    expect(again.host).toBe('b');
+    pid = again.pid;
+    const taken = await godwitCli(lab, ['run', '--host', 'a', '--name', 'web', '--', 'sleep', '100'], { allowFailure: true });
+    expect(taken.exitCode).toBe(2);
+    expect(taken.stderr).toMatch(/^ALREADY_EXISTS: a workload named "web" runs already \(pid \d+ on host "b"\)/);
   });
 });
