@@ -26,11 +26,14 @@ export async function treeFiles(pids: readonly number[], skipPrefixes: readonly 
   const seen = new Map<string, WorkloadFile>();
   const skip = (path: string) => NOT_COMPARED.test(path) || path.endsWith(' (deleted)') || skipPrefixes.some((p) => path.startsWith(p));
   const add = async (pid: number, path: string, usage: string, executable: boolean, statPath: string) => {
-    if (skip(path) || seen.has(path)) return;
+    if (skip(path)) return;
+    const known = seen.get(path);
+    // A shared object's first mapping is read-only (its ELF header); the executable one follows.
+    if (known && (!executable || hasIdentity(known))) return;
     const st = await stat(statPath).catch(() => undefined);
     if (!st?.isFile()) return;
     const identity = executable ? await fileIdentity(statPath) : { buildId: '', sha256: '' };
-    seen.set(path, { path, size: st.size, ...identity, pid, usage });
+    seen.set(path, known ? { ...known, ...identity } : { path, size: st.size, ...identity, pid, usage });
   };
   for (const pid of pids) {
     const exe = await readlink(`/proc/${pid}/exe`).catch(() => '');

@@ -20,6 +20,7 @@
  *
  * The init reaps every orphan of the namespace, forwards the usual termination and control
  * signals to CMD, and exits with CMD's status when CMD exits (the kernel then ends the rest).
+ * CMD starts with every signal at its default and none blocked.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -129,12 +130,14 @@ static void run_init(int status_fd, const char *output, const char *user, const 
 		_exit(1);
 	}
 	if (child == 0) {
+		/* Every signal back to its default: what started the agent may have ignored some
+		 * (node ignores SIGPIPE), and exec keeps an ignored signal ignored. */
 		sigset_t none;
 		sigemptyset(&none);
 		struct sigaction dfl = { .sa_handler = SIG_DFL };
-		for (size_t i = 0; i < sizeof FORWARDED / sizeof FORWARDED[0]; i++)
-			sigaction(FORWARDED[i], &dfl, NULL);
-		sigaction(SIGCHLD, &dfl, NULL);
+		for (int sig = 1; sig < NSIG; sig++)
+			if (sig != SIGKILL && sig != SIGSTOP)
+				sigaction(sig, &dfl, NULL);
 		sigprocmask(SIG_SETMASK, &none, NULL);
 		if (pw) {
 			if (initgroups(pw->pw_name, pw->pw_gid) < 0 || setgid(pw->pw_gid) < 0 || setuid(pw->pw_uid) < 0) {
