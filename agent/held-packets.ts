@@ -6,7 +6,7 @@
  * (before the workload was dumped and while the image was made and sent) in one file of the
  * image folder, so the target delivers them together with what its own lock stopped.
  */
-import { appendFile, readFile, rm } from 'node:fs/promises';
+import { appendFileSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { HeldPackets } from './platform.js';
 
@@ -38,19 +38,24 @@ export const STEERING_FILE = 'godwit-steering.bin';
 
 /** Adds packets to the image's file (a retried send adds only what was stopped since). */
 export async function appendHeldFile(imageDir: string, held: HeldPackets): Promise<void> {
-  if (held.count > 0) await appendFile(join(imageDir, HELD_FILE), held.bytes);
+  if (held.count > 0) appendFileSync(join(imageDir, HELD_FILE), held.bytes);
 }
 
 /** The image's held packets; an empty list when it has none. */
 export async function readHeldFile(imageDir: string): Promise<HeldPackets> {
-  const bytes = await readFile(join(imageDir, HELD_FILE)).catch((err: NodeJS.ErrnoException) => {
-    if (err.code === 'ENOENT') return Buffer.alloc(0);
-    throw err;
-  });
+  // Synchronous: one file on the image's tmpfs, read inside the freeze (the thread pool's
+  // round trip costs more than the read).
+  let bytes: Buffer;
+  try {
+    bytes = readFileSync(join(imageDir, HELD_FILE));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    bytes = Buffer.alloc(0);
+  }
   return { count: splitHeld(bytes).length, bytes };
 }
 
 /** Once delivered, never again: a repeated unlock must not deliver twice. */
 export async function removeHeldFile(imageDir: string): Promise<void> {
-  await rm(join(imageDir, HELD_FILE), { force: true });
+  rmSync(join(imageDir, HELD_FILE), { force: true });
 }

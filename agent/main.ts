@@ -5,7 +5,7 @@
 import { mkdirSync } from 'node:fs';
 import { release } from 'node:os';
 import { join } from 'node:path';
-import { Command } from 'commander';
+import { Command, InvalidArgumentError } from 'commander';
 import * as grpc from '@grpc/grpc-js';
 import { Bus } from '../lib/bus.js';
 import { execCommand } from '../lib/exec.js';
@@ -15,6 +15,7 @@ import { exitOnSignals } from '../lib/shutdown.js';
 import { isIPv4 } from 'node:net';
 import { HOST_NAME, STEERING_BUCKET, STEERING_KV, SUBJECTS } from '../lib/subjects.js';
 import { startHeartbeat } from './heartbeat.js';
+import { DEFAULT_CRIU_LOG_LEVEL, parseLogLevel } from './linux/criu.js';
 import { LinuxPlatform } from './linux/platform.js';
 import type { HostPlatform } from './platform.js';
 import { AgentService } from './service.js';
@@ -31,6 +32,7 @@ const program = new Command()
   .option('--iface <name>', 'interface the lock program attaches to', 'eth0')
   .option('--state-dir <dir>', 'where images and migration records live', '/var/lib/godwit')
   .option('--criu <path>', 'CRIU 4.2+ command', process.env.GODWIT_CRIU ?? '/opt/godwit/criu/bin/criu')
+  .option('--criu-log-level <n>', 'CRIU log verbosity, 0-4 (CRIU\'s -v): 4 writes a line per socket and page range inside the freeze', criuLogLevel, DEFAULT_CRIU_LOG_LEVEL)
   .option('--bpf-object <path>', 'compiled lock program', join(REPO_ROOT, 'build', 'bpf', 'lock.o'))
   .option('--pin-dir <dir>', 'bpffs folder for this host\'s pinned program and maps (default /sys/fs/bpf/godwit/<host>)')
   .option('--advertise <addr>', 'gRPC address peers should use (default: --listen)')
@@ -40,10 +42,18 @@ const program = new Command()
   .option('--cpu-features <file>', 'report the CPU feature flags in this file instead of /proc/cpuinfo\'s (tests; pinning a fleet to a baseline)')
   .option('--no-checkpoint', 'this host only steers packets: no CRIU probe, no lock program, no lock sweeper');
 
+function criuLogLevel(text: string): number {
+  try {
+    return parseLogLevel(text);
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
+}
+
 async function main() {
   const o = program.parse().opts<{
     host: string; listen: string; nats: string; iface: string; stateDir: string; criu: string;
-    bpfObject: string; pinDir?: string; advertise?: string; dataAddress?: string; checkpoint: boolean;
+    bpfObject: string; pinDir?: string; advertise?: string; dataAddress?: string; checkpoint: boolean; criuLogLevel: number;
     workloadDir: string; init: string; cpuFeatures?: string;
   }>();
   if (!HOST_NAME.test(o.host)) program.error(`--host "${o.host}" must match ${HOST_NAME}`);
@@ -56,6 +66,7 @@ async function main() {
     exec: execCommand,
     iface: o.iface,
     criuPath: o.criu,
+    criuLogLevel: o.criuLogLevel,
     bpfObject: o.bpfObject,
     pinDir: o.pinDir ?? `/sys/fs/bpf/godwit/${o.host}`,
     dataAddress,
@@ -117,6 +128,7 @@ async function main() {
       { name: 'steering sync', run: () => sync?.stop() },
       { name: 'lock sweeper', run: () => clearInterval(sweeper) },
       { name: 'grpc server', run: () => server.forceShutdown() },
+      { name: 'peer channels', run: () => service.close() },
       { name: 'nats', run: () => bus.close() },
     ],
     { log, message: 'shutting down; held locks stay until their leases run out' },

@@ -7,21 +7,25 @@ import { join } from 'node:path';
 import { release } from 'node:os';
 import type * as grpc from '@grpc/grpc-js';
 import { status } from '@grpc/grpc-js';
-import type { AgentHandlers } from '../proto/gen/godwit/v1/Agent.js';
+import type { AgentClient, AgentHandlers } from '../proto/gen/godwit/v1/Agent.js';
 import type { ImageChunk__Output } from '../proto/gen/godwit/v1/ImageChunk.js';
+import type { PipelinedStep } from '../proto/gen/godwit/v1/PipelinedStep.js';
 import type { ReceiveImageResponse } from '../proto/gen/godwit/v1/ReceiveImageResponse.js';
+import type { SendImageResponse } from '../proto/gen/godwit/v1/SendImageResponse.js';
+import type { UnlockResponse } from '../proto/gen/godwit/v1/UnlockResponse.js';
 import { HostOperationError, InvalidArgumentError, PreconditionError, ProcessNotFoundError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
 import { agentClient, handleUnary, toServiceError } from '../lib/rpc.js';
 import { endpointsFromWire, versionFromWire, workloadFromWire, workloadSocketToWire, type WorkloadSpec } from '../lib/wire.js';
 import { appendHeldFile, concatHeld, readHeldFile, removeHeldFile } from './held-packets.js';
-import { imageTotals, receiveImage, sendImage } from './images.js';
+import { ImageStream, imageTotals, receiveImage } from './images.js';
 import { lockScope } from './lock-scope.js';
 import type { LockModeName, LockStrategy } from './lock-strategy.js';
 import { MigrationRecords } from './migration-record.js';
 import type { HostPlatform } from './platform.js';
 import { exportIntoImage, forgetHere, importFromImage } from './steering-handoff.js';
 import { steeringStateHandler } from './steering-state.js';
+import { CONCURRENT_STEP, StepTimer } from './step-timer.js';
 import { HOST_BOUND_SOCKETS_REPORTED, hostBoundSockets, tcpConnectionCount } from '../lib/workload-sockets.js';
 import { fileFromWire, fileToWire, treeFactsToWire } from '../lib/facts-wire.js';
 import { CriuLogKeeper } from './criu-logs.js';
@@ -53,6 +57,9 @@ export class AgentService {
   private readonly runner: WorkloadRunner;
   private readonly criuLogs: CriuLogKeeper;
   private readonly workloadDir: string;
+  private readonly peers = new Map<string, AgentClient>();
+  /** Target: the workload's addresses being brought up since Lock, by migration id. */
+  private readonly addressesUp = new Map<string, Promise<void>>();
 
   constructor(private readonly opts: AgentServiceOptions) {
     this.records = new MigrationRecords(opts.stateDir);
@@ -103,49 +110,28 @@ export class AgentService {
         const leaseMs = req.leaseMs || this.opts.defaultLeaseMs || 120_000;
         const strategy = p.lockStrategy(mode);
         const started = performance.now();
+        const steps = new StepTimer();
         if (strategy.holdsEndpoints) {
-          await this.hostStep('lock', () => p.netlock.lock(lockScope(endpoints), version, leaseMs));
+          await steps.time('lock entries', () => this.hostStep('lock', () => p.netlock.lock(lockScope(endpoints), version, leaseMs)));
           this.records.update(id, (r) => {
             r.lockMode = mode;
             r.locked = lockScope(endpoints);
             r.lockVersion = version.toString();
           });
+          // Only behind the lock: what reaches the address from now on is held, never reset.
+          if (req.bringUpAddresses) this.addressesUp.set(id, this.bringUpAddresses(id, endpoints));
         } else {
-          await this.hostStep(`lock (${mode})`, () => strategy.lock());
+          await steps.time(`check ${mode} lock`, () => this.hostStep(`lock (${mode})`, () => strategy.lock()));
           this.records.update(id, (r) => {
             r.lockMode = mode;
           });
         }
-        await this.noteForwarding(id);
-        return { durationMs: performance.now() - started };
+        await steps.time('forwarding counter', () => this.noteForwarding(id));
+        return { durationMs: performance.now() - started, steps: steps.wire(h) };
       }),
 
       Unlock: handleUnary(log, 'Unlock', async (req) => {
-        const id = migrationId(req.migrationId);
-        const endpoints = endpointsFromWire(req.endpoints);
-        const version = versionFromWire(req.version);
-        const started = performance.now();
-        const record = this.records.get(id);
-        let dropped = 0n;
-        let leftovers = 0;
-        let delivered = 0;
-        const strategy = this.strategyOf(record.lockMode);
-        if (record.locked.length > 0 || strategy.holdsEndpoints) {
-          const scope = lockScope(endpoints);
-          dropped = await this.unlock(scope, version);
-          delivered = await this.deliverHeld(id, scope);
-        }
-        if (record.lockResidue) {
-          // The restore removed the lock made for it; whatever it left is removed now.
-          const residue = record.lockResidue;
-          leftovers = (await this.hostStep(`unlock (${strategy.mode} lock leftovers)`, () => strategy.removeResidue(residue))).removed;
-          if (leftovers > 0) log.warn({ migrationId: id, leftovers, mode: strategy.mode }, 'the restore left part of its lock; removed');
-        }
-        this.records.update(id, (r) => {
-          r.locked = [];
-          r.lockResidue = undefined;
-        });
-        return { durationMs: performance.now() - started, droppedPackets: dropped.toString(), lockLeftovers: leftovers, deliveredPackets: delivered };
+        return this.unlockHere(migrationId(req.migrationId), endpointsFromWire(req.endpoints), versionFromWire(req.version));
       }),
 
       Checkpoint: handleUnary(log, 'Checkpoint', async (req) => {
@@ -154,60 +140,54 @@ export class AgentService {
         const mode = lockModeFromWire(req.lockMode);
         const dir = this.imageDir(id);
         const record = this.records.get(id);
+        const steps = new StepTimer();
         if (!record.dumped) {
-          await this.inspect(w);
-          await this.criuLogs.keep(id, dir);
-          await rm(dir, { recursive: true, force: true });
-          await mkdir(dir, { recursive: true });
+          await steps.time('inspect', () => this.inspect(w));
+          await steps.time('image folder', async () => {
+            // A retried checkpoint's earlier CRIU log is kept before the folder goes.
+            await this.criuLogs.keep(id, dir);
+            await rm(dir, { recursive: true, force: true });
+            await mkdir(dir, { recursive: true });
+          });
           const output = await outputFileOf(w.pid, this.workloadDir);
-          const result = await this.dump(id, w, mode, dir).catch(async (err: unknown) => {
+          // Pipelined: the image starts for the target while CRIU writes it (images.ts ImageStream).
+          const stream = req.sendTo ? new ImageStream(this.peer(req.sendTo), id, dir, TRANSFER_TIMEOUT_MS) : undefined;
+          stream?.follow();
+          const result = await this.dump(id, w, mode, dir, steps).catch(async (err: unknown) => {
+            await stream?.cancel();
             await this.criuLogs.keep(id, dir);
             throw err;
           });
-          // Nothing writes the output file now: its copy goes with the image.
-          if (output) await this.hostStep('output file into the image', () => carryOutput(dir, output));
-          const totals = await imageTotals(dir);
-          return { durationMs: result.durationMs, imageBytes: totals.bytes, imageFiles: totals.files, frozenMs: 0, tcpConnections: result.connections };
+          // Nothing writes the workload's output file now: its copy goes with the image (the
+          // stream's finish sends what was added after the dump).
+          if (output) await steps.time('output file into the image', () => this.hostStep('output file into the image', () => carryOutput(dir, output)));
+          // Pipelined: the image's size is what the transfer counts, so nothing is read for it here.
+          const totals = stream ? { bytes: 0, files: 0 } : await steps.time('image totals', () => imageTotals(dir));
+          const dumped = { durationMs: result.durationMs, imageBytes: totals.bytes, imageFiles: totals.files, frozenMs: 0, tcpConnections: result.connections };
+          if (!stream) return { ...dumped, steps: steps.wire(h) };
+          const transfer = await this.pipelined(() => this.sendImageTo(id, req.sendTo, req.steerBackendIds, stream), (sent) => ({ sent }));
+          // Alongside CRIU, not after it: the report keeps it out of the phase's sum.
+          steps.add(`${CONCURRENT_STEP} image sent while dumping`, stream.early.ms);
+          return { ...dumped, steps: steps.wire(h), transfer };
         }
-        const totals = await imageTotals(dir);
+        const totals = imageTotals(dir);
         const connections = record.lockResidue ? this.strategyOf(record.lockMode).connections(record.lockResidue) : 0;
-        return { durationMs: 0, imageBytes: totals.bytes, imageFiles: totals.files, frozenMs: 0, tcpConnections: connections };
+        const dumped = { durationMs: 0, imageBytes: totals.bytes, imageFiles: totals.files, frozenMs: 0, tcpConnections: connections, steps: [] };
+        return req.sendTo ? { ...dumped, transfer: await this.pipelined(() => this.sendImageTo(id, req.sendTo, req.steerBackendIds), (sent) => ({ sent })) } : dumped;
       }),
 
       SendImage: handleUnary(log, 'SendImage', async (req) => {
-        const id = migrationId(req.migrationId);
         if (!req.peerAddress) throw new InvalidArgumentError('peer_address', 'peer_address is required: the target agent\'s gRPC address');
-        const record = this.records.get(id);
-        if (!record.dumped) throw new PreconditionError(`migration ${id} has no checkpoint on host "${h}" to send`);
-        const started = performance.now();
-        // What the lock stopped here so far goes with the image, for the target to deliver.
-        if (this.strategyOf(record.lockMode).holdsEndpoints) {
-          const held = p.held.take(lockScope(record.dumped.endpoints));
-          await appendHeldFile(this.imageDir(id), held);
-          log.info({ migrationId: id, held: held.count, ms: performance.now() - started }, 'held packets added to the image');
-        }
-        // The workload's steering state goes the same way, as it is now that the workload is dumped.
-        const selector = workloadSelector(record.dumped.endpoints, req.steerBackendIds);
-        const steeringEntries = await this.hostStep('steering export', () => exportIntoImage(this.handoffEnds(), this.imageDir(id), selector));
-        this.records.update(id, (r) => {
-          r.steerSelector = selector;
-        });
-        const client = agentClient(req.peerAddress);
-        try {
-          const t = await sendImage(client, id, this.imageDir(id), TRANSFER_TIMEOUT_MS);
-          return { durationMs: performance.now() - started, bytes: t.bytes, files: t.files, steeringEntries };
-        } finally {
-          client.close();
-        }
+        return this.sendImageTo(migrationId(req.migrationId), req.peerAddress, req.steerBackendIds);
       }),
 
       ReceiveImage: (call: grpc.ServerReadableStream<ImageChunk__Output, ReceiveImageResponse>, callback) => {
         receiveImage(call, (id) => this.imageDir(migrationId(id))).then(
-          ({ migrationId: id, totals }) => {
+          ({ migrationId: id, totals, steps }) => {
             this.records.update(id, (r) => {
               r.imageReceived = true;
             });
-            callback(null, totals);
+            callback(null, { ...totals, steps: steps.wire(h) });
           },
           (err: unknown) => {
             const code = typeof (err as { code?: unknown }).code === 'number' ? (err as { code: status }).code : undefined;
@@ -223,22 +203,27 @@ export class AgentService {
         const mode = lockModeFromWire(req.lockMode);
         const record = this.records.get(id);
         if (record.restoredPid && (await p.processInfo(record.restoredPid))) {
-          return { durationMs: 0, pid: record.restoredPid, criuMs: 0, lockInstallMs: 0, lockRules: 0, steeringEntries: 0 };
+          const answer = { durationMs: 0, pid: record.restoredPid, criuMs: 0, lockInstallMs: 0, lockRules: 0, steeringEntries: 0, steps: [] };
+          if (!req.unlock) return answer;
+          return { ...answer, unlocked: await this.pipelined(() => this.unlockHere(id, w.endpoints, versionFromWire(req.lockVersion)), (unlocked) => ({ unlocked })) };
         }
         if (!record.imageReceived) throw new PreconditionError(`migration ${id} has no image on host "${h}"; transfer it first`);
         const started = performance.now();
+        const steps = new StepTimer();
         // Recorded first: an import that half-works is still removed by Abort.
         this.records.update(id, (r) => {
           r.steerSelector = workloadSelector(w.endpoints, req.steerBackendIds);
           r.steerImported = true;
         });
-        const steeringEntries = await this.hostStep('steering import', () => importFromImage(this.handoffEnds(), this.imageDir(id), id));
-        await this.hostStep('output file from the image', () => placeOutput(this.imageDir(id)));
-        const restored = await this.restoreHere(id, w, mode).catch(async (err: unknown) => {
+        const steeringEntries = await steps.time('steering import', () => this.hostStep('steering import', () => importFromImage(this.handoffEnds(), this.imageDir(id), id)));
+        await steps.time('output file from the image', () => this.hostStep('output file from the image', () => placeOutput(this.imageDir(id))));
+        const restored = await this.restoreHere(id, w, mode, steps).catch(async (err: unknown) => {
           await this.criuLogs.keep(id, this.imageDir(id));
           throw err;
         });
-        return { durationMs: performance.now() - started, pid: restored.pid, criuMs: restored.criuMs, lockInstallMs: restored.lockInstallMs, lockRules: restored.lockRules, steeringEntries };
+        const answer = { durationMs: performance.now() - started, pid: restored.pid, criuMs: restored.criuMs, lockInstallMs: restored.lockInstallMs, lockRules: restored.lockRules, steeringEntries, steps: steps.wire(h) };
+        if (!req.unlock) return answer;
+        return { ...answer, unlocked: await this.pipelined(() => this.unlockHere(id, w.endpoints, versionFromWire(req.lockVersion)), (unlocked) => ({ unlocked })) };
       }),
 
       Release: handleUnary(log, 'Release', async (req) => {
@@ -246,32 +231,35 @@ export class AgentService {
         const endpoints = endpointsFromWire(req.endpoints);
         const version = versionFromWire(req.version);
         const started = performance.now();
+        const steps = new StepTimer();
         const record = this.records.get(id);
         // Address down first: while it is still locked, nothing this host sends can reset a peer.
-        for (const a of unique(endpoints.map((e) => e.address))) await p.network.removeAddress(a);
+        await steps.time('address down', async () => {
+          for (const a of unique(endpoints.map((e) => e.address))) await p.network.removeAddress(a);
+        });
         const strategy = this.strategyOf(record.lockMode);
         if (record.locked.length > 0 || strategy.holdsEndpoints) {
           const scope = lockScope(endpoints);
-          await this.unlock(scope, version);
-          this.discardHeld(id, scope, 'stopped on the source after the image left');
+          await this.unlock(scope, version, steps);
+          await steps.time('held packets: discard', () => this.discardHeld(id, scope, 'stopped on the source after the image left'));
         }
         if (record.lockResidue) {
           // What the dump left here: the workload runs on the target now.
           const residue = record.lockResidue;
-          const r = await this.hostStep(`release (${strategy.mode} lock)`, () => strategy.removeResidue(residue));
+          const r = await steps.time(`${strategy.mode} lock removal`, () => this.hostStep(`release (${strategy.mode} lock)`, () => strategy.removeResidue(residue)));
           log.info({ migrationId: id, mode: strategy.mode, removed: r.removed }, "removed the dump's lock");
         }
         // The workload runs on the target with its reverse NAT and counters; this host forwards its
         // packets there by the table, and keeps the flow entries of the flows the fabric still brings here.
-        await forgetHere(this.handoffEnds(), record.steerSelector, id);
+        await steps.time('steering: forget', () => forgetHere(this.handoffEnds(), record.steerSelector, id));
         const forwardedPackets = await this.forwardedSince(record.forwardedAtLock);
-        await rm(this.imageDir(id), { recursive: true, force: true });
+        await steps.time('image removal', () => rm(this.imageDir(id), { recursive: true, force: true }));
         this.records.update(id, (r) => {
           r.locked = [];
           r.lockResidue = undefined;
           r.released = true;
         });
-        return { durationMs: performance.now() - started, forwardedPackets: forwardedPackets.toString() };
+        return { durationMs: performance.now() - started, forwardedPackets: forwardedPackets.toString(), steps: steps.wire(h) };
       }),
 
       Abort: handleUnary(log, 'Abort', async (req) => {
@@ -326,9 +314,9 @@ export class AgentService {
    * The checkpoint, with the lock mode's part in it (lock-strategy.ts): what the dump leaves of the
    * lock here is recorded for Release (or for the restore in Abort, which needs it).
    */
-  private async dump(id: string, w: WorkloadSpec, mode: LockModeName, dir: string): Promise<{ durationMs: number; connections: number }> {
+  private async dump(id: string, w: WorkloadSpec, mode: LockModeName, dir: string, steps: StepTimer): Promise<{ durationMs: number; connections: number }> {
     const strategy = this.opts.platform.lockStrategy(mode);
-    const dumped = await this.hostStep('checkpoint', () => strategy.dump(w.pid, w.endpoints, dir));
+    const dumped = await steps.time('criu dump', () => this.hostStep('checkpoint', () => strategy.dump(w.pid, w.endpoints, dir)));
     this.records.update(id, (r) => {
       r.dumped = { pid: w.pid, endpoints: w.endpoints };
       r.lockMode = mode;
@@ -342,43 +330,48 @@ export class AgentService {
    * removes what is there); then the address up, announced while the restore runs (the lock holds
    * packets off until unlock).
    */
-  private async restoreHere(id: string, w: WorkloadSpec, mode: LockModeName): Promise<{ pid: number; criuMs: number; lockInstallMs: number; lockRules: number }> {
+  private async restoreHere(id: string, w: WorkloadSpec, mode: LockModeName, steps: StepTimer): Promise<{ pid: number; criuMs: number; lockInstallMs: number; lockRules: number }> {
     const p = this.opts.platform;
     const strategy = p.lockStrategy(mode);
-    const before = await this.hostStep(`before restore (${mode} lock)`, () =>
+    const before = await steps.time(`before restore (${mode} lock)`, () => this.hostStep(`before restore (${mode} lock)`, () =>
       strategy.beforeRestore(id, this.imageDir(id), (residue) =>
         this.records.update(id, (r) => {
           r.lockMode = mode;
           r.lockResidue = residue;
         }),
       ),
-    );
+    ));
+    const t0 = performance.now();
+    // Brought up at Lock (in the background) when the controller asked; a failure there is retried here.
+    await this.addressesUp.get(id);
+    this.addressesUp.delete(id);
     for (const a of unique(w.endpoints.map((e) => e.address))) {
       if (await p.network.addAddress(a))
         this.records.update(id, (r) => {
           r.addedAddresses = unique([...r.addedAddresses, a]);
         });
     }
+    steps.add('address up', performance.now() - t0);
     const announced = Promise.all(unique(w.endpoints.map((e) => e.address)).map((a) => p.network.announce(a)));
-    const restored = await this.hostStep('restore', () => strategy.restore(this.imageDir(id))).catch(async (err: unknown) => {
+    const restored = await steps.time('criu restore', () => this.hostStep('restore', () => strategy.restore(this.imageDir(id)))).catch(async (err: unknown) => {
       await announced.catch(() => undefined);
       throw err;
     });
-    await announced;
+    await steps.time('announce (after restore)', () => announced);
     this.records.update(id, (r) => {
       r.restoredPid = restored.pid;
     });
     return { pid: restored.pid, criuMs: restored.durationMs, lockInstallMs: before.installMs, lockRules: before.rules };
   }
 
-  private async unlock(endpoints: WorkloadSpec['endpoints'], version: bigint): Promise<bigint> {
+  private async unlock(endpoints: WorkloadSpec['endpoints'], version: bigint, steps = new StepTimer()): Promise<bigint> {
     const p = this.opts.platform;
     const wanted = new Set(endpoints.map((e) => `${e.proto}/${e.address}/${e.port}`));
-    const entries = await p.netlock.list();
+    const entries = await steps.time('lock counters', () => p.netlock.list());
     const dropped = entries
       .filter((e) => wanted.has(`${e.endpoint.proto}/${e.endpoint.address}/${e.endpoint.port}`))
       .reduce((sum, e) => sum + e.drops, 0n);
-    await this.hostStep('unlock', () => p.netlock.unlock(endpoints, version));
+    await steps.time('unlock entries', () => this.hostStep('unlock', () => p.netlock.unlock(endpoints, version)));
     return dropped;
   }
 
@@ -387,16 +380,16 @@ export class AgentService {
    * the locks stopped, first those that came with the image (stopped on the source), then those
    * stopped here. Best effort: what does not go, its peers retransmit, as without holding.
    */
-  private async deliverHeld(id: string, endpoints: WorkloadSpec['endpoints']): Promise<number> {
+  private async deliverHeld(id: string, endpoints: WorkloadSpec['endpoints'], steps = new StepTimer()): Promise<number> {
     const p = this.opts.platform;
     const dir = this.imageDir(id);
     try {
       const t0 = performance.now();
-      const fromImage = await readHeldFile(dir);
-      const held = concatHeld(fromImage, p.held.take(endpoints));
+      const fromImage = await steps.time('held packets: read image', () => readHeldFile(dir));
+      const held = concatHeld(fromImage, await steps.time('held packets: drain', () => p.held.take(endpoints)));
       const t1 = performance.now();
-      const delivered = p.held.deliver(held);
-      await removeHeldFile(dir);
+      const delivered = await steps.time('held packets: deliver', () => p.held.deliver(held));
+      await steps.time('held packets: remove file', () => removeHeldFile(dir));
       this.log.info({ migrationId: id, delivered, fromImage: fromImage.count, takeMs: t1 - t0, deliverMs: performance.now() - t1 }, 'held packets delivered');
       return delivered;
     } catch (err) {
@@ -422,6 +415,9 @@ export class AgentService {
    */
   private async abort(id: string): Promise<{ actions: string[]; pid?: number }> {
     const p = this.opts.platform;
+    // An address still being brought up since Lock is recorded when that ends: wait, then remove it.
+    await this.addressesUp.get(id);
+    this.addressesUp.delete(id);
     const r = this.records.get(id);
     const actions: string[] = [];
     let pid: number | undefined;
@@ -501,6 +497,120 @@ export class AgentService {
     }
     this.log.info({ migrationId: id, actions }, 'aborted');
     return { actions, pid };
+  }
+
+  /**
+   * The source's image, sent to the target agent: first what the lock stopped here so far (for
+   * the target to deliver) and the workload's steering state, as they are now that it is dumped.
+   */
+  private async sendImageTo(id: string, peerAddress: string, backendIds: number[], started_?: ImageStream): Promise<SendImageResponse> {
+    const p = this.opts.platform;
+    const record = this.records.get(id);
+    if (!record.dumped) {
+      await started_?.cancel();
+      throw new PreconditionError(`migration ${id} has no checkpoint on host "${this.opts.host}" to send`);
+    }
+    const stream = started_ ?? new ImageStream(this.peer(peerAddress), id, this.imageDir(id), TRANSFER_TIMEOUT_MS);
+    const dumped = record.dumped;
+    const started = performance.now();
+    const steps = new StepTimer();
+    try {
+      if (this.strategyOf(record.lockMode).holdsEndpoints) {
+        const held = await steps.time('held packets: drain', () => p.held.take(lockScope(dumped.endpoints)));
+        await steps.time('held packets: into image', () => appendHeldFile(this.imageDir(id), held));
+        this.log.info({ migrationId: id, held: held.count, ms: performance.now() - started }, 'held packets added to the image');
+      }
+      const selector = workloadSelector(dumped.endpoints, backendIds);
+      const steeringEntries = await steps.time('steering export', () => this.hostStep('steering export', () => exportIntoImage(this.handoffEnds(), this.imageDir(id), selector)));
+      this.records.update(id, (r) => {
+        r.steerSelector = selector;
+      });
+      const t = await steps.time('send image', () => stream.finish());
+      steps.addFrom(t.peerSteps);
+      this.log.info({ migrationId: id, files: t.files, bytes: t.bytes, earlyFiles: stream.early.files, earlyBytes: stream.early.bytes }, 'image sent');
+      return { durationMs: performance.now() - started, bytes: t.bytes, files: t.files, steeringEntries, steps: steps.wire(this.opts.host) };
+    } catch (err) {
+      await stream.cancel();
+      throw err;
+    }
+  }
+
+  /**
+   * Traffic through again on the host where the workload now runs: lock entries off, then the
+   * packets they held delivered; what CRIU's restore left of its own lock removed.
+   */
+  private async unlockHere(id: string, endpoints: WorkloadSpec['endpoints'], version: bigint): Promise<UnlockResponse> {
+    const started = performance.now();
+    const steps = new StepTimer();
+    const record = this.records.get(id);
+    let dropped = 0n;
+    let leftovers = 0;
+    let delivered = 0;
+    const strategy = this.strategyOf(record.lockMode);
+    if (record.locked.length > 0 || strategy.holdsEndpoints) {
+      const scope = lockScope(endpoints);
+      dropped = await this.unlock(scope, version, steps);
+      delivered = await this.deliverHeld(id, scope, steps);
+    }
+    if (record.lockResidue) {
+      // The restore removed the lock made for it; whatever it left is removed now.
+      const residue = record.lockResidue;
+      leftovers = (await steps.time(`${strategy.mode} lock leftovers`, () => this.hostStep(`unlock (${strategy.mode} lock leftovers)`, () => strategy.removeResidue(residue)))).removed;
+      if (leftovers > 0) this.log.warn({ migrationId: id, leftovers, mode: strategy.mode }, 'the restore left part of its lock; removed');
+    }
+    this.records.update(id, (r) => {
+      r.locked = [];
+      r.lockResidue = undefined;
+    });
+    return { durationMs: performance.now() - started, droppedPackets: dropped.toString(), lockLeftovers: leftovers, deliveredPackets: delivered, steps: steps.wire(this.opts.host) };
+  }
+
+  /**
+   * A step carried out after a call's own (pipelined freeze): its answer, or its failure as data;
+   * the call's own work stands either way, and the controller records each as its own phase.
+   */
+  private async pipelined<T>(run: () => Promise<T>, answer: (r: T) => Partial<PipelinedStep>): Promise<PipelinedStep> {
+    try {
+      return { ok: true, error: '', code: 0, ...answer(await run()) };
+    } catch (err) {
+      const se = toServiceError(err);
+      this.log.warn({ err: se.details }, 'pipelined step failed');
+      return { ok: false, error: se.details ?? String(err), code: se.code ?? status.UNKNOWN };
+    }
+  }
+
+  /** Target, at Lock: the workload's addresses up behind the lock (recorded first, so Abort removes them). */
+  private async bringUpAddresses(id: string, endpoints: WorkloadSpec['endpoints']): Promise<void> {
+    try {
+      for (const a of unique(endpoints.map((e) => e.address))) {
+        if (await this.opts.platform.network.addAddress(a))
+          this.records.update(id, (r) => {
+            r.addedAddresses = unique([...r.addedAddresses, a]);
+          });
+      }
+    } catch (err) {
+      // Restore brings them up again and fails there if it still cannot.
+      this.log.warn({ migrationId: id, err: String(err) }, 'could not bring the workload\'s addresses up at lock');
+    }
+  }
+
+  /**
+   * A channel to a peer agent, kept: a new one per transfer would put a TCP and HTTP/2 handshake
+   * inside every freeze. grpc-js reconnects a kept channel by itself.
+   */
+  private peer(address: string): AgentClient {
+    let c = this.peers.get(address);
+    if (!c) {
+      c = agentClient(address);
+      this.peers.set(address, c);
+    }
+    return c;
+  }
+
+  /** Closes the channels to peer agents (at shutdown). */
+  close(): void {
+    for (const c of this.peers.values()) c.close();
+    this.peers.clear();
   }
 
   private handoffEnds() {

@@ -15,20 +15,16 @@
  * Always appends each measurement to bench/results/lock.jsonl as it completes and (re)draws
  * bench/results/lock-freeze.svg. A migration that fails is a row with its error, not an abort.
  */
-import { appendFileSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { appendFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
-import { CriuNetfilter } from '../agent/linux/criu-netfilter.js';
-import { EbpfNetLock } from '../agent/linux/netlock-ebpf.js';
-import { nsExecutor } from '../agent/linux/netns-exec.js';
 import { parseEndpoint } from '../lib/endpoint.js';
 import { execCommand } from '../lib/exec.js';
 import { REPO_ROOT } from '../lib/rpc.js';
 import { migrateHop, PHASE_TIME_KEYS, phaseTimes, type HopLockMode, type PhaseTimes } from '../lab/hop.js';
-import { agentPinDir, labUp, type Lab, startLabWorkload } from '../lab/lab.js';
+import { labUp, type Lab, startLabWorkload } from '../lab/lab.js';
 import { startTraffic, type TrafficHandle } from '../lab/traffic.js';
-import { processAlive, stopWorkload } from '../lab/workload.js';
+import { Cleanup, echoServers } from './lab-cleanup.js';
 import { LOCK_MODES, freezeSvg, measurementTable, summaryTable, type BenchMode, type LockMeasurement } from './lock-report.js';
 
 const DEFAULT_CONNECTIONS = [0, 500, 1000, 1500, 5000];
@@ -126,6 +122,9 @@ export async function run(argv: string[]): Promise<number> {
   try {
     say(`bench lock: N=${opts.connections.join(',')} modes=${opts.modes.join(',')} runs=${opts.runs} (${total} migrations)`);
     lab = await labUp({ hosts: ['a', 'b'] });
+    // Where the steering table places the workload's address after the last migration: the next
+    // measurement starts its workload there (a migration's placement stays until the next one).
+    const place = { home: 'a' };
     let i = 0;
     for (const n of opts.connections) {
       for (let r = 1; r <= opts.runs; r++) {
@@ -136,7 +135,7 @@ export async function run(argv: string[]): Promise<number> {
           let row: LockMeasurement;
           let leftovers = 0;
           try {
-            row = await measure(lab, mode, n, r, current);
+            row = await measure(lab, mode, n, r, current, place);
           } finally {
             leftovers = await current.run().catch((e: Error) => {
               say(`  cleanup: ${e.message}`);
@@ -166,7 +165,9 @@ export async function run(argv: string[]): Promise<number> {
   return 0;
 }
 
-async function measure(lab: Lab, mode: BenchMode, n: number, runNo: number, cleanup: Cleanup): Promise<LockMeasurement> {
+async function measure(lab: Lab, mode: BenchMode, n: number, runNo: number, cleanup: Cleanup, place: { home: string }): Promise<LockMeasurement> {
+  const from = place.home;
+  const to = from === 'a' ? 'b' : 'a';
   const row: LockMeasurement = {
     mode,
     connections: n,
@@ -192,7 +193,7 @@ async function measure(lab: Lab, mode: BenchMode, n: number, runNo: number, clea
     const vip = lab.topology.workloadAddress(0);
     // The client may still map the address to the host of the previous measurement's workload.
     await execCommand('ip', ['-n', lab.topology.client.netns, 'neigh', 'flush', 'to', vip], { allowFailure: true });
-    const workload = await startLabWorkload(lab, 'a', PORT);
+    const workload = await startLabWorkload(lab, from, PORT);
     cleanup.pids.push(workload.pid);
     let traffic: TrafficHandle | undefined;
     if (n > 0) {
@@ -202,8 +203,8 @@ async function measure(lab: Lab, mode: BenchMode, n: number, runNo: number, clea
     }
     await sleep(WARMUP_MS);
     const hop = await migrateHop(lab.controller, traffic, {
-      from: 'a',
-      to: 'b',
+      from,
+      to,
       pid: workload.pid,
       endpoints: [parseEndpoint(`tcp://${vip}:${PORT}`)],
       lockMode: mode.toUpperCase() as HopLockMode,
@@ -212,6 +213,7 @@ async function measure(lab: Lab, mode: BenchMode, n: number, runNo: number, clea
       settleTimeoutMs: SETTLE_TIMEOUT_MS,
     });
     if (hop.pid) cleanup.pids.push(hop.pid);
+    if (hop.phase === 'DONE') place.home = to;
     const m = await lab.controller.getMigration(hop.migrationId);
     Object.assign(row, {
       ok: hop.phase === 'DONE',
@@ -241,68 +243,3 @@ async function measure(lab: Lab, mode: BenchMode, n: number, runNo: number, clea
   return row;
 }
 
-/** PIDs of the echo-servers running in the lab's hosts (zombies excluded). */
-async function echoServers(lab: Lab): Promise<number[]> {
-  const out: number[] = [];
-  for (const h of lab.topology.hosts) {
-    const r = await execCommand('ip', ['netns', 'pids', h.netns], { allowFailure: true });
-    for (const p of r.stdout.split(/\s+/).filter(Boolean).map(Number)) {
-      const comm = await readFile(`/proc/${p}/comm`, 'utf8').catch(() => '');
-      if (comm.trim() === 'echo-server' && processAlive(p)) out.push(p);
-    }
-  }
-  return out;
-}
-
-/**
- * What one measurement leaves to remove: its client, its workload wherever it runs, the address,
- * the images, and anything left of a lock on either host (counted: a migration must leave none).
- */
-class Cleanup {
-  traffic?: TrafficHandle;
-  pids: number[] = [];
-
-  constructor(private readonly lab: Lab) {}
-
-  /** Removes it all; returns how many lock rules, tables or entries were still on the hosts. */
-  async run(): Promise<number> {
-    const lab = this.lab;
-    await this.traffic?.stop().catch(() => undefined);
-    this.traffic = undefined;
-    // The workload: every echo-server in the lab's hosts is this measurement's (the lab is ours).
-    const pids = new Set([...this.pids, ...(await echoServers(lab))]);
-    for (const p of pids) if (processAlive(p)) await stopWorkload(p).catch(() => undefined);
-    this.pids = [];
-    const vip = lab.topology.workloadAddress(0);
-    let leftovers = 0;
-    for (const h of lab.topology.hosts) {
-      await execCommand('ip', ['-n', h.netns, 'addr', 'del', `${vip}/32`, 'dev', h.iface], { allowFailure: true });
-      const nf = new CriuNetfilter(nsExecutor(h.netns, execCommand));
-      const rules = await nf.iptablesRules();
-      if (rules.length > 0) {
-        leftovers += rules.length;
-        const locals = new Set(rules.map((r) => (r.chain === 'INPUT' ? `${r.destination}:${r.dport}` : `${r.source}:${r.sport}`)));
-        await nf.removeStray('IPTABLES', locals, []);
-      }
-      const tables = await nf.tables();
-      if (tables.length > 0) {
-        leftovers += tables.length;
-        await nf.removeStray('NFTABLES', new Set(), []);
-      }
-      const xdp = new EbpfNetLock({ exec: execCommand, iface: h.iface, pinDir: agentPinDir(lab.topology.index, h.name), objectPath: join(REPO_ROOT, 'build', 'bpf', 'lock.o') });
-      const entries = await xdp.list().catch(() => []);
-      if (entries.length > 0) {
-        leftovers += entries.length;
-        for (const e of entries) await xdp.unlock([e.endpoint], e.version).catch(() => undefined);
-      }
-      // Images the agents keep (the target keeps the one it restored): the lab's tmpfs is finite.
-      const images = join(lab.dir, 'hosts', h.name, 'images');
-      try {
-        for (const d of readdirSync(images)) rmSync(join(images, d), { recursive: true, force: true });
-      } catch {
-        // no images
-      }
-    }
-    return leftovers;
-  }
-}

@@ -24,7 +24,6 @@
  */
 import { spawn } from 'node:child_process';
 import { appendFileSync, closeSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
-import { connect } from 'node:net';
 import { join } from 'node:path';
 import { Command } from 'commander';
 import type { SteeringAck } from '../agent/heartbeat.js';

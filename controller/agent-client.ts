@@ -61,24 +61,29 @@ export class AgentHandle {
     return unary(this.client, this.client.InspectWorkload, { workload: workloadToWire(w) }, PROBE_MS);
   }
 
-  lock(migrationId: string, endpoints: Endpoint[], version: string, leaseMs: number, lockMode: LockModeName = 'EBPF'): Promise<LockResponse__Output> {
-    return unary(this.client, this.client.Lock, { migrationId, endpoints: endpoints.map(endpointToWire), version, leaseMs, lockMode }, PROBE_MS);
+  /** bringUpAddresses: this host is the target; its addresses come up behind the lock (LockRequest). */
+  lock(migrationId: string, endpoints: Endpoint[], version: string, leaseMs: number, lockMode: LockModeName = 'EBPF', bringUpAddresses = false): Promise<LockResponse__Output> {
+    return unary(this.client, this.client.Lock, { migrationId, endpoints: endpoints.map(endpointToWire), version, leaseMs, lockMode, bringUpAddresses }, PROBE_MS);
   }
 
   unlock(migrationId: string, endpoints: Endpoint[], version: string, lockMode: LockModeName = 'EBPF'): Promise<UnlockResponse__Output> {
     return unary(this.client, this.client.Unlock, { migrationId, endpoints: endpoints.map(endpointToWire), version }, unlockMs(lockMode));
   }
 
-  checkpoint(migrationId: string, w: WorkloadSpec, lockMode: LockModeName = 'EBPF'): Promise<CheckpointResponse__Output> {
-    return unary(this.client, this.client.Checkpoint, { migrationId, workload: workloadToWire(w), lockMode }, heavyMs(lockMode));
+  /** sendTo: the image goes on to this target agent in the same call (a pipelined freeze). */
+  checkpoint(migrationId: string, w: WorkloadSpec, lockMode: LockModeName = 'EBPF', sendTo?: { address: string; steerBackendIds: number[] }): Promise<CheckpointResponse__Output> {
+    const pipeline = sendTo ? { sendTo: sendTo.address, steerBackendIds: sendTo.steerBackendIds } : {};
+    return unary(this.client, this.client.Checkpoint, { migrationId, workload: workloadToWire(w), lockMode, ...pipeline }, heavyMs(lockMode));
   }
 
   sendImage(migrationId: string, peerAddress: string, steerBackendIds: number[] = []): Promise<SendImageResponse__Output> {
     return unary(this.client, this.client.SendImage, { migrationId, peerAddress, steerBackendIds }, HEAVY_MS);
   }
 
-  restore(migrationId: string, w: WorkloadSpec, lockMode: LockModeName = 'EBPF', steerBackendIds: number[] = []): Promise<RestoreResponse__Output> {
-    return unary(this.client, this.client.Restore, { migrationId, workload: workloadToWire(w), lockMode, steerBackendIds }, heavyMs(lockMode));
+  /** unlockVersion: unlock here once restored, in the same call (a pipelined freeze). */
+  restore(migrationId: string, w: WorkloadSpec, lockMode: LockModeName = 'EBPF', steerBackendIds: number[] = [], unlockVersion?: string): Promise<RestoreResponse__Output> {
+    const pipeline = unlockVersion !== undefined ? { unlock: true, lockVersion: unlockVersion } : {};
+    return unary(this.client, this.client.Restore, { migrationId, workload: workloadToWire(w), lockMode, steerBackendIds, ...pipeline }, heavyMs(lockMode));
   }
 
   release(migrationId: string, endpoints: Endpoint[], version: string, lockMode: LockModeName = 'EBPF'): Promise<ReleaseResponse__Output> {

@@ -48,7 +48,10 @@ const print = (value: unknown, human: () => string) => process.stdout.write((jso
 function summary(m: Migration__Output): string {
   const r = m.request!;
   const lines = [`${m.id}  ${r.sourceHost} -> ${r.targetHost}  pid ${r.workload?.pid}  ${m.phase}`];
-  for (const t of m.timings) lines.push(`  ${String(t.phase).padEnd(9)} ${t.durationMs.toFixed(0).padStart(6)} ms ${t.ok ? '' : `FAILED: ${t.error}`}`);
+  for (const t of m.timings) {
+    lines.push(`  ${String(t.phase).padEnd(9)} ${t.durationMs.toFixed(0).padStart(6)} ms ${t.ok ? '' : `FAILED: ${t.error}`}`);
+    for (const s of t.steps) lines.push(`      ${s.ms.toFixed(1).padStart(7)} ms  ${s.host}: ${s.step}`);
+  }
   if (m.freezeMs) lines.push(`  freeze ${m.freezeMs.toFixed(0)} ms`);
   if (Number(m.deliveredPackets) > 0) lines.push(`  ${m.deliveredPackets} packet(s) held during the freeze, delivered after it`);
   const st = m.steer;

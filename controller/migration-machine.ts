@@ -68,6 +68,15 @@ export interface PhaseTiming {
   durationMs: number;
   ok: boolean;
   error?: string;
+  /** Where the time went on the hosts, as the agents measured it (agent/step-timer.ts). */
+  steps?: HostStep[];
+}
+
+/** One step of an agent call, on a named host. */
+export interface HostStep {
+  host: string;
+  step: string;
+  ms: number;
 }
 
 export interface MigrationState {
@@ -102,6 +111,22 @@ export interface PhaseResult {
   steer?: Partial<SteerRecord>;
   handedOff?: number;
   forwarded?: number;
+  /** The agents' steps in this phase; kept in the phase's timing. */
+  steps?: HostStep[];
+  /**
+   * A pipelined freeze: the next phase, already carried out by the same agent call (the transfer
+   * after the dump, the unlock after the restore). The orchestrator records it as that phase's
+   * outcome instead of running it; the machine decides on it as on any other.
+   */
+  carried?: CarriedPhase;
+}
+
+export interface CarriedPhase {
+  phase: Phase;
+  durationMs: number;
+  result?: PhaseResult;
+  /** Set when the carried phase failed. */
+  error?: string;
 }
 
 export type MigrationEvent =
@@ -138,6 +163,7 @@ export function decide(state: MigrationState, event: MigrationEvent): Decision {
     durationMs: event.durationMs,
     ok: event.type === 'phase-succeeded',
     ...(event.type === 'phase-failed' ? { error: event.error } : {}),
+    ...(event.type === 'phase-succeeded' && event.result?.steps?.length ? { steps: event.result.steps } : {}),
   };
   const base: MigrationState = {
     ...state,

@@ -7,7 +7,7 @@ import type { Bus } from '../lib/bus.js';
 import type { Logger } from '../lib/log.js';
 import { SUBJECTS } from '../lib/subjects.js';
 import type { AgentPool } from './agent-client.js';
-import { decide, freezeMs, isTerminal, type MigrationEvent, type MigrationState, type Phase } from './migration-machine.js';
+import { decide, freezeMs, isTerminal, type CarriedPhase, type MigrationEvent, type MigrationState, type Phase } from './migration-machine.js';
 import type { MigrationStore } from './migration-store.js';
 import { PHASE_ACTIONS, detail } from './phases.js';
 import type { HostRegistry } from './registry.js';
@@ -32,6 +32,15 @@ export interface OrchestratorOptions {
   bus: Bus;
   log: Logger;
   steer: SteerStep;
+}
+
+type PhaseOutcome = Exclude<MigrationEvent, { type: 'start' }>;
+
+/** A carried phase as the event the machine decides on; it started where its call's own phase ended. */
+function carriedOutcome(c: CarriedPhase, startedAtMs: number): PhaseOutcome {
+  return c.error === undefined
+    ? { type: 'phase-succeeded', phase: c.phase, startedAtMs, durationMs: c.durationMs, result: c.result }
+    : { type: 'phase-failed', phase: c.phase, startedAtMs, durationMs: c.durationMs, error: c.error };
 }
 
 export class Orchestrator {
@@ -72,20 +81,35 @@ export class Orchestrator {
     const log = this.opts.log.child({ migrationId: initial.id });
     let { state, commands } = decide(initial, { type: 'start', atMs: Date.now() });
     await this.record(state);
+    // A phase the previous call already carried out (pipelined freeze), waiting to be decided on.
+    let carried: PhaseOutcome | undefined;
     while (commands.length > 0) {
       const phase = commands[0].phase;
-      const startedAtMs = Date.now();
-      this.emit(state, phase, 'STARTED', 0, '');
-      const t0 = performance.now();
-      let event: MigrationEvent;
-      try {
-        const result = await this.runPhase(state, phase);
-        event = { type: 'phase-succeeded', phase, startedAtMs, durationMs: performance.now() - t0, result: result ?? undefined };
-      } catch (err) {
-        event = { type: 'phase-failed', phase, startedAtMs, durationMs: performance.now() - t0, error: detail(err) };
+      let event: PhaseOutcome;
+      if (carried?.phase === phase) {
+        event = carried;
+        carried = undefined;
+        this.emit(state, phase, 'STARTED', 0, 'carried out by the previous call');
+      } else {
+        carried = undefined;
+        const startedAtMs = Date.now();
+        this.emit(state, phase, 'STARTED', 0, '');
+        const t0 = performance.now();
+        try {
+          const result = await this.runPhase(state, phase);
+          const elapsed = performance.now() - t0;
+          // The call's time is split between its own phase and the one it carried.
+          const next = result?.carried;
+          const own = next ? Math.max(0, elapsed - next.durationMs) : elapsed;
+          event = { type: 'phase-succeeded', phase, startedAtMs, durationMs: own, result: result ? { ...result, carried: undefined } : undefined };
+          if (next) carried = carriedOutcome(next, startedAtMs + own);
+        } catch (err) {
+          event = { type: 'phase-failed', phase, startedAtMs, durationMs: performance.now() - t0, error: detail(err) };
+        }
       }
       ({ state, commands } = decide(state, event));
-      await this.record(state);
+      // Recorded before the next call to a host; a carried phase is recorded together with the one before it.
+      if (!(carried && commands[0]?.phase === carried.phase)) await this.record(state);
       const kind = event.type === 'phase-succeeded' ? 'SUCCEEDED' : 'FAILED';
       const text = event.type === 'phase-failed' ? event.error : '';
       log[kind === 'FAILED' ? 'warn' : 'info']({ phase, ms: Math.round(event.durationMs), err: text || undefined }, `phase ${kind.toLowerCase()}`);

@@ -3,7 +3,9 @@
  * per phase; each is idempotent on the agents' side (keyed by migration id).
  */
 import type { AgentHandle } from './agent-client.js';
-import type { MigrationState, Phase, PhaseResult } from './migration-machine.js';
+import type { PipelinedStep__Output } from '../proto/gen/godwit/v1/PipelinedStep.js';
+import type { UnlockResponse__Output } from '../proto/gen/godwit/v1/UnlockResponse.js';
+import type { CarriedPhase, MigrationState, Phase, PhaseResult } from './migration-machine.js';
 import { checkHostsFit } from './preflight.js';
 import type { SteerStep } from './steer-step.js';
 
@@ -29,43 +31,61 @@ export const PHASE_ACTIONS: Partial<Record<Phase, PhaseAction>> = {
   LOCK: async ({ state, source, target }) => {
     const { endpoints } = state.request.workload;
     const { lockLeaseMs, lockMode } = state.request;
-    await Promise.all([
+    const answers = await Promise.all([
       source.lock(state.id, endpoints, state.lockVersion, lockLeaseMs, lockMode),
-      target.lock(state.id, endpoints, state.lockVersion, lockLeaseMs, lockMode),
+      // The target brings the addresses up behind its lock meanwhile (only the XDP lock holds them).
+      target.lock(state.id, endpoints, state.lockVersion, lockLeaseMs, lockMode, lockMode === 'EBPF'),
     ]);
+    return { steps: answers.flatMap((a) => a.steps) };
   },
 
   // As soon as both hosts hold the workload's traffic: the fleet learns the new placement while
   // the workload is dumped, moved and restored (UNLOCK joins the acks).
   STEER: async ({ state, steer }) => ({ steer: await steer.issue(state) }),
 
-  DUMP: async ({ state, source }) => {
-    const r = await source.checkpoint(state.id, state.request.workload, state.request.lockMode);
-    return { imageBytes: Number(r.imageBytes) };
+  // Pipelined: the source sends the image on to the target as soon as the dump ends, in the same
+  // call; TRANSFER is recorded from what it reports (or run on its own if the call could not).
+  DUMP: async ({ state, source, target }) => {
+    const r = await source.checkpoint(state.id, state.request.workload, state.request.lockMode, { address: target.address, steerBackendIds: backendIds(state) });
+    const dumped = { imageBytes: Number(r.imageBytes), steps: r.steps };
+    const t = r.transfer;
+    if (!t) return dumped;
+    const sent = t.sent;
+    const carried: CarriedPhase = t.ok && sent
+      ? { phase: 'TRANSFER', durationMs: sent.durationMs, result: { imageBytes: Number(sent.bytes), handedOff: Number(sent.steeringEntries), steps: sent.steps } }
+      : { phase: 'TRANSFER', durationMs: 0, error: t.error || 'the transfer failed' };
+    return { ...dumped, carried };
   },
 
   // The workload's steering state travels with the image (the source exports it as it sends).
   TRANSFER: async ({ state, source, target }) => {
     const r = await source.sendImage(state.id, target.address, backendIds(state));
-    return { handedOff: Number(r.steeringEntries) };
+    return { handedOff: Number(r.steeringEntries), steps: r.steps };
   },
 
-  RESTORE: async ({ state, target }) => {
-    const r = await target.restore(state.id, state.request.workload, state.request.lockMode, backendIds(state));
-    return { restoredPid: r.pid };
+  // Pipelined when every host already steers the workload here (nothing left for UNLOCK to wait
+  // for): the target unlocks as soon as it has restored, in the same call.
+  RESTORE: async ({ state, target, steer }) => {
+    const joined = steer.joinIfSettled(state);
+    const r = await target.restore(state.id, state.request.workload, state.request.lockMode, backendIds(state), joined ? state.lockVersion : undefined);
+    const restored = { restoredPid: r.pid, steps: r.steps };
+    const u = r.unlocked;
+    if (!joined || !u) return restored;
+    return { ...restored, carried: unlockOutcome(state, u, joined) };
   },
 
   // Traffic through only once every host sends the workload's packets here (or the wait gave up).
   UNLOCK: async ({ state, target, steer }) => {
     const joined = await steer.join(state);
     const r = await target.unlock(state.id, state.request.workload.endpoints, state.lockVersion, state.request.lockMode);
-    if (r.lockLeftovers > 0) throw new Error(`CRIU's restore left ${r.lockLeftovers} rule(s) or element(s) of its ${state.request.lockMode} lock on the target (removed)`);
-    return { deliveredPackets: Number(r.deliveredPackets), steer: joined };
+    const outcome = unlockOutcome(state, { ok: true, error: '', unlocked: r }, joined);
+    if (outcome.error) throw new Error(outcome.error);
+    return outcome.result;
   },
 
   CLEANUP: async ({ state, source }) => {
     const r = await source.release(state.id, state.request.workload.endpoints, state.lockVersion, state.request.lockMode);
-    return { forwarded: Number(r.forwardedPackets) };
+    return { forwarded: Number(r.forwardedPackets), steps: r.steps };
   },
 
   // Steering back to the source first (both hosts still hold the workload's traffic, so what
@@ -86,6 +106,16 @@ export const PHASE_ACTIONS: Partial<Record<Phase, PhaseAction>> = {
     return { ...(r && r.pid ? { restoredPid: r.pid } : {}), steer: reverted };
   },
 };
+
+/** UNLOCK's outcome from the target's answer, whether it came from Unlock or from a pipelined Restore. */
+function unlockOutcome(state: MigrationState, u: PipelinedStep__Output | { ok: boolean; error: string; unlocked: UnlockResponse__Output }, joined: PhaseResult['steer']): CarriedPhase {
+  const r = u.unlocked;
+  if (!u.ok || !r) return { phase: 'UNLOCK', durationMs: 0, error: u.error || 'the unlock failed' };
+  const result: PhaseResult = { deliveredPackets: Number(r.deliveredPackets), steer: joined, steps: r.steps };
+  if (r.lockLeftovers > 0)
+    return { phase: 'UNLOCK', durationMs: r.durationMs, result, error: `CRIU's restore left ${r.lockLeftovers} rule(s) or element(s) of its ${state.request.lockMode} lock on the target (removed)` };
+  return { phase: 'UNLOCK', durationMs: r.durationMs, result };
+}
 
 function backendIds(state: MigrationState): number[] {
   return state.steer?.backendIds ?? [];

@@ -156,7 +156,7 @@ export function toWire(m: MigrationState): Migration {
       workloadName: m.request.workloadName ?? '',
     },
     phase: m.phase,
-    timings: m.timings.map((t) => ({ phase: t.phase, startedAtMs: t.startedAtMs, durationMs: t.durationMs, ok: t.ok, error: t.error ?? '' })),
+    timings: m.timings.map((t) => ({ phase: t.phase, startedAtMs: t.startedAtMs, durationMs: t.durationMs, ok: t.ok, error: t.error ?? '', steps: t.steps ?? [] })),
     error: m.error ?? '',
     failedPhase: m.failedPhase ?? 'PHASE_UNSPECIFIED',
     restoredPid: m.restoredPid ?? 0,

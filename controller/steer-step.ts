@@ -28,6 +28,8 @@ export interface SteerStepOptions {
 export class SteerStep {
   /** Acks being waited for, by migration id (a restarted controller waits afresh from the record). */
   private readonly waits = new Map<string, Promise<Convergence>>();
+  /** Waits that have ended, by migration id (what joinIfSettled answers from). */
+  private readonly settled = new Map<string, Convergence>();
 
   constructor(private readonly opts: SteerStepOptions) {}
 
@@ -36,7 +38,9 @@ export class SteerStep {
     const skipped = this.skipReason();
     if (skipped) return { generation: 0, issuedAtMs: now(), backendIds: [], skipped };
     const placed = await this.place(state, state.request.targetHost);
-    this.waits.set(state.id, this.opts.registry.waitForGeneration(placed.generation, this.timeoutMs(), placed.issuedAtMs));
+    const wait = this.opts.registry.waitForGeneration(placed.generation, this.timeoutMs(), placed.issuedAtMs);
+    this.waits.set(state.id, wait);
+    void wait.then((c) => this.waits.has(state.id) && this.settled.set(state.id, c), () => undefined);
     return placed;
   }
 
@@ -47,6 +51,7 @@ export class SteerStep {
     const t0 = now();
     const c = await (this.waits.get(state.id) ?? this.opts.registry.waitForGeneration(s.generation, this.timeoutMs(), s.issuedAtMs));
     this.waits.delete(state.id);
+    this.settled.delete(state.id);
     const waitedMs = now() - t0;
     if (!c.converged) this.opts.log.warn({ migrationId: state.id, generation: s.generation, lagging: c.lagging }, 'hosts did not ack the migration\'s steering in time; the source forwards for them');
     // Judged on the acks' own times, not on waitedMs: awaiting a settled wait still costs a turn
@@ -55,9 +60,25 @@ export class SteerStep {
     return { convergeMs: c.convergeMs, converged: c.converged, lagging: c.lagging, waitedMs, insideFreeze };
   }
 
+  /**
+   * RESTORE of a pipelined freeze: how the acks went, if they are all in already (or there is
+   * nothing to wait for); undefined while some are still awaited, when UNLOCK must join the wait.
+   */
+  joinIfSettled(state: MigrationState): Partial<SteerRecord> | undefined {
+    const s = state.steer;
+    if (!s || !s.generation) return {};
+    const c = this.settled.get(state.id);
+    // Still waiting, or some host never acked: UNLOCK joins the same wait and records the laggards.
+    if (!c || !c.converged) return undefined;
+    this.settled.delete(state.id);
+    this.waits.delete(state.id);
+    return { convergeMs: c.convergeMs, converged: true, lagging: c.lagging, waitedMs: 0, insideFreeze: true };
+  }
+
   /** ROLLBACK: the workload placed back on the source, once STEER had placed it elsewhere; waits for the acks. */
   async revert(state: MigrationState): Promise<Partial<SteerRecord>> {
     this.waits.delete(state.id);
+    this.settled.delete(state.id);
     if (!state.steer?.generation) return {};
     const placed = await this.place(state, state.request.sourceHost);
     const c = await this.opts.registry.waitForGeneration(placed.generation, this.timeoutMs(), placed.issuedAtMs);

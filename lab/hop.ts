@@ -48,12 +48,21 @@ export interface HopResult extends PhaseTimes {
   handedOff: number;
   /** Packets the source's data plane forwarded to the target during the move. */
   forwarded: number;
+  /** Where the phases' time went on the hosts, as the agents measured it. */
+  steps: HopStep[];
   maxStallMs: number;
   connections: number;
   alive: number;
   bytesLost: number;
   bytesDuplicated: number;
   corrupted: number;
+}
+
+export interface HopStep {
+  phase: string;
+  host: string;
+  step: string;
+  ms: number;
 }
 
 export interface HopSpec {
@@ -135,6 +144,7 @@ export function hopResult(spec: HopSpec, m: Migration__Output, before?: TrafficW
     steerInsideFreeze: !!m.steer && (m.steer.generation === '0' || m.steer.insideFreeze),
     handedOff: Number(m.handedOff),
     forwarded: Number(m.forwarded),
+    steps: m.timings.flatMap((t) => t.steps.map((s) => ({ phase: String(t.phase), host: s.host, step: s.step, ms: s.ms }))),
     maxStallMs: after?.maxStallMs ?? 0,
     connections: after?.connections ?? 0,
     alive: after?.alive ?? 0,

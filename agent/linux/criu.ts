@@ -17,6 +17,21 @@ export interface CriuOptions {
   exec: Executor;
   /** The criu command: a working CRIU 4.2+ (scripts/install-criu.sh). */
   criuPath: string;
+  /** CRIU's -v (default DEFAULT_CRIU_LOG_LEVEL). */
+  logLevel?: number;
+}
+
+/**
+ * CRIU's -v: 0 nothing, 1 errors, 2 warnings, 3 info, 4 debug. The log is written inside the
+ * freeze, line by line; see bench freeze for what each level costs.
+ */
+export const DEFAULT_CRIU_LOG_LEVEL = 4;
+
+/** An agent flag's CRIU log level, checked. */
+export function parseLogLevel(text: string): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 0 || n > 4) throw new Error(`CRIU log level "${text}" must be 0, 1, 2, 3 or 4`);
+  return n;
 }
 
 export type CriuNetworkLock = 'skip' | 'iptables' | 'nftables';
@@ -64,7 +79,7 @@ export class Criu {
     await this.run('dump', imageDir, DUMP_LOG, [
       'dump', '--tree', String(pid), '--images-dir', imageDir,
       '--tcp-established', '--network-lock', networkLock,
-      '--log-file', DUMP_LOG, '-v4',
+      '--log-file', DUMP_LOG, this.verbosity(),
     ]);
     return { durationMs: performance.now() - started };
   }
@@ -76,10 +91,14 @@ export class Criu {
     await this.run('restore', imageDir, RESTORE_LOG, [
       'restore', '--images-dir', imageDir, '--restore-detached', '--pidfile', pidFile,
       '--tcp-established', '--network-lock', networkLock,
-      '--log-file', RESTORE_LOG, '-v4',
+      '--log-file', RESTORE_LOG, this.verbosity(),
     ]);
     const pid = Number((await readFile(pidFile, 'utf8')).trim());
     return { pid, durationMs: performance.now() - started };
+  }
+
+  private verbosity(): string {
+    return `-v${this.opts.logLevel ?? DEFAULT_CRIU_LOG_LEVEL}`;
   }
 
   private async run(operation: 'dump' | 'restore', imageDir: string, logName: string, args: string[]): Promise<void> {

@@ -27,6 +27,8 @@ export interface LinuxPlatformOptions {
   exec: Executor;
   iface: string;
   criuPath: string;
+  /** CRIU's -v for dump and restore (criu.ts DEFAULT_CRIU_LOG_LEVEL when absent). */
+  criuLogLevel?: number;
   /** build/bpf/lock.o; root.o and steer.o are expected beside it. */
   bpfObject: string;
   /** build/bpf/steer.o; default: beside bpfObject. */
@@ -64,7 +66,7 @@ export class LinuxPlatform implements HostPlatform {
   private lockProblem = 'not installed yet';
 
   constructor(private readonly opts: LinuxPlatformOptions) {
-    this.criu = new Criu({ exec: opts.exec, criuPath: opts.criuPath });
+    this.criu = new Criu({ exec: opts.exec, criuPath: opts.criuPath, logLevel: opts.criuLogLevel });
     this.network = new HostNetwork({ exec: opts.exec, iface: opts.iface });
     this.netfilter = new CriuNetfilter(opts.exec);
     this.netlock = new EbpfNetLock({

@@ -82,6 +82,16 @@ describe('live migration through the controller', () => {
       expect(Number(m.steer?.generation)).toBeGreaterThan(0);
       expect(m.steer?.converged).toBe(true);
       expect(events.find((e) => e.migrationId === hop.migrationId && e.phase === 'DUMP')?.subject).toBe(SUBJECTS.migrationEvent(hop.migrationId, 'DUMP'));
+      // Each phase of the freeze says where its time went on the hosts, and the pipelined freeze
+      // (the transfer carried by the dump's call, the unlock by the restore's) records each phase.
+      const stepsOf = (phase: string) => hop.steps.filter((st) => st.phase === phase).map((st) => `${st.host}: ${st.step}`);
+      expect(stepsOf('LOCK')).toEqual(expect.arrayContaining([`${home === 'b' ? 'a' : 'b'}: lock entries`, `${home}: lock entries`]));
+      expect(stepsOf('DUMP')).toContain(`${home === 'b' ? 'a' : 'b'}: criu dump`);
+      expect(stepsOf('TRANSFER')).toEqual(expect.arrayContaining([`${home === 'b' ? 'a' : 'b'}: send image`, `${home}: receive: write files`]));
+      expect(stepsOf('RESTORE')).toContain(`${home}: criu restore`);
+      expect(stepsOf('UNLOCK')).toContain(`${home}: unlock entries`);
+      const carried = m.timings.filter((t) => ['TRANSFER', 'UNLOCK'].includes(String(t.phase)));
+      expect(carried.every((t) => t.ok && t.durationMs > 0)).toBe(true);
     }
     const stats = await traffic.stats();
     expect(stats.alive).toBe(CONNECTIONS);

@@ -45,12 +45,20 @@ describe('a workload with outgoing connections', () => {
     outboundWorkloadArgs({ server: { address: server.address, port: SERVER_PORT }, connections: CONNECTIONS, controlPort: CONTROL_PORT, source });
   const control = () => ({ address: endpoint.address, controlPort: CONTROL_PORT });
   const request = () => ({ sourceHost: 'a', targetHost: 'b', workload: { pid, endpoints: [endpointToWire(endpoint)] } });
+  /** The report once every outgoing connection is open (on a loaded machine the last ones take a moment). */
+  const allOpen = async () => {
+    for (let i = 0; ; i++) {
+      const r = await outboundReport(server, control());
+      if (r.open >= CONNECTIONS || i >= 100) return r;
+      await sleep(100);
+    }
+  };
 
   it('from the host\'s own address: Migrate refuses with FAILED_PRECONDITION naming the connection and the fix; nothing changes', async () => {
     // No --source: connect() picks host a's own address, as redis's replication link does.
     ({ pid, endpoint } = await startLabWorkload(lab, 'a', PORT, 0, workloadArgs()));
     const hostAddress = lab.host('a').address;
-    const before = await outboundReport(server, control());
+    const before = await allOpen();
     expect(before.open).toBe(CONNECTIONS);
     for (const c of before.perConnection) expect(c.remote.startsWith(`${hostAddress}:`), `connection ${c.index} leaves from ${c.remote}`).toBe(true);
     const migrations = (await lab.controller.listMigrations()).migrations.length;
@@ -96,7 +104,7 @@ describe('a workload with outgoing connections', () => {
 
   it('bound to the endpoint address: preflight passes and Migrate is accepted', async () => {
     ({ pid, endpoint } = await startLabWorkload(lab, 'a', PORT, 1, workloadArgs(lab.topology.workloadAddress(1))));
-    const before = await outboundReport(server, control());
+    const before = await allOpen();
     expect(before.open).toBe(CONNECTIONS);
     for (const c of before.perConnection) expect(c.remote.startsWith(`${endpoint.address}:`), `connection ${c.index} leaves from ${c.remote}`).toBe(true);
 
