@@ -15,7 +15,7 @@ import type { Lab } from '../lab/lab.js';
 import { startTraffic } from '../lab/traffic.js';
 import { processAlive } from '../lab/workload.js';
 import type { Cleanup } from './lab-cleanup.js';
-import { withOverhead, type FreezeRow } from './freeze-report.js';
+import { emptyRow, withOverhead, type FreezeRow } from './freeze-report.js';
 
 const IDLE_INTERVAL_MS = 3_600_000;
 const CRIU = process.env.GODWIT_CRIU ?? '/opt/godwit/criu/bin/criu';
@@ -33,27 +33,8 @@ export interface CriuAloneSpec {
 }
 
 export async function criuAlone(lab: Lab, spec: CriuAloneSpec, cleanup: Cleanup): Promise<FreezeRow> {
-  const row = withOverhead({
-    kind: 'criu-alone' as const,
-    connections: spec.connections,
-    memoryMiB: spec.memoryMiB,
-    postCopy: false,
-    run: spec.run,
-    ok: false,
-    error: '',
-    freezeMs: 0,
-    criuDumpMs: 0,
-    criuRestoreMs: 0,
-    phases: {},
-    maxStallMs: 0,
-    survived: 0,
-    bytesLost: 0,
-    memoryIntact: null,
-    imageBytes: 0,
-    criuLogLevel: spec.logLevel,
-    steps: [],
-    at: new Date().toISOString(),
-  });
+  const row = emptyRow({ kind: 'criu-alone', connections: spec.connections, memoryMiB: spec.memoryMiB, postCopy: false, run: spec.run, criuLogLevel: spec.logLevel });
+
   const dir = join(lab.dir, 'criu-alone');
   try {
     const { pid } = await spec.start(lab, spec.host);

@@ -45,6 +45,28 @@ export interface FreezeRow {
   at: string;
 }
 
+/** A row before anything is measured: not ok, every figure 0. */
+export function emptyRow(r: Pick<FreezeRow, 'kind' | 'connections' | 'memoryMiB' | 'postCopy' | 'run' | 'criuLogLevel'>): FreezeRow {
+  return {
+    ...r,
+    ok: false,
+    error: '',
+    freezeMs: 0,
+    criuDumpMs: 0,
+    criuRestoreMs: 0,
+    overheadMs: 0,
+    overheadPct: 0,
+    phases: {},
+    maxStallMs: 0,
+    survived: 0,
+    bytesLost: 0,
+    memoryIntact: null,
+    imageBytes: 0,
+    steps: [],
+    at: new Date().toISOString(),
+  };
+}
+
 /** The freeze's figures of a row from its CRIU times (overhead and its share). */
 export function withOverhead<T extends Pick<FreezeRow, 'freezeMs' | 'criuDumpMs' | 'criuRestoreMs'>>(r: T): T & Pick<FreezeRow, 'overheadMs' | 'overheadPct'> {
   const criu = r.criuDumpMs + r.criuRestoreMs;

@@ -26,8 +26,9 @@ import { migrateHop } from '../lab/hop.js';
 import { labUp, startLabWorkload, type Lab } from '../lab/lab.js';
 import { startTraffic, type TrafficHandle } from '../lab/traffic.js';
 import { criuAlone } from './freeze-criu.js';
-import { breakdownTable, FREEZE_PHASES, freezeSvg, measurementTable, stepMs, summaryTable, withOverhead, type FreezeRow } from './freeze-report.js';
+import { breakdownTable, emptyRow, FREEZE_PHASES, freezeSvg, measurementTable, stepMs, summaryTable, withOverhead, type FreezeRow } from './freeze-report.js';
 import { Cleanup, echoServers } from './lab-cleanup.js';
+import { optionsOrExit } from './cli-options.js';
 
 const PORT = 7000;
 const WARMUP_MS = 1_000;
@@ -125,12 +126,8 @@ async function forgetWorkloadMac(lab: Lab): Promise<void> {
 }
 
 export async function run(argv: string[]): Promise<number> {
-  let opts: Options;
-  try {
-    opts = parseOptions(argv);
-  } catch (e) {
-    return (e as { code?: string }).code === 'commander.helpDisplayed' ? 0 : 2;
-  }
+  const opts = optionsOrExit(parseOptions, argv);
+  if ('exitCode' in opts) return opts.exitCode;
   mkdirSync(opts.results, { recursive: true });
   const jsonl = join(opts.results, 'freeze.jsonl');
   const svg = join(opts.results, 'freeze.svg');
@@ -236,29 +233,7 @@ interface MigrationSpec {
 async function migration(lab: Lab, workload: BenchWorkload, spec: MigrationSpec, place: { home: string }, cleanup: Cleanup): Promise<FreezeRow> {
   const from = place.home;
   const to = from === 'a' ? 'b' : 'a';
-  let row: FreezeRow = {
-    kind: 'migration',
-    connections: spec.connections,
-    memoryMiB: spec.memoryMiB,
-    postCopy: spec.postCopy,
-    run: spec.run,
-    ok: false,
-    error: '',
-    freezeMs: 0,
-    criuDumpMs: 0,
-    criuRestoreMs: 0,
-    overheadMs: 0,
-    overheadPct: 0,
-    phases: {},
-    maxStallMs: 0,
-    survived: 0,
-    bytesLost: 0,
-    memoryIntact: null,
-    imageBytes: 0,
-    criuLogLevel: spec.logLevel,
-    steps: [],
-    at: new Date().toISOString(),
-  };
+  let row = emptyRow({ kind: 'migration', connections: spec.connections, memoryMiB: spec.memoryMiB, postCopy: spec.postCopy, run: spec.run, criuLogLevel: spec.logLevel });
   try {
     const vip = lab.topology.workloadAddress(0);
     const { pid } = await workload.start(lab, from);

@@ -26,6 +26,7 @@ import { labUp, type Lab, startLabWorkload } from '../lab/lab.js';
 import { startTraffic, type TrafficHandle } from '../lab/traffic.js';
 import { Cleanup, echoServers } from './lab-cleanup.js';
 import { LOCK_MODES, freezeSvg, measurementTable, summaryTable, type BenchMode, type LockMeasurement } from './lock-report.js';
+import { optionsOrExit } from './cli-options.js';
 
 const DEFAULT_CONNECTIONS = [0, 500, 1000, 1500, 5000];
 const QUICK_MAX_CONNECTIONS = 500;
@@ -94,13 +95,8 @@ export function parseOptions(argv: string[]): Options {
 }
 
 export async function run(argv: string[]): Promise<number> {
-  let opts: Options;
-  try {
-    opts = parseOptions(argv);
-  } catch (e) {
-    // commander has printed the usage problem already.
-    return (e as { code?: string }).code === 'commander.helpDisplayed' ? 0 : 2;
-  }
+  const opts = optionsOrExit(parseOptions, argv);
+  if ('exitCode' in opts) return opts.exitCode;
   mkdirSync(opts.results, { recursive: true });
   const jsonl = join(opts.results, 'lock.jsonl');
   const svg = join(opts.results, 'lock-freeze.svg');

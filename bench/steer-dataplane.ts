@@ -30,6 +30,7 @@ import { execCommand } from '../lib/exec.js';
 import { REPO_ROOT } from '../lib/rpc.js';
 import { createTopology, destroyTopology, findFreeLabIndex, inNetns, type LabHost, type LabTopology } from '../lab/topology.js';
 import { ModeUnavailableError, setupMode, type ModeHandle } from './steer-modes.js';
+import { optionsOrExit } from './cli-options.js';
 import {
   measurementTable,
   progTestRunTable,
@@ -358,12 +359,8 @@ async function progTestRunRows(quick: boolean): Promise<ProgTestRunRow[]> {
 }
 
 export async function run(argv: string[]): Promise<number> {
-  let opts: Options;
-  try {
-    opts = parseOptions(argv);
-  } catch (e) {
-    return (e as { code?: string }).code === 'commander.helpDisplayed' ? 0 : 2;
-  }
+  const opts = optionsOrExit(parseOptions, argv);
+  if ('exitCode' in opts) return opts.exitCode;
   mkdirSync(opts.results, { recursive: true });
   const jsonl = join(opts.results, 'steer-dataplane.jsonl');
   const svg = join(opts.results, 'steer-dataplane.svg');
