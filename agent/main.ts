@@ -37,6 +37,9 @@ const program = new Command()
   .option('--pin-dir <dir>', 'bpffs folder for this host\'s pinned program and maps (default /sys/fs/bpf/godwit/<host>)')
   .option('--advertise <addr>', 'gRPC address peers should use (default: --listen)')
   .option('--data-address <ipv4>', 'IPv4 where other hosts reach this host\'s data plane (default: the address of --listen)')
+  .option('--workload-dir <dir>', '`godwit run` workloads\' output files: the same path on every host', '/var/lib/godwit/workloads')
+  .option('--init <path>', 'the init `godwit run` starts workloads under', join(REPO_ROOT, 'build', 'godwit-init'))
+  .option('--cpu-features <file>', 'report the CPU feature flags in this file instead of /proc/cpuinfo\'s (tests; pinning a fleet to a baseline)')
   .option('--no-checkpoint', 'this host only steers packets: no CRIU probe, no lock program, no lock sweeper')
   .option('--assume-no-userfaultfd', 'for tests: report that this host has no userfaultfd, so post-copy migrations to it are refused');
 
@@ -52,6 +55,7 @@ async function main() {
   const o = program.parse().opts<{
     host: string; listen: string; nats: string; iface: string; stateDir: string; criu: string;
     bpfObject: string; pinDir?: string; advertise?: string; dataAddress?: string; checkpoint: boolean; criuLogLevel: number; assumeNoUserfaultfd?: boolean;
+    workloadDir: string; init: string; cpuFeatures?: string;
   }>();
   if (!HOST_NAME.test(o.host)) program.error(`--host "${o.host}" must match ${HOST_NAME}`);
   const log = createLogger('agent').child({ host: o.host });
@@ -69,6 +73,8 @@ async function main() {
     dataAddress,
     assumeNoUserfaultfd: o.assumeNoUserfaultfd === true,
     log,
+    initPath: o.init,
+    cpuFeaturesFile: o.cpuFeatures,
   });
   // Typed as the interface: the steering data plane is optional for a host driver.
   const platform: HostPlatform = linux;
@@ -91,7 +97,7 @@ async function main() {
     log.error({ err }, 'steering data plane unavailable on this host; rule generations are not applied here');
   }
 
-  const service = new AgentService({ host: o.host, platform, stateDir: o.stateDir, log });
+  const service = new AgentService({ host: o.host, platform, stateDir: o.stateDir, log, workloadDir: o.workloadDir });
   const server = new grpc.Server({ 'grpc.max_receive_message_length': 16 * 1024 * 1024 });
   server.addService(AgentServiceDef, service.handlers());
   await bindServer(server, [o.listen]);

@@ -7,6 +7,8 @@ import type { LockModeName, LockStrategy } from './lock-strategy.js';
 import type { NetLock } from './netlock.js';
 import type { SteeringDataplane } from './steering.js';
 import type { WorkloadSocket } from '../lib/workload-sockets.js';
+import type { FileMismatch, TreeFacts, WorkloadFile } from '../lib/workload-facts.js';
+import type { LaunchSpec } from './linux/init-launcher.js';
 
 export interface ProcessSummary {
   pid: number;
@@ -59,6 +61,9 @@ export interface PlatformProbe {
   /** Post-copy: this host can restore a workload whose memory arrives later (userfaultfd). */
   userfaultfd: boolean;
   userfaultfdProblem: string;
+  /** The agent's effective capabilities by name (CRIU runs with them). */
+  capabilities: string[];
+  cpuFeatures: string[];
 }
 
 /** A CRIU process of a post-copy migration that outlives the RPC that started it. */
@@ -112,4 +117,10 @@ export interface HostPlatform {
   /** Every TCP and UDP socket held by the process and its descendants, as the host's kernel shows them. */
   workloadSockets(pid: number): Promise<WorkloadSocket[]>;
   probe(): Promise<PlatformProbe>;
+  /** Preflight's facts about the tree rooted at `pid`; files under `skipPrefixes` are left out. */
+  treeFacts(pid: number, skipPrefixes: readonly string[]): Promise<TreeFacts>;
+  /** Which of these files (the source's) are missing here or differ. */
+  checkFiles(files: readonly WorkloadFile[]): Promise<FileMismatch[]>;
+  /** Starts a command so that CRIU can move it (`godwit run`); returns its init's host PID. */
+  launchWorkload(spec: LaunchSpec): Promise<number>;
 }

@@ -27,6 +27,10 @@ import { exportIntoImage, forgetHere, importFromImage } from './steering-handoff
 import { steeringStateHandler } from './steering-state.js';
 import { CONCURRENT_STEP, StepTimer } from './step-timer.js';
 import { HOST_BOUND_SOCKETS_REPORTED, hostBoundSockets, tcpConnectionCount } from '../lib/workload-sockets.js';
+import { fileFromWire, fileToWire, treeFactsToWire } from '../lib/facts-wire.js';
+import { CriuLogKeeper } from './criu-logs.js';
+import { WorkloadRunner } from './run-workload.js';
+import { carryOutput, outputFileOf, placeOutput } from './workload-output.js';
 
 export interface AgentServiceOptions {
   host: string;
@@ -35,7 +39,14 @@ export interface AgentServiceOptions {
   log: Logger;
   /** Longest a lock may be held when the request names no lease. */
   defaultLeaseMs?: number;
+  /**
+   * Where `godwit run` workloads' output files live: the same path on every host (the file
+   * travels with the image and is put back at its path), default /var/lib/godwit/workloads.
+   */
+  workloadDir?: string;
 }
+
+export const DEFAULT_WORKLOAD_DIR = '/var/lib/godwit/workloads';
 
 const MIGRATION_ID = /^[A-Za-z0-9_-]{1,64}$/;
 const TRANSFER_TIMEOUT_MS = 10 * 60_000;
@@ -51,6 +62,9 @@ export class AgentService {
    * (the processes go on; the source then cannot wait for or reclaim the pages).
    */
   private readonly lazy = new Map<string, LazyProcess>();
+  private readonly runner: WorkloadRunner;
+  private readonly criuLogs: CriuLogKeeper;
+  private readonly workloadDir: string;
   private readonly peers = new Map<string, AgentClient>();
   /** Target: the workload's addresses being brought up since Lock, by migration id. */
   private readonly addressesUp = new Map<string, Promise<void>>();
@@ -58,6 +72,9 @@ export class AgentService {
   constructor(private readonly opts: AgentServiceOptions) {
     this.records = new MigrationRecords(opts.stateDir);
     this.log = opts.log;
+    this.workloadDir = opts.workloadDir ?? DEFAULT_WORKLOAD_DIR;
+    this.runner = new WorkloadRunner({ platform: opts.platform, workloadDir: this.workloadDir, log: opts.log });
+    this.criuLogs = new CriuLogKeeper(opts.stateDir);
   }
 
   imageDir(migrationId: string): string {
@@ -81,12 +98,15 @@ export class AgentService {
         // cannot move (the controller refuses the migration on those, preflight.ts).
         const sockets = await p.workloadSockets(w.pid);
         const hostBound = hostBoundSockets(sockets, w.endpoints);
+        // The rest of what preflight judges; a workload's output file travels with the image.
+        const facts = await p.treeFacts(w.pid, [`${this.workloadDir}/`]);
         return {
           command: info.command,
           processes: info.processes,
           tcpConnections: tcpConnectionCount(sockets),
           hostBoundSockets: hostBound.slice(0, HOST_BOUND_SOCKETS_REPORTED).map(workloadSocketToWire),
           hostBoundSocketCount: hostBound.length,
+          ...treeFactsToWire(facts),
         };
       }),
 
@@ -132,17 +152,24 @@ export class AgentService {
         if (!record.dumped) {
           await steps.time('inspect', () => this.inspect(w));
           await steps.time('image folder', async () => {
+            // A retried checkpoint's earlier CRIU log is kept before the folder goes.
+            await this.criuLogs.keep(id, dir);
             await rm(dir, { recursive: true, force: true });
             await mkdir(dir, { recursive: true });
           });
+          const output = await outputFileOf(w.pid, this.workloadDir);
           // Pipelined: the image starts for the target while CRIU writes it (images.ts ImageStream).
           const stream = req.sendTo ? new ImageStream(this.peer(req.sendTo), id, dir, TRANSFER_TIMEOUT_MS) : undefined;
           stream?.follow();
           const dump = req.postCopy ? () => this.dumpLazily(id, w, mode, dir, steps) : () => this.dump(id, w, mode, dir, steps);
           const result: { durationMs: number; connections: number; pageServer?: string } = await dump().catch(async (err: unknown) => {
             await stream?.cancel();
+            await this.criuLogs.keep(id, dir);
             throw err;
           });
+          // Nothing writes the workload's output file now: its copy goes with the image (the
+          // stream's finish sends what was added after the dump).
+          if (output) await steps.time('output file into the image', () => this.hostStep('output file into the image', () => carryOutput(dir, output)));
           // Pipelined: the image's size is what the transfer counts, so nothing is read for it here.
           const totals = stream ? { bytes: 0, files: 0 } : await steps.time('image totals', () => imageTotals(dir));
           const dumped = { durationMs: result.durationMs, imageBytes: totals.bytes, imageFiles: totals.files, frozenMs: 0, tcpConnections: result.connections, pageServer: result.pageServer ?? '' };
@@ -198,8 +225,12 @@ export class AgentService {
           r.steerImported = true;
         });
         const steeringEntries = await steps.time('steering import', () => this.hostStep('steering import', () => importFromImage(this.handoffEnds(), this.imageDir(id), id)));
-        const lazyFrom = req.postCopy ? this.postCopyFor(mode, req.pageServer) : undefined;
-        const restored = await this.restoreHere(id, w, mode, steps, lazyFrom);
+          const lazyFrom = req.postCopy ? this.postCopyFor(mode, req.pageServer) : undefined;
+          await steps.time('output file from the image', () => this.hostStep('output file from the image', () => placeOutput(this.imageDir(id))));
+          const restored = await this.restoreHere(id, w, mode, steps, lazyFrom).catch(async (err: unknown) => {
+            await this.criuLogs.keep(id, this.imageDir(id));
+            throw err;
+          });
         const answer = { durationMs: performance.now() - started, pid: restored.pid, criuMs: restored.criuMs, lockInstallMs: restored.lockInstallMs, lockRules: restored.lockRules, steeringEntries, steps: steps.wire(h) };
         if (!req.unlock) return answer;
         return { ...answer, unlocked: await this.pipelined(() => this.unlockHere(id, w.endpoints, versionFromWire(req.lockVersion)), (unlocked) => ({ unlocked })) };
@@ -250,6 +281,26 @@ export class AgentService {
       }),
 
       SteeringState: steeringStateHandler(h, p.steering, log),
+
+      RunWorkload: handleUnary(log, 'RunWorkload', async (req) => {
+        const r = await this.runner.run({ name: req.name, user: req.user, endpoints: endpointsFromWire(req.endpoints), command: req.command, cwd: req.cwd });
+        return { pid: r.pid, outputPath: r.outputPath };
+      }),
+
+      WorkloadOutput: handleUnary(log, 'WorkloadOutput', async (req) => {
+        const r = await this.runner.output(req.name, Number(req.maxBytes));
+        return { output: r.output, size: String(r.size), path: r.path };
+      }),
+
+      MigrationLogs: handleUnary(log, 'MigrationLogs', async (req) => {
+        const id = migrationId(req.migrationId);
+        return { logs: await this.criuLogs.read(id, this.imageDir(id)) };
+      }),
+
+      CheckFiles: handleUnary(log, 'CheckFiles', async (req) => {
+        const mismatches = await p.checkFiles(req.files.map(fileFromWire));
+        return { mismatches: mismatches.map((m) => ({ file: fileToWire(m.file), problem: m.problem })) };
+      }),
     };
   }
 
@@ -468,6 +519,8 @@ export class AgentService {
     const r = this.records.get(id);
     const actions: string[] = [];
     let pid: number | undefined;
+    // What CRIU said goes nowhere with the image folder (a failed restore's log, on the target).
+    await this.criuLogs.keep(id, this.imageDir(id));
     // A workload that cannot be brought back is lost either way: the locks still go (its peers
     // then get resets instead of retransmitting into a lock), and the error is reported last.
     let lost: unknown;
@@ -508,7 +561,10 @@ export class AgentService {
       } else {
         // A lock the dump left here (its residue) is still here, as this restore needs it.
         try {
-          const restored = await this.hostStep('restore on source', () => this.strategyOf(r.lockMode).restore(this.imageDir(id)));
+          const restored = await this.hostStep('restore on source', () => this.strategyOf(r.lockMode).restore(this.imageDir(id))).catch(async (err: unknown) => {
+            await this.criuLogs.keep(id, this.imageDir(id));
+            throw err;
+          });
           pid = restored.pid;
           this.records.update(id, (x) => (x.restoredPid = restored.pid));
           actions.push(`restored workload from its image as pid ${restored.pid}`);

@@ -10,6 +10,12 @@ import type { RestoreResponse__Output } from '../proto/gen/godwit/v1/RestoreResp
 import type { SteeringStateResponse__Output } from '../proto/gen/godwit/v1/SteeringStateResponse.js';
 import type { SendImageResponse__Output } from '../proto/gen/godwit/v1/SendImageResponse.js';
 import type { UnlockResponse__Output } from '../proto/gen/godwit/v1/UnlockResponse.js';
+import type { CheckFilesResponse__Output } from '../proto/gen/godwit/v1/CheckFilesResponse.js';
+import type { MigrationLogsResponse__Output } from '../proto/gen/godwit/v1/MigrationLogsResponse.js';
+import type { RunWorkloadRequest } from '../proto/gen/godwit/v1/RunWorkloadRequest.js';
+import type { RunWorkloadResponse__Output } from '../proto/gen/godwit/v1/RunWorkloadResponse.js';
+import type { WorkloadFile } from '../proto/gen/godwit/v1/WorkloadFile.js';
+import type { WorkloadOutputResponse__Output } from '../proto/gen/godwit/v1/WorkloadOutputResponse.js';
 import type { Endpoint } from '../lib/endpoint.js';
 import { agentClient, unary } from '../lib/rpc.js';
 import { endpointToWire, workloadToWire, type WorkloadSpec } from '../lib/wire.js';
@@ -99,6 +105,24 @@ export class AgentHandle {
   /** The host's steering data plane: applied generation, counters, live flows of these backends. */
   steeringState(liveFlowBackendIds: number[] = []): Promise<SteeringStateResponse__Output> {
     return unary(this.client, this.client.SteeringState, { liveFlowBackendIds }, STEERING_STATE_MS);
+  }
+
+  /** `godwit run`: waits for the command's endpoints to listen (up to 10 s on the agent). */
+  runWorkload(req: RunWorkloadRequest): Promise<RunWorkloadResponse__Output> {
+    return unary(this.client, this.client.RunWorkload, req, 60_000);
+  }
+
+  workloadOutput(name: string, maxBytes = 0): Promise<WorkloadOutputResponse__Output> {
+    return unary(this.client, this.client.WorkloadOutput, { name, maxBytes }, PROBE_MS);
+  }
+
+  migrationLogs(migrationId: string): Promise<MigrationLogsResponse__Output> {
+    return unary(this.client, this.client.MigrationLogs, { migrationId }, PROBE_MS);
+  }
+
+  /** Hashes executables it has not seen: allow for a cold cache. */
+  checkFiles(files: WorkloadFile[]): Promise<CheckFilesResponse__Output> {
+    return unary(this.client, this.client.CheckFiles, { files }, 60_000);
   }
 
   close(): void {

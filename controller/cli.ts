@@ -2,6 +2,10 @@
  * godwit: the operator's command line, a thin client of the controller's gRPC API.
  *
  *   godwit hosts
+ *   godwit run --host a [--name web] [--user U] [--endpoint tcp://ADDR:PORT ...] [--cwd DIR] -- CMD ARGS...
+ *   godwit workloads
+ *   godwit logs NAME|MIGRATION_ID
+ *   godwit migrate --workload web --to b [--wait]
  *   godwit migrate --from a --to b --pid 1234 --endpoint tcp://198.18.1.200:7000 [--wait]
  *                  [--lock-mode EBPF|IPTABLES|NFTABLES] [--allow-unsafe-lock] [--post-copy]
  *   godwit get <id> | godwit list | godwit watch <id>
@@ -60,7 +64,7 @@ function summary(m: Migration__Output): string {
     if (Number(st.revertedGeneration) > 0) lines.push(`  steering placed back on the source in generation ${st.revertedGeneration}`);
   } else if (st?.skipped) lines.push(`  steering: ${st.skipped}`);
   if (m.restoredPid) lines.push(`  workload pid now ${m.restoredPid}`);
-  if (m.error) lines.push(`  error: ${m.error}`);
+  if (m.error) lines.push(`  error: ${m.error}`, `  (godwit logs ${m.id}: CRIU's full logs from both hosts)`);
   for (const w of m.warnings) lines.push(`  warning: ${w}`);
   return lines.join('\n');
 }
@@ -73,31 +77,73 @@ program.command('hosts').action(async () => {
 });
 
 program
+  .command('run')
+  .description('start a command on a host the way CRIU can move it, registered as a workload')
+  .requiredOption('--host <host>', 'where it starts')
+  .option('--name <name>', 'the workload\'s name (default: the command\'s base name)')
+  .option('--user <user>', 'run the command as this user (its init stays root)')
+  .option('--endpoint <endpoint...>', 'address(es) it owns and takes along, tcp://ADDRESS:PORT (brought up on the host)', [])
+  .option('--cwd <dir>', 'working directory (default /)')
+  .argument('<command...>', 'the command and its arguments (after --)')
+  .action(async (command: string[], o: { host: string; name?: string; user?: string; endpoint: string[]; cwd?: string }) => {
+    const endpoints = usage(() => o.endpoint.map((e) => endpointToWire(parseEndpoint(e))));
+    const c = api();
+    const w = await c.runWorkload({ host: o.host, name: o.name ?? '', user: o.user ?? '', endpoints, command, cwd: o.cwd ?? '' });
+    const eps = w.endpoints.map((e) => `${String(e.protocol).toLowerCase()}://${e.address}:${e.port}`);
+    if (json()) process.stdout.write(JSON.stringify({ workload: w.name, host: w.host, pid: w.pid, endpoints: eps }) + '\n');
+    else process.stdout.write(`${w.name} running on ${w.host} as pid ${w.pid}${eps.length ? ` (${eps.join(', ')})` : ''}; output: godwit logs ${w.name}\n`);
+    c.close();
+  });
+
+program.command('workloads').description('workloads started with godwit run, where they run now').action(async () => {
+  const c = api();
+  const r = await c.listWorkloads();
+  print(r, () =>
+    r.workloads.map((w) => `${w.name.padEnd(16)} ${w.host.padEnd(8)} pid ${String(w.pid).padEnd(8)} ${w.endpoints.map((e) => `${e.address}:${e.port}`).join(',')}  ${w.command.join(' ')}`).join('\n') || 'no workloads',
+  );
+  c.close();
+});
+
+program
+  .command('logs <name>')
+  .description("a workload's output (NAME), or CRIU's logs of a migration from both hosts (MIGRATION_ID)")
+  .option('--max-bytes <n>', "a workload's output: the last N bytes (default 1 MiB)", (v) => Number(v))
+  .action(async (name: string, o: { maxBytes?: number }) => {
+    const c = api();
+    const r = await c.getLogs(name, o.maxBytes ?? 0);
+    print(r, () =>
+      r.files
+        .map((f) => (f.name === 'output' && r.files.length === 1 ? f.text.replace(/\n$/, '') : `==> ${f.host}: ${f.name || '(no logs)'}${f.error ? ` (${f.error})` : ''} <==\n${f.text.replace(/\n$/, '')}`))
+        .join('\n'),
+    );
+    c.close();
+  });
+
+program
   .command('migrate')
-  .requiredOption('--from <host>', 'source host')
+  .option('--workload <name>', 'a workload started with godwit run (instead of --from, --pid, --endpoint)')
+  .option('--from <host>', 'source host')
   .requiredOption('--to <host>', 'target host')
-  .requiredOption('--pid <pid>', 'host PID of the workload\'s root process', (v) => Number(v))
-  .requiredOption('--endpoint <endpoint...>', 'endpoint(s) the workload owns, tcp://ADDRESS:PORT')
+  .option('--pid <pid>', 'host PID of the workload\'s root process', (v) => Number(v))
+  .option('--endpoint <endpoint...>', 'endpoint(s) the workload owns, tcp://ADDRESS:PORT')
   .option('--lease-ms <ms>', 'lock lease', (v) => Number(v))
   .option('--lock-mode <mode>', 'EBPF (default), IPTABLES or NFTABLES (CRIU\'s own lock)', (v) => v.toUpperCase())
   .option('--allow-unsafe-lock', 'run IPTABLES / NFTABLES even at a connection count where CRIU\'s lock is known to fail')
   .option('--post-copy', 'resume the workload on the target before its memory has arrived (EBPF lock, userfaultfd on the target); the workload is lost if the source dies before every page arrived')
   .option('--wait', 'follow the migration until it ends')
-  .action(async (o: { from: string; to: string; pid: number; endpoint: string[]; leaseMs?: number; lockMode?: string; allowUnsafeLock?: boolean; postCopy?: boolean; wait?: boolean }) => {
+  .action(async (o: { workload?: string; from?: string; to: string; pid?: number; endpoint?: string[]; leaseMs?: number; lockMode?: string; allowUnsafeLock?: boolean; postCopy?: boolean; wait?: boolean }) => {
+    if (!o.workload && (!o.from || !o.pid || !o.endpoint))
+      throw Object.assign(new Error('give --workload NAME, or --from, --pid and --endpoint'), { usage: true });
+    const endpoints = usage(() => (o.endpoint ?? []).map((e) => endpointToWire(parseEndpoint(e))));
     const c = api();
-    let endpoints;
-    try {
-      endpoints = o.endpoint.map((e) => endpointToWire(parseEndpoint(e)));
-    } catch (e) {
-      throw Object.assign(new Error((e as Error).message), { usage: true });
-    }
     if (o.lockMode !== undefined && !['EBPF', 'IPTABLES', 'NFTABLES'].includes(o.lockMode))
       throw Object.assign(new Error(`--lock-mode ${o.lockMode} is not one of EBPF, IPTABLES, NFTABLES`), { usage: true });
     const lockMode = o.lockMode as LockMode | undefined;
     let m = await c.migrate({
-      sourceHost: o.from,
+      workloadName: o.workload ?? '',
+      sourceHost: o.from ?? '',
       targetHost: o.to,
-      workload: { pid: o.pid, endpoints },
+      workload: o.pid || endpoints.length > 0 ? { pid: o.pid ?? 0, endpoints } : undefined,
       lockLeaseMs: o.leaseMs,
       lockMode,
       allowUnsafeLock: o.allowUnsafeLock === true,

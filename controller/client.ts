@@ -5,6 +5,10 @@ import type { ListMigrationsResponse__Output } from '../proto/gen/godwit/v1/List
 import type { MigrateRequest } from '../proto/gen/godwit/v1/MigrateRequest.js';
 import type { Migration__Output } from '../proto/gen/godwit/v1/Migration.js';
 import type { MigrationEvent__Output } from '../proto/gen/godwit/v1/MigrationEvent.js';
+import type { RunRequest } from '../proto/gen/godwit/v1/RunRequest.js';
+import type { WorkloadInfo__Output } from '../proto/gen/godwit/v1/WorkloadInfo.js';
+import type { ListWorkloadsResponse__Output } from '../proto/gen/godwit/v1/ListWorkloadsResponse.js';
+import type { GetLogsResponse__Output } from '../proto/gen/godwit/v1/GetLogsResponse.js';
 import { controllerClient, unary } from '../lib/rpc.js';
 
 const CALL_MS = 30_000;
@@ -27,6 +31,20 @@ export class ControllerApi {
 
   listMigrations(): Promise<ListMigrationsResponse__Output> {
     return unary(this.client, this.client.ListMigrations, {}, CALL_MS);
+  }
+
+  /** `godwit run`: the agent answers once the workload's TCP endpoints listen (or 10 s passed). */
+  runWorkload(req: RunRequest): Promise<WorkloadInfo__Output> {
+    return unary(this.client, this.client.RunWorkload, req, 90_000);
+  }
+
+  listWorkloads(): Promise<ListWorkloadsResponse__Output> {
+    return unary(this.client, this.client.ListWorkloads, {}, CALL_MS);
+  }
+
+  /** A workload's output, or a migration's CRIU logs from both hosts. */
+  getLogs(name: string, maxBytes = 0): Promise<GetLogsResponse__Output> {
+    return unary(this.client, this.client.GetLogs, { name, maxBytes }, CALL_MS);
   }
 
   listHosts(): Promise<ListHostsResponse__Output> {

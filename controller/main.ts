@@ -5,7 +5,9 @@ import { Bus } from '../lib/bus.js';
 import { createLogger } from '../lib/log.js';
 import { ControllerService as ControllerServiceDef, SteeringService as SteeringServiceDef, bindServer } from '../lib/rpc.js';
 import { exitOnSignals } from '../lib/shutdown.js';
-import { MIGRATIONS_BUCKET, STEERING_BUCKET, STEERING_KV } from '../lib/subjects.js';
+import { MIGRATIONS_BUCKET, STEERING_BUCKET, STEERING_KV, WORKLOADS_BUCKET } from '../lib/subjects.js';
+import { WorkloadRegistry, type WorkloadRecord } from './workload-registry.js';
+import { WorkloadService } from './workload-service.js';
 import { AgentPool } from './agent-client.js';
 import type { MigrationState } from './migration-machine.js';
 import { MigrationStore } from './migration-store.js';
@@ -36,7 +38,10 @@ async function main() {
   await steeringStore.start();
   const steer = new SteerStep({ store: steeringStore, registry, log });
   const orchestrator = new Orchestrator({ store, registry, agents, bus, log, steer });
-  const service = new ControllerService({ registry, agents, orchestrator, store, log });
+  const workloadRegistry = new WorkloadRegistry(await bus.kv<WorkloadRecord>(WORKLOADS_BUCKET));
+  await workloadRegistry.load();
+  const workloads = new WorkloadService({ workloads: workloadRegistry, hosts: registry, agents, store, orchestrator, log });
+  const service = new ControllerService({ registry, agents, orchestrator, store, log, workloads });
   const steering = new SteeringController({ store: steeringStore, registry, agents, log });
 
   const server = new grpc.Server();

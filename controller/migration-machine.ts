@@ -37,6 +37,8 @@ export interface MigrationRequestSpec {
   allowUnsafeLock?: boolean;
   /** Post-copy: the workload resumes on the target before its memory has arrived. Absent in older records: false. */
   postCopy?: boolean;
+  /** The registered workload (`godwit run`) this moves, if it was named or is one (workload-registry.ts). */
+  workloadName?: string;
 }
 
 /** The migration's steering: the generation that placed the workload on the target, and how the fleet took it. */

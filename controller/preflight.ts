@@ -8,6 +8,9 @@ import { workloadSocketFromWire } from '../lib/wire.js';
 import type { AgentHandle } from './agent-client.js';
 import { unsafeLockRefusal } from './criu-lock-limits.js';
 import type { MigrationRequestSpec } from './migration-machine.js';
+import { treeFactsFromWire } from '../lib/facts-wire.js';
+import { checkFilesOnTarget } from './preflight-files.js';
+import { treeRefusal } from './preflight-tree.js';
 
 export async function checkHostsFit(req: MigrationRequestSpec, source: AgentHandle, target: AgentHandle): Promise<void> {
   // The agent answers NOT_FOUND / FAILED_PRECONDITION with a message naming what to fix; pass it on.
@@ -39,6 +42,13 @@ export async function checkHostsFit(req: MigrationRequestSpec, source: AgentHand
     if (tp.addresses.includes(e.address))
       throw new PreconditionError(`target host "${tp.host}" already owns address ${e.address}; a moved workload's address must be free on the target`);
   }
+  // What CRIU would fail on after the freeze: the tree's users, namespaces, SysV memory, unix
+  // sockets; the hosts' CPUs and CRIU versions; then the files, compared by the target.
+  const facts = treeFactsFromWire(workload);
+  const host = (p: typeof sp) => ({ host: p.host, capabilities: p.capabilities, cpuFeatures: p.cpuFeatures, criuVersion: p.criuVersion });
+  const refusal2 = treeRefusal(facts, host(sp), host(tp));
+  if (refusal2) throw refusal2;
+  await checkFilesOnTarget(facts.files, source.host, target).catch(rethrowAgentError);
 }
 
 /** Keeps an agent's status code (NOT_FOUND, FAILED_PRECONDITION...) and its message. */

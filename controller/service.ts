@@ -17,6 +17,7 @@ import type { MigrationStore } from './migration-store.js';
 import type { Orchestrator, PhaseEvent } from './orchestrator.js';
 import { checkHostsFit } from './preflight.js';
 import type { HostRegistry } from './registry.js';
+import type { WorkloadService } from './workload-service.js';
 
 /** Long enough for a large image to dump, move and restore; short enough that a dead controller's lock goes soon. */
 export const DEFAULT_LEASE_MS = 120_000;
@@ -30,6 +31,7 @@ export interface ControllerServiceOptions {
   orchestrator: Orchestrator;
   store: MigrationStore;
   log: Logger;
+  workloads: WorkloadService;
 }
 
 export class ControllerService {
@@ -57,18 +59,23 @@ export class ControllerService {
         })),
       })),
       WatchMigration: (call) => this.watchMigration(call),
+      RunWorkload: handleUnary(log, 'RunWorkload', async (req) => this.opts.workloads.run(req)),
+      ListWorkloads: handleUnary(log, 'ListWorkloads', async () => ({ workloads: this.opts.workloads.list() })),
+      GetLogs: handleUnary(log, 'GetLogs', async (req) => ({ files: await this.opts.workloads.logs(req.name, Number(req.maxBytes)) })),
     };
   }
 
   async migrate(req: MigrateRequest__Output): Promise<MigrationState> {
-    const spec = validateMigrate(req);
-    const { registry, agents, orchestrator } = this.opts;
+    const { registry, agents, orchestrator, workloads } = this.opts;
+    const spec = validateMigrate(workloads.resolve(req));
+    spec.workloadName = workloads.nameOf(spec);
     const src = registry.ready(spec.sourceHost).heartbeat;
     const tgt = registry.ready(spec.targetHost).heartbeat;
     const busy = orchestrator.activeFor(spec.workload.pid, spec.sourceHost);
     if (busy) throw new PreconditionError(`process ${spec.workload.pid} on "${spec.sourceHost}" is already moving (migration ${busy.id}, phase ${busy.phase}); wait for it to end`);
     await checkHostsFit(spec, agents.get(src.host, src.grpcAddress), agents.get(tgt.host, tgt.grpcAddress));
     const state = newMigration(newMigrationId(), spec, this.nextLockVersion(), Date.now());
+    if (spec.workloadName) workloads.follow(state, spec.workloadName);
     await orchestrator.start(state);
     return state;
   }
@@ -150,6 +157,7 @@ export function toWire(m: MigrationState): Migration {
       lockLeaseMs: m.request.lockLeaseMs,
       allowUnsafeLock: m.request.allowUnsafeLock === true,
       postCopy: m.request.postCopy === true,
+      workloadName: m.request.workloadName ?? '',
     },
     phase: m.phase,
     timings: m.timings.map((t) => ({ phase: t.phase, startedAtMs: t.startedAtMs, durationMs: t.durationMs, ok: t.ok, error: t.error ?? '', steps: t.steps ?? [] })),

@@ -14,7 +14,8 @@
  */
 import { Command, Option } from 'commander';
 import { SteeringApi } from '../controller/steering-client.js';
-import { labUp, startLabWorkload, type Lab } from './lab.js';
+import { labUp, type Lab } from './lab.js';
+import { runLabWorkload } from './run-lab-workload.js';
 import { LAB_FABRICS, type LabFabric } from './topology.js';
 import { migrateHop, type HopResult } from './hop.js';
 import { startTraffic, type TrafficHandle } from './traffic.js';
@@ -46,9 +47,9 @@ async function main(): Promise<number> {
   try {
     say(`lab: bringing up hosts ${hosts.join(', ')}, a client, nats-server and the controller`);
     lab = await labUp({ hosts, fabric: o.fabric });
-    const workload = await startLabWorkload(lab, route[0], o.port);
+    const workload = await runLabWorkload(lab, route[0], o.port);
     const { endpoint } = workload;
-    say(`workload: echo-server pid ${workload.pid} on ${route[0]}, ${endpoint.address}:${o.port}`);
+    say(`workload: godwit run --host ${route[0]} --name ${workload.name} -- echo-server ${endpoint.address} ${o.port}: pid ${workload.pid}`);
     const target = o.fabric === 'routed' ? await serviceFor(lab, route[0], endpoint.address) : endpoint.address;
     traffic = startTraffic(lab.topology.client, { address: target, port: o.port }, { connections: o.connections });
     await traffic.ready;

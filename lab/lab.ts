@@ -50,6 +50,20 @@ export interface LabOptions {
   agentFlags?: string[];
   /** 'bridge' (default): one L2 segment; 'routed': a /29 per host behind a router (lab/topology.ts). */
   fabric?: LabFabric;
+  /** Extra flags for one host's agent, e.g. { b: ['--cpu-features', FILE] }. */
+  hostAgentFlags?: Record<string, string[]>;
+  /**
+   * Give every host a folder of its own at `privateDir(lab)`, as real hosts have their own
+   * disks: each agent runs in a mount namespace of its own with a tmpfs there, and so do the
+   * workloads it starts (`godwit run`) and its CRIU. Only workloads started with `godwit run` can
+   * then be moved (CRIU dumps a tree in its own mount namespace only).
+   */
+  privateFolders?: boolean;
+}
+
+/** The folder each host has its own copy of in a lab made with privateFolders. */
+export function privateDir(lab: Pick<Lab, 'dir'>): string {
+  return join(lab.dir, 'private');
 }
 
 export function labDir(index: number): string {
@@ -68,14 +82,21 @@ export async function labUp(opts: LabOptions = {}): Promise<Lab> {
   const index = opts.index ?? (await findFreeLabIndex());
   const hosts = opts.hosts ?? ['a', 'b'];
   try {
-    return await build(index, hosts, opts.fabric ?? 'bridge', opts.agentFlags ?? []);
+    return await build(index, hosts, opts.fabric ?? 'bridge', opts.agentFlags ?? [], opts.hostAgentFlags ?? {}, opts.privateFolders === true);
   } catch (err) {
     await labDown(index);
     throw err;
   }
 }
 
-async function build(index: number, hostNames: string[], fabric: LabFabric, agentFlags: string[]): Promise<Lab> {
+async function build(
+  index: number,
+  hostNames: string[],
+  fabric: LabFabric,
+  agentFlags: string[],
+  hostAgentFlags: Record<string, string[]>,
+  privateFolders: boolean,
+): Promise<Lab> {
   const topology = await createTopology({ index, hosts: hostNames, fabric });
   const dir = labDir(index);
   rmSync(dir, { recursive: true, force: true });
@@ -115,9 +136,24 @@ async function build(index: number, hostNames: string[], fabric: LabFabric, agen
     '--iface', h.iface,
     '--state-dir', join(dir, 'hosts', h.name),
     '--pin-dir', agentPinDir(index, h.name),
+    // `godwit run` output files: one folder for every host (they share this machine's
+    // filesystem, so a moved workload finds its file where it left it), or each host's own with
+    // private folders (the file then travels with the image).
+    '--workload-dir', join(privateFolders ? privateDir({ dir }) : dir, 'workloads'),
     ...agentFlags,
+    ...(hostAgentFlags[h.name] ?? []),
   ];
-  for (const h of topology.hosts) start(`agent-${h.name}`, h, node, agentArgs(h));
+  const privateFolder = privateDir({ dir });
+  mkdirSync(privateFolder, { recursive: true });
+  // With private folders: a mount namespace per agent (slave: the lab's own mounts still reach
+  // it) and a tmpfs over the folder in it.
+  const startAgent = (h: LabHost) =>
+    privateFolders
+      ? start(`agent-${h.name}`, h, 'unshare', [
+          '--mount', '--propagation', 'slave', 'sh', '-c', 'mount -t tmpfs -o size=64m,mode=0755 godwit-private "$0" && exec "$@"', privateFolder, node, ...agentArgs(h),
+        ])
+      : start(`agent-${h.name}`, h, node, agentArgs(h));
+  for (const h of topology.hosts) startAgent(h);
 
   await waitForPort(ctl.address, CONTROLLER_PORT, 15_000, 'controller');
   const controller = new ControllerApi(controllerAddress);
@@ -143,7 +179,7 @@ async function build(index: number, hostNames: string[], fabric: LabFabric, agen
       const pid = pids.get(`agent-${name}`);
       if (pid) await stopPid(pid, 'SIGKILL');
       const restartedAtMs = Date.now();
-      start(`agent-${name}`, host(name), node, agentArgs(host(name)));
+      startAgent(host(name));
       await waitForPort(host(name).address, AGENT_PORT, 15_000, `agent ${name}`);
       // The port opens before the agent has installed its programs and joined the bus: ready
       // means the controller has heard its first heartbeat.

@@ -118,6 +118,21 @@ function hostBoundMessage(host: string, pid: number, sockets: readonly WorkloadS
   );
 }
 
+/** What preflight checks before anything freezes (controller/preflight-tree.ts, preflight-files.ts). */
+export type PreflightCheck = 'capability' | 'namespace-init' | 'sysv-shm' | 'unix-socket' | 'files' | 'cpu-features' | 'criu-version';
+
+/**
+ * Preflight found something CRIU cannot dump or restore for this workload on these hosts: the
+ * move is refused before anything is locked or frozen. The message names the process or file
+ * and the fix.
+ */
+export class WorkloadCannotMoveError extends PreconditionError {
+  constructor(readonly check: PreflightCheck, message: string) {
+    super(message);
+    this.name = 'WorkloadCannotMoveError';
+  }
+}
+
 export class NotImplementedError extends GodwitError {
   readonly code = status.UNIMPLEMENTED;
   constructor(message: string) {

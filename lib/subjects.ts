@@ -27,5 +27,8 @@ export const STEERING_TABLE_KEY = 'table';
 /** How every opener of STEERING_BUCKET opens it (Bus.kv): agents and controllers follow the table through this. */
 export const STEERING_KV = { republish: { key: STEERING_TABLE_KEY, subject: 'godwit.steering.table' } } as const;
 
+/** JetStream KV bucket: one key per `godwit run` workload, where it runs (controller/workload-registry.ts). */
+export const WORKLOADS_BUCKET = 'godwit_workloads';
+
 /** Host names become subject tokens and file names: keep them to a safe alphabet. */
 export const HOST_NAME = /^[a-z0-9][a-z0-9-]{0,62}$/;

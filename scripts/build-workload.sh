@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the lab's C programs into build/: the sample workload (lab/workload/echo-server.c) and
+# Builds the C programs into build/: the init `godwit run` starts workloads under
+# (lab/workload/godwit-init.c), the sample workload (lab/workload/echo-server.c) and
 # the steer-dataplane benchmark's packet generator and sink (bench/gen/*.c).
 # Idempotent: skips a binary while it is newer than its source and this script. Builds into a
 # temporary file and renames it, so a concurrent run or a running program never sees half a file.
@@ -10,6 +11,7 @@ CC="${CC:-gcc}"
 # source -> binary
 PROGRAMS=(
   "lab/workload/echo-server.c:build/echo-server"
+  "lab/workload/godwit-init.c:build/godwit-init"
   "bench/gen/pktgen.c:build/godwit-pktgen"
   "bench/gen/pktsink.c:build/godwit-pktsink"
 )

@@ -11,7 +11,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 declare -A NEED=(
   [bpftool]=bpftool [clang]=clang [nats-server]=nats-server [ip]=iproute2 [iptables]=iptables
   [nft]=nftables [arping]=iputils-arping [gcc]=gcc [nsenter]=util-linux [unshare]=util-linux
-  [ethtool]=ethtool [iptables-legacy]=iptables
+  [ethtool]=ethtool [iptables-legacy]=iptables [nginx]=nginx [curl]=curl [python3]=python3
 )
 missing=()
 for cmd in "${!NEED[@]}"; do command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}"); done
@@ -20,7 +20,13 @@ for cmd in "${!NEED[@]}"; do command -v "$cmd" >/dev/null 2>&1 || missing+=("${N
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing: ${missing[*]}"
   apt-get update -qq
+  # Packages with a service (nginx) must not start one on this machine: tests run their own.
+  no_start=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 0755 /usr/sbin/policy-rc.d && no_start=1
+  fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${missing[@]}" | sort -u) >/dev/null
+  [ -z "$no_start" ] || rm -f /usr/sbin/policy-rc.d
 fi
 
 bash scripts/install-criu.sh

@@ -122,7 +122,7 @@ export class Criu {
   }
 }
 
-/** The lines of a CRIU log that say what went wrong (its "Error" lines), last few only. */
+/** The lines of a CRIU log that say what went wrong (its first "Error (" lines). */
 export async function logErrors(path: string): Promise<string> {
   try {
     const text = await readFile(path, 'utf8');
@@ -142,12 +142,20 @@ export function stderrProblem(stderr: string): string {
     .join(' | ');
 }
 
-/** RLIMIT_NOFILE complaint is in every log on these machines and harmless (FIELD-NOTES). */
+/** How many of a log's error lines a migration's error quotes (godwit logs prints the rest). */
+const ERROR_LINES_QUOTED = 3;
+
+/**
+ * CRIU's own error lines, first ones first: "(00.123) Error (criu/cr-dump.c:1234): ..." and
+ * the same from the code it injects into the tasks ("pie: 12: Error (criu/pie/...): ..."). The
+ * first is the cause; later ones are CRIU unwinding. Lines that merely contain "error" are not
+ * errors (a path like libgpg-error.so or error.log, FIELD-NOTES). The RLIMIT_NOFILE complaint is
+ * in every log on these machines and harmless. A log without an Error line (CRIU killed) gives
+ * its last lines.
+ */
 export function errorLines(log: string): string {
-  return log
-    .split('\n')
-    .filter((l) => /Error|error/.test(l) && !/RLIMIT_NOFILE/.test(l))
-    .slice(-4)
-    .map((l) => l.replace(/^\(\d+\.\d+\)\s*/, '').trim())
-    .join(' | ');
+  const lines = log.split('\n').filter((l) => l.trim() && !/RLIMIT_NOFILE/.test(l));
+  const errors = lines.filter((l) => /(^|[\s:])Error \(/.test(l));
+  const quoted = errors.length > 0 ? errors.slice(0, ERROR_LINES_QUOTED) : lines.slice(-2);
+  return quoted.map((l) => l.replace(/^\(\s*\d+\.\d+\)\s*/, '').trim()).join(' | ');
 }

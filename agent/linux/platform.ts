@@ -16,9 +16,14 @@ import { EbpfNetLock } from './netlock-ebpf.js';
 import { RingHeldTraffic } from './packet-hold.js';
 import { EbpfSteering } from './steering-ebpf.js';
 import { treeSockets } from './process-sockets.js';
-import { inspectProcess } from './process-tree.js';
 import { userfaultfdProblem } from './lazy-pages.js';
 import { LinuxPostCopy } from './post-copy.js';
+import { inspectProcess, treePids } from './process-tree.js';
+import { cpuFeatures, effectiveCapabilities } from './capabilities.js';
+import { launchUnderInit, type LaunchSpec } from './init-launcher.js';
+import { outsideUnixSockets, sharesIpcNamespace, sysvShmAttachments, treeProcesses } from './tree-facts.js';
+import { checkFiles, treeFiles } from './tree-files.js';
+import type { TreeFacts, WorkloadFile } from '../../lib/workload-facts.js';
 
 export interface LinuxPlatformOptions {
   exec: Executor;
@@ -39,6 +44,10 @@ export interface LinuxPlatformOptions {
   /** Report no userfaultfd whatever the kernel has (tests of the post-copy refusal). */
   assumeNoUserfaultfd?: boolean;
   log: Logger;
+  /** build/godwit-init (lab/workload/godwit-init.c): what `godwit run` starts workloads under. */
+  initPath?: string;
+  /** A file of CPU feature flags to report instead of /proc/cpuinfo's (agent --cpu-features). */
+  cpuFeaturesFile?: string;
 }
 
 /** startSteering() without the host's data address: steering cannot tunnel or tell local backends. */
@@ -144,12 +153,34 @@ export class LinuxPlatform implements HostPlatform {
     return treeSockets(pid);
   }
 
+  async treeFacts(pid: number, skipPrefixes: readonly string[]): Promise<TreeFacts> {
+    const pids = await treePids(pid);
+    const [tree, sharesHostIpcNamespace, sysvShm, outside, files] = await Promise.all([
+      treeProcesses(pids),
+      sharesIpcNamespace(pid),
+      sysvShmAttachments(pids),
+      outsideUnixSockets(pids, this.opts.exec),
+      treeFiles(pids, skipPrefixes),
+    ]);
+    return { tree, sharesHostIpcNamespace, sysvShm, outsideUnixSockets: outside, files };
+  }
+
+  checkFiles(files: readonly WorkloadFile[]) {
+    return checkFiles(files);
+  }
+
+  launchWorkload(spec: LaunchSpec): Promise<number> {
+    return launchUnderInit(this.opts.exec, this.opts.initPath ?? join(dirname(dirname(this.opts.bpfObject)), 'godwit-init'), spec);
+  }
+
   async probe(): Promise<PlatformProbe> {
-    const [criuVersion, criuProblem, addresses, uffdProblem] = await Promise.all([
+    const [criuVersion, criuProblem, addresses, uffdProblem, capabilities, cpu] = await Promise.all([
       this.criu.version().catch((e: Error) => `unavailable: ${e.message}`),
       this.criu.checkProblem().catch((e: Error) => e.message),
       this.network.addresses(),
       this.opts.assumeNoUserfaultfd ? Promise.resolve('assumed absent (agent flag --assume-no-userfaultfd)') : userfaultfdProblem(),
+      effectiveCapabilities(),
+      cpuFeatures(this.opts.cpuFeaturesFile),
     ]);
     const postCopyProblem = uffdProblem ?? (this.postCopy ? undefined : 'no data address for a page server');
     return {
@@ -161,6 +192,8 @@ export class LinuxPlatform implements HostPlatform {
       addresses,
       userfaultfd: postCopyProblem === undefined,
       userfaultfdProblem: postCopyProblem ?? '',
+      capabilities,
+      cpuFeatures: cpu,
     };
   }
 }

@@ -12,6 +12,7 @@ const good = (): MigrateRequest__Output => ({
   lockLeaseMs: 0,
   allowUnsafeLock: false,
   postCopy: false,
+  workloadName: '',
 });
 
 function codeOf(req: MigrateRequest__Output): { code: status; message: string } {
