@@ -171,6 +171,9 @@ export class ImageStream {
       const prev = this.sent.get(name);
       if (prev && prev.size === st.size && prev.mtimeNs === st.mtimeNs) continue;
       if (!final && now - st.mtimeNs < SETTLE_NS) continue;
+      // A large file is memory pages, written in many passes and last: sent early, it would go
+      // again whole (1 GiB twice); it goes at the end.
+      if (!final && st.size > BigInt(CHUNK_BYTES)) continue;
       await this.sendFile(name);
     }
   }

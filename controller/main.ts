@@ -40,7 +40,7 @@ async function main() {
   const orchestrator = new Orchestrator({ store, registry, agents, bus, log, steer });
   const workloadRegistry = new WorkloadRegistry(await bus.kv<WorkloadRecord>(WORKLOADS_BUCKET));
   await workloadRegistry.load();
-  const workloads = new WorkloadService({ workloads: workloadRegistry, hosts: registry, agents, store, orchestrator, log });
+  const workloads = new WorkloadService({ workloads: workloadRegistry, hosts: registry, agents, store, orchestrator, steer, log });
   const service = new ControllerService({ registry, agents, orchestrator, store, log, workloads });
   const steering = new SteeringController({ store: steeringStore, registry, agents, log });
 

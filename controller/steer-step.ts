@@ -86,13 +86,25 @@ export class SteerStep {
     return { revertedGeneration: placed.generation };
   }
 
-  private async place(state: MigrationState, host: string): Promise<{ generation: number; issuedAtMs: number; backendIds: number[] }> {
-    const addresses = [...new Set(state.request.workload.endpoints.map((e) => e.address))];
+  /**
+   * A workload started on `host` (`godwit run`): its addresses steered there, whatever an earlier
+   * migration of an address left in the table. Returns the generation (0: nothing steers).
+   */
+  async placeStarted(addresses: readonly string[], host: string): Promise<number> {
+    if (this.skipReason() || addresses.length === 0) return 0;
+    return (await this.placeAt([...new Set(addresses)], host, { workloadStartedOn: host })).generation;
+  }
+
+  private place(state: MigrationState, host: string): Promise<{ generation: number; issuedAtMs: number; backendIds: number[] }> {
+    return this.placeAt([...new Set(state.request.workload.endpoints.map((e) => e.address))], host, { migrationId: state.id });
+  }
+
+  private async placeAt(addresses: string[], host: string, context: Record<string, string>): Promise<{ generation: number; issuedAtMs: number; backendIds: number[] }> {
     const stored = await this.opts.store.mutate(async (table) => {
       const r = placeWorkload(table, { addresses, host }, { hosts: this.opts.registry.addresses() });
       return { table: r.table, changed: r.changed, result: r.backendIds };
     });
-    if (stored.changed) this.opts.log.info({ migrationId: state.id, host, addresses, generation: stored.table.generation }, 'workload placed in the steering table');
+    if (stored.changed) this.opts.log.info({ ...context, host, addresses, generation: stored.table.generation }, 'workload placed in the steering table');
     return { generation: stored.table.generation, issuedAtMs: stored.acceptedAtMs, backendIds: stored.result };
   }
 

@@ -19,6 +19,7 @@ import type { MigrationStore } from './migration-store.js';
 import type { Orchestrator } from './orchestrator.js';
 import { detail } from './phases.js';
 import type { HostRegistry } from './registry.js';
+import type { SteerStep } from './steer-step.js';
 import { WorkloadNotFoundError, type WorkloadRecord, type WorkloadRegistry } from './workload-registry.js';
 
 /** As the agent checks it (agent/run-workload.ts): names become file names and KV keys. */
@@ -30,6 +31,8 @@ export interface WorkloadServiceOptions {
   agents: AgentPool;
   store: MigrationStore;
   orchestrator: Orchestrator;
+  /** Steers a started workload's addresses to its host. */
+  steer: SteerStep;
   log: Logger;
 }
 
@@ -52,7 +55,12 @@ export class WorkloadService {
     const now = Date.now();
     const record: WorkloadRecord = { name, host: h.host, pid: r.pid, endpoints, command: req.command, user: req.user, outputPath: r.outputPath, startedAtMs: now, updatedAtMs: now };
     await (previous ? workloads.replace(record) : workloads.register(record));
-    log.info({ workload: name, host: h.host, pid: r.pid }, 'workload started');
+    // An address that a migration once moved elsewhere would still be steered there.
+    const generation = await this.opts.steer.placeStarted(endpoints.map((e) => e.address), h.host).catch((err: unknown) => {
+      log.error({ workload: name, err: detail(err) }, 'could not steer the workload\'s addresses to its host');
+      return 0;
+    });
+    log.info({ workload: name, host: h.host, pid: r.pid, steeringGeneration: generation }, 'workload started');
     return toWire(record);
   }
 

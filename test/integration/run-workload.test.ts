@@ -89,6 +89,8 @@ describe('godwit run', () => {
     const again = JSON.parse((await godwitCli(lab, ['--json', 'run', '--host', 'b', '--name', 'web', '--endpoint', `tcp://${address}:${PORT}`, '--', '/usr/bin/python3', '-m', 'http.server', String(PORT), '--bind', address])).stdout) as { host: string; pid: number };
     expect(again.host).toBe('b');
     pid = again.pid;
+    // Reached where it started now, although the last migration had steered its address to a.
+    expect(await get('/restarted-on-b')).toBe('404');
     const taken = await godwitCli(lab, ['run', '--host', 'a', '--name', 'web', '--', 'sleep', '100'], { allowFailure: true });
     expect(taken.exitCode).toBe(2);
     expect(taken.stderr).toMatch(/^ALREADY_EXISTS: a workload named "web" runs already \(pid \d+ on host "b"\)/);
