@@ -39,6 +39,8 @@ export interface FreezeRow {
   bytesLost: number;
   /** The workload's memory verified after the move (null: the workload holds no test memory). */
   memoryIntact: boolean | null;
+  /** Post-copy: from the dump to the last page on the target, ms (0 without post-copy). */
+  lazyPagesMs: number;
   imageBytes: number;
   criuLogLevel: number;
   steps: HopStep[];
@@ -61,6 +63,7 @@ export function emptyRow(r: Pick<FreezeRow, 'kind' | 'connections' | 'memoryMiB'
     survived: 0,
     bytesLost: 0,
     memoryIntact: null,
+    lazyPagesMs: 0,
     imageBytes: 0,
     steps: [],
     at: new Date().toISOString(),
@@ -74,10 +77,14 @@ export function withOverhead<T extends Pick<FreezeRow, 'freezeMs' | 'criuDumpMs'
   return { ...r, overheadMs, overheadPct: criu > 0 ? (100 * overheadMs) / criu : 0 };
 }
 
-/** Sum of the named step's times in a phase (both hosts). */
-export function stepMs(steps: readonly HopStep[], phase: string, step: string): number {
-  return steps.filter((s) => s.phase === phase && s.step === step).reduce((a, s) => a + s.ms, 0);
+/** Sum of the named steps' times in a phase (both hosts). */
+export function stepMs(steps: readonly HopStep[], phase: string, names: readonly string[]): number {
+  return steps.filter((s) => s.phase === phase && names.includes(s.step)).reduce((a, s) => a + s.ms, 0);
 }
+
+/** The agents' names for the CRIU processes of a dump and a restore (agent/service.ts), plain and post-copy. */
+export const CRIU_DUMP_STEPS = ['criu dump', 'criu dump --lazy-pages'] as const;
+export const CRIU_RESTORE_STEPS = ['criu restore', 'criu lazy-pages + restore'] as const;
 
 export function median(xs: readonly number[]): number {
   const v = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
@@ -151,8 +158,8 @@ export function summaryTable(rows: readonly FreezeRow[]): string {
   const gs = groups(rows);
   const plain = (g: Group) => gs.find((x) => x.connections === g.connections && x.memoryMiB === g.memoryMiB && !x.postCopy);
   return table(
-    ['conns', 'MiB', 'post-copy', 'runs', 'freeze ms', 'CRIU dump+restore ms', 'overhead %', `≤ ${TARGETS.overheadPct}%`, 'CRIU alone ms', 'max stall ms', 'freeze ÷ post-copy freeze', 'lost B', 'memory'],
-    ['r', 'r', 'l', 'r', 'r', 'r', 'r', 'l', 'r', 'r', 'r', 'r', 'l'],
+    ['conns', 'MiB', 'post-copy', 'runs', 'freeze ms', 'CRIU dump+restore ms', 'overhead %', `≤ ${TARGETS.overheadPct}%`, 'CRIU alone ms', 'max stall ms', 'freeze ÷ post-copy freeze', 'every page there ms', 'lost B', 'memory'],
+    ['r', 'r', 'l', 'r', 'r', 'r', 'r', 'l', 'r', 'r', 'r', 'r', 'r', 'l'],
     gs.map((g) => {
       const freeze = median(g.rows.map((r) => r.freezeMs));
       const pct = median(g.rows.map((r) => r.overheadPct));
@@ -170,6 +177,7 @@ export function summaryTable(rows: readonly FreezeRow[]): string {
         num(median(g.alone.map((r) => r.freezeMs))),
         num(median(g.rows.map((r) => r.maxStallMs))),
         g.postCopy ? num(ratio, 1) : '',
+        g.postCopy ? num(median(g.rows.map((r) => r.lazyPagesMs))) : '',
         String(g.rows.reduce((s, r) => s + r.bytesLost, 0)),
         g.rows.every((r) => r.memoryIntact === null) ? '-' : g.rows.every((r) => r.memoryIntact) ? 'intact' : 'DAMAGED',
       ];

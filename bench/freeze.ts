@@ -24,13 +24,16 @@ import { execCommand } from '../lib/exec.js';
 import { REPO_ROOT } from '../lib/rpc.js';
 import { migrateHop } from '../lab/hop.js';
 import { labUp, startLabWorkload, type Lab } from '../lab/lab.js';
+import { memcheck, startMemoryWorkload } from '../lab/memory-workload.js';
+import type { Endpoint } from '../lib/endpoint.js';
 import { startTraffic, type TrafficHandle } from '../lab/traffic.js';
 import { criuAlone } from './freeze-criu.js';
-import { breakdownTable, emptyRow, FREEZE_PHASES, freezeSvg, measurementTable, stepMs, summaryTable, withOverhead, type FreezeRow } from './freeze-report.js';
+import { breakdownTable, CRIU_DUMP_STEPS, CRIU_RESTORE_STEPS, emptyRow, FREEZE_PHASES, freezeSvg, measurementTable, stepMs, summaryTable, withOverhead, type FreezeRow } from './freeze-report.js';
 import { Cleanup, echoServers } from './lab-cleanup.js';
 import { optionsOrExit } from './cli-options.js';
 
 const PORT = 7000;
+const CONTROL_PORT = 7001;
 const WARMUP_MS = 1_000;
 const SETTLE_TIMEOUT_MS = 240_000;
 const DRAIN_TIMEOUT_MS = 60_000;
@@ -110,13 +113,24 @@ interface BenchWorkload {
 }
 
 function workloadFor(memoryMiB: number): BenchWorkload {
-  if (memoryMiB > 0) throw new InvalidArgumentError(`--memory ${memoryMiB}: memory-holding workloads are not built yet; use --memory 0`);
+  if (memoryMiB === 0)
+    return {
+      start: async (lab, host) => {
+        await forgetWorkloadMac(lab);
+        return startLabWorkload(lab, host, PORT);
+      },
+      memoryIntact: async () => null,
+    };
+  // The echo server holding memoryMiB of touched, changing memory (lab/memory-workload.ts).
+  const w = { endpoint: undefined as Endpoint | undefined };
   return {
     start: async (lab, host) => {
       await forgetWorkloadMac(lab);
-      return startLabWorkload(lab, host, PORT);
+      const started = await startMemoryWorkload(lab, host, { port: PORT, controlPort: CONTROL_PORT, memoryMiB });
+      w.endpoint = started.endpoint;
+      return started;
     },
-    memoryIntact: async () => null,
+    memoryIntact: async (lab) => (await memcheck(lab, { endpoint: w.endpoint!, controlPort: CONTROL_PORT })).pagesBad === 0,
   };
 }
 
@@ -245,7 +259,7 @@ async function migration(lab: Lab, workload: BenchWorkload, spec: MigrationSpec,
       await traffic.ready;
     }
     await sleep(WARMUP_MS);
-    const hop = await migrateHop(lab.controller, traffic, { from, to, pid, endpoints: [parseEndpoint(`tcp://${vip}:${PORT}`)], settleTimeoutMs: SETTLE_TIMEOUT_MS });
+    const hop = await migrateHop(lab.controller, traffic, { from, to, pid, endpoints: [parseEndpoint(`tcp://${vip}:${PORT}`)], postCopy: spec.postCopy, settleTimeoutMs: SETTLE_TIMEOUT_MS });
     if (hop.pid) cleanup.pids.push(hop.pid);
     if (hop.phase === 'DONE') place.home = to;
     const m = await lab.controller.getMigration(hop.migrationId);
@@ -255,8 +269,9 @@ async function migration(lab: Lab, workload: BenchWorkload, spec: MigrationSpec,
       ok: hop.phase === 'DONE',
       error: hop.error,
       freezeMs: hop.freezeMs,
-      criuDumpMs: stepMs(hop.steps, 'DUMP', 'criu dump'),
-      criuRestoreMs: stepMs(hop.steps, 'RESTORE', 'criu restore'),
+      criuDumpMs: stepMs(hop.steps, 'DUMP', CRIU_DUMP_STEPS),
+      criuRestoreMs: stepMs(hop.steps, 'RESTORE', CRIU_RESTORE_STEPS),
+      lazyPagesMs: m.lazyPagesMs,
       phases,
       steps: hop.steps,
       maxStallMs: hop.maxStallMs,

@@ -7,7 +7,7 @@ function row(over: Partial<FreezeRow>): FreezeRow {
     kind: 'migration', connections: 1000, memoryMiB: 0, postCopy: false, run: 1, ok: true, error: '',
     freezeMs: 600, criuDumpMs: 250, criuRestoreMs: 250, overheadMs: 0, overheadPct: 0,
     phases: { LOCK: 10, STEER: 5, DUMP: 270, TRANSFER: 40, RESTORE: 260, UNLOCK: 5 },
-    maxStallMs: 640, survived: 1000, bytesLost: 0, memoryIntact: null, imageBytes: 1e6, criuLogLevel: 4,
+    maxStallMs: 640, survived: 1000, bytesLost: 0, memoryIntact: null, lazyPagesMs: 0, imageBytes: 1e6, criuLogLevel: 4,
     steps: [
       { phase: 'DUMP', host: 'a', step: 'criu dump', ms: 250 },
       { phase: 'TRANSFER', host: 'a', step: 'send image', ms: 35 },
