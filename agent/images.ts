@@ -12,8 +12,6 @@
  *   batch the sender reads the next.
  * - A large file (memory pages) is streamed in CHUNK_BYTES pieces, alone in its messages.
  * - The hash is computed as the bytes go by on both sides; nothing is read twice.
- * - In a pipelined freeze the stream opens before CRIU starts and follows the folder while the
- *   dump writes it (ImageStream.follow): what is left for after the dump is the last few files.
  */
 import { createHash, type Hash } from 'node:crypto';
 import { closeSync, fstatSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
@@ -24,7 +22,7 @@ import { status } from '@grpc/grpc-js';
 import type { AgentClient } from '../proto/gen/godwit/v1/Agent.js';
 import type { ImageChunk, ImageChunk__Output } from '../proto/gen/godwit/v1/ImageChunk.js';
 import type { ReceiveImageResponse__Output } from '../proto/gen/godwit/v1/ReceiveImageResponse.js';
-import { StepTimer, type StepTime } from './step-timer.js';
+import { CONCURRENT_STEP, StepTimer, type StepTime } from './step-timer.js';
 
 /** The stream's layout version (ImageChunk.format); a receiver refuses another. */
 export const IMAGE_STREAM_FORMAT = 2;
@@ -44,10 +42,6 @@ const BATCH_FILES = 64;
  */
 const NOT_IMAGE = new Set(['restored.pid', 'restore.log', 'dump.log']);
 const FILE_NAME = /^[A-Za-z0-9._-]{1,255}$/;
-/** While CRIU writes: how long a file must be unchanged before it goes out, and how often to look. */
-const SETTLE_NS = 10_000_000n;
-const FOLLOW_INTERVAL_MS = 5;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export interface TransferTotals {
   bytes: number;
@@ -82,29 +76,22 @@ function hashFileStart(hash: Hash, name: string, size: number): void {
 }
 
 /**
- * Source side: an image stream to the peer's ReceiveImage. It can start while CRIU is still
- * writing the image (follow()): every file that has not changed for SETTLE_MS goes out then, so
- * that when the dump ends most of the image is on the target already. finish() sends what is
- * left: files not sent yet, and any file sent early that changed afterwards (its size or mtime
- * differs from when it was read), sent again whole; the receiver keeps the last copy.
+ * Source side: an image stream to the peer's ReceiveImage. finish() sends every file of the
+ * (complete) image and the end; cancel() abandons it.
  *
- * Why a settled file cannot change unnoticed: tmpfs stamps mtime from a coarse clock (one tick,
- * at most about 4 ms, behind), so a write after our read gets an mtime later than one that was
- * already SETTLE_MS old when we read.
+ * Measured and dropped: opening the stream before the dump and sending each file as soon as CRIU
+ * had finished it. On this 2-core machine the reads and sends took CPU from CRIU itself: the dump
+ * at 1,000 connections grew from about 350 to 480-610 ms and the freeze with it (bench freeze,
+ * 3 runs each way); it may pay on hosts with cores to spare.
  */
 export class ImageStream {
   private readonly call: grpc.ClientWritableStream<ImageChunk>;
   private readonly answer: Promise<ReceiveImageResponse__Output>;
   private readonly hash = createHash('sha256');
-  /** Size and mtime of each file when it was read for sending. */
-  private readonly sent = new Map<string, { size: bigint; mtimeNs: bigint }>();
+  private files = 0;
   private batch: { name: string; mode: number; data: Buffer }[] = [];
   private batchBytes = 0;
   private bytes = 0;
-  private following?: Promise<void>;
-  private stopping = false;
-  /** Files and bytes that went out while the image was still being written. */
-  readonly early = { files: 0, bytes: 0, ms: 0 };
 
   constructor(client: AgentClient, private readonly migrationId: string, private readonly dir: string, timeoutMs: number) {
     let call!: grpc.ClientWritableStream<ImageChunk>;
@@ -116,75 +103,31 @@ export class ImageStream {
     this.call = call;
   }
 
-  /** Sends the files that have settled, over and over, until finish() or cancel(). */
-  follow(): void {
-    this.following ??= (async () => {
-      while (!this.stopping) {
-        const t0 = performance.now();
-        const before = this.sent.size;
-        const bytes = this.bytes;
-        await this.pass(false);
-        if (this.sent.size > before) {
-          this.early.files += this.sent.size - before;
-          this.early.bytes += this.bytes - bytes;
-          this.early.ms += performance.now() - t0;
-        }
-        await sleep(FOLLOW_INTERVAL_MS);
-      }
-    })();
-  }
-
-  /** Everything not sent yet or changed since, then the end; resolves with the receiver's answer. */
+  /** Every file, then the end; resolves with the receiver's answer. */
   async finish(): Promise<SendResult> {
-    this.stopping = true;
-    await this.following;
-    await this.pass(true);
+    for (const name of imageFiles(this.dir)) await this.sendFile(name);
     await this.flush();
-    await this.write({ end: { files: this.sent.size, bytes: this.bytes, sha256: this.hash.digest('hex') } });
+    await this.write({ end: { files: this.files, bytes: this.bytes, sha256: this.hash.digest('hex') } });
     this.call.end();
     const res = await this.answer;
-    if (Number(res.files) !== this.sent.size || Number(res.bytes) !== this.bytes) {
-      throw new Error(`peer stored ${res.files} files / ${res.bytes} bytes, sent ${this.sent.size} / ${this.bytes}`);
+    if (Number(res.files) !== this.files || Number(res.bytes) !== this.bytes) {
+      throw new Error(`peer stored ${res.files} files / ${res.bytes} bytes, sent ${this.files} / ${this.bytes}`);
     }
-    return { bytes: this.bytes, files: this.sent.size, peerSteps: res.steps.map((s) => ({ step: s.step, ms: s.ms, host: s.host })) };
+    return { bytes: this.bytes, files: this.files, peerSteps: res.steps.map((s) => ({ step: s.step, ms: s.ms, host: s.host })) };
   }
 
-  /** Stops following and abandons the stream (the dump failed): the receiver drops what it got. */
-  async cancel(): Promise<void> {
-    this.stopping = true;
-    // Cancelled first: a pass waiting for the stream to drain ends with it.
+  /** Abandons the stream: the receiver drops what it got. */
+  cancel(): void {
     this.call.cancel();
-    await this.following?.catch(() => undefined);
-  }
-
-  /** One look at the folder: each file new or changed since it was sent (and, unless final, settled) goes out. */
-  private async pass(final: boolean): Promise<void> {
-    const now = BigInt(Date.now()) * 1_000_000n;
-    for (const name of imageFiles(this.dir)) {
-      if (!final && this.stopping) return;
-      let st;
-      try {
-        st = statSync(join(this.dir, name), { bigint: true });
-      } catch {
-        continue; // gone again (CRIU renames some files into place)
-      }
-      const prev = this.sent.get(name);
-      if (prev && prev.size === st.size && prev.mtimeNs === st.mtimeNs) continue;
-      if (!final && now - st.mtimeNs < SETTLE_NS) continue;
-      // A large file is memory pages, written in many passes and last: sent early, it would go
-      // again whole (1 GiB twice); it goes at the end.
-      if (!final && st.size > BigInt(CHUNK_BYTES)) continue;
-      await this.sendFile(name);
-    }
   }
 
   private async sendFile(name: string): Promise<void> {
     const fd = openSync(join(this.dir, name), 'r');
     try {
-      const st = fstatSync(fd, { bigint: true });
-      this.sent.set(name, { size: st.size, mtimeNs: st.mtimeNs });
-      const size = Number(st.size);
-      const mode = Number(st.mode) & 0o777;
+      const st = fstatSync(fd);
+      this.files += 1;
+      const size = st.size;
+      const mode = st.mode & 0o777;
       hashFileStart(this.hash, name, size);
       this.bytes += size;
       if (size <= CHUNK_BYTES) {
@@ -270,13 +213,13 @@ export async function receiveImage(
   let current: IncomingFile | undefined;
   let bytes = 0;
   let files = 0;
-  /** Distinct files: a file sent again (it changed after an early send) replaces the first copy. */
   const seen = new Set<string>();
   const hash = createHash('sha256');
   let ended = false;
   const fail = (code: status, message: string) => new ImageReceiveError(code, message);
   const checkName = (name: string) => {
     if (!FILE_NAME.test(name) || name.startsWith('.')) throw fail(status.INVALID_ARGUMENT, `image file name "${name}" is not a plain file name`);
+    if (seen.has(name)) throw fail(status.INVALID_ARGUMENT, `image file "${name}" sent twice`);
     seen.add(name);
   };
   try {
@@ -336,8 +279,9 @@ export async function receiveImage(
     }
     if (migrationId === undefined) throw fail(status.INVALID_ARGUMENT, 'empty image stream');
     if (!ended) throw fail(status.DATA_LOSS, `image stream for ${migrationId} ended before its last message (${seen.size} files received)`);
-    steps.add('receive: write files', writeMs);
-    steps.add('receive: stream', performance.now() - started - writeMs);
+    // Both happen inside the sender's own "send image" step.
+    steps.add(`${CONCURRENT_STEP} receive: write files`, writeMs);
+    steps.add(`${CONCURRENT_STEP} receive: stream open, waiting for data`, performance.now() - started - writeMs);
     return { migrationId, totals: { bytes, files }, steps };
   } finally {
     if (current) closeSync(current.fd);

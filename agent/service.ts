@@ -25,7 +25,7 @@ import { MigrationRecords } from './migration-record.js';
 import type { HostPlatform, LazyProcess, PostCopy } from './platform.js';
 import { exportIntoImage, forgetHere, importFromImage } from './steering-handoff.js';
 import { steeringStateHandler } from './steering-state.js';
-import { CONCURRENT_STEP, StepTimer } from './step-timer.js';
+import { StepTimer } from './step-timer.js';
 import { HOST_BOUND_SOCKETS_REPORTED, hostBoundSockets, tcpConnectionCount } from '../lib/workload-sockets.js';
 import { fileFromWire, fileToWire, treeFactsToWire } from '../lib/facts-wire.js';
 import { CriuLogKeeper } from './criu-logs.js';
@@ -66,6 +66,8 @@ export class AgentService {
   private readonly criuLogs: CriuLogKeeper;
   private readonly workloadDir: string;
   private readonly peers = new Map<string, AgentClient>();
+  /** This host's forwarded-packet counter being read since Lock, by migration id (Release waits for it). */
+  private readonly forwardingNoted = new Map<string, Promise<void>>();
   /** Target: the workload's addresses being brought up since Lock, by migration id. */
   private readonly addressesUp = new Map<string, Promise<void>>();
 
@@ -134,7 +136,8 @@ export class AgentService {
             r.lockMode = mode;
           });
         }
-        await steps.time('forwarding counter', () => this.noteForwarding(id));
+        // Read off the critical path: only Release needs it, long after the freeze.
+        this.forwardingNoted.set(id, this.noteForwarding(id));
         return { durationMs: performance.now() - started, steps: steps.wire(h) };
       }),
 
@@ -158,26 +161,18 @@ export class AgentService {
             await mkdir(dir, { recursive: true });
           });
           const output = await outputFileOf(w.pid, this.workloadDir);
-          // Pipelined: the image starts for the target while CRIU writes it (images.ts ImageStream).
-          const stream = req.sendTo ? new ImageStream(this.peer(req.sendTo), id, dir, TRANSFER_TIMEOUT_MS) : undefined;
-          stream?.follow();
           const dump = req.postCopy ? () => this.dumpLazily(id, w, mode, dir, steps) : () => this.dump(id, w, mode, dir, steps);
           const result: { durationMs: number; connections: number; pageServer?: string } = await dump().catch(async (err: unknown) => {
-            await stream?.cancel();
             await this.criuLogs.keep(id, dir);
             throw err;
           });
-          // Nothing writes the workload's output file now: its copy goes with the image (the
-          // stream's finish sends what was added after the dump).
+          // Nothing writes the workload's output file now: its copy goes with the image.
           if (output) await steps.time('output file into the image', () => this.hostStep('output file into the image', () => carryOutput(dir, output)));
           // Pipelined: the image's size is what the transfer counts, so nothing is read for it here.
-          const totals = stream ? { bytes: 0, files: 0 } : await steps.time('image totals', () => imageTotals(dir));
-          const dumped = { durationMs: result.durationMs, imageBytes: totals.bytes, imageFiles: totals.files, frozenMs: 0, tcpConnections: result.connections, pageServer: result.pageServer ?? '' };
-          if (!stream) return { ...dumped, steps: steps.wire(h) };
-          const transfer = await this.pipelined(() => this.sendImageTo(id, req.sendTo, req.steerBackendIds, stream), (sent) => ({ sent }));
-          // Alongside CRIU, not after it: the report keeps it out of the phase's sum.
-          steps.add(`${CONCURRENT_STEP} image sent while dumping`, stream.early.ms);
-          return { ...dumped, steps: steps.wire(h), transfer };
+          const totals = req.sendTo ? { bytes: 0, files: 0 } : await steps.time('image totals', () => imageTotals(dir));
+          const dumped = { durationMs: result.durationMs, imageBytes: totals.bytes, imageFiles: totals.files, frozenMs: 0, tcpConnections: result.connections, pageServer: result.pageServer ?? '', steps: steps.wire(h) };
+          if (!req.sendTo) return dumped;
+          return { ...dumped, transfer: await this.pipelined(() => this.sendImageTo(id, req.sendTo, req.steerBackendIds), (sent) => ({ sent })) };
         }
         const totals = imageTotals(dir);
         const connections = record.lockResidue ? this.strategyOf(record.lockMode).connections(record.lockResidue) : 0;
@@ -262,7 +257,9 @@ export class AgentService {
         // The workload runs on the target with its reverse NAT and counters; this host forwards its
         // packets there by the table, and keeps the flow entries of the flows the fabric still brings here.
         await steps.time('steering: forget', () => forgetHere(this.handoffEnds(), record.steerSelector, id));
-        const forwardedPackets = await this.forwardedSince(record.forwardedAtLock);
+        await this.forwardingNoted.get(id);
+        this.forwardingNoted.delete(id);
+        const forwardedPackets = await this.forwardedSince(this.records.get(id).forwardedAtLock);
         const lazyPagesMs = record.postCopy ? await steps.time('post-copy: every page fetched', () => this.lazyPagesServed(id, record.postCopy!.readyAtMs)) : 0;
         await steps.time('image removal', () => rm(this.imageDir(id), { recursive: true, force: true }));
         this.records.update(id, (r) => {
@@ -616,14 +613,11 @@ export class AgentService {
    * The source's image, sent to the target agent: first what the lock stopped here so far (for
    * the target to deliver) and the workload's steering state, as they are now that it is dumped.
    */
-  private async sendImageTo(id: string, peerAddress: string, backendIds: number[], started_?: ImageStream): Promise<SendImageResponse> {
+  private async sendImageTo(id: string, peerAddress: string, backendIds: number[]): Promise<SendImageResponse> {
     const p = this.opts.platform;
     const record = this.records.get(id);
-    if (!record.dumped) {
-      await started_?.cancel();
-      throw new PreconditionError(`migration ${id} has no checkpoint on host "${this.opts.host}" to send`);
-    }
-    const stream = started_ ?? new ImageStream(this.peer(peerAddress), id, this.imageDir(id), TRANSFER_TIMEOUT_MS);
+    if (!record.dumped) throw new PreconditionError(`migration ${id} has no checkpoint on host "${this.opts.host}" to send`);
+    const stream = new ImageStream(this.peer(peerAddress), id, this.imageDir(id), TRANSFER_TIMEOUT_MS);
     const dumped = record.dumped;
     const started = performance.now();
     const steps = new StepTimer();
@@ -640,10 +634,10 @@ export class AgentService {
       });
       const t = await steps.time('send image', () => stream.finish());
       steps.addFrom(t.peerSteps);
-      this.log.info({ migrationId: id, files: t.files, bytes: t.bytes, earlyFiles: stream.early.files, earlyBytes: stream.early.bytes }, 'image sent');
+      this.log.info({ migrationId: id, files: t.files, bytes: t.bytes }, 'image sent');
       return { durationMs: performance.now() - started, bytes: t.bytes, files: t.files, steeringEntries, steps: steps.wire(this.opts.host) };
     } catch (err) {
-      await stream.cancel();
+      stream.cancel();
       throw err;
     }
   }

@@ -273,7 +273,8 @@ async function migration(lab: Lab, workload: BenchWorkload, spec: MigrationSpec,
       criuRestoreMs: stepMs(hop.steps, 'RESTORE', CRIU_RESTORE_STEPS),
       lazyPagesMs: m.lazyPagesMs,
       phases,
-      steps: hop.steps,
+      // By role, not host name: the runs alternate a -> b and b -> a, and the medians join them.
+      steps: hop.steps.map((st) => ({ ...st, host: st.host === from ? 'source' : st.host === to ? 'target' : st.host })),
       maxStallMs: hop.maxStallMs,
       imageBytes: hop.imageBytes,
     };

@@ -87,7 +87,7 @@ describe('live migration through the controller', () => {
       const stepsOf = (phase: string) => hop.steps.filter((st) => st.phase === phase).map((st) => `${st.host}: ${st.step}`);
       expect(stepsOf('LOCK')).toEqual(expect.arrayContaining([`${home === 'b' ? 'a' : 'b'}: lock entries`, `${home}: lock entries`]));
       expect(stepsOf('DUMP')).toContain(`${home === 'b' ? 'a' : 'b'}: criu dump`);
-      expect(stepsOf('TRANSFER')).toEqual(expect.arrayContaining([`${home === 'b' ? 'a' : 'b'}: send image`, `${home}: receive: write files`]));
+      expect(stepsOf('TRANSFER')).toEqual(expect.arrayContaining([`${home === 'b' ? 'a' : 'b'}: send image`, `${home}: (concurrent) receive: write files`]));
       expect(stepsOf('RESTORE')).toContain(`${home}: criu restore`);
       expect(stepsOf('UNLOCK')).toContain(`${home}: unlock entries`);
       const carried = m.timings.filter((t) => ['TRANSFER', 'UNLOCK'].includes(String(t.phase)));
