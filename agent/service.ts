@@ -129,7 +129,8 @@ export class AgentService {
             r.lockVersion = version.toString();
           });
           // Only behind the lock: what reaches the address from now on is held, never reset.
-          if (req.bringUpAddresses) this.addressesUp.set(id, this.bringUpAddresses(id, endpoints));
+          // After this answer has gone: starting `ip` blocks this agent for a few milliseconds.
+          if (req.bringUpAddresses) this.addressesUp.set(id, new Promise((r) => setImmediate(r)).then(() => this.bringUpAddresses(id, endpoints)));
         } else {
           await steps.time(`check ${mode} lock`, () => this.hostStep(`lock (${mode})`, () => strategy.lock()));
           this.records.update(id, (r) => {
@@ -367,9 +368,12 @@ export class AgentService {
         });
     }
     steps.add('address up', performance.now() - t0);
-    const announced = Promise.all(unique(w.endpoints.map((e) => e.address)).map((a) => p.network.announce(a)));
     const restore = lazyFrom ? () => this.restoreLazily(id, lazyFrom.postCopy, lazyFrom.pageServer) : () => strategy.restore(this.imageDir(id));
-    const restored = await steps.time(lazyFrom ? 'criu lazy-pages + restore' : 'criu restore', () => this.hostStep('restore', restore)).catch(async (err: unknown) => {
+    const restoring = steps.time(lazyFrom ? 'criu lazy-pages + restore' : 'criu restore', () => this.hostStep('restore', restore));
+    // Announced while CRIU restores (the lock holds what the announcement brings); started after
+    // CRIU's process, as starting a process blocks this agent for a few milliseconds.
+    const announced = Promise.all(unique(w.endpoints.map((e) => e.address)).map((a) => p.network.announce(a)));
+    const restored = await restoring.catch(async (err: unknown) => {
       await announced.catch(() => undefined);
       throw err;
     });
