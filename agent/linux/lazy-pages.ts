@@ -31,6 +31,7 @@ import { access, open, readdir, readFile, rename, writeFile } from 'node:fs/prom
 import { connect, createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { encodeCompletePagemap, isLazyOnly, lazyBytes, PAGE_SIZE, parsePagemap } from './lazy-pagemap.js';
+import { stderrProblem } from './criu.js';
 
 export const LAZY_DUMP_LOG = 'dump.log';
 export const LAZY_PAGES_LOG = 'lazy-pages.log';
@@ -115,7 +116,7 @@ export class CriuChild {
     this.ready = new Promise<void>((resolve, reject) => {
       status.once('data', () => resolve());
       this.ended.then((code) =>
-        reject(new LazyPagesError(what, `criu ended (${code === null ? 'killed' : `exit ${code}`}) before it was ready${problem(stderr) ? `: ${problem(stderr)}` : ''}`)),
+        reject(new LazyPagesError(what, `criu ended (${code === null ? 'killed' : `exit ${code}`}) before it was ready${stderrProblem(stderr) ? `: ${stderrProblem(stderr)}` : ''}`)),
       );
     });
     this.ready.catch(() => undefined);
@@ -134,15 +135,6 @@ export class CriuChild {
   kill(): void {
     if (this.running) this.child.kill('SIGKILL');
   }
-}
-
-function problem(stderr: string): string {
-  return stderr
-    .split('\n')
-    .map((l) => l.trim())
-    .filter((l) => l && !/RLIMIT_NOFILE/.test(l))
-    .slice(-2)
-    .join(' | ');
 }
 
 /** Source: dumps lazily and serves the memory on address:port; `ready` once the image is written. */
