@@ -165,11 +165,6 @@ export class ImageStream {
   }
 }
 
-/** Source side: streams every image file of `dir` to the peer's ReceiveImage (the image is complete). */
-export function sendImage(client: AgentClient, migrationId: string, dir: string, timeoutMs: number): Promise<SendResult> {
-  return new ImageStream(client, migrationId, dir, timeoutMs).finish();
-}
-
 /** `length` bytes of the file at `position` (or at its current offset). */
 function readAll(fd: number, length: number, position?: number): Buffer {
   const buf = Buffer.allocUnsafe(length);

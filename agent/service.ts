@@ -153,6 +153,9 @@ export class AgentService {
         const dir = this.imageDir(id);
         const record = this.records.get(id);
         const steps = new StepTimer();
+        // Pipelined: the image goes on to the target in this same call.
+        const withTransfer = async <T extends object>(dumped: T) =>
+          req.sendTo ? { ...dumped, transfer: await this.pipelined(() => this.sendImageTo(id, req.sendTo, req.steerBackendIds), (sent) => ({ sent })) } : dumped;
         if (!record.dumped) {
           await steps.time('inspect', () => this.inspect(w));
           await steps.time('image folder', async () => {
@@ -171,14 +174,11 @@ export class AgentService {
           if (output) await steps.time('output file into the image', () => this.hostStep('output file into the image', () => carryOutput(dir, output)));
           // Pipelined: the image's size is what the transfer counts, so nothing is read for it here.
           const totals = req.sendTo ? { bytes: 0, files: 0 } : await steps.time('image totals', () => imageTotals(dir));
-          const dumped = { durationMs: result.durationMs, imageBytes: totals.bytes, imageFiles: totals.files, frozenMs: 0, tcpConnections: result.connections, pageServer: result.pageServer ?? '', steps: steps.wire(h) };
-          if (!req.sendTo) return dumped;
-          return { ...dumped, transfer: await this.pipelined(() => this.sendImageTo(id, req.sendTo, req.steerBackendIds), (sent) => ({ sent })) };
+          return withTransfer({ durationMs: result.durationMs, imageBytes: totals.bytes, imageFiles: totals.files, frozenMs: 0, tcpConnections: result.connections, pageServer: result.pageServer ?? '', steps: steps.wire(h) });
         }
         const totals = imageTotals(dir);
         const connections = record.lockResidue ? this.strategyOf(record.lockMode).connections(record.lockResidue) : 0;
-        const dumped = { durationMs: 0, imageBytes: totals.bytes, imageFiles: totals.files, frozenMs: 0, tcpConnections: connections, steps: [], pageServer: record.postCopy?.pageServer ?? '' };
-        return req.sendTo ? { ...dumped, transfer: await this.pipelined(() => this.sendImageTo(id, req.sendTo, req.steerBackendIds), (sent) => ({ sent })) } : dumped;
+        return withTransfer({ durationMs: 0, imageBytes: totals.bytes, imageFiles: totals.files, frozenMs: 0, tcpConnections: connections, steps: [], pageServer: record.postCopy?.pageServer ?? '' });
       }),
 
       SendImage: handleUnary(log, 'SendImage', async (req) => {
@@ -207,10 +207,11 @@ export class AgentService {
         const w = workloadFromWire(req.workload);
         const mode = lockModeFromWire(req.lockMode);
         const record = this.records.get(id);
+        // Pipelined: the target unlocks in this same call once restored.
+        const withUnlock = async <T extends object>(restored: T) =>
+          req.unlock ? { ...restored, unlocked: await this.pipelined(() => this.unlockHere(id, w.endpoints, versionFromWire(req.lockVersion)), (unlocked) => ({ unlocked })) } : restored;
         if (record.restoredPid && (await p.processInfo(record.restoredPid))) {
-          const answer = { durationMs: 0, pid: record.restoredPid, criuMs: 0, lockInstallMs: 0, lockRules: 0, steeringEntries: 0, steps: [] };
-          if (!req.unlock) return answer;
-          return { ...answer, unlocked: await this.pipelined(() => this.unlockHere(id, w.endpoints, versionFromWire(req.lockVersion)), (unlocked) => ({ unlocked })) };
+          return withUnlock({ durationMs: 0, pid: record.restoredPid, criuMs: 0, lockInstallMs: 0, lockRules: 0, steeringEntries: 0, steps: [] });
         }
         if (!record.imageReceived) throw new PreconditionError(`migration ${id} has no image on host "${h}"; transfer it first`);
         const started = performance.now();
@@ -221,15 +222,13 @@ export class AgentService {
           r.steerImported = true;
         });
         const steeringEntries = await steps.time('steering import', () => this.hostStep('steering import', () => importFromImage(this.handoffEnds(), this.imageDir(id), id)));
-          const lazyFrom = req.postCopy ? this.postCopyFor(mode, req.pageServer) : undefined;
-          await steps.time('output file from the image', () => this.hostStep('output file from the image', () => placeOutput(this.imageDir(id))));
-          const restored = await this.restoreHere(id, w, mode, steps, lazyFrom).catch(async (err: unknown) => {
-            await this.criuLogs.keep(id, this.imageDir(id));
-            throw err;
-          });
-        const answer = { durationMs: performance.now() - started, pid: restored.pid, criuMs: restored.criuMs, lockInstallMs: restored.lockInstallMs, lockRules: restored.lockRules, steeringEntries, steps: steps.wire(h) };
-        if (!req.unlock) return answer;
-        return { ...answer, unlocked: await this.pipelined(() => this.unlockHere(id, w.endpoints, versionFromWire(req.lockVersion)), (unlocked) => ({ unlocked })) };
+        const lazyFrom = req.postCopy ? this.postCopyFor(mode, req.pageServer) : undefined;
+        await steps.time('output file from the image', () => this.hostStep('output file from the image', () => placeOutput(this.imageDir(id))));
+        const restored = await this.restoreHere(id, w, mode, steps, lazyFrom).catch(async (err: unknown) => {
+          await this.criuLogs.keep(id, this.imageDir(id));
+          throw err;
+        });
+        return withUnlock({ durationMs: performance.now() - started, pid: restored.pid, criuMs: restored.criuMs, lockInstallMs: restored.lockInstallMs, lockRules: restored.lockRules, steeringEntries, steps: steps.wire(h) });
       }),
 
       Release: handleUnary(log, 'Release', async (req) => {
@@ -361,12 +360,7 @@ export class AgentService {
     // Brought up at Lock (in the background) when the controller asked; a failure there is retried here.
     await this.addressesUp.get(id);
     this.addressesUp.delete(id);
-    for (const a of unique(w.endpoints.map((e) => e.address))) {
-      if (await p.network.addAddress(a))
-        this.records.update(id, (r) => {
-          r.addedAddresses = unique([...r.addedAddresses, a]);
-        });
-    }
+    await this.addAddresses(id, w.endpoints);
     steps.add('address up', performance.now() - t0);
     const restore = lazyFrom ? () => this.restoreLazily(id, lazyFrom.postCopy, lazyFrom.pageServer) : () => strategy.restore(this.imageDir(id));
     const restoring = steps.time(lazyFrom ? 'criu lazy-pages + restore' : 'criu restore', () => this.hostStep('restore', restore));
@@ -690,15 +684,20 @@ export class AgentService {
     }
   }
 
-  /** Target, at Lock: the workload's addresses up behind the lock (recorded first, so Abort removes them). */
+  /** The workload's addresses up on this host; each one added is recorded, so Abort removes it. */
+  private async addAddresses(id: string, endpoints: WorkloadSpec['endpoints']): Promise<void> {
+    for (const a of unique(endpoints.map((e) => e.address))) {
+      if (await this.opts.platform.network.addAddress(a))
+        this.records.update(id, (r) => {
+          r.addedAddresses = unique([...r.addedAddresses, a]);
+        });
+    }
+  }
+
+  /** Target, at Lock: the workload's addresses up behind the lock, in the background. */
   private async bringUpAddresses(id: string, endpoints: WorkloadSpec['endpoints']): Promise<void> {
     try {
-      for (const a of unique(endpoints.map((e) => e.address))) {
-        if (await this.opts.platform.network.addAddress(a))
-          this.records.update(id, (r) => {
-            r.addedAddresses = unique([...r.addedAddresses, a]);
-          });
-      }
+      await this.addAddresses(id, endpoints);
     } catch (err) {
       // Restore brings them up again and fails there if it still cannot.
       this.log.warn({ migrationId: id, err: String(err) }, 'could not bring the workload\'s addresses up at lock');

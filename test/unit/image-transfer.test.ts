@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
 import type { ImageChunk } from '../../proto/gen/godwit/v1/ImageChunk.js';
 import type { AgentClient } from '../../proto/gen/godwit/v1/Agent.js';
-import { IMAGE_STREAM_FORMAT, ImageStream, receiveImage, sendImage } from '../../agent/images.js';
+import { IMAGE_STREAM_FORMAT, ImageStream, receiveImage } from '../../agent/images.js';
 import { AgentService, agentClient, bindServer } from '../../lib/rpc.js';
 
 let root: string;
@@ -59,7 +59,7 @@ function makeImage(id: string, small: number, largeBytes: number): string {
 describe('image transfer', () => {
   it('moves every image file byte for byte with its mode, and leaves the logs behind', async () => {
     const dir = makeImage('m-ok', 1000, 3 * 1024 * 1024 + 17);
-    const r = await sendImage(client, 'm-ok', dir, 30_000);
+    const r = await new ImageStream(client, 'm-ok', dir, 30_000).finish();
     expect(r.files).toBe(1001);
     const out = received.get('m-ok')!;
     const names = readdirSync(out).sort();
