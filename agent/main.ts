@@ -6,11 +6,10 @@ import { mkdirSync } from 'node:fs';
 import { release } from 'node:os';
 import { join } from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
-import * as grpc from '@grpc/grpc-js';
 import { Bus } from '../lib/bus.js';
 import { execCommand } from '../lib/exec.js';
 import { createLogger } from '../lib/log.js';
-import { AgentService as AgentServiceDef, REPO_ROOT, bindServer } from '../lib/rpc.js';
+import { AgentService as AgentServiceDef, REPO_ROOT, bindServer, newServer } from '../lib/rpc.js';
 import { exitOnSignals } from '../lib/shutdown.js';
 import { isIPv4 } from 'node:net';
 import { HOST_NAME, STEERING_BUCKET, STEERING_KV, SUBJECTS } from '../lib/subjects.js';
@@ -98,7 +97,7 @@ async function main() {
   }
 
   const service = new AgentService({ host: o.host, platform, stateDir: o.stateDir, log, workloadDir: o.workloadDir });
-  const server = new grpc.Server({ 'grpc.max_receive_message_length': 16 * 1024 * 1024 });
+  const server = newServer();
   server.addService(AgentServiceDef, service.handlers());
   await bindServer(server, [o.listen]);
 

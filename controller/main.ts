@@ -1,9 +1,8 @@
 /** godwit-controller: the one place that decides. Serves the controller API; agents register over NATS. */
 import { Command } from 'commander';
-import * as grpc from '@grpc/grpc-js';
 import { Bus } from '../lib/bus.js';
 import { createLogger } from '../lib/log.js';
-import { ControllerService as ControllerServiceDef, SteeringService as SteeringServiceDef, bindServer } from '../lib/rpc.js';
+import { ControllerService as ControllerServiceDef, SteeringService as SteeringServiceDef, bindServer, newServer } from '../lib/rpc.js';
 import { exitOnSignals } from '../lib/shutdown.js';
 import { MIGRATIONS_BUCKET, STEERING_BUCKET, STEERING_KV, WORKLOADS_BUCKET } from '../lib/subjects.js';
 import { WorkloadRegistry, type WorkloadRecord } from './workload-registry.js';
@@ -44,7 +43,7 @@ async function main() {
   const service = new ControllerService({ registry, agents, orchestrator, store, log, workloads });
   const steering = new SteeringController({ store: steeringStore, registry, agents, log });
 
-  const server = new grpc.Server();
+  const server = newServer();
   server.addService(ControllerServiceDef, service.handlers());
   server.addService(SteeringServiceDef, steering.handlers());
   await bindServer(server, o.listen);
