@@ -18,6 +18,7 @@ import type { Logger } from '../lib/log.js';
 import { agentClient, handleUnary, toServiceError } from '../lib/rpc.js';
 import { endpointsFromWire, versionFromWire, workloadFromWire, workloadSocketToWire, type WorkloadSpec } from '../lib/wire.js';
 import { appendHeldFile, concatHeld, readHeldFile, removeHeldFile } from './held-packets.js';
+import { imagePermit } from './image-permit.js';
 import { ImageStream, imageTotals, receiveImage } from './images.js';
 import { lockScope } from './lock-scope.js';
 import type { LockModeName, LockStrategy } from './lock-strategy.js';
@@ -155,7 +156,7 @@ export class AgentService {
         const steps = new StepTimer();
         // Pipelined: the image goes on to the target in this same call.
         const withTransfer = async <T extends object>(dumped: T) =>
-          req.sendTo ? { ...dumped, transfer: await this.pipelined(() => this.sendImageTo(id, req.sendTo, req.steerBackendIds), (sent) => ({ sent })) } : dumped;
+          req.sendTo ? { ...dumped, transfer: await this.pipelined(() => this.sendImageTo(id, req.sendTo, req.steerBackendIds, req.imageToken), (sent) => ({ sent })) } : dumped;
         if (!record.dumped) {
           await steps.time('inspect', () => this.inspect(w));
           await steps.time('image folder', async () => {
@@ -183,11 +184,17 @@ export class AgentService {
 
       SendImage: handleUnary(log, 'SendImage', async (req) => {
         if (!req.peerAddress) throw new InvalidArgumentError('peer_address', 'peer_address is required: the target agent\'s gRPC address');
-        return this.sendImageTo(migrationId(req.migrationId), req.peerAddress, req.steerBackendIds);
+        return this.sendImageTo(migrationId(req.migrationId), req.peerAddress, req.steerBackendIds, req.imageToken);
       }),
 
       ReceiveImage: (call: grpc.ServerReadableStream<ImageChunk__Output, ReceiveImageResponse>, callback) => {
-        receiveImage(call, (id) => this.imageDir(migrationId(id))).then(
+        // The stream's first message names the migration; nothing is written before the
+        // controller's token for it (from this very source, to this host) has been checked.
+        const permit = imagePermit(call, h);
+        receiveImage(call, (id) => {
+          permit(migrationId(id));
+          return this.imageDir(id);
+        }).then(
           ({ migrationId: id, totals, steps }) => {
             this.records.update(id, (r) => {
               r.imageReceived = true;
@@ -611,11 +618,11 @@ export class AgentService {
    * The source's image, sent to the target agent: first what the lock stopped here so far (for
    * the target to deliver) and the workload's steering state, as they are now that it is dumped.
    */
-  private async sendImageTo(id: string, peerAddress: string, backendIds: number[]): Promise<SendImageResponse> {
+  private async sendImageTo(id: string, peerAddress: string, backendIds: number[], imageToken: string): Promise<SendImageResponse> {
     const p = this.opts.platform;
     const record = this.records.get(id);
     if (!record.dumped) throw new PreconditionError(`migration ${id} has no checkpoint on host "${this.opts.host}" to send`);
-    const stream = new ImageStream(this.peer(peerAddress), id, this.imageDir(id), TRANSFER_TIMEOUT_MS);
+    const stream = new ImageStream(this.peer(peerAddress), id, this.imageDir(id), TRANSFER_TIMEOUT_MS, imageToken);
     const dumped = record.dumped;
     const started = performance.now();
     const steps = new StepTimer();
