@@ -13,6 +13,8 @@ export interface BusOptions {
   name: string;
   /** Default: the process's (lib/tls.ts). With TLS the client certificate is the NATS user (lib/nats-auth.ts). */
   security?: Security;
+  /** How long the first connection may take (nats.js's default: 20 s). A refused TLS handshake shows as this running out. */
+  connectTimeoutMs?: number;
 }
 
 export interface KvEntry<T> {
@@ -57,7 +59,7 @@ export class Bus {
   static async connect(opts: BusOptions): Promise<Bus> {
     // Keep reconnecting forever: an agent outlives a NATS restart.
     const tls = natsTlsOptions(opts.security ?? currentSecurity());
-    const nc = await connect({ servers: opts.servers, name: opts.name, maxReconnectAttempts: -1, reconnectTimeWait: 500, ...(tls ? { tls } : {}) });
+    const nc = await connect({ servers: opts.servers, name: opts.name, maxReconnectAttempts: -1, reconnectTimeWait: 500, ...(tls ? { tls } : {}), ...(opts.connectTimeoutMs ? { timeout: opts.connectTimeoutMs } : {}) });
     return new Bus(nc);
   }
 

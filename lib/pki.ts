@@ -55,7 +55,8 @@ export function writeSecret(path: string, text: string): void {
   chmodSync(path, 0o600); // the file may have existed with wider bits
 }
 
-function pemKey(der: ArrayBuffer): string {
+/** A PKCS#8 private key as PEM (64-character lines, as OpenSSL writes it). */
+export function pemKey(der: ArrayBuffer): string {
   const b64 = Buffer.from(der).toString('base64').replace(/(.{64})/g, '$1\n').replace(/\n$/, '');
   return `-----BEGIN PRIVATE KEY-----\n${b64}\n-----END PRIVATE KEY-----\n`;
 }

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as x509 from '@peculiar/x509';
 import { identityUri, type Identity } from '../../lib/identity.js';
-import { createCa, issueCertificate, writeSecret } from '../../lib/pki.js';
+import { createCa, issueCertificate, pemKey, writeSecret } from '../../lib/pki.js';
 import { loadTls, tlsFilesIn, type TlsSecurity } from '../../lib/tls.js';
 
 export interface FleetPki {
@@ -24,8 +24,12 @@ export interface FleetPki {
 
 export async function makeFleetPki(prefix = 'godwit-sec-pki-'): Promise<FleetPki> {
   const dir = mkdtempSync(join(tmpdir(), prefix));
-  const caDir = join(dir, 'ca');
-  await createCa(caDir);
+  await createCa(join(dir, 'ca'));
+  return pkiOver(join(dir, 'ca'), dir);
+}
+
+/** Issues from an existing CA (a lab's: `${lab.pki.dir}/ca`) into a scratch folder of its own. */
+export function pkiOver(caDir: string, dir = mkdtempSync(join(tmpdir(), 'godwit-sec-ids-'))): FleetPki {
   const tlsDir = (name: string) => join(dir, 'ids', name);
   const security = (name: string) => loadTls(tlsFilesIn(tlsDir(name)));
   return {
@@ -62,8 +66,7 @@ export async function badCredentials(pki: FleetPki, id: Identity): Promise<Recor
     signingAlgorithm: alg,
     extensions: [new x509.SubjectAlternativeNameExtension([{ type: 'url', value: identityUri(id) }])],
   });
-  const keyDer = Buffer.from((await webcrypto.subtle.exportKey('pkcs8', keys.privateKey as webcrypto.CryptoKey)) as ArrayBuffer);
-  writeSecret(join(selfDir, 'tls.key'), `-----BEGIN PRIVATE KEY-----\n${keyDer.toString('base64').replace(/(.{64})/g, '$1\\n')}\n-----END PRIVATE KEY-----\n`);
+  writeSecret(join(selfDir, 'tls.key'), pemKey((await webcrypto.subtle.exportKey('pkcs8', keys.privateKey as webcrypto.CryptoKey)) as ArrayBuffer));
   writeFileSync(join(selfDir, 'tls.crt'), cert.toString('pem'));
   writeFileSync(join(selfDir, 'ca.crt'), cert.toString('pem'));
   const selfIssued = loadTls(tlsFilesIn(selfDir));
