@@ -82,6 +82,21 @@ export function useSecurity(s: Security): void {
   current = s;
 }
 
+/**
+ * Runs `make` (which builds clients: credentials are taken when a channel is made) as another
+ * identity, then restores this process's own. For tools and tests that act as two identities,
+ * e.g. the lab's admin client that also calls an agent as the controller would.
+ */
+export function withSecurity<T>(s: Security, make: () => T): T {
+  const prev = current;
+  current = s;
+  try {
+    return make();
+  } finally {
+    current = prev;
+  }
+}
+
 export function currentSecurity(): Security {
   if (!current) throw new SecurityConfigError('no security chosen for this process: give --tls-dir (or --cert/--key/--ca), or --insecure for development');
   return current;
