@@ -10,7 +10,6 @@
  */
 import { Command, InvalidArgumentError } from 'commander';
 import type { ClientAccess, Identity } from '../lib/identity.js';
-import { createCa, issueCertificate } from '../lib/pki.js';
 
 const collect = (v: string, acc: string[]) => [...acc, v];
 const days = (v: string) => {
@@ -46,6 +45,7 @@ export function certsCommand(): Command {
     .requiredOption('--ca-dir <dir>', 'where the CA lives (keep it off the fleet\'s hosts)')
     .option('--days <n>', 'validity', days, 3650)
     .action(async (o: { caDir: string; days: number }) => {
+      const { createCa } = await import('../lib/pki.js'); // the certificate library loads only for `certs`
       await createCa(o.caDir, { days: o.days });
       process.stdout.write(`CA written to ${o.caDir} (ca.crt; ca.key is 0600)\n`);
     });
@@ -63,6 +63,7 @@ export function certsCommand(): Command {
     .option('--days <n>', 'validity', days, 365)
     .action(async (o: { caDir: string; out: string; role: string; host?: string; name?: string; access?: string; ip: string[]; dns: string[]; days: number }) => {
       const id = identityFromFlags(o);
+      const { issueCertificate } = await import('../lib/pki.js');
       await issueCertificate(o.caDir, id, o.out, { days: o.days, ips: o.ip, dnsNames: o.dns });
       process.stdout.write(`certificate for ${JSON.stringify(id)} written to ${o.out} (tls.key is 0600)\n`);
     });

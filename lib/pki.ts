@@ -17,10 +17,10 @@ import { describeIdentity, identityUri, type Identity } from './identity.js';
 
 x509.cryptoProvider.set(webcrypto as unknown as Crypto);
 
-export const CA_CERT = 'ca.crt';
+import { CA_CERT, TLS_CERT, TLS_KEY } from './tls.js';
+
+export { CA_CERT, TLS_CERT, TLS_KEY };
 export const CA_KEY = 'ca.key';
-export const TLS_CERT = 'tls.crt';
-export const TLS_KEY = 'tls.key';
 
 const ALG = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' } as const;
 const DAY_MS = 24 * 3600_000;

@@ -14,7 +14,6 @@ import { join } from 'node:path';
 import type { PeerCertificate } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import { describeIdentity, identityOfSubjectAltName, type Identity, type Role } from './identity.js';
-import { CA_CERT, TLS_CERT, TLS_KEY } from './pki.js';
 
 export interface TlsSecurity {
   kind: 'tls';
@@ -45,6 +44,15 @@ export class SecurityConfigError extends Error {
     this.name = 'SecurityConfigError';
   }
 }
+
+/**
+ * An identity folder's files (`godwit certs issue` writes them; lib/pki.ts). Here, not in
+ * pki.ts: every process reads them, and the certificate library pki.ts loads took 1.3-1.6 s to
+ * import on this loaded machine, too much for each agent's, controller's and CLI's start.
+ */
+export const CA_CERT = 'ca.crt';
+export const TLS_CERT = 'tls.crt';
+export const TLS_KEY = 'tls.key';
 
 export interface TlsFiles {
   ca: string;
