@@ -20,6 +20,7 @@ import type { Endpoint__Output } from '../proto/gen/godwit/v1/Endpoint.js';
 import type { Endpoint } from '../lib/endpoint.js';
 import { LEASE_MS, endpointsFromWire, versionFromWire, workloadFromWire, workloadSocketToWire, type WorkloadSpec } from '../lib/wire.js';
 import { appendHeldFile, concatHeld, readHeldFile, removeHeldFile } from './held-packets.js';
+import { imagePermit } from './image-permit.js';
 import { ImageStream, imageTotals, receiveImage } from './images.js';
 import { lockScope } from './lock-scope.js';
 import type { LockModeName, LockStrategy } from './lock-strategy.js';
@@ -158,7 +159,7 @@ export class AgentService {
         const steps = new StepTimer();
         // Pipelined: the image goes on to the target in this same call.
         const withTransfer = async <T extends object>(dumped: T) =>
-          req.sendTo ? { ...dumped, transfer: await this.pipelined(() => this.sendImageTo(id, req.sendTo, req.steerBackendIds), (sent) => ({ sent })) } : dumped;
+          req.sendTo ? { ...dumped, transfer: await this.pipelined(() => this.sendImageTo(id, req.sendTo, req.steerBackendIds, req.imageToken), (sent) => ({ sent })) } : dumped;
         if (!record.dumped) {
           await steps.time('inspect', () => this.inspect(w));
           await steps.time('image folder', async () => {
@@ -186,11 +187,17 @@ export class AgentService {
 
       SendImage: handleUnary(log, 'SendImage', async (req) => {
         if (!req.peerAddress) throw new InvalidArgumentError('peer_address', 'peer_address is required: the target agent\'s gRPC address');
-        return this.sendImageTo(migrationId(req.migrationId), req.peerAddress, req.steerBackendIds);
+        return this.sendImageTo(migrationId(req.migrationId), req.peerAddress, req.steerBackendIds, req.imageToken);
       }),
 
       ReceiveImage: (call: grpc.ServerReadableStream<ImageChunk__Output, ReceiveImageResponse>, callback) => {
-        receiveImage(call, (id) => this.imageDir(migrationId(id))).then(
+        // The stream's first message names the migration; nothing is written before the
+        // controller's token for it (from this very source, to this host) has been checked.
+        const permit = imagePermit(call, h);
+        receiveImage(call, (id) => {
+          permit(migrationId(id));
+          return this.imageDir(id);
+        }).then(
           ({ migrationId: id, totals, steps }) => {
             this.records.update(id, (r) => {
               r.imageReceived = true;
@@ -198,9 +205,9 @@ export class AgentService {
             callback(null, { ...totals, steps: steps.wire(h) });
           },
           (err: unknown) => {
-            const code = typeof (err as { code?: unknown }).code === 'number' ? (err as { code: status }).code : undefined;
-            log.warn({ rpc: 'ReceiveImage', err: String(err) }, 'rpc failed');
-            callback(code !== undefined ? { code, details: (err as Error).message } : toServiceError(err));
+            const se = toServiceError(err);
+            log.warn({ rpc: 'ReceiveImage', code: se.code, err: se.details }, 'rpc failed');
+            callback(se);
           },
         );
       },
@@ -616,11 +623,11 @@ export class AgentService {
    * The source's image, sent to the target agent: first what the lock stopped here so far (for
    * the target to deliver) and the workload's steering state, as they are now that it is dumped.
    */
-  private async sendImageTo(id: string, peerAddress: string, backendIds: number[]): Promise<SendImageResponse> {
+  private async sendImageTo(id: string, peerAddress: string, backendIds: number[], imageToken: string): Promise<SendImageResponse> {
     const p = this.opts.platform;
     const record = this.records.get(id);
     if (!record.dumped) throw new PreconditionError(`migration ${id} has no checkpoint on host "${this.opts.host}" to send`);
-    const stream = new ImageStream(this.peer(peerAddress), id, this.imageDir(id), TRANSFER_TIMEOUT_MS);
+    const stream = new ImageStream(this.peer(peerAddress), id, this.imageDir(id), TRANSFER_TIMEOUT_MS, imageToken);
     const dumped = record.dumped;
     const started = performance.now();
     const steps = new StepTimer();

@@ -20,6 +20,8 @@ import { execCommand } from '../lib/exec.js';
 import { MAX_MESSAGE_BYTES, REPO_ROOT, steeringClient, unary } from '../lib/rpc.js';
 import { agentPinDir, labUp, startLabWorkload, type Lab } from '../lab/lab.js';
 import { processAlive } from '../lab/workload.js';
+import { IMAGE_TOKEN_METADATA, signImageToken } from '../lib/migration-token.js';
+import { channelCredentials, channelSecurityOptions, INSECURE } from '../lib/tls.js';
 import { badRequests, loadMethods, type MethodShape } from './bad-input-gen.js';
 import { optionsOrExit } from './cli-options.js';
 import { Cleanup } from './lab-cleanup.js';
@@ -109,12 +111,12 @@ export async function fuzzLab(lab: Lab, o: Options, cleanup: Cleanup): Promise<{
   const watched = [...lab.pids.entries()];
   const before = await snapshot(lab, workload.pid);
 
-  const targets: Record<string, string> = { Controller: lab.controllerAddress, Steering: lab.controllerAddress, Agent: lab.agentAddress('a') };
   const results: MethodResult[] = [];
   for (const [i, m] of loadMethods(['Controller', 'Steering', 'Agent']).entries()) {
-    const client = new grpc.Client(targets[m.service], grpc.credentials.createInsecure(), { 'grpc.max_send_message_length': 256 * 1024 * 1024 });
+    const caller = callerFor(lab, m);
+    const client = new grpc.Client(caller.address, caller.credentials, { ...caller.options, 'grpc.max_send_message_length': 256 * 1024 * 1024 });
     try {
-      results.push(await fuzzMethod(client, m, [...badRequests(m, o.perMethod, o.seed + i, canary)].map((r) => r.bytes), o.concurrency));
+      results.push(await fuzzMethod(client, m, [...badRequests(m, o.perMethod, o.seed + i, canary)].map((r) => r.bytes), o.concurrency, caller));
     } finally {
       client.close();
     }
@@ -133,7 +135,52 @@ export async function fuzzLab(lab: Lab, o: Options, cleanup: Cleanup): Promise<{
   };
 }
 
-async function fuzzMethod(client: grpc.Client, m: MethodShape, requests: Buffer[], concurrency: number): Promise<MethodResult> {
+/**
+ * Who sends a method's requests: the one role allowed to call it (lib/authz.ts), so that they
+ * reach the method's own checks. The controller API as the lab's admin client, an agent's API
+ * (host a) as the controller, and ReceiveImage as agent b holding the controller's image token
+ * for migration TOKEN_MIGRATION from b to a: a request naming that migration reaches the stream's
+ * own checks; one naming any other is refused by the token (UNAUTHENTICATED or PERMISSION_DENIED,
+ * which for this method are the right answers to a malformed request too).
+ */
+interface Caller {
+  address: string;
+  credentials: grpc.ChannelCredentials;
+  options: grpc.ChannelOptions;
+  metadata: () => grpc.Metadata;
+  expectedAlso: ReadonlySet<grpc.status>;
+}
+
+/** A migration id the generator uses among its plausible ones (bench/bad-input-gen.ts). */
+const TOKEN_MIGRATION = 'm-0000-000000';
+
+function callerFor(lab: Lab, m: MethodShape): Caller {
+  const as = (who: Parameters<NonNullable<Lab['pki']>['security']>[0]) => (lab.pki ? lab.pki.security(who) : INSECURE);
+  const none = new Set<grpc.status>();
+  if (m.service !== 'Agent') {
+    const s = as('client-admin');
+    return { address: lab.controllerAddress, credentials: channelCredentials('controller', s), options: channelSecurityOptions(s), metadata: () => new grpc.Metadata(), expectedAlso: none };
+  }
+  if (m.method !== 'ReceiveImage') {
+    const s = as('controller');
+    return { address: lab.agentAddress('a'), credentials: channelCredentials('agent', s), options: channelSecurityOptions(s), metadata: () => new grpc.Metadata(), expectedAlso: none };
+  }
+  const s = as('agent-b');
+  const controller = lab.pki?.security('controller');
+  return {
+    address: lab.agentAddress('a'),
+    credentials: channelCredentials('agent', s),
+    options: channelSecurityOptions(s),
+    metadata: () => {
+      const md = new grpc.Metadata();
+      if (controller) md.set(IMAGE_TOKEN_METADATA, signImageToken(controller, { migrationId: TOKEN_MIGRATION, source: 'b', target: 'a' }));
+      return md;
+    },
+    expectedAlso: new Set([grpc.status.UNAUTHENTICATED, grpc.status.PERMISSION_DENIED]),
+  };
+}
+
+async function fuzzMethod(client: grpc.Client, m: MethodShape, requests: Buffer[], concurrency: number, caller: Caller): Promise<MethodResult> {
   const codes: Record<string, number> = {};
   const examples: string[] = [];
   let unexpected = 0;
@@ -141,10 +188,10 @@ async function fuzzMethod(client: grpc.Client, m: MethodShape, requests: Buffer[
   const worker = async () => {
     while (next < requests.length) {
       const bytes = requests[next++];
-      const st = await call(client, m, bytes);
+      const st = await call(client, m, bytes, caller.metadata());
       const name = grpc.status[st.code] ?? String(st.code);
       codes[name] = (codes[name] ?? 0) + 1;
-      if (!expected(st.code, bytes.length)) {
+      if (!expected(st.code, bytes.length) && !caller.expectedAlso.has(st.code)) {
         unexpected++;
         if (examples.length < 3) examples.push(`${name}: ${st.details.slice(0, 160)} <- ${bytes.subarray(0, 48).toString('hex')}`);
       }
@@ -157,17 +204,17 @@ async function fuzzMethod(client: grpc.Client, m: MethodShape, requests: Buffer[
 const raw = (b: Buffer) => b;
 
 /** One call with the request's bytes as they are; resolves with the status the server answered. */
-function call(client: grpc.Client, m: MethodShape, bytes: Buffer): Promise<{ code: grpc.status; details: string }> {
+function call(client: grpc.Client, m: MethodShape, bytes: Buffer, metadata: grpc.Metadata): Promise<{ code: grpc.status; details: string }> {
   const opts = { deadline: Date.now() + CALL_DEADLINE_MS };
   return new Promise((resolve) => {
     const done = (err: grpc.ServiceError | null) => resolve(err ? { code: err.code, details: err.details } : { code: grpc.status.OK, details: '' });
     if (m.clientStream) {
-      const s = client.makeClientStreamRequest(m.path, raw, raw, new grpc.Metadata(), opts, done);
+      const s = client.makeClientStreamRequest(m.path, raw, raw, metadata, opts, done);
       s.write(bytes);
       s.end();
     } else if (m.serverStream) {
       // A stream that answers with data is an accepted request: the status is what counts.
-      const s = client.makeServerStreamRequest(m.path, raw, raw, bytes, new grpc.Metadata(), opts);
+      const s = client.makeServerStreamRequest(m.path, raw, raw, bytes, metadata, opts);
       let got = false;
       s.on('data', () => {
         if (!got) resolve({ code: grpc.status.OK, details: 'the stream answered with data' });
@@ -177,7 +224,7 @@ function call(client: grpc.Client, m: MethodShape, bytes: Buffer): Promise<{ cod
       s.on('error', (err: grpc.ServiceError) => !got && resolve({ code: err.code, details: err.details }));
       s.on('status', (st: grpc.StatusObject) => !got && resolve({ code: st.code, details: st.details }));
     } else {
-      client.makeUnaryRequest(m.path, raw, raw, bytes, new grpc.Metadata(), opts, done);
+      client.makeUnaryRequest(m.path, raw, raw, bytes, metadata, opts, done);
     }
   });
 }

@@ -3,6 +3,8 @@ import { Command } from 'commander';
 import { Bus } from '../lib/bus.js';
 import { createLogger } from '../lib/log.js';
 import { ControllerService as ControllerServiceDef, SteeringService as SteeringServiceDef, bindServer, newServer } from '../lib/rpc.js';
+import { withSecurityOptions } from '../lib/security-flags.js';
+import { securityFromFlags, type SecurityFlags } from '../lib/tls.js';
 import { exitOnSignals } from '../lib/shutdown.js';
 import { MIGRATIONS_BUCKET, STEERING_BUCKET, STEERING_KV, WORKLOADS_BUCKET } from '../lib/subjects.js';
 import { WorkloadRegistry, type WorkloadRecord } from './workload-registry.js';
@@ -18,14 +20,16 @@ import { SteerStep } from './steer-step.js';
 import { SteeringStore } from './steering-store.js';
 import type { RuleTable } from './steering-table.js';
 
-const program = new Command()
+const program = withSecurityOptions(new Command())
   .name('godwit-controller')
   .requiredOption('--nats <url>', 'NATS server URL (JetStream enabled)')
   .option('--listen <addr...>', 'gRPC addresses to serve on: host:port or unix:/path', ['127.0.0.1:50050']);
 
 async function main() {
-  const o = program.parse().opts<{ nats: string; listen: string[] }>();
+  const o = program.parse().opts<{ nats: string; listen: string[] } & SecurityFlags>();
   const log = createLogger('controller');
+  const security = securityFromFlags(o, log);
+  if (security.kind === 'tls' && security.identity.role !== 'controller') program.error('the certificate is not a controller\'s: issue one with `godwit certs issue --role controller`');
   const bus = await Bus.connect({ servers: o.nats, name: 'godwit-controller' });
   await bus.ensureEventStream();
   const store = new MigrationStore(await bus.kv<MigrationState>(MIGRATIONS_BUCKET));
@@ -43,7 +47,7 @@ async function main() {
   const service = new ControllerService({ registry, agents, orchestrator, store, log, workloads });
   const steering = new SteeringController({ store: steeringStore, registry, agents, log });
 
-  const server = newServer();
+  const server = newServer(log);
   server.addService(ControllerServiceDef, service.handlers());
   server.addService(SteeringServiceDef, steering.handlers());
   await bindServer(server, o.listen);

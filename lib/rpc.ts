@@ -9,8 +9,11 @@ import type { ProtoGrpcType as SteeringProto } from '../proto/gen/steering.js';
 import type { AgentClient } from '../proto/gen/godwit/v1/Agent.js';
 import type { ControllerClient } from '../proto/gen/godwit/v1/Controller.js';
 import type { SteeringClient } from '../proto/gen/godwit/v1/Steering.js';
+import { authorizationInterceptor } from './authz.js';
 import { GodwitError } from './errors.js';
+import { describeIdentity } from './identity.js';
 import type { Logger } from './log.js';
+import { channelCredentials, channelSecurityOptions, serverCredentials } from './tls.js';
 
 /** The repository root, found from this file whether it runs from lib/ (tsx, vitest) or dist/lib/. */
 export const REPO_ROOT = (() => {
@@ -88,14 +91,6 @@ const refuseUndecodable: grpc.ServerInterceptor = (method, call) =>
 /** The largest message a godwit server or client takes; gRPC answers a larger one RESOURCE_EXHAUSTED. */
 export const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
 
-/** A gRPC server for godwit's services: every one refuses undecodable requests the same way. */
-export function newServer(options: grpc.ServerOptions = {}): grpc.Server {
-  return new grpc.Server({
-    'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
-    ...options,
-    interceptors: [refuseUndecodable, ...(options.interceptors ?? [])],
-  });
-}
 
 /** Keepalive so that a dead peer is noticed during long phases, not after the OS gives up. */
 const CHANNEL_OPTIONS: grpc.ChannelOptions = {
@@ -104,16 +99,35 @@ const CHANNEL_OPTIONS: grpc.ChannelOptions = {
   'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
 };
 
+// Credentials and their channel options come from lib/tls.ts: the process's chosen security.
 export function agentClient(address: string): AgentClient {
-  return new agentProto.godwit.v1.Agent(address, grpc.credentials.createInsecure(), CHANNEL_OPTIONS);
+  return new agentProto.godwit.v1.Agent(address, channelCredentials('agent'), { ...CHANNEL_OPTIONS, ...channelSecurityOptions() });
 }
 
 export function controllerClient(address: string): ControllerClient {
-  return new controllerProto.godwit.v1.Controller(address, grpc.credentials.createInsecure(), CHANNEL_OPTIONS);
+  return new controllerProto.godwit.v1.Controller(address, channelCredentials('controller'), { ...CHANNEL_OPTIONS, ...channelSecurityOptions() });
 }
 
 export function steeringClient(address: string): SteeringClient {
-  return new steeringProto.godwit.v1.Steering(address, grpc.credentials.createInsecure(), CHANNEL_OPTIONS);
+  return new steeringProto.godwit.v1.Steering(address, channelCredentials('controller'), { ...CHANNEL_OPTIONS, ...channelSecurityOptions() });
+}
+
+/**
+ * A gRPC server whose every call passes the authorization table (lib/authz.ts) first, and whose
+ * requests that do not decode are answered INVALID_ARGUMENT. Every godwit server is made here,
+ * so a service added to it later is covered (and refused until its methods are in the table).
+ */
+export function newServer(log: Logger, options: grpc.ServerOptions = {}): grpc.Server {
+  return new grpc.Server({
+    'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
+    ...options,
+    // grpc-js wraps each interceptor around the ones before it: authorization is the outermost.
+    interceptors: [
+      refuseUndecodable,
+      ...(options.interceptors ?? []),
+      authorizationInterceptor((path, d, peer) => log.warn({ rpc: path, peer: describeIdentity(peer), code: grpc.status[d.code] }, 'call refused')),
+    ],
+  });
 }
 
 /**
@@ -179,12 +193,12 @@ export function handleUnary<Req, Res>(
   };
 }
 
-/** Binds a server to each address ("host:port" or "unix:/path"); resolves with the bound TCP port. */
+/** Binds a server to each address ("host:port" or "unix:/path") with the process's credentials (lib/tls.ts); resolves with the bound TCP port. */
 export async function bindServer(server: grpc.Server, addresses: string[]): Promise<number> {
   let port = 0;
   for (const addr of addresses) {
     port = await new Promise<number>((resolve, reject) =>
-      server.bindAsync(addr, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+      server.bindAsync(addr, serverCredentials(), (err, p) => (err ? reject(err) : resolve(p))),
     );
   }
   return port;
