@@ -35,6 +35,8 @@ import type { SteeringChange__Output } from '../proto/gen/godwit/v1/SteeringChan
 import type { WaitOptions } from '../proto/gen/godwit/v1/WaitOptions.js';
 import { SteeringApi } from './steering-client.js';
 import { formatChange, formatKey, formatServices, parseBackendKey, parseServiceKey } from './steering-format.js';
+import { registerFleetCommands } from './cli-fleet.js';
+import { parseLabels } from './placement.js';
 
 const program = new Command()
   .name('godwit')
@@ -72,7 +74,7 @@ function summary(m: Migration__Output): string {
 program.command('hosts').action(async () => {
   const c = api();
   const r = await c.listHosts();
-  print(r, () => r.hosts.map((h) => `${h.name.padEnd(12)} ${h.ready ? 'ready' : 'SILENT'}  ${h.grpcAddress}  criu ${h.criuVersion}`).join('\n') || 'no hosts');
+  print(r, () => r.hosts.map((h) => `${h.name.padEnd(12)} ${h.ready ? 'ready' : 'SILENT'}  ${h.grpcAddress}  criu ${h.criuVersion}  ${h.workloads} workload(s)${h.cordoned ? `  CORDONED${h.cordonReason ? ` (${h.cordonReason})` : ''}` : ''}`).join('\n') || 'no hosts');
   c.close();
 });
 
@@ -84,18 +86,19 @@ program
   .option('--user <user>', 'run the command as this user (its init stays root)')
   .option('--endpoint <endpoint...>', 'address(es) it owns and takes along, tcp://ADDRESS:PORT (brought up on the host)', [])
   .option('--cwd <dir>', 'working directory (default /)')
+  .option('--label <k=v...>', 'labels for placement (avoid=LABEL keeps it off hosts holding LABEL)', [])
   .argument('<command...>', 'the command and its arguments (after --)')
-  .action(async (command: string[], o: { host: string; name?: string; user?: string; endpoint: string[]; cwd?: string }) => {
+  .action(async (command: string[], o: { host: string; name?: string; user?: string; endpoint: string[]; cwd?: string; label: string[] }) => {
     const endpoints = usage(() => o.endpoint.map((e) => endpointToWire(parseEndpoint(e))));
     const c = api();
-    const w = await c.runWorkload({ host: o.host, name: o.name ?? '', user: o.user ?? '', endpoints, command, cwd: o.cwd ?? '' });
+    const w = await c.runWorkload({ host: o.host, name: o.name ?? '', user: o.user ?? '', endpoints, command, cwd: o.cwd ?? '', labels: parseLabels(o.label) });
     const eps = w.endpoints.map((e) => `${String(e.protocol).toLowerCase()}://${e.address}:${e.port}`);
     if (json()) process.stdout.write(JSON.stringify({ workload: w.name, host: w.host, pid: w.pid, endpoints: eps }) + '\n');
     else process.stdout.write(`${w.name} running on ${w.host} as pid ${w.pid}${eps.length ? ` (${eps.join(', ')})` : ''}; output: godwit logs ${w.name}\n`);
     c.close();
   });
 
-program.command('workloads').description('workloads started with godwit run, where they run now').action(async () => {
+program.command('workloads').description('workloads, where they run now (also: godwit workload list)').action(async () => {
   const c = api();
   const r = await c.listWorkloads();
   print(r, () =>
@@ -308,6 +311,8 @@ service
     print(s, () => formatServices([s]));
     c.close();
   });
+
+registerFleetCommands(program);
 
 program.parseAsync().catch((err: unknown) => {
   if (isServiceError(err)) {
