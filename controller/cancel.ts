@@ -24,8 +24,12 @@ export class MigrationPastPivotError extends PreconditionError {
 }
 
 export class MigrationEndedError extends PreconditionError {
-  constructor(readonly migrationId: string, readonly phase: Phase) {
-    super(`migration ${migrationId} has ended (${phase}); nothing to cancel`);
+  constructor(readonly migrationId: string, readonly phase: Phase, targetHost: string) {
+    super(
+      phase === 'DONE'
+        ? `migration ${migrationId} has ended: the workload has already moved to host "${targetHost}"; nothing to cancel (migrate it back instead)`
+        : `migration ${migrationId} has ended (${phase}); nothing to cancel`,
+    );
     this.name = 'MigrationEndedError';
   }
 }
@@ -51,7 +55,7 @@ export class MigrationCancels {
    */
   request(id: string, state: MigrationState | undefined): void {
     if (!state) throw new MigrationNotFoundError(id);
-    if (isTerminal(state.phase)) throw new MigrationEndedError(id, state.phase);
+    if (isTerminal(state.phase)) throw new MigrationEndedError(id, state.phase, state.request.targetHost);
     // The live phase (ahead of the record by at most one save); PENDING until the first phase.
     const phase = this.running.get(id) ?? state.phase;
     if (phase !== 'PENDING' && !cancellableNow(phase)) throw new MigrationPastPivotError(id, phase, state.request.targetHost);

@@ -31,7 +31,7 @@ describe('cancel: before the pivot only', () => {
       c.stopBefore(state(running), running);
       expect(() => c.request('m-1', state(running))).toThrow(expect.objectContaining({ code: status.FAILED_PRECONDITION, message: expect.stringMatching(/already moved to host "b"/) }));
     }
-    expect(() => new MigrationCancels().request('m-1', state('DONE'))).toThrow(expect.objectContaining({ code: status.FAILED_PRECONDITION, message: expect.stringMatching(/has ended/) }));
+    expect(() => new MigrationCancels().request('m-1', state('DONE'))).toThrow(expect.objectContaining({ code: status.FAILED_PRECONDITION, message: expect.stringMatching(/has ended: the workload has already moved to host "b"/) }));
     expect(() => new MigrationCancels().request('m-9', undefined)).toThrow(expect.objectContaining({ code: status.NOT_FOUND }));
   });
 });
