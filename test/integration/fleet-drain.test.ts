@@ -66,8 +66,7 @@ describe('drain', () => {
     expect(target.get('dw1')).not.toBe(target.get('dw0'));
     const perHost = [...target.values()].reduce((m, h) => m.set(h, (m.get(h) ?? 0) + 1), new Map<string, number>());
     expect([...perHost.values()].sort()).toEqual([2, 3]);
-    // Progress on stderr, one line per change; events on NATS ending DONE.
-    expect(run.stderr).toMatch(/dw0: MOVED -> [bc]/);
+    // Events on NATS, one per change, ending DONE.
     expect(drainEvents.at(-1)).toEqual({ state: 'DONE', moved: WORKLOADS });
 
     const checks = await checkConnections(ws, before);
