@@ -95,6 +95,13 @@ describe('drain', () => {
     expect(refused.stderr).toMatch(/^FAILED_PRECONDITION: host "a" is cordoned/);
     const again = JSON.parse((await godwitCli(lab, ['drain', 'a', '--wait', '--json'])).stdout) as DrainRecord__Output;
     expect(again).toMatchObject({ state: 'DONE', moved: 0, failed: 0, workloads: [] });
+    // The registry through the CLI: labels kept, where each runs now; a process that is not there is NOT_FOUND.
+    const listed = JSON.parse((await godwitCli(lab, ['workload', 'list', '--json'])).stdout) as { workloads: { name: string; host: string; labels: Record<string, string>; registered: boolean }[] };
+    expect(listed.workloads.find((w) => w.name === 'dw1')).toMatchObject({ labels: { avoid: 'db' }, registered: true });
+    expect(listed.workloads.every((w) => w.host !== 'a')).toBe(true);
+    const missing = await godwitCli(lab, ['workload', 'register', '--host', 'b', '--name', 'ghost', '--pid', '999999'], { allowFailure: true });
+    expect(missing.exitCode).toBe(2);
+    expect(missing.stderr).toMatch(/^NOT_FOUND: /);
     await godwitCli(lab, ['uncordon', 'a']);
     const hosts = (await lab.controller.listHosts()).hosts;
     expect(hosts.find((h) => h.name === 'a')?.cordoned).toBe(false);
