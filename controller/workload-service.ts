@@ -79,6 +79,8 @@ export class WorkloadService {
     if (!req.name) throw new InvalidArgumentError('name', 'name is required: the workload\'s name in the registry');
     if (!WORKLOAD_NAME.test(req.name)) throw new InvalidArgumentError('name', `name "${req.name}" must be 1-63 of [A-Za-z0-9_.-], starting with a letter or digit`);
     if (!req.pid) throw new InvalidArgumentError('pid', 'pid is required: the host PID of the workload\'s root process');
+    // What a migration moves and locks: a workload without one could never be moved.
+    if (req.endpoints.length === 0) throw new InvalidArgumentError('endpoints', 'endpoints must name at least one address the workload owns (tcp://ADDRESS:PORT)');
     const endpoints = endpointsFromWire(req.endpoints);
     const labels = validLabels(req.labels);
     const h = hosts.ready(req.host).heartbeat;

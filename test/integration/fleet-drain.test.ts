@@ -99,7 +99,7 @@ describe('drain', () => {
     const listed = JSON.parse((await godwitCli(lab, ['workload', 'list', '--json'])).stdout) as { workloads: { name: string; host: string; labels: Record<string, string>; registered: boolean }[] };
     expect(listed.workloads.find((w) => w.name === 'dw1')).toMatchObject({ labels: { avoid: 'db' }, registered: true });
     expect(listed.workloads.every((w) => w.host !== 'a')).toBe(true);
-    const missing = await godwitCli(lab, ['workload', 'register', '--host', 'b', '--name', 'ghost', '--pid', '999999'], { allowFailure: true });
+    const missing = await godwitCli(lab, ['workload', 'register', '--host', 'b', '--name', 'ghost', '--pid', '999999', '--endpoint', 'tcp://198.18.250.1:7000'], { allowFailure: true });
     expect(missing.exitCode).toBe(2);
     expect(missing.stderr).toMatch(/^NOT_FOUND: /);
     await godwitCli(lab, ['uncordon', 'a']);
