@@ -9,6 +9,7 @@
  *   godwit migrate --from a --to b --pid 1234 --endpoint tcp://198.18.1.200:7000 [--wait]
  *                  [--lock-mode EBPF|IPTABLES|NFTABLES] [--allow-unsafe-lock] [--post-copy]
  *   godwit get <id> | godwit list | godwit watch <id>
+ *   godwit workload register|list, cordon, uncordon, drain, drains, cancel   (controller/cli-fleet.ts)
  *
  * Packet steering, with ipvsadm's verbs (`ipvsadm -A -t`, `-a -t ... -r ... -w`, `-Ln --stats`):
  *   godwit service create tcp://VIP:PORT                                      (ipvsadm -A -t VIP:PORT)

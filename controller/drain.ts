@@ -33,7 +33,7 @@ const REGISTRY_CATCH_UP_MS = 5_000;
 
 export class DrainRunningError extends PreconditionError {
   constructor(readonly host: string, readonly drainId: string) {
-    super(`host "${host}" is being drained already (drain ${drainId}); watch it with godwit drain-status ${drainId}`);
+    super(`host "${host}" is being drained already (drain ${drainId}); follow it with godwit drains ${drainId}`);
     this.name = 'DrainRunningError';
   }
 }
