@@ -107,6 +107,26 @@ export class DrainRunner {
     return d;
   }
 
+  /**
+   * Drains an earlier controller left running end PARTIAL: nothing drives them now. Workloads
+   * whose migration had begun are judged by that migration's record; the rest did not move.
+   * The host stays cordoned; draining it again moves what is left.
+   */
+  async recover(): Promise<void> {
+    for (const d of this.opts.drains.list()) {
+      if (d.state !== 'RUNNING' || this.running.has(d.id)) continue;
+      const workloads = d.workloads.map((w) => {
+        if (w.state === 'MOVED' || w.state === 'FAILED') return w;
+        const m = w.migrationId ? this.opts.migrations.get(w.migrationId) : undefined;
+        if (m?.phase === 'DONE') return { ...w, state: 'MOVED' as const, freezeMs: freezeMs(m) ?? 0 };
+        return { ...w, state: 'FAILED' as const, error: `the controller restarted during the drain${m ? ` (migration ${m.id} was in ${m.phase})` : ''}; drain the host again` };
+      });
+      const moved = workloads.filter((w) => w.state === 'MOVED').length;
+      const failed = workloads.length - moved;
+      await this.opts.drains.save({ ...d, workloads, moved, failed, state: failed === 0 ? 'DONE' : 'PARTIAL', updatedAtMs: Date.now() });
+    }
+  }
+
   /** Resolves when the drain has ended (tests, shutdown). */
   async settled(id: string): Promise<void> {
     await this.running.get(id);

@@ -55,6 +55,7 @@ async function main() {
   await drains.load();
   let service: ControllerService | undefined;
   const runner = new DrainRunner({ drains, cordons, workloads: workloadRegistry, hosts: registry, migrations: store, orchestrator, migrate: (r, drainId) => service!.migrate(r, drainId), log });
+  await runner.recover();
   const fleet = new FleetService({ hosts: registry, cordons, drains, runner, cancels, migrations: store, workloadRegistry, workloads, log });
   service = new ControllerService({ registry, agents, orchestrator, store, log, workloads, fleet, claims: new MigrationClaims(), cordons, cancels });
   const steering = new SteeringController({ store: steeringStore, registry, agents, log });
