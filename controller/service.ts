@@ -49,7 +49,7 @@ export class ControllerService {
   constructor(private readonly opts: ControllerServiceOptions) {}
 
   handlers(): ControllerHandlers {
-    const { log, store, registry } = this.opts;
+    const { log, store } = this.opts;
     return {
       Migrate: handleUnary(log, 'Migrate', async (req) => toWire(await this.migrate(req))),
       GetMigration: handleUnary(log, 'GetMigration', async (req) => toWire(this.find(req.id))),
