@@ -13,6 +13,8 @@ export interface Heartbeat {
   dataAddress?: string;
   /** Present when the host runs a steering data plane: the rule generation its kernel holds. */
   steeringGeneration?: number;
+  /** The host's free memory now (os.freemem): placement's tie-break between equally loaded hosts. */
+  freeMemoryBytes?: number;
 }
 
 /** A host's "my data plane holds steering generation G", sent as soon as it does. */

@@ -3,7 +3,7 @@
  * with `nsenter --net=/run/netns/<host>`), serves the agent API and heartbeats on NATS.
  */
 import { mkdirSync } from 'node:fs';
-import { release } from 'node:os';
+import { freemem, release } from 'node:os';
 import { join } from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
 import { Bus } from '../lib/bus.js';
@@ -125,7 +125,7 @@ async function main() {
   const stopHeartbeat = startHeartbeat(
     bus,
     { host: o.host, grpcAddress: o.advertise ?? o.listen, criuVersion: probe.criuVersion, kernel: release(), startedAtMs: Date.now(), dataAddress },
-    () => (sync ? { steeringGeneration: sync.generation() } : {}),
+    () => ({ freeMemoryBytes: freemem(), ...(sync ? { steeringGeneration: sync.generation() } : {}) }),
   );
   log.info({ listen: o.listen, criu: probe.criuVersion, criuOk: probe.criuOk, steering: Boolean(sync) }, 'agent ready');
 

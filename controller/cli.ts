@@ -9,6 +9,7 @@
  *   godwit migrate --from a --to b --pid 1234 --endpoint tcp://198.18.1.200:7000 [--wait]
  *                  [--lock-mode EBPF|IPTABLES|NFTABLES] [--allow-unsafe-lock] [--post-copy]
  *   godwit get <id> | godwit list | godwit watch <id>
+ *   godwit workload register|list, cordon, uncordon, drain, drains, cancel   (controller/cli-fleet.ts)
  *
  * Packet steering, with ipvsadm's verbs (`ipvsadm -A -t`, `-a -t ... -r ... -w`, `-Ln --stats`):
  *   godwit service create tcp://VIP:PORT                                      (ipvsadm -A -t VIP:PORT)
@@ -38,6 +39,8 @@ import { formatChange, formatKey, formatServices, parseBackendKey, parseServiceK
 import { certsCommand } from './certs.js';
 import { withSecurityOptions } from '../lib/security-flags.js';
 import { securityFromFlags } from '../lib/tls.js';
+import { registerFleetCommands } from './cli-fleet.js';
+import { parseLabels } from './placement.js';
 
 const program = withSecurityOptions(new Command())
   .name('godwit')
@@ -79,7 +82,7 @@ function summary(m: Migration__Output): string {
 program.command('hosts').action(async () => {
   const c = api();
   const r = await c.listHosts();
-  print(r, () => r.hosts.map((h) => `${h.name.padEnd(12)} ${h.ready ? 'ready' : 'SILENT'}  ${h.grpcAddress}  criu ${h.criuVersion}`).join('\n') || 'no hosts');
+  print(r, () => r.hosts.map((h) => `${h.name.padEnd(12)} ${h.ready ? 'ready' : 'SILENT'}  ${h.grpcAddress}  criu ${h.criuVersion}  ${h.workloads} workload(s)${h.cordoned ? `  CORDONED${h.cordonReason ? ` (${h.cordonReason})` : ''}` : ''}`).join('\n') || 'no hosts');
   c.close();
 });
 
@@ -91,18 +94,19 @@ program
   .option('--user <user>', 'run the command as this user (its init stays root)')
   .option('--endpoint <endpoint...>', 'address(es) it owns and takes along, tcp://ADDRESS:PORT (brought up on the host)', [])
   .option('--cwd <dir>', 'working directory (default /)')
+  .option('--label <k=v...>', 'labels for placement (avoid=LABEL keeps it off hosts holding LABEL)', [])
   .argument('<command...>', 'the command and its arguments (after --)')
-  .action(async (command: string[], o: { host: string; name?: string; user?: string; endpoint: string[]; cwd?: string }) => {
+  .action(async (command: string[], o: { host: string; name?: string; user?: string; endpoint: string[]; cwd?: string; label: string[] }) => {
     const endpoints = usage(() => o.endpoint.map((e) => endpointToWire(parseEndpoint(e))));
     const c = api();
-    const w = await c.runWorkload({ host: o.host, name: o.name ?? '', user: o.user ?? '', endpoints, command, cwd: o.cwd ?? '' });
+    const w = await c.runWorkload({ host: o.host, name: o.name ?? '', user: o.user ?? '', endpoints, command, cwd: o.cwd ?? '', labels: parseLabels(o.label) });
     const eps = w.endpoints.map((e) => `${String(e.protocol).toLowerCase()}://${e.address}:${e.port}`);
     if (json()) process.stdout.write(JSON.stringify({ workload: w.name, host: w.host, pid: w.pid, endpoints: eps }) + '\n');
     else process.stdout.write(`${w.name} running on ${w.host} as pid ${w.pid}${eps.length ? ` (${eps.join(', ')})` : ''}; output: godwit logs ${w.name}\n`);
     c.close();
   });
 
-program.command('workloads').description('workloads started with godwit run, where they run now').action(async () => {
+program.command('workloads').description('workloads, where they run now (also: godwit workload list)').action(async () => {
   const c = api();
   const r = await c.listWorkloads();
   print(r, () =>
@@ -315,6 +319,8 @@ service
     print(s, () => formatServices([s]));
     c.close();
   });
+
+registerFleetCommands(program);
 
 program.parseAsync().catch((err: unknown) => {
   if (isServiceError(err)) {

@@ -6,7 +6,13 @@ import { ControllerService as ControllerServiceDef, SteeringService as SteeringS
 import { withSecurityOptions } from '../lib/security-flags.js';
 import { securityFromFlags, type SecurityFlags } from '../lib/tls.js';
 import { exitOnSignals } from '../lib/shutdown.js';
-import { MIGRATIONS_BUCKET, STEERING_BUCKET, STEERING_KV, WORKLOADS_BUCKET } from '../lib/subjects.js';
+import { CORDONS_BUCKET, DRAINS_BUCKET, MIGRATIONS_BUCKET, STEERING_BUCKET, STEERING_KV, WORKLOADS_BUCKET } from '../lib/subjects.js';
+import { MigrationCancels } from './cancel.js';
+import { CordonStore, type CordonRecord } from './cordon.js';
+import { DrainRunner } from './drain.js';
+import { DrainStore, type DrainState } from './drain-store.js';
+import { FleetService } from './fleet-service.js';
+import { MigrationClaims } from './migration-claims.js';
 import { WorkloadRegistry, type WorkloadRecord } from './workload-registry.js';
 import { WorkloadService } from './workload-service.js';
 import { AgentPool } from './agent-client.js';
@@ -40,11 +46,21 @@ async function main() {
   const steeringStore = new SteeringStore(await bus.kv<RuleTable>(STEERING_BUCKET, STEERING_KV), log);
   await steeringStore.start();
   const steer = new SteerStep({ store: steeringStore, registry, log });
-  const orchestrator = new Orchestrator({ store, registry, agents, bus, log, steer });
+  const cancels = new MigrationCancels();
+  const orchestrator = new Orchestrator({ store, registry, agents, bus, log, steer, cancels });
   const workloadRegistry = new WorkloadRegistry(await bus.kv<WorkloadRecord>(WORKLOADS_BUCKET));
   await workloadRegistry.load();
   const workloads = new WorkloadService({ workloads: workloadRegistry, hosts: registry, agents, store, orchestrator, steer, log });
-  const service = new ControllerService({ registry, agents, orchestrator, store, log, workloads });
+  // Fleet operations: cordons and drains kept in KV (a restarted controller knows them).
+  const cordons = new CordonStore(await bus.kv<CordonRecord>(CORDONS_BUCKET), bus);
+  await cordons.load();
+  const drains = new DrainStore(await bus.kv<DrainState>(DRAINS_BUCKET), bus, log);
+  await drains.load();
+  let service: ControllerService | undefined;
+  const runner = new DrainRunner({ drains, cordons, workloads: workloadRegistry, hosts: registry, migrations: store, orchestrator, migrate: (r, drainId) => service!.migrate(r, drainId), log });
+  await runner.recover();
+  const fleet = new FleetService({ hosts: registry, cordons, drains, runner, cancels, migrations: store, workloadRegistry, workloads, log });
+  service = new ControllerService({ registry, agents, orchestrator, store, log, workloads, fleet, claims: new MigrationClaims(), cordons, cancels });
   const steering = new SteeringController({ store: steeringStore, registry, agents, log });
 
   const server = newServer(log);

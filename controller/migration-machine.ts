@@ -107,6 +107,10 @@ export interface MigrationState {
   warnings: string[];
   createdAtMs: number;
   updatedAtMs: number;
+  /** Stopped by CancelMigration before its pivot, then rolled back (controller/cancel.ts). */
+  cancelled?: boolean;
+  /** The drain that started it (controller/drain.ts). */
+  drainId?: string;
 }
 
 export interface PhaseResult {

@@ -7,6 +7,7 @@ import type { Bus } from '../lib/bus.js';
 import type { Logger } from '../lib/log.js';
 import { SUBJECTS } from '../lib/subjects.js';
 import type { AgentPool } from './agent-client.js';
+import { CANCELLED_ERROR, type MigrationCancels } from './cancel.js';
 import { decide, freezeMs, isTerminal, type CarriedPhase, type MigrationEvent, type MigrationState, type Phase } from './migration-machine.js';
 import type { MigrationStore } from './migration-store.js';
 import { PHASE_ACTIONS, detail } from './phases.js';
@@ -32,6 +33,8 @@ export interface OrchestratorOptions {
   bus: Bus;
   log: Logger;
   steer: SteerStep;
+  /** CancelMigration's requests, asked before each phase (controller/cancel.ts). */
+  cancels?: MigrationCancels;
 }
 
 type PhaseOutcome = Exclude<MigrationEvent, { type: 'start' }>;
@@ -86,7 +89,12 @@ export class Orchestrator {
     while (commands.length > 0) {
       const phase = commands[0].phase;
       let event: PhaseOutcome;
-      if (carried?.phase === phase) {
+      if (this.opts.cancels?.stopBefore(state, phase)) {
+        // Cancelled before its pivot: this phase fails unrun and the machine rolls back.
+        carried = undefined;
+        state = { ...state, cancelled: true };
+        event = { type: 'phase-failed', phase, startedAtMs: Date.now(), durationMs: 0, error: CANCELLED_ERROR };
+      } else if (carried?.phase === phase) {
         event = carried;
         carried = undefined;
         this.emit(state, phase, 'STARTED', 0, 'carried out by the previous call');

@@ -12,6 +12,10 @@ import { handleUnary, toServiceError } from '../lib/rpc.js';
 import { HOST_NAME } from '../lib/subjects.js';
 import { LEASE_MS, workloadFromWire, workloadToWire } from '../lib/wire.js';
 import type { AgentPool } from './agent-client.js';
+import type { MigrationCancels } from './cancel.js';
+import type { CordonStore } from './cordon.js';
+import type { FleetService } from './fleet-service.js';
+import type { MigrationClaims } from './migration-claims.js';
 import { freezeMs, isTerminal, newMigration, type LockMode, type MigrationRequestSpec, type MigrationState } from './migration-machine.js';
 import type { MigrationStore } from './migration-store.js';
 import type { Orchestrator, PhaseEvent } from './orchestrator.js';
@@ -30,6 +34,11 @@ export interface ControllerServiceOptions {
   store: MigrationStore;
   log: Logger;
   workloads: WorkloadService;
+  /** Fleet operations (controller/fleet-service.ts) and what Migrate checks of them. */
+  fleet: FleetService;
+  claims: MigrationClaims;
+  cordons: CordonStore;
+  cancels: MigrationCancels;
 }
 
 export class ControllerService {
@@ -38,44 +47,47 @@ export class ControllerService {
   constructor(private readonly opts: ControllerServiceOptions) {}
 
   handlers(): ControllerHandlers {
-    const { log, store, registry } = this.opts;
+    const { log, store } = this.opts;
     return {
       Migrate: handleUnary(log, 'Migrate', async (req) => toWire(await this.migrate(req))),
       GetMigration: handleUnary(log, 'GetMigration', async (req) => toWire(this.find(req.id))),
       ListMigrations: handleUnary(log, 'ListMigrations', async () => ({ migrations: store.list().map(toWire) })),
-      ListHosts: handleUnary(log, 'ListHosts', async () => ({
-        hosts: registry.list().map((h) => ({
-          name: h.heartbeat.host,
-          grpcAddress: h.heartbeat.grpcAddress,
-          ready: h.ready,
-          lastHeartbeatMs: h.lastSeenMs,
-          criuVersion: h.heartbeat.criuVersion,
-          kernel: h.heartbeat.kernel,
-          steeringGeneration: h.steeringGeneration ?? 0,
-          steering: h.steeringGeneration !== undefined,
-          dataAddress: h.heartbeat.dataAddress ?? '',
-        })),
-      })),
+      ListHosts: handleUnary(log, 'ListHosts', async () => ({ hosts: this.opts.fleet.listHosts() })),
       WatchMigration: (call) => this.watchMigration(call),
       RunWorkload: handleUnary(log, 'RunWorkload', async (req) => this.opts.workloads.run(req)),
       ListWorkloads: handleUnary(log, 'ListWorkloads', async () => ({ workloads: this.opts.workloads.list() })),
       GetLogs: handleUnary(log, 'GetLogs', async (req) => ({ files: await this.opts.workloads.logs(req.name, Number(req.maxBytes)) })),
+      ...this.opts.fleet.handlers(),
     };
   }
 
-  async migrate(req: MigrateRequest__Output): Promise<MigrationState> {
-    const { registry, agents, orchestrator, workloads } = this.opts;
+  /** `drainId`: the drain that asks (controller/drain.ts), recorded on the migration. */
+  async migrate(req: MigrateRequest__Output, drainId?: string): Promise<MigrationState> {
+    const { registry, agents, orchestrator, workloads, claims, cordons, cancels } = this.opts;
     const spec = validateMigrate(workloads.resolve(req));
     spec.workloadName = workloads.nameOf(spec);
     const src = registry.ready(spec.sourceHost).heartbeat;
     const tgt = registry.ready(spec.targetHost).heartbeat;
+    cordons.checkTarget(spec.targetHost);
     const busy = orchestrator.activeFor(spec.workload.pid, spec.sourceHost);
     if (busy) throw new PreconditionError(`process ${spec.workload.pid} on "${spec.sourceHost}" is already moving (migration ${busy.id}, phase ${busy.phase}); wait for it to end`);
-    await checkHostsFit(spec, agents.get(src.host, src.grpcAddress), agents.get(tgt.host, tgt.grpcAddress));
-    const state = newMigration(newMigrationId(), spec, this.nextLockVersion(), Date.now());
-    if (spec.workloadName) workloads.follow(state, spec.workloadName);
-    await orchestrator.start(state);
-    return state;
+    const id = newMigrationId();
+    // Claimed before the first await: two requests for one workload cannot both pass preflight.
+    const release = claims.claim({ sourceHost: spec.sourceHost, pid: spec.workload.pid, workloadName: spec.workloadName }, id);
+    try {
+      await checkHostsFit(spec, agents.get(src.host, src.grpcAddress), agents.get(tgt.host, tgt.grpcAddress));
+      const state: MigrationState = { ...newMigration(id, spec, this.nextLockVersion(), Date.now()), ...(drainId ? { drainId } : {}) };
+      if (spec.workloadName) workloads.follow(state, spec.workloadName);
+      await orchestrator.start(state);
+      void orchestrator.settled(id).finally(() => {
+        release();
+        cancels.forget(id);
+      });
+      return state;
+    } catch (err) {
+      release();
+      throw err;
+    }
   }
 
   private find(id: string): MigrationState {
@@ -185,6 +197,8 @@ export function toWire(m: MigrationState): Migration {
     handedOff: m.handedOff ?? 0,
     forwarded: m.forwarded ?? 0,
     lazyPagesMs: m.lazyPagesMs ?? 0,
+    cancelled: m.cancelled === true,
+    drainId: m.drainId ?? '',
   };
 }
 

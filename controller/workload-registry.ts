@@ -20,6 +20,10 @@ export interface WorkloadRecord {
   outputPath: string;
   startedAtMs: number;
   updatedAtMs: number;
+  /** Placement reads them (controller/placement.ts). Absent in older records: none. */
+  labels?: Record<string, string>;
+  /** Registered with RegisterWorkload (a process started otherwise), not started by `godwit run`. */
+  registered?: boolean;
 }
 
 export class WorkloadNotFoundError extends GodwitError {

@@ -7,6 +7,7 @@ import { basename } from 'node:path';
 import { status } from '@grpc/grpc-js';
 import type { MigrateRequest__Output } from '../proto/gen/godwit/v1/MigrateRequest.js';
 import type { RunRequest__Output } from '../proto/gen/godwit/v1/RunRequest.js';
+import type { RegisterWorkloadRequest__Output } from '../proto/gen/godwit/v1/RegisterWorkloadRequest.js';
 import type { WorkloadInfo } from '../proto/gen/godwit/v1/WorkloadInfo.js';
 import type { LogFile } from '../proto/gen/godwit/v1/LogFile.js';
 import { AlreadyExistsError, InvalidArgumentError } from '../lib/errors.js';
@@ -19,6 +20,7 @@ import type { MigrationStore } from './migration-store.js';
 import type { Orchestrator } from './orchestrator.js';
 import { detail } from './phases.js';
 import type { HostRegistry } from './registry.js';
+import { labelProblem } from './placement.js';
 import type { SteerStep } from './steer-step.js';
 import { WorkloadNotFoundError, type WorkloadRecord, type WorkloadRegistry } from './workload-registry.js';
 
@@ -50,10 +52,11 @@ export class WorkloadService {
     if (previous && (await this.stillRuns(previous)))
       throw new AlreadyExistsError(`a workload named "${name}" runs already (pid ${previous.pid} on host "${previous.host}"); pick another --name`);
     const endpoints = endpointsFromWire(req.endpoints);
+    const labels = validLabels(req.labels);
     const h = hosts.ready(req.host).heartbeat;
     const r = await agents.get(h.host, h.grpcAddress).runWorkload({ name, user: req.user, endpoints: endpoints.map(endpointToWire), command: req.command, cwd: req.cwd });
     const now = Date.now();
-    const record: WorkloadRecord = { name, host: h.host, pid: r.pid, endpoints, command: req.command, user: req.user, outputPath: r.outputPath, startedAtMs: now, updatedAtMs: now };
+    const record: WorkloadRecord = { name, host: h.host, pid: r.pid, endpoints, command: req.command, user: req.user, outputPath: r.outputPath, startedAtMs: now, updatedAtMs: now, labels };
     await (previous ? workloads.replace(record) : workloads.register(record));
     // An address that a migration once moved elsewhere would still be steered there.
     const generation = await this.opts.steer.placeStarted(endpoints.map((e) => e.address), h.host).catch((err: unknown) => {
@@ -61,6 +64,39 @@ export class WorkloadService {
       return 0;
     });
     log.info({ workload: name, host: h.host, pid: r.pid, steeringGeneration: generation }, 'workload started');
+    return toWire(record);
+  }
+
+  /**
+   * RegisterWorkload: a process started otherwise becomes a workload (drains move it, migrations
+   * follow it). NOT_FOUND when the host has no such process; ALREADY_EXISTS when the name is
+   * taken by a workload that still runs.
+   */
+  async register(req: RegisterWorkloadRequest__Output): Promise<WorkloadInfo> {
+    const { workloads, hosts, log } = this.opts;
+    if (!req.host) throw new InvalidArgumentError('host', 'host is required: where the process runs');
+    if (!HOST_NAME.test(req.host)) throw new InvalidArgumentError('host', `host "${req.host}" is not a valid host name (${HOST_NAME})`);
+    if (!req.name) throw new InvalidArgumentError('name', 'name is required: the workload\'s name in the registry');
+    if (!WORKLOAD_NAME.test(req.name)) throw new InvalidArgumentError('name', `name "${req.name}" must be 1-63 of [A-Za-z0-9_.-], starting with a letter or digit`);
+    if (!req.pid) throw new InvalidArgumentError('pid', 'pid is required: the host PID of the workload\'s root process');
+    // What a migration moves and locks: a workload without one could never be moved.
+    if (req.endpoints.length === 0) throw new InvalidArgumentError('endpoints', 'endpoints must name at least one address the workload owns (tcp://ADDRESS:PORT)');
+    const endpoints = endpointsFromWire(req.endpoints);
+    const labels = validLabels(req.labels);
+    const h = hosts.ready(req.host).heartbeat;
+    const previous = workloads.get(req.name);
+    if (previous && !(previous.host === h.host && previous.pid === req.pid) && (await this.stillRuns(previous)))
+      throw new AlreadyExistsError(`a workload named "${req.name}" runs already (pid ${previous.pid} on host "${previous.host}"); pick another name`);
+    // NOT_FOUND from the agent when there is no such process.
+    const info = await this.agent(h.host).inspectWorkload({ pid: req.pid, endpoints });
+    const now = Date.now();
+    const record: WorkloadRecord = { name: req.name, host: h.host, pid: req.pid, endpoints, command: info.command ? [info.command] : [], user: '', outputPath: '', startedAtMs: now, updatedAtMs: now, labels, registered: true };
+    await (previous ? workloads.replace(record) : workloads.register(record));
+    const generation = await this.opts.steer.placeStarted(endpoints.map((e) => e.address), h.host).catch((err: unknown) => {
+      log.error({ workload: req.name, err: detail(err) }, 'could not steer the workload\'s addresses to its host');
+      return 0;
+    });
+    log.info({ workload: req.name, host: h.host, pid: req.pid, labels, steeringGeneration: generation }, 'workload registered');
     return toWire(record);
   }
 
@@ -156,5 +192,14 @@ function toWire(w: WorkloadRecord): WorkloadInfo {
     startedAtMs: w.startedAtMs,
     updatedAtMs: w.updatedAtMs,
     outputPath: w.outputPath,
+    labels: w.labels ?? {},
+    registered: w.registered === true,
   };
+}
+
+function validLabels(labels: Record<string, string> | undefined): Record<string, string> {
+  const l = { ...(labels ?? {}) };
+  const problem = labelProblem(l);
+  if (problem) throw new InvalidArgumentError('labels', problem);
+  return l;
 }

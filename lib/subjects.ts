@@ -11,6 +11,10 @@ export const SUBJECTS = {
   /** An agent's "my data plane now holds steering generation G": `godwit.hosts.<host>.steering.ack`. */
   steeringAck: (host: string) => `godwit.hosts.${host}.steering.ack`,
   allSteeringAcks: 'godwit.hosts.*.steering.ack',
+  /** A drain's record after each change (controller/drain.ts): `godwit.events.drain.<id>`. */
+  drainEvent: (id: string) => `godwit.events.drain.${id}`,
+  /** A host cordoned or uncordoned (controller/cordon.ts): `godwit.events.host.<host>.cordon`. */
+  cordonEvent: (host: string) => `godwit.events.host.${host}.cordon`,
 } as const;
 
 /** JetStream stream that keeps the events for automation that was not listening at the time. */
@@ -29,6 +33,10 @@ export const STEERING_KV = { republish: { key: STEERING_TABLE_KEY, subject: 'god
 
 /** JetStream KV bucket: one key per `godwit run` workload, where it runs (controller/workload-registry.ts). */
 export const WORKLOADS_BUCKET = 'godwit_workloads';
+/** JetStream KV bucket: one key per host ever cordoned, whether it is now (controller/cordon.ts). */
+export const CORDONS_BUCKET = 'godwit_cordons';
+/** JetStream KV bucket: one key per drain, its latest record (controller/drain-store.ts). */
+export const DRAINS_BUCKET = 'godwit_drains';
 
 /** Host names become subject tokens and file names: keep them to a safe alphabet. */
 export const HOST_NAME = /^[a-z0-9][a-z0-9-]{0,62}$/;
