@@ -93,7 +93,8 @@ export class ControllerService {
     try {
       m = this.find(call.request.id);
     } catch (err) {
-      call.destroy(Object.assign(new Error(), toServiceError(err)));
+      // 'error' is how grpc-js ends a server stream with a status (destroy() sends none: the client waited for its deadline).
+      call.emit('error', toServiceError(err));
       return;
     }
     call.write(eventToWire({ migrationId: m.id, phase: m.phase, kind: 'SNAPSHOT', atMs: Date.now(), durationMs: 0, detail: m.error ?? '', migration: m }));

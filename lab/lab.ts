@@ -23,6 +23,9 @@ import { createTopology, destroyTopology, findFreeLabIndex, inNetns, labPrefix, 
 export const NATS_PORT = 4222;
 export const CONTROLLER_PORT = 50050;
 export const AGENT_PORT = 50051;
+/** Prometheus metrics (`--metrics`): the controller's on the management host, each agent's on its host. */
+export const CONTROLLER_METRICS_PORT = 9460;
+export const AGENT_METRICS_PORT = 9461;
 const BPF_PIN_ROOT = '/sys/fs/bpf/godwit';
 
 export interface Lab {
@@ -32,6 +35,8 @@ export interface Lab {
   natsUrl: string;
   controllerAddress: string;
   agentAddress(host: string): string;
+  /** http://ADDR:PORT/metrics of the controller, or of the agent on `host`. */
+  metricsUrl(of: 'controller' | { agent: string }): string;
   host(name: string): LabHost;
   controller: ControllerApi;
   /** PIDs of the lab's own services, by name. */
@@ -126,13 +131,14 @@ async function build(
 
   const controllerAddress = `${ctl.address}:${CONTROLLER_PORT}`;
   const node = process.execPath;
-  start('controller', ctl, node, [join(REPO_ROOT, 'dist', 'controller', 'main.js'), '--nats', natsUrl, '--listen', controllerAddress]);
+  start('controller', ctl, node, [join(REPO_ROOT, 'dist', 'controller', 'main.js'), '--nats', natsUrl, '--listen', controllerAddress, '--metrics', `${ctl.address}:${CONTROLLER_METRICS_PORT}`]);
 
   const agentArgs = (h: LabHost) => [
     join(REPO_ROOT, 'dist', 'agent', 'main.js'),
     '--host', h.name,
     '--listen', `${h.address}:${AGENT_PORT}`,
     '--nats', natsUrl,
+    '--metrics', `${h.address}:${AGENT_METRICS_PORT}`,
     '--iface', h.iface,
     '--state-dir', join(dir, 'hosts', h.name),
     '--pin-dir', agentPinDir(index, h.name),
@@ -172,6 +178,7 @@ async function build(
     natsUrl,
     controllerAddress,
     agentAddress: (name) => `${host(name).address}:${AGENT_PORT}`,
+    metricsUrl: (of) => (of === 'controller' ? `http://${ctl.address}:${CONTROLLER_METRICS_PORT}/metrics` : `http://${host(of.agent).address}:${AGENT_METRICS_PORT}/metrics`),
     host,
     controller,
     pids,

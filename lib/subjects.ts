@@ -11,6 +11,14 @@ export const SUBJECTS = {
   /** An agent's "my data plane now holds steering generation G": `godwit.hosts.<host>.steering.ack`. */
   steeringAck: (host: string) => `godwit.hosts.${host}.steering.ack`,
   allSteeringAcks: 'godwit.hosts.*.steering.ack',
+  /**
+   * The NATS request API: a controller gRPC method as a request subject,
+   * `godwit.api.v1.<Method>` (controller/nats-api.ts; docs: README, "NATS request API").
+   */
+  apiRequest: (method: string) => `godwit.api.v1.${method}`,
+  /** Where a client stops a server-streaming request early: `{ "inbox": <its reply subject> }`. */
+  apiStreamCancel: 'godwit.api.v1.stream.cancel',
+  allApi: 'godwit.api.v1.>',
 } as const;
 
 /** JetStream stream that keeps the events for automation that was not listening at the time. */
