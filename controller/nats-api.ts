@@ -185,6 +185,7 @@ interface FieldDescriptor {
 function resolveType(types: PackageDefinition, name: string, near: string): string | undefined {
   const bare = name.replace(/^\./, '');
   if (types[bare]) return bare;
+  if (types[`${near}.${bare}`]) return `${near}.${bare}`;
   const pkg = near.split('.').slice(0, -1).join('.');
   if (types[`${pkg}.${bare}`]) return `${pkg}.${bare}`;
   return Object.keys(types).find((k) => k.endsWith(`.${bare}`));

@@ -9,7 +9,8 @@ import { ApiStatusError, isStatusFrame, type ApiFrame, type ApiStatus } from '..
 import { Bus } from '../../lib/bus.js';
 import type { Endpoint } from '../../lib/endpoint.js';
 import { isServiceError } from '../../lib/rpc.js';
-import { SUBJECTS } from '../../lib/subjects.js';
+import { EVENT_CHANNELS } from '../../lib/subject-catalogue.js';
+import { STEERING_KV, SUBJECTS } from '../../lib/subjects.js';
 import { endpointToWire } from '../../lib/wire.js';
 import { labUp, startLabWorkload, type Lab } from '../../lab/lab.js';
 import { startTraffic, type TrafficHandle } from '../../lab/traffic.js';
@@ -27,11 +28,16 @@ describe('automation surface', () => {
   let pid = 0;
   let endpoint: Endpoint;
   let migrationId = '';
+  /** Everything godwit published while the tests ran, by subject. */
+  const captured: { subject: string; payload: unknown }[] = [];
 
   beforeAll(async () => {
     lab = await labUp({ hosts: ['a', 'b'] });
     ({ pid, endpoint } = await startLabWorkload(lab, 'a', PORT));
     bus = await Bus.connect({ servers: lab.natsUrl, name: 'automation-test' });
+    for (const s of [SUBJECTS.allEvents, SUBJECTS.allHeartbeats, SUBJECTS.allSteeringAcks, STEERING_KV.republish.subject])
+      bus.subscribe(s, (payload, subject) => captured.push({ subject, payload }));
+    await bus.flush();
     traffic = startTraffic(lab.topology.client, { address: endpoint.address, port: PORT }, { connections: CONNECTIONS });
     await traffic.ready;
   });
@@ -94,6 +100,18 @@ describe('automation surface', () => {
     const stats = await traffic.stats();
     expect(stats.alive).toBe(CONNECTIONS);
     expect(stats.bytesLost).toBe(0);
+  });
+
+  it('publishes events that fit the catalogue (docs/asyncapi.json) schema of their subject', () => {
+    const seen = new Set<string>();
+    for (const { subject, payload } of captured) {
+      const [key, channel] = Object.entries(EVENT_CHANNELS).find(([, c]) => new RegExp(`^${c.address.replace(/\./g, '\\.').replace(/\{[^}]+\}/g, '[^.]+')}$`).test(subject)) ?? [];
+      expect(channel, `${subject} is in the catalogue`).toBeDefined();
+      const r = channel!.payload.safeParse(payload);
+      expect(r.success, `${subject}: ${r.error?.message}`).toBe(true);
+      seen.add(key!);
+    }
+    expect([...seen].sort()).toEqual(['heartbeat', 'migrationEvent', 'steeringAck', 'steeringTable']);
   });
 
   it('answers errors with the same status code and message as gRPC', async () => {
