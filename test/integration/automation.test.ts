@@ -7,7 +7,7 @@ import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ApiStatusError, isStatusFrame, type ApiFrame, type ApiStatus } from '../../lib/api-frames.js';
 import { Bus } from '../../lib/bus.js';
-import type { Endpoint } from '../../lib/endpoint.js';
+import { formatEndpoint, type Endpoint } from '../../lib/endpoint.js';
 import { isServiceError } from '../../lib/rpc.js';
 import { EVENT_CHANNELS } from '../../lib/subject-catalogue.js';
 import { STEERING_KV, SUBJECTS } from '../../lib/subjects.js';
@@ -16,6 +16,7 @@ import { labUp, startLabWorkload, type Lab } from '../../lab/lab.js';
 import { startTraffic, type TrafficHandle } from '../../lab/traffic.js';
 import type { Migration__Output } from '../../proto/gen/godwit/v1/Migration.js';
 import type { MigrationEvent__Output } from '../../proto/gen/godwit/v1/MigrationEvent.js';
+import { godwitCli } from '../support/godwit-cli.js';
 import { healthStatus, reflectedFileFor, reflectedServices } from '../support/grpc-probes.js';
 
 const PORT = 7000;
@@ -93,6 +94,7 @@ describe('automation surface', () => {
     const done = await natsCall<Migration__Output>('GetMigration', { id: m.id });
     expect(done.phase).toBe('DONE');
     expect(done.restoredPid).toBeGreaterThan(1);
+    pid = done.restoredPid;
     const listed = await natsCall<{ migrations: Migration__Output[] }>('ListMigrations', {});
     expect(listed.migrations.map((x) => x.id)).toContain(m.id);
     // The same record as gRPC gives.
@@ -182,6 +184,17 @@ describe('automation surface', () => {
     expect(controller).toEqual(expect.arrayContaining(['godwit.v1.Controller', 'godwit.v1.Steering', 'grpc.health.v1.Health']));
     expect(await reflectedServices(lab.agentAddress('b'))).toEqual(expect.arrayContaining(['godwit.v1.Agent', 'grpc.health.v1.Health']));
     expect(await reflectedFileFor(lab.controllerAddress, 'godwit.v1.Controller')).toBeGreaterThan(0);
+  });
+
+  it('the CLI follows migrate --wait phase by phase (plain lines off a terminal) and moves it back', async () => {
+    const r = await godwitCli(lab, ['migrate', '--from', 'b', '--to', 'a', '--pid', String(pid), '--endpoint', formatEndpoint(endpoint), '--wait']);
+    expect(r.exitCode, r.stderr).toBe(0);
+    const lines = r.stderr.trim().split('\n');
+    expect(lines).toEqual(expect.arrayContaining([expect.stringMatching(/^LOCK +ok +\d+ ms$/), expect.stringMatching(/^RESTORE +ok +\d+ ms$/), expect.stringMatching(/^CLEANUP +ok +\d+ ms$/)]));
+    expect(r.stdout).toMatch(/b -> a .* DONE/);
+    const stats = await traffic.stats();
+    expect(stats.alive).toBe(CONNECTIONS);
+    expect(stats.bytesLost).toBe(0);
   });
 });
 
