@@ -36,6 +36,9 @@ import type { SteeringChange__Output } from '../proto/gen/godwit/v1/SteeringChan
 import type { WaitOptions } from '../proto/gen/godwit/v1/WaitOptions.js';
 import { SteeringApi } from './steering-client.js';
 import { formatChange, formatKey, formatServices, parseBackendKey, parseServiceKey } from './steering-format.js';
+import { certsCommand } from './certs.js';
+import { withSecurityOptions } from '../lib/security-flags.js';
+import { securityFromFlags } from '../lib/tls.js';
 
 /** What the exit status says; `godwit --help` and the README list these. */
 const EXIT_CODES = `Exit status:
@@ -44,12 +47,16 @@ const EXIT_CODES = `Exit status:
   2  the request was rejected: bad usage or INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION, UNIMPLEMENTED
   3  the controller could not be reached or did not answer in time (UNAVAILABLE, DEADLINE_EXCEEDED)`;
 
-const program = new Command()
+const program = withSecurityOptions(new Command())
   .name('godwit')
   .description('Live-migrate running Linux processes between hosts with their TCP connections intact: the operator\'s client of the godwit controller')
   .option('--controller <addr>', 'controller gRPC address (env GODWIT_CONTROLLER)', process.env.GODWIT_CONTROLLER ?? '127.0.0.1:50050')
   .option('--json', 'print the API\'s messages as JSON (one per line for streams) instead of a summary')
   .addHelpText('after', `\n${EXIT_CODES}\n`);
+
+// Credentials before any command that talks to the controller (`certs` makes them, so needs none).
+program.hook('preAction', (_p, cmd) => void (cmd.parent?.name() === 'certs' || securityFromFlags(program.opts(), { info: () => undefined, error: (_o: object, msg: string) => void process.stderr.write(`godwit: ${msg}\n`) })));
+program.addCommand(certsCommand());
 
 const api = () => new ControllerApi(program.opts<{ controller: string }>().controller);
 const json = () => Boolean(program.opts<{ json?: boolean }>().json);

@@ -1,11 +1,12 @@
 /** godwit-controller: the one place that decides. Serves the controller API; agents register over NATS. */
 import { Command } from 'commander';
-import * as grpc from '@grpc/grpc-js';
 import { Bus } from '../lib/bus.js';
 import { createLogger } from '../lib/log.js';
 import { addHealthAndReflection } from '../lib/grpc-extras.js';
 import { serveMetrics, type MetricsEndpoint } from '../lib/metrics-http.js';
-import { ControllerService as ControllerServiceDef, PROTO_PACKAGES, SteeringService as SteeringServiceDef, bindServer } from '../lib/rpc.js';
+import { ControllerService as ControllerServiceDef, PROTO_PACKAGES, SteeringService as SteeringServiceDef, bindServer, newServer } from '../lib/rpc.js';
+import { withSecurityOptions } from '../lib/security-flags.js';
+import { securityFromFlags, type SecurityFlags } from '../lib/tls.js';
 import { exitOnSignals } from '../lib/shutdown.js';
 import { MIGRATIONS_BUCKET, STEERING_BUCKET, STEERING_KV, WORKLOADS_BUCKET } from '../lib/subjects.js';
 import { WorkloadRegistry, type WorkloadRecord } from './workload-registry.js';
@@ -23,15 +24,17 @@ import { SteerStep } from './steer-step.js';
 import { SteeringStore } from './steering-store.js';
 import type { RuleTable } from './steering-table.js';
 
-const program = new Command()
+const program = withSecurityOptions(new Command())
   .name('godwit-controller')
   .requiredOption('--nats <url>', 'NATS server URL (JetStream enabled)')
   .option('--listen <addr...>', 'gRPC addresses to serve on: host:port or unix:/path', ['127.0.0.1:50050'])
   .option('--metrics <addr>', 'serve Prometheus metrics on http://HOST:PORT/metrics');
 
 async function main() {
-  const o = program.parse().opts<{ nats: string; listen: string[]; metrics?: string }>();
+  const o = program.parse().opts<{ nats: string; listen: string[]; metrics?: string } & SecurityFlags>();
   const log = createLogger('controller');
+  const security = securityFromFlags(o, log);
+  if (security.kind === 'tls' && security.identity.role !== 'controller') program.error('the certificate is not a controller\'s: issue one with `godwit certs issue --role controller`');
   const bus = await Bus.connect({ servers: o.nats, name: 'godwit-controller' });
   await bus.ensureEventStream();
   const store = new MigrationStore(await bus.kv<MigrationState>(MIGRATIONS_BUCKET));
@@ -52,7 +55,7 @@ async function main() {
   // One set of handlers for gRPC and the NATS request API: one validation path.
   const controllerHandlers = service.handlers();
   const steeringHandlers = steering.handlers();
-  const server = new grpc.Server();
+  const server = newServer(log);
   server.addService(ControllerServiceDef, controllerHandlers);
   server.addService(SteeringServiceDef, steeringHandlers);
   const health = addHealthAndReflection(server, ['godwit/v1/controller.proto', 'godwit/v1/steering.proto']);

@@ -24,9 +24,10 @@ program
   .option('--hosts <names>', 'comma-separated host names', 'a,b')
   .option('--index <n>', 'lab number (picks the subnet 198.18.<n>.0/24); default: the first free one', (v) => Number(v))
   .option('--fabric <kind>', `${LAB_FABRICS.join(' | ')}: one L2 segment, or a subnet per host behind a router`, 'bridge')
-  .action(async (o: { hosts: string; index?: number; fabric: string }) => {
+  .option('--insecure', 'DEVELOPMENT ONLY: every part with --insecure (no TLS, no authorization, open NATS)')
+  .action(async (o: { hosts: string; index?: number; fabric: string; insecure?: boolean }) => {
     if (!(LAB_FABRICS as readonly string[]).includes(o.fabric)) throw new Error(`--fabric ${o.fabric}: want ${LAB_FABRICS.join(' or ')}`);
-    const lab = await labUp({ hosts: o.hosts.split(',').map((s) => s.trim()), index: o.index, fabric: o.fabric as LabFabric });
+    const lab = await labUp({ hosts: o.hosts.split(',').map((s) => s.trim()), index: o.index, fabric: o.fabric as LabFabric, insecure: o.insecure });
     lab.controller.close();
     const t = lab.topology;
     process.stdout.write(
@@ -41,6 +42,8 @@ program
           ...(t.router ? { router: { netns: t.router.netns }, vips: t.vipBlock } : {}),
           workloadAddresses: [t.workloadAddress(0), t.workloadAddress(1)],
           logs: `${lab.dir}/logs`,
+          // Identity folders for --tls-dir (or GODWIT_TLS_DIR): the CLI as the lab's admin or read-only client.
+          ...(lab.pki ? { tls: { admin: lab.pki.tlsDir('client-admin'), read: lab.pki.tlsDir('client-read'), ca: `${lab.pki.dir}/ca` } } : { insecure: true }),
           down: `npm run lab -- down --index ${t.index}`,
         },
         null,

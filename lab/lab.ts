@@ -17,6 +17,8 @@ import { execCommand } from '../lib/exec.js';
 import { REPO_ROOT } from '../lib/rpc.js';
 import { ControllerApi } from '../controller/client.js';
 import { parseEndpoint, type Endpoint } from '../lib/endpoint.js';
+import { INSECURE, useSecurity, type Security } from '../lib/tls.js';
+import { makeLabPki, type LabPki } from './lab-pki.js';
 import { startWorkload } from './workload.js';
 import { createTopology, destroyTopology, findFreeLabIndex, inNetns, labPrefix, type LabFabric, type LabHost, type LabTopology } from './topology.js';
 
@@ -39,6 +41,13 @@ export interface Lab {
   metricsUrl(of: 'controller' | { agent: string }): string;
   host(name: string): LabHost;
   controller: ControllerApi;
+  /**
+   * The lab's CA and identity folders (lab/lab-pki.ts); undefined for a lab made with
+   * `insecure`. Lab up makes this process the lab's admin client (lib/tls.ts useSecurity).
+   */
+  pki?: LabPki;
+  /** What this process talks to the lab with: the admin client's TLS, or INSECURE. */
+  security: Security;
   /** PIDs of the lab's own services, by name. */
   pids: Map<string, number>;
   /** Stops an agent (SIGKILL, as a crash would) and starts it again; held locks must survive. */
@@ -64,6 +73,11 @@ export interface LabOptions {
    * then be moved (CRIU dumps a tree in its own mount namespace only).
    */
   privateFolders?: boolean;
+  /**
+   * Development and measurement only: every part with --insecure (plain gRPC and NATS, no
+   * certificates, no authorization). Default: mutual TLS, authorization and NATS users.
+   */
+  insecure?: boolean;
 }
 
 /** The folder each host has its own copy of in a lab made with privateFolders. */
@@ -87,7 +101,7 @@ export async function labUp(opts: LabOptions = {}): Promise<Lab> {
   const index = opts.index ?? (await findFreeLabIndex());
   const hosts = opts.hosts ?? ['a', 'b'];
   try {
-    return await build(index, hosts, opts.fabric ?? 'bridge', opts.agentFlags ?? [], opts.hostAgentFlags ?? {}, opts.privateFolders === true);
+    return await build(index, hosts, opts.fabric ?? 'bridge', opts.agentFlags ?? [], opts.hostAgentFlags ?? {}, opts.privateFolders === true, opts.insecure === true);
   } catch (err) {
     await labDown(index);
     throw err;
@@ -101,6 +115,7 @@ async function build(
   agentFlags: string[],
   hostAgentFlags: Record<string, string[]>,
   privateFolders: boolean,
+  insecure: boolean,
 ): Promise<Lab> {
   const topology = await createTopology({ index, hosts: hostNames, fabric });
   const dir = labDir(index);
@@ -124,14 +139,27 @@ async function build(
     pids.set(name, startService(dir, name, host, file, args));
   };
 
+  // Certificates in the lab's tmpfs, gone with it at lab down; keys 0600.
+  const pki = insecure ? undefined : await makeLabPki(dir, hostNames, [ctl.address]);
+  const securityFlags = (name: Parameters<LabPki['tlsDir']>[0]) => (pki ? ['--tls-dir', pki.tlsDir(name)] : ['--insecure']);
   const natsUrl = `nats://${ctl.address}:${NATS_PORT}`;
   mkdirSync(join(dir, 'nats'), { recursive: true });
-  start('nats', ctl, 'nats-server', ['-a', ctl.address, '-p', String(NATS_PORT), '-js', '-sd', join(dir, 'nats')]);
+  start(
+    'nats',
+    ctl,
+    'nats-server',
+    pki
+      ? ['-c', pki.writeNatsConfig({ host: ctl.address, port: NATS_PORT, storeDir: join(dir, 'nats') })]
+      : ['-a', ctl.address, '-p', String(NATS_PORT), '-js', '-sd', join(dir, 'nats')],
+  );
   await waitForPort(ctl.address, NATS_PORT, 10_000, 'nats-server');
 
   const controllerAddress = `${ctl.address}:${CONTROLLER_PORT}`;
   const node = process.execPath;
-  start('controller', ctl, node, [join(REPO_ROOT, 'dist', 'controller', 'main.js'), '--nats', natsUrl, '--listen', controllerAddress, '--metrics', `${ctl.address}:${CONTROLLER_METRICS_PORT}`]);
+  start('controller', ctl, node, [join(REPO_ROOT, 'dist', 'controller', 'main.js'), '--nats', natsUrl, '--listen', controllerAddress, '--metrics', `${ctl.address}:${CONTROLLER_METRICS_PORT}`, ...securityFlags('controller')]);
+  // The controller makes the KV buckets before it listens; agents may only read them (NATS
+  // permissions, lib/nats-auth.ts), so they start once it is up.
+  await waitForPort(ctl.address, CONTROLLER_PORT, 15_000, 'controller');
 
   const agentArgs = (h: LabHost) => [
     join(REPO_ROOT, 'dist', 'agent', 'main.js'),
@@ -146,6 +174,7 @@ async function build(
     // filesystem, so a moved workload finds its file where it left it), or each host's own with
     // private folders (the file then travels with the image).
     '--workload-dir', join(privateFolders ? privateDir({ dir }) : dir, 'workloads'),
+    ...securityFlags(`agent-${h.name}`),
     ...agentFlags,
     ...(hostAgentFlags[h.name] ?? []),
   ];
@@ -161,7 +190,10 @@ async function build(
       : start(`agent-${h.name}`, h, node, agentArgs(h));
   for (const h of topology.hosts) startAgent(h);
 
-  await waitForPort(ctl.address, CONTROLLER_PORT, 15_000, 'controller');
+  // This process, and the godwit CLIs it starts (GODWIT_TLS_DIR), act as the lab's admin client.
+  const security = pki ? pki.security('client-admin') : INSECURE;
+  useSecurity(security);
+  if (pki) process.env.GODWIT_TLS_DIR = pki.tlsDir('client-admin');
   const controller = new ControllerApi(controllerAddress);
   // An agent's start (CRIU probe, lock and steering programs loaded and verified) took over 20 s
   // on this 2-core machine while other tenants ran 100-agent benchmarks beside it.
@@ -177,6 +209,8 @@ async function build(
     dir,
     natsUrl,
     controllerAddress,
+    pki,
+    security,
     agentAddress: (name) => `${host(name).address}:${AGENT_PORT}`,
     metricsUrl: (of) => (of === 'controller' ? `http://${ctl.address}:${CONTROLLER_METRICS_PORT}/metrics` : `http://${host(of.agent).address}:${AGENT_METRICS_PORT}/metrics`),
     host,

@@ -4,12 +4,17 @@
  */
 import { connect, createInbox, ErrorCode, Events, JSONCodec, RetentionPolicy, type KV, type Msg, type NatsConnection, type NatsError, type Subscription } from 'nats';
 import { EVENTS_STREAM, SUBJECTS } from './subjects.js';
+import { currentSecurity, natsTlsOptions, type Security } from './tls.js';
 
 const json = JSONCodec();
 
 export interface BusOptions {
   servers: string;
   name: string;
+  /** Default: the process's (lib/tls.ts). With TLS the client certificate is the NATS user (lib/nats-auth.ts). */
+  security?: Security;
+  /** How long the first connection may take (nats.js's default: 20 s). A refused TLS handshake shows as this running out. */
+  connectTimeoutMs?: number;
 }
 
 export interface KvEntry<T> {
@@ -86,7 +91,8 @@ export class Bus {
 
   static async connect(opts: BusOptions): Promise<Bus> {
     // Keep reconnecting forever: an agent outlives a NATS restart.
-    const nc = await connect({ servers: opts.servers, name: opts.name, maxReconnectAttempts: -1, reconnectTimeWait: 500 });
+    const tls = natsTlsOptions(opts.security ?? currentSecurity());
+    const nc = await connect({ servers: opts.servers, name: opts.name, maxReconnectAttempts: -1, reconnectTimeWait: 500, ...(tls ? { tls } : {}), ...(opts.connectTimeoutMs ? { timeout: opts.connectTimeoutMs } : {}) });
     return new Bus(nc);
   }
 

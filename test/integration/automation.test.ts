@@ -172,18 +172,18 @@ describe('automation surface', () => {
   });
 
   it('answers gRPC health checks SERVING on the controller and every agent', async () => {
-    for (const addr of [lab.controllerAddress, lab.agentAddress('a'), lab.agentAddress('b')]) expect(await healthStatus(addr)).toBe('SERVING');
-    expect(await healthStatus(lab.controllerAddress, 'godwit.v1.Controller')).toBe('SERVING');
-    expect(await healthStatus(lab.agentAddress('a'), 'godwit.v1.Agent')).toBe('SERVING');
-    const unknown = await failure(healthStatus(lab.controllerAddress, 'no.such.Service'));
+    for (const [addr, role] of [[lab.controllerAddress, 'controller'], [lab.agentAddress('a'), 'agent'], [lab.agentAddress('b'), 'agent']] as const) expect(await healthStatus(addr, role)).toBe('SERVING');
+    expect(await healthStatus(lab.controllerAddress, 'controller', 'godwit.v1.Controller')).toBe('SERVING');
+    expect(await healthStatus(lab.agentAddress('a'), 'agent', 'godwit.v1.Agent')).toBe('SERVING');
+    const unknown = await failure(healthStatus(lab.controllerAddress, 'controller', 'no.such.Service'));
     expect(unknown.code).toBe('NOT_FOUND');
   });
 
   it('lists its services through server reflection', async () => {
-    const controller = await reflectedServices(lab.controllerAddress);
+    const controller = await reflectedServices(lab.controllerAddress, 'controller');
     expect(controller).toEqual(expect.arrayContaining(['godwit.v1.Controller', 'godwit.v1.Steering', 'grpc.health.v1.Health']));
-    expect(await reflectedServices(lab.agentAddress('b'))).toEqual(expect.arrayContaining(['godwit.v1.Agent', 'grpc.health.v1.Health']));
-    expect(await reflectedFileFor(lab.controllerAddress, 'godwit.v1.Controller')).toBeGreaterThan(0);
+    expect(await reflectedServices(lab.agentAddress('b'), 'agent')).toEqual(expect.arrayContaining(['godwit.v1.Agent', 'grpc.health.v1.Health']));
+    expect(await reflectedFileFor(lab.controllerAddress, 'controller', 'godwit.v1.Controller')).toBeGreaterThan(0);
   });
 
   it('the CLI follows migrate --wait phase by phase (plain lines off a terminal) and moves it back', async () => {

@@ -10,6 +10,7 @@ import { Bus, BusRequestError } from '../../lib/bus.js';
 import { createLogger } from '../../lib/log.js';
 import { ControllerService, PROTO_PACKAGES } from '../../lib/rpc.js';
 import { SUBJECTS } from '../../lib/subjects.js';
+import { INSECURE, useSecurity } from '../../lib/tls.js';
 import { NatsApi } from '../../controller/nats-api.js';
 import { startNatsServer, type NatsServer } from '../support/nats-server.js';
 
@@ -23,6 +24,8 @@ describe('NATS request API protocol', () => {
   const watchCancelled = new Promise<void>((r) => (cancelled = r));
 
   beforeAll(async () => {
+    // A plain nats-server: the protocol is what is tested here (the lab test runs it secure).
+    useSecurity(INSECURE);
     nats = await startNatsServer();
     server = await Bus.connect({ servers: nats.url, name: 'nats-api-server' });
     client = await Bus.connect({ servers: nats.url, name: 'nats-api-client' });

@@ -10,6 +10,8 @@ import { protoPath as healthProtoPath } from 'grpc-health-check';
 import { serviceClient } from '../../lib/rpc.js';
 
 type Ctor = grpc.ServiceClientConstructor;
+/** Which godwit server it is: its certificate must say so (lib/tls.ts). */
+type Role = 'controller' | 'agent';
 const pick = (pkg: grpc.GrpcObject, path: string): Ctor => path.split('.').reduce((o: any, k) => o[k], pkg) as Ctor;
 
 const healthCtor = pick(grpc.loadPackageDefinition(protoLoader.loadSync(healthProtoPath, { enums: String })), 'grpc.health.v1.Health');
@@ -17,8 +19,8 @@ const reflectionProto = join(dirname(createRequire(import.meta.url).resolve('@gr
 const reflectionCtor = pick(grpc.loadPackageDefinition(protoLoader.loadSync(reflectionProto, { keepCase: false })), 'grpc.reflection.v1.ServerReflection');
 
 /** The server's answer to Check (e.g. "SERVING"), or the call's error. */
-export async function healthStatus(address: string, service = ''): Promise<string> {
-  const c = serviceClient(healthCtor, address) as any;
+export async function healthStatus(address: string, role: Role, service = ''): Promise<string> {
+  const c = serviceClient(healthCtor, address, role) as any;
   try {
     return await new Promise((resolve, reject) =>
       c.Check({ service }, { deadline: Date.now() + 10_000 }, (err: grpc.ServiceError | null, res: { status: string }) => (err ? reject(err) : resolve(String(res.status)))),
@@ -29,8 +31,8 @@ export async function healthStatus(address: string, service = ''): Promise<strin
 }
 
 /** The services the server's reflection lists. */
-export async function reflectedServices(address: string): Promise<string[]> {
-  const c = serviceClient(reflectionCtor, address) as any;
+export async function reflectedServices(address: string, role: Role): Promise<string[]> {
+  const c = serviceClient(reflectionCtor, address, role) as any;
   try {
     return await new Promise((resolve, reject) => {
       const call = c.ServerReflectionInfo({ deadline: Date.now() + 10_000 });
@@ -48,8 +50,8 @@ export async function reflectedServices(address: string): Promise<string[]> {
 }
 
 /** A file descriptor of `symbol` comes back (what grpcurl needs to call a method without .proto files). */
-export async function reflectedFileFor(address: string, symbol: string): Promise<number> {
-  const c = serviceClient(reflectionCtor, address) as any;
+export async function reflectedFileFor(address: string, role: Role, symbol: string): Promise<number> {
+  const c = serviceClient(reflectionCtor, address, role) as any;
   try {
     return await new Promise((resolve, reject) => {
       const call = c.ServerReflectionInfo({ deadline: Date.now() + 10_000 });

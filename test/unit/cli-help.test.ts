@@ -15,8 +15,8 @@ describe('godwit CLI', () => {
   });
 
   it('exits 3 when the controller cannot be reached', async () => {
-    const r = await cli(['--controller', '127.0.0.1:1', '--json', 'hosts']);
+    const r = await cli(['--controller', '127.0.0.1:1', '--insecure', '--json', 'hosts']);
     expect(r.exitCode).toBe(3);
-    expect(r.stderr).toMatch(/^UNAVAILABLE: /);
+    expect(r.stderr).toMatch(/^UNAVAILABLE: /m);
   });
 });

@@ -6,8 +6,12 @@
 import * as grpc from '@grpc/grpc-js';
 import { createServer } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { GodwitClient } from 'godwit/client';
+import { GodwitClient } from '../../lib/client.js';
 import { ControllerService, bindServer } from '../../lib/rpc.js';
+import { INSECURE, useSecurity } from '../../lib/tls.js';
+
+// Plain channels: what the client adds over TLS is tested by the lab tests, which run secure.
+useSecurity(INSECURE);
 
 const servers: grpc.Server[] = [];
 const clients: GodwitClient[] = [];
@@ -40,6 +44,12 @@ async function serve(port: number, listHosts: grpc.handleUnaryCall<unknown, unkn
 }
 
 describe('GodwitClient', () => {
+  it("is what programs import as 'godwit/client' (package.json exports)", async () => {
+    const pkg = await import('godwit/client');
+    expect(typeof pkg.GodwitClient).toBe('function');
+    expect(pkg.GodwitClient.name).toBe('GodwitClient');
+  });
+
   it('answers unary calls as promises and streams as async iterators', async () => {
     const port = await freePort();
     await serve(port);
