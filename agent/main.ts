@@ -9,6 +9,8 @@ import { Command, InvalidArgumentError } from 'commander';
 import { Bus } from '../lib/bus.js';
 import { execCommand } from '../lib/exec.js';
 import { createLogger } from '../lib/log.js';
+import { addHealthAndReflection } from '../lib/grpc-extras.js';
+import { serveMetrics, type MetricsEndpoint } from '../lib/metrics-http.js';
 import { AgentService as AgentServiceDef, REPO_ROOT, bindServer, newServer } from '../lib/rpc.js';
 import { withSecurityOptions } from '../lib/security-flags.js';
 import { securityFromFlags, type SecurityFlags } from '../lib/tls.js';
@@ -18,6 +20,7 @@ import { HOST_NAME, STEERING_BUCKET, STEERING_KV, SUBJECTS } from '../lib/subjec
 import { startHeartbeat } from './heartbeat.js';
 import { DEFAULT_CRIU_LOG_LEVEL, parseLogLevel } from './linux/criu.js';
 import { LinuxPlatform } from './linux/platform.js';
+import { agentMetrics } from './metrics.js';
 import type { HostPlatform } from './platform.js';
 import { AgentService } from './service.js';
 import type { SteeringTable } from './steering.js';
@@ -42,6 +45,7 @@ const program = withSecurityOptions(new Command())
   .option('--init <path>', 'the init `godwit run` starts workloads under', join(REPO_ROOT, 'build', 'godwit-init'))
   .option('--cpu-features <file>', 'report the CPU feature flags in this file instead of /proc/cpuinfo\'s (tests; pinning a fleet to a baseline)')
   .option('--no-checkpoint', 'this host only steers packets: no CRIU probe, no lock program, no lock sweeper')
+  .option('--metrics <addr>', 'serve Prometheus metrics on http://HOST:PORT/metrics')
   .option('--assume-no-userfaultfd', 'for tests: report that this host has no userfaultfd, so post-copy migrations to it are refused');
 
 function criuLogLevel(text: string): number {
@@ -56,7 +60,7 @@ async function main() {
   const o = program.parse().opts<{
     host: string; listen: string; nats: string; iface: string; stateDir: string; criu: string;
     bpfObject: string; pinDir?: string; advertise?: string; dataAddress?: string; checkpoint: boolean; criuLogLevel: number; assumeNoUserfaultfd?: boolean;
-    workloadDir: string; init: string; cpuFeatures?: string;
+    workloadDir: string; init: string; cpuFeatures?: string; metrics?: string;
   } & SecurityFlags>();
   if (!HOST_NAME.test(o.host)) program.error(`--host "${o.host}" must match ${HOST_NAME}`);
   const log = createLogger('agent').child({ host: o.host });
@@ -105,6 +109,7 @@ async function main() {
   const service = new AgentService({ host: o.host, platform, stateDir: o.stateDir, log, workloadDir: o.workloadDir });
   const server = newServer(log);
   server.addService(AgentServiceDef, service.handlers());
+  const health = addHealthAndReflection(server, ['godwit/v1/agent.proto']);
   await bindServer(server, [o.listen]);
 
   const bus = await Bus.connect({ servers: o.nats, name: `godwit-agent-${o.host}` });
@@ -127,11 +132,16 @@ async function main() {
     { host: o.host, grpcAddress: o.advertise ?? o.listen, criuVersion: probe.criuVersion, kernel: release(), startedAtMs: Date.now(), dataAddress },
     () => ({ freeMemoryBytes: freemem(), ...(sync ? { steeringGeneration: sync.generation() } : {}) }),
   );
-  log.info({ listen: o.listen, criu: probe.criuVersion, criuOk: probe.criuOk, steering: Boolean(sync) }, 'agent ready');
+  const metrics = agentMetrics({ host: o.host, platform, bus, steeringGeneration: () => sync?.generation() });
+  let metricsEndpoint: MetricsEndpoint | undefined;
+  if (o.metrics) metricsEndpoint = await serveMetrics(metrics.registry, o.metrics);
+  log.info({ listen: o.listen, criu: probe.criuVersion, criuOk: probe.criuOk, steering: Boolean(sync), metrics: o.metrics }, 'agent ready');
 
   exitOnSignals(
     [
+      { name: 'health', run: () => health.notServing() },
       { name: 'heartbeat', run: stopHeartbeat },
+      { name: 'metrics', run: async () => (metrics.stop(), await metricsEndpoint?.close()) },
       { name: 'steering sync', run: () => sync?.stop() },
       { name: 'lock sweeper', run: () => clearInterval(sweeper) },
       { name: 'grpc server', run: () => server.forceShutdown() },

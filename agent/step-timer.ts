@@ -16,6 +16,12 @@ export interface StepTime {
  */
 export const CONCURRENT_STEP = '(concurrent)';
 
+/**
+ * Told of every step any timer of this process records itself (not steps another host reported):
+ * the agent's metrics (agent/metrics.ts) count them here, so no handler needs to.
+ */
+export const stepObservers = new Set<(step: string, ms: number) => void>();
+
 export class StepTimer {
   readonly steps: StepTime[] = [];
 
@@ -31,6 +37,7 @@ export class StepTimer {
 
   add(name: string, ms: number): void {
     this.steps.push({ step: name, ms });
+    for (const observe of stepObservers) observe(name, ms);
   }
 
   /** Steps another host reported with its host named (the target's part of a transfer). */

@@ -22,7 +22,7 @@
  * Changes take --wait [--wait-timeout MS]: return once every ready host holds the change.
  *
  * --json prints the API's own messages; otherwise a short human summary. A gRPC error is printed
- * as "CODE: details" and the exit status is 2 for a rejected request, 1 for anything else.
+ * as "CODE: details"; exit statuses are EXIT_CODES below (also in --help and the README).
  */
 import { Command } from 'commander';
 import { status } from '@grpc/grpc-js';
@@ -32,6 +32,7 @@ import { parseEndpoint } from '../lib/endpoint.js';
 import { isServiceError } from '../lib/rpc.js';
 import { endpointToWire } from '../lib/wire.js';
 import { ControllerApi } from './client.js';
+import { PhaseProgress } from './cli-progress.js';
 import type { SteeringChange__Output } from '../proto/gen/godwit/v1/SteeringChange.js';
 import type { WaitOptions } from '../proto/gen/godwit/v1/WaitOptions.js';
 import { SteeringApi } from './steering-client.js';
@@ -42,10 +43,19 @@ import { securityFromFlags } from '../lib/tls.js';
 import { registerFleetCommands } from './cli-fleet.js';
 import { parseLabels } from './placement.js';
 
+/** What the exit status says; `godwit --help` and the README list these. */
+const EXIT_CODES = `Exit status:
+  0  done (a migration: DONE; a --wait: every host holds the change)
+  1  the operation ran and failed (migration FAILED, a --wait that did not converge), or an internal error
+  2  the request was rejected: bad usage or INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION, UNIMPLEMENTED
+  3  the controller could not be reached or did not answer in time (UNAVAILABLE, DEADLINE_EXCEEDED)`;
+
 const program = withSecurityOptions(new Command())
   .name('godwit')
-  .option('--controller <addr>', 'controller gRPC address', process.env.GODWIT_CONTROLLER ?? '127.0.0.1:50050')
-  .option('--json', 'print JSON');
+  .description('Live-migrate running Linux processes between hosts with their TCP connections intact: the operator\'s client of the godwit controller')
+  .option('--controller <addr>', 'controller gRPC address (env GODWIT_CONTROLLER)', process.env.GODWIT_CONTROLLER ?? '127.0.0.1:50050')
+  .option('--json', 'print the API\'s messages as JSON (one per line for streams) instead of a summary')
+  .addHelpText('after', `\n${EXIT_CODES}\n`);
 
 // Credentials before any command that talks to the controller (`certs` makes them, so needs none).
 program.hook('preAction', (_p, cmd) => void (cmd.parent?.name() === 'certs' || securityFromFlags(program.opts(), { info: () => undefined, error: (_o: object, msg: string) => void process.stderr.write(`godwit: ${msg}\n`) })));
@@ -79,7 +89,7 @@ function summary(m: Migration__Output): string {
   return lines.join('\n');
 }
 
-program.command('hosts').action(async () => {
+program.command('hosts').description('the fleet: every host the controller hears, ready or silent').action(async () => {
   const c = api();
   const r = await c.listHosts();
   print(r, () => r.hosts.map((h) => `${h.name.padEnd(12)} ${h.ready ? 'ready' : 'SILENT'}  ${h.grpcAddress}  criu ${h.criuVersion}  ${h.workloads} workload(s)${h.cordoned ? `  CORDONED${h.cordonReason ? ` (${h.cordonReason})` : ''}` : ''}`).join('\n') || 'no hosts');
@@ -132,6 +142,7 @@ program
 
 program
   .command('migrate')
+  .description('move a workload to another host, its connections intact; --wait follows it phase by phase')
   .option('--workload <name>', 'a workload started with godwit run (instead of --from, --pid, --endpoint)')
   .option('--from <host>', 'source host')
   .requiredOption('--to <host>', 'target host')
@@ -141,7 +152,7 @@ program
   .option('--lock-mode <mode>', 'EBPF (default), IPTABLES or NFTABLES (CRIU\'s own lock)', (v) => v.toUpperCase())
   .option('--allow-unsafe-lock', 'run IPTABLES / NFTABLES even at a connection count where CRIU\'s lock is known to fail')
   .option('--post-copy', 'resume the workload on the target before its memory has arrived (EBPF lock, userfaultfd on the target); the workload is lost if the source dies before every page arrived')
-  .option('--wait', 'follow the migration until it ends')
+  .option('--wait', 'follow the migration until it ends: one line per phase (live on a terminal); exit 1 if it FAILED')
   .action(async (o: { workload?: string; from?: string; to: string; pid?: number; endpoint?: string[]; leaseMs?: number; lockMode?: string; allowUnsafeLock?: boolean; postCopy?: boolean; wait?: boolean }) => {
     if (!o.workload && (!o.from || !o.pid || !o.endpoint))
       throw Object.assign(new Error('give --workload NAME, or --from, --pid and --endpoint'), { usage: true });
@@ -161,28 +172,33 @@ program
       postCopy: o.postCopy === true,
     });
     if (o.wait) {
-      m = await c.wait(m.id, (e) => !json() && e.kind !== 'SNAPSHOT' && process.stderr.write(`${e.phase} ${e.kind}${e.detail ? `: ${e.detail}` : ''}\n`));
+      const progress = json() ? undefined : new PhaseProgress(process.stderr);
+      try {
+        m = await c.wait(m.id, (e) => progress?.event(e));
+      } finally {
+        progress?.end();
+      }
     }
     print(m, () => summary(m));
     c.close();
     if (m.phase === 'FAILED') process.exitCode = 1;
   });
 
-program.command('get <id>').action(async (id: string) => {
+program.command('get <id>').description('one migration: its phases, step times, freeze and steering').action(async (id: string) => {
   const c = api();
   const m = await c.getMigration(id);
   print(m, () => summary(m));
   c.close();
 });
 
-program.command('list').action(async () => {
+program.command('list').description('every migration the controller has recorded').action(async () => {
   const c = api();
   const r = await c.listMigrations();
   print(r, () => r.migrations.map(summary).join('\n') || 'no migrations');
   c.close();
 });
 
-program.command('watch <id>').action(async (id: string) => {
+program.command('watch <id>').description('a migration\'s events as they happen, until it ends').action(async (id: string) => {
   const c = api();
   for await (const e of c.watch(id)) print(e, () => `${new Date(e.atMs).toISOString()} ${e.phase} ${e.kind}${e.durationMs ? ` ${e.durationMs.toFixed(0)} ms` : ''}${e.detail ? `: ${e.detail}` : ''}`);
   c.close();
@@ -325,6 +341,7 @@ registerFleetCommands(program);
 program.parseAsync().catch((err: unknown) => {
   if (isServiceError(err)) {
     process.stderr.write(`${status[err.code]}: ${err.details}\n`);
+    if ([status.UNAVAILABLE, status.DEADLINE_EXCEEDED].includes(err.code)) process.exit(3);
     process.exit([status.INVALID_ARGUMENT, status.NOT_FOUND, status.ALREADY_EXISTS, status.FAILED_PRECONDITION, status.UNIMPLEMENTED].includes(err.code) ? 2 : 1);
   }
   process.stderr.write(`godwit: ${err instanceof Error ? err.message : String(err)}\n`);

@@ -2,7 +2,9 @@
 import { Command } from 'commander';
 import { Bus } from '../lib/bus.js';
 import { createLogger } from '../lib/log.js';
-import { ControllerService as ControllerServiceDef, SteeringService as SteeringServiceDef, bindServer, newServer } from '../lib/rpc.js';
+import { addHealthAndReflection } from '../lib/grpc-extras.js';
+import { serveMetrics, type MetricsEndpoint } from '../lib/metrics-http.js';
+import { ControllerService as ControllerServiceDef, PROTO_PACKAGES, SteeringService as SteeringServiceDef, bindServer, newServer } from '../lib/rpc.js';
 import { withSecurityOptions } from '../lib/security-flags.js';
 import { securityFromFlags, type SecurityFlags } from '../lib/tls.js';
 import { exitOnSignals } from '../lib/shutdown.js';
@@ -19,6 +21,8 @@ import { AgentPool } from './agent-client.js';
 import type { MigrationState } from './migration-machine.js';
 import { MigrationStore } from './migration-store.js';
 import { Orchestrator } from './orchestrator.js';
+import { controllerMetrics } from './metrics.js';
+import { NatsApi } from './nats-api.js';
 import { HostRegistry } from './registry.js';
 import { ControllerService } from './service.js';
 import { SteeringController } from './steering-service.js';
@@ -29,10 +33,11 @@ import type { RuleTable } from './steering-table.js';
 const program = withSecurityOptions(new Command())
   .name('godwit-controller')
   .requiredOption('--nats <url>', 'NATS server URL (JetStream enabled)')
-  .option('--listen <addr...>', 'gRPC addresses to serve on: host:port or unix:/path', ['127.0.0.1:50050']);
+  .option('--listen <addr...>', 'gRPC addresses to serve on: host:port or unix:/path', ['127.0.0.1:50050'])
+  .option('--metrics <addr>', 'serve Prometheus metrics on http://HOST:PORT/metrics');
 
 async function main() {
-  const o = program.parse().opts<{ nats: string; listen: string[] } & SecurityFlags>();
+  const o = program.parse().opts<{ nats: string; listen: string[]; metrics?: string } & SecurityFlags>();
   const log = createLogger('controller');
   const security = securityFromFlags(o, log);
   if (security.kind === 'tls' && security.identity.role !== 'controller') program.error('the certificate is not a controller\'s: issue one with `godwit certs issue --role controller`');
@@ -63,14 +68,29 @@ async function main() {
   service = new ControllerService({ registry, agents, orchestrator, store, log, workloads, fleet, claims: new MigrationClaims(), cordons, cancels });
   const steering = new SteeringController({ store: steeringStore, registry, agents, log });
 
+  // One set of handlers for gRPC and the NATS request API: one validation path.
+  const controllerHandlers = service.handlers();
+  const steeringHandlers = steering.handlers();
   const server = newServer(log);
-  server.addService(ControllerServiceDef, service.handlers());
-  server.addService(SteeringServiceDef, steering.handlers());
+  server.addService(ControllerServiceDef, controllerHandlers);
+  server.addService(SteeringServiceDef, steeringHandlers);
+  const health = addHealthAndReflection(server, ['godwit/v1/controller.proto', 'godwit/v1/steering.proto']);
   await bindServer(server, o.listen);
-  log.info({ listen: o.listen, nats: o.nats }, 'controller ready');
+  const natsApi = new NatsApi(bus, log);
+  natsApi.start([
+    { definition: ControllerServiceDef, handlers: controllerHandlers, types: PROTO_PACKAGES.controller },
+    { definition: SteeringServiceDef, handlers: steeringHandlers, types: PROTO_PACKAGES.steering },
+  ]);
+  const metrics = controllerMetrics({ bus, store, registry });
+  let metricsEndpoint: MetricsEndpoint | undefined;
+  if (o.metrics) metricsEndpoint = await serveMetrics(metrics.registry, o.metrics);
+  log.info({ listen: o.listen, nats: o.nats, metrics: o.metrics }, 'controller ready');
 
   exitOnSignals(
     [
+      { name: 'health', run: () => health.notServing() },
+      { name: 'nats request api', run: () => natsApi.stop() },
+      { name: 'metrics', run: async () => (metrics.stop(), await metricsEndpoint?.close()) },
       { name: 'host registry', run: () => registry.stop() },
       { name: 'steering table watch', run: () => steeringStore.stop() },
       { name: 'grpc server', run: () => server.forceShutdown() },

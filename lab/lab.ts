@@ -25,6 +25,9 @@ import { createTopology, destroyTopology, findFreeLabIndex, inNetns, labPrefix, 
 export const NATS_PORT = 4222;
 export const CONTROLLER_PORT = 50050;
 export const AGENT_PORT = 50051;
+/** Prometheus metrics (`--metrics`): the controller's on the management host, each agent's on its host. */
+export const CONTROLLER_METRICS_PORT = 9460;
+export const AGENT_METRICS_PORT = 9461;
 const BPF_PIN_ROOT = '/sys/fs/bpf/godwit';
 
 export interface Lab {
@@ -34,6 +37,8 @@ export interface Lab {
   natsUrl: string;
   controllerAddress: string;
   agentAddress(host: string): string;
+  /** http://ADDR:PORT/metrics of the controller, or of the agent on `host`. */
+  metricsUrl(of: 'controller' | { agent: string }): string;
   host(name: string): LabHost;
   controller: ControllerApi;
   /**
@@ -151,7 +156,7 @@ async function build(
 
   const controllerAddress = `${ctl.address}:${CONTROLLER_PORT}`;
   const node = process.execPath;
-  start('controller', ctl, node, [join(REPO_ROOT, 'dist', 'controller', 'main.js'), '--nats', natsUrl, '--listen', controllerAddress, ...securityFlags('controller')]);
+  start('controller', ctl, node, [join(REPO_ROOT, 'dist', 'controller', 'main.js'), '--nats', natsUrl, '--listen', controllerAddress, '--metrics', `${ctl.address}:${CONTROLLER_METRICS_PORT}`, ...securityFlags('controller')]);
   // The controller makes the KV buckets before it listens; agents may only read them (NATS
   // permissions, lib/nats-auth.ts), so they start once it is up.
   await waitForPort(ctl.address, CONTROLLER_PORT, 15_000, 'controller');
@@ -161,6 +166,7 @@ async function build(
     '--host', h.name,
     '--listen', `${h.address}:${AGENT_PORT}`,
     '--nats', natsUrl,
+    '--metrics', `${h.address}:${AGENT_METRICS_PORT}`,
     '--iface', h.iface,
     '--state-dir', join(dir, 'hosts', h.name),
     '--pin-dir', agentPinDir(index, h.name),
@@ -206,6 +212,7 @@ async function build(
     pki,
     security,
     agentAddress: (name) => `${host(name).address}:${AGENT_PORT}`,
+    metricsUrl: (of) => (of === 'controller' ? `http://${ctl.address}:${CONTROLLER_METRICS_PORT}/metrics` : `http://${host(of.agent).address}:${AGENT_METRICS_PORT}/metrics`),
     host,
     controller,
     pids,

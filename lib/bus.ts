@@ -2,7 +2,7 @@
  * The one module that talks to NATS (core, JetStream, KV). Everything else sees JSON messages,
  * subjects from lib/subjects.ts and a small KV interface.
  */
-import { connect, Events, JSONCodec, RetentionPolicy, type KV, type NatsConnection, type Subscription } from 'nats';
+import { connect, createInbox, ErrorCode, Events, JSONCodec, RetentionPolicy, type KV, type Msg, type NatsConnection, type NatsError, type Subscription } from 'nats';
 import { EVENTS_STREAM, SUBJECTS } from './subjects.js';
 import { currentSecurity, natsTlsOptions, type Security } from './tls.js';
 
@@ -47,6 +47,39 @@ export interface KvWatch<T> extends AsyncIterable<KvEntry<T>> {
   stop(): void;
 }
 
+/** A request Bus.serve received: its JSON body and the way to answer it. */
+export interface BusRequest {
+  subject: string;
+  /** Where the requester listens for the answer (a NATS inbox); undefined for a plain publish. */
+  replySubject?: string;
+  /** The decoded JSON body; undefined when the body was empty or not JSON (see `malformed`). */
+  body: unknown;
+  /** Why the body could not be read as JSON, when it could not. */
+  malformed?: string;
+  /** Publishes one reply on the requester's reply subject; false when the request named none. May be called more than once (a stream). */
+  reply(frame: unknown): boolean;
+}
+
+/** A request got no answer: nobody serves the subject, or the answer did not come in time. */
+export class BusRequestError extends Error {
+  constructor(
+    readonly subject: string,
+    readonly reason: 'no-responders' | 'timeout',
+  ) {
+    super(reason === 'no-responders' ? `nothing serves ${subject} on NATS` : `no answer on ${subject} in time`);
+    this.name = 'BusRequestError';
+  }
+}
+
+export interface StreamRequestOptions<T> {
+  /** The frame that ends the stream (it is yielded, then iteration ends). */
+  last: (frame: T) => boolean;
+  /** Longest wait for the first frame, and between frames. */
+  idleMs: number;
+  /** Where to publish `{ inbox }` when the caller stops early, so the server stops sending. */
+  cancelSubject?: string;
+}
+
 export class Bus {
   private readonly reconnectListeners = new Set<() => void>();
 
@@ -80,6 +113,87 @@ export class Bus {
       }
     })();
     return () => sub.unsubscribe();
+  }
+
+  /**
+   * Answers requests on `subject` (one NATS subscription; with `queue`, several servers share
+   * the subject and each request reaches one of them).
+   */
+  serve(subject: string, onRequest: (req: BusRequest) => void, queue?: string): () => void {
+    const sub = this.nc.subscribe(subject, {
+      queue,
+      callback: (err, m: Msg) => {
+        if (err) return;
+        let body: unknown;
+        let malformed: string | undefined;
+        if (m.data.length > 0) {
+          try {
+            body = json.decode(m.data);
+          } catch (e) {
+            malformed = e instanceof Error ? e.message : String(e);
+          }
+        }
+        const reply = (frame: unknown) => {
+          if (!m.reply) return false;
+          this.nc.publish(m.reply, json.encode(frame));
+          return true;
+        };
+        onRequest({ subject: m.subject, replySubject: m.reply || undefined, body, malformed, reply });
+      },
+    });
+    return () => sub.unsubscribe();
+  }
+
+  /** One request, one JSON reply. Rejects with BusRequestError when nothing serves the subject or the reply is late. */
+  async request<T>(subject: string, body: unknown, timeoutMs: number): Promise<T> {
+    try {
+      const m = await this.nc.request(subject, json.encode(body), { timeout: timeoutMs });
+      return json.decode(m.data) as T;
+    } catch (err) {
+      throw toRequestError(subject, err);
+    }
+  }
+
+  /**
+   * One request, a stream of JSON replies on an inbox of its own until `last` says a frame ends
+   * it. Stopping early (break, return) publishes `{ inbox }` on `cancelSubject`.
+   */
+  async *requestStream<T>(subject: string, body: unknown, opts: StreamRequestOptions<T>): AsyncGenerator<T> {
+    const inbox = createInbox();
+    const sub = this.nc.subscribe(inbox);
+    const frames = sub[Symbol.asyncIterator]();
+    let ended = false;
+    try {
+      // The inbox is subscribed on the server before the request can be answered.
+      await this.nc.flush();
+      this.nc.publish(subject, json.encode(body), { reply: inbox });
+      for (;;) {
+        let timer: NodeJS.Timeout | undefined;
+        const late = new Promise<'late'>((r) => (timer = setTimeout(() => r('late'), opts.idleMs)));
+        const next = await Promise.race([frames.next(), late]);
+        clearTimeout(timer);
+        if (next === 'late') throw new BusRequestError(subject, 'timeout');
+        if (next.done) return;
+        // With nobody subscribed the server answers a request with a status 503 message (no responders).
+        if (next.value.headers?.hasError && next.value.headers.code === 503) throw new BusRequestError(subject, 'no-responders');
+        const frame = json.decode(next.value.data) as T;
+        if (opts.last(frame)) {
+          ended = true;
+          yield frame;
+          return;
+        }
+        yield frame;
+      }
+    } finally {
+      sub.unsubscribe();
+      if (!ended && opts.cancelSubject) this.nc.publish(opts.cancelSubject, json.encode({ inbox }));
+    }
+  }
+
+  /** Calls `fn` after each reconnect to the NATS server. */
+  onReconnect(fn: () => void): () => void {
+    this.reconnectListeners.add(fn);
+    return () => this.reconnectListeners.delete(fn);
   }
 
   /** The stream that keeps every godwit event (idempotent). */
@@ -204,4 +318,11 @@ export class Bus {
   async close(): Promise<void> {
     await this.nc.drain();
   }
+}
+
+function toRequestError(subject: string, err: unknown): unknown {
+  const code = (err as NatsError | undefined)?.code;
+  if (code === ErrorCode.NoResponders) return new BusRequestError(subject, 'no-responders');
+  if (code === ErrorCode.Timeout) return new BusRequestError(subject, 'timeout');
+  return err;
 }

@@ -6,26 +6,50 @@
  * - controller: everything godwit, JetStream and KV (it alone writes the buckets);
  * - agent <h>: publishes only under godwit.hosts.<h>. (heartbeat, steering acks), reads the
  *   steering table (stream info, direct get, the republished subject);
- * - clients (automation): publish requests on godwit.api.>, read events, heartbeats and KV;
+ * - clients (automation): publish requests on godwit.api.v1.<Method> for the methods their role
+ *   may call, read events, heartbeats and KV;
  *   never publish events or write a bucket.
  * Subjects another module adds must be added here too: anything not allowed is refused.
  */
+import { callerOf, METHOD_CALLERS } from './authz.js';
 import { identityUri, type Identity } from './identity.js';
-import { EVENTS_STREAM, STEERING_BUCKET, STEERING_KV, SUBJECTS } from './subjects.js';
+import { CORDONS_BUCKET, DRAINS_BUCKET, EVENTS_STREAM, MIGRATIONS_BUCKET, STEERING_BUCKET, STEERING_KV, SUBJECTS, WORKLOADS_BUCKET } from './subjects.js';
 
 export interface NatsPermissions {
   publish: { allow: string[] };
   subscribe: { allow: string[] };
 }
 
-/** The request API other modules serve on NATS (issue 14): clients may publish requests here. */
-export const API_REQUESTS = 'godwit.api.>';
+/**
+ * The NATS request API subjects (controller/nats-api.ts) a client may publish on: one per
+ * Controller or Steering method its role may call over gRPC (lib/authz.ts, the one table), so a
+ * read-only client cannot Migrate over NATS either; and the stream-cancel subject.
+ */
+export function apiRequestSubjects(id: Identity): string[] {
+  const caller = callerOf(id);
+  const methods = Object.entries(METHOD_CALLERS)
+    .filter(([path, callers]) => /^\/godwit\.v1\.(Controller|Steering)\//.test(path) && caller !== undefined && callers.includes(caller))
+    .map(([path]) => SUBJECTS.apiRequest(path.slice(path.lastIndexOf('/') + 1)));
+  return [...methods, SUBJECTS.apiStreamCancel];
+}
 
 const stream = (name: string) => [
   `$JS.API.STREAM.INFO.${name}`,
   `$JS.API.STREAM.MSG.GET.${name}`,
   `$JS.API.DIRECT.GET.${name}`,
   `$JS.API.DIRECT.GET.${name}.>`,
+];
+
+/** The buckets automation may read (the controller alone writes them). */
+const KV_BUCKETS = [MIGRATIONS_BUCKET, WORKLOADS_BUCKET, STEERING_BUCKET, CORDONS_BUCKET, DRAINS_BUCKET];
+
+/** What a reader's own consumer on a stream needs: create it, ask for messages, ask about it, delete it. */
+const readConsumer = (name: string) => [
+  `$JS.API.CONSUMER.CREATE.${name}`,
+  `$JS.API.CONSUMER.CREATE.${name}.>`,
+  `$JS.API.CONSUMER.INFO.${name}.>`,
+  `$JS.API.CONSUMER.DELETE.${name}.>`,
+  `$JS.API.CONSUMER.MSG.NEXT.${name}.>`,
 ];
 
 export function natsPermissions(id: Identity): NatsPermissions {
@@ -43,18 +67,16 @@ export function natsPermissions(id: Identity): NatsPermissions {
       return {
         publish: {
           allow: [
-            API_REQUESTS,
+            ...apiRequestSubjects(id),
             '$JS.API.INFO',
             '$JS.API.STREAM.INFO.>',
             '$JS.API.STREAM.MSG.GET.>',
             '$JS.API.DIRECT.GET.>',
             // Reading the event stream with a consumer of its own.
-            `$JS.API.CONSUMER.CREATE.${EVENTS_STREAM}`,
-            `$JS.API.CONSUMER.CREATE.${EVENTS_STREAM}.>`,
-            `$JS.API.CONSUMER.INFO.${EVENTS_STREAM}.>`,
-            `$JS.API.CONSUMER.DELETE.${EVENTS_STREAM}.>`,
-            `$JS.API.CONSUMER.MSG.NEXT.${EVENTS_STREAM}.>`,
+            ...readConsumer(EVENTS_STREAM),
             `$JS.ACK.${EVENTS_STREAM}.>`,
+            // Reading (listing, watching) the buckets: a consumer on the bucket's stream reads only.
+            ...KV_BUCKETS.flatMap((b) => readConsumer(`KV_${b}`)),
           ],
         },
         subscribe: { allow: [SUBJECTS.allEvents, SUBJECTS.allHeartbeats, SUBJECTS.allSteeringAcks, STEERING_KV.republish.subject, '_INBOX.>'] },

@@ -27,7 +27,7 @@ export const REPO_ROOT = (() => {
 })();
 
 /** Must match the flags proto-loader-gen-types is run with (package.json "gen:proto"). */
-const LOADER_OPTIONS: protoLoader.Options = {
+export const LOADER_OPTIONS: protoLoader.Options = {
   longs: String,
   enums: String,
   defaults: true,
@@ -35,13 +35,21 @@ const LOADER_OPTIONS: protoLoader.Options = {
   includeDirs: [join(REPO_ROOT, 'proto')],
 };
 
-function load<T>(file: string): T {
-  return grpc.loadPackageDefinition(protoLoader.loadSync(file, LOADER_OPTIONS)) as unknown as T;
-}
+/**
+ * Each proto file's package definition: the services' methods with their (de)serializers, and
+ * the descriptors that server reflection and the NATS request API read.
+ */
+export const PROTO_PACKAGES = {
+  agent: protoLoader.loadSync('godwit/v1/agent.proto', LOADER_OPTIONS),
+  controller: protoLoader.loadSync('godwit/v1/controller.proto', LOADER_OPTIONS),
+  steering: protoLoader.loadSync('godwit/v1/steering.proto', LOADER_OPTIONS),
+} as const;
 
-const agentProto = load<AgentProto>('godwit/v1/agent.proto');
-const controllerProto = load<ControllerProto>('godwit/v1/controller.proto');
-const steeringProto = load<SteeringProto>('godwit/v1/steering.proto');
+const load = <T>(pkg: protoLoader.PackageDefinition): T => grpc.loadPackageDefinition(pkg) as unknown as T;
+
+const agentProto = load<AgentProto>(PROTO_PACKAGES.agent);
+const controllerProto = load<ControllerProto>(PROTO_PACKAGES.controller);
+const steeringProto = load<SteeringProto>(PROTO_PACKAGES.steering);
 
 /** Marks a request whose bytes did not decode; refuseUndecodable answers it. */
 const UNDECODABLE = Symbol('undecodable request');
@@ -128,6 +136,14 @@ export function newServer(log: Logger, options: grpc.ServerOptions = {}): grpc.S
       authorizationInterceptor((path, d, peer) => log.warn({ rpc: path, peer: describeIdentity(peer), code: grpc.status[d.code] }, 'call refused')),
     ],
   });
+}
+
+/**
+ * A client of any service on a godwit gRPC server (health, reflection), over the same channel
+ * credentials and options as the godwit clients above.
+ */
+export function serviceClient(ctor: grpc.ServiceClientConstructor, address: string, expect: 'controller' | 'agent'): grpc.Client {
+  return new ctor(address, channelCredentials(expect), { ...CHANNEL_OPTIONS, ...channelSecurityOptions() });
 }
 
 /**

@@ -15,6 +15,14 @@ export const SUBJECTS = {
   drainEvent: (id: string) => `godwit.events.drain.${id}`,
   /** A host cordoned or uncordoned (controller/cordon.ts): `godwit.events.host.<host>.cordon`. */
   cordonEvent: (host: string) => `godwit.events.host.${host}.cordon`,
+  /**
+   * The NATS request API: a controller gRPC method as a request subject,
+   * `godwit.api.v1.<Method>` (controller/nats-api.ts; docs: README, "NATS request API").
+   */
+  apiRequest: (method: string) => `godwit.api.v1.${method}`,
+  /** Where a client stops a server-streaming request early: `{ "inbox": <its reply subject> }`. */
+  apiStreamCancel: 'godwit.api.v1.stream.cancel',
+  allApi: 'godwit.api.v1.>',
 } as const;
 
 /** JetStream stream that keeps the events for automation that was not listening at the time. */

@@ -9,6 +9,7 @@ import { X509Certificate } from 'node:crypto';
 import { afterAll, describe, expect, it } from 'vitest';
 import { status } from '@grpc/grpc-js';
 import { authorize, METHOD_CALLERS } from '../../lib/authz.js';
+import { natsPermissions } from '../../lib/nats-auth.js';
 import { execCommand } from '../../lib/exec.js';
 import { identityOfSubjectAltName, identityUri, parseIdentityUri } from '../../lib/identity.js';
 import { signImageToken, verifyImageToken } from '../../lib/migration-token.js';
@@ -100,5 +101,23 @@ describe('the image token', () => {
     } finally {
       pki.remove();
     }
+  });
+});
+
+describe('NATS permissions of the request API', () => {
+  const subjects = (access: 'admin' | 'read') => natsPermissions({ role: 'client', name: 'x', access }).publish.allow;
+
+  it('a read-only client may publish only the read methods\' request subjects; an admin every method\'s', () => {
+    expect(subjects('read')).toContain('godwit.api.v1.ListMigrations');
+    expect(subjects('read')).toContain('godwit.api.v1.WatchMigration');
+    expect(subjects('read')).not.toContain('godwit.api.v1.Migrate');
+    expect(subjects('read')).not.toContain('godwit.api.v1.Drain');
+    expect(subjects('read').some((s) => s.includes('>') && s.startsWith('godwit.api'))).toBe(false);
+    expect(subjects('admin')).toContain('godwit.api.v1.Migrate');
+    expect(subjects('admin')).toContain('godwit.api.v1.CreateService');
+  });
+
+  it('no client may publish an event or an agent\'s subject', () => {
+    for (const s of subjects('admin')) expect(s.startsWith('godwit.events') || s.startsWith('godwit.hosts')).toBe(false);
   });
 });
