@@ -103,7 +103,7 @@ async function main() {
   }
 
   const service = new AgentService({ host: o.host, platform, stateDir: o.stateDir, log, workloadDir: o.workloadDir });
-  const server = newServer(log, { 'grpc.max_receive_message_length': 16 * 1024 * 1024 });
+  const server = newServer({}, log);
   server.addService(AgentServiceDef, service.handlers());
   await bindServer(server, [o.listen]);
 

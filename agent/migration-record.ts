@@ -3,7 +3,7 @@
  * an agent restart. Every RPC that changes the host records its effect here before returning, so
  * Abort knows exactly what to undo and nothing else.
  */
-import { mkdirSync, readFileSync, writeFileSync, renameSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync, renameSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Endpoint } from '../lib/endpoint.js';
 import type { LockModeName, LockResidue } from './lock-strategy.js';
@@ -63,6 +63,11 @@ export class MigrationRecords {
     } catch {
       return { migrationId, locked: [], addedAddresses: [], imageReceived: false, released: false, aborted: false };
     }
+  }
+
+  /** Whether this host has done anything for the migration (a record is written by its first step). */
+  has(migrationId: string): boolean {
+    return existsSync(this.path(migrationId));
   }
 
   /** Applies `change` to the record and writes it atomically (rename). */

@@ -13,10 +13,12 @@ import type { PipelinedStep } from '../proto/gen/godwit/v1/PipelinedStep.js';
 import type { ReceiveImageResponse } from '../proto/gen/godwit/v1/ReceiveImageResponse.js';
 import type { SendImageResponse } from '../proto/gen/godwit/v1/SendImageResponse.js';
 import type { UnlockResponse } from '../proto/gen/godwit/v1/UnlockResponse.js';
-import { HostOperationError, InvalidArgumentError, PreconditionError, ProcessNotFoundError } from '../lib/errors.js';
+import { HostOperationError, InvalidArgumentError, MigrationNotFoundError, PreconditionError, ProcessNotFoundError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
 import { agentClient, handleUnary, toServiceError } from '../lib/rpc.js';
-import { endpointsFromWire, versionFromWire, workloadFromWire, workloadSocketToWire, type WorkloadSpec } from '../lib/wire.js';
+import type { Endpoint__Output } from '../proto/gen/godwit/v1/Endpoint.js';
+import type { Endpoint } from '../lib/endpoint.js';
+import { LEASE_MS, endpointsFromWire, versionFromWire, workloadFromWire, workloadSocketToWire, type WorkloadSpec } from '../lib/wire.js';
 import { appendHeldFile, concatHeld, readHeldFile, removeHeldFile } from './held-packets.js';
 import { imagePermit } from './image-permit.js';
 import { ImageStream, imageTotals, receiveImage } from './images.js';
@@ -28,7 +30,7 @@ import { exportIntoImage, forgetHere, importFromImage } from './steering-handoff
 import { steeringStateHandler } from './steering-state.js';
 import { StepTimer } from './step-timer.js';
 import { HOST_BOUND_SOCKETS_REPORTED, hostBoundSockets, tcpConnectionCount } from '../lib/workload-sockets.js';
-import { fileFromWire, fileToWire, treeFactsToWire } from '../lib/facts-wire.js';
+import { fileToWire, filesFromWire, treeFactsToWire } from '../lib/facts-wire.js';
 import { CriuLogKeeper } from './criu-logs.js';
 import { WorkloadRunner } from './run-workload.js';
 import { carryOutput, outputFileOf, placeOutput } from './workload-output.js';
@@ -115,10 +117,11 @@ export class AgentService {
 
       Lock: handleUnary(log, 'Lock', async (req) => {
         const id = migrationId(req.migrationId);
-        const endpoints = endpointsFromWire(req.endpoints);
+        const endpoints = requiredEndpoints(req.endpoints);
         const version = versionFromWire(req.version);
         const mode = lockModeFromWire(req.lockMode);
         const leaseMs = req.leaseMs || this.opts.defaultLeaseMs || 120_000;
+        if (leaseMs < LEASE_MS.min || leaseMs > LEASE_MS.max) throw new InvalidArgumentError('lease_ms', `lease_ms must be between ${LEASE_MS.min} and ${LEASE_MS.max}, got ${leaseMs}`);
         const strategy = p.lockStrategy(mode);
         const started = performance.now();
         const steps = new StepTimer();
@@ -144,7 +147,7 @@ export class AgentService {
       }),
 
       Unlock: handleUnary(log, 'Unlock', async (req) => {
-        return this.unlockHere(migrationId(req.migrationId), endpointsFromWire(req.endpoints), versionFromWire(req.version));
+        return this.unlockHere(migrationId(req.migrationId), requiredEndpoints(req.endpoints), versionFromWire(req.version));
       }),
 
       Checkpoint: handleUnary(log, 'Checkpoint', async (req) => {
@@ -240,7 +243,9 @@ export class AgentService {
 
       Release: handleUnary(log, 'Release', async (req) => {
         const id = migrationId(req.migrationId);
-        const endpoints = endpointsFromWire(req.endpoints);
+        const endpoints = requiredEndpoints(req.endpoints);
+        // Release takes addresses down: only for a migration this host took part in.
+        if (!this.records.has(id)) throw new MigrationNotFoundError(id);
         const version = versionFromWire(req.version);
         const started = performance.now();
         const steps = new StepTimer();
@@ -302,7 +307,7 @@ export class AgentService {
       }),
 
       CheckFiles: handleUnary(log, 'CheckFiles', async (req) => {
-        const mismatches = await p.checkFiles(req.files.map(fileFromWire));
+        const mismatches = await p.checkFiles(filesFromWire(req.files));
         return { mismatches: mismatches.map((m) => ({ file: fileToWire(m.file), problem: m.problem })) };
       }),
     };
@@ -787,6 +792,12 @@ function lockModeFromWire(mode: string | number | null | undefined): LockModeNam
   throw new InvalidArgumentError('lock_mode', `lock_mode ${String(mode)} is not one of EBPF, IPTABLES, NFTABLES`);
 }
 
+
+/** The endpoints a lock step works on: at least one (a workload owns at least one), each valid. */
+function requiredEndpoints(list: Endpoint__Output[]): Endpoint[] {
+  if (list.length === 0) throw new InvalidArgumentError('endpoints', 'endpoints is empty: name the endpoints of the migration\'s workload');
+  return endpointsFromWire(list);
+}
 
 function migrationId(id: string): string {
   if (!MIGRATION_ID.test(id)) throw new InvalidArgumentError('migration_id', `migration_id "${id}" must be 1-64 of [A-Za-z0-9_-]`);

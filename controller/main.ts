@@ -47,7 +47,7 @@ async function main() {
   const service = new ControllerService({ registry, agents, orchestrator, store, log, workloads });
   const steering = new SteeringController({ store: steeringStore, registry, agents, log });
 
-  const server = newServer(log);
+  const server = newServer({}, log);
   server.addService(ControllerServiceDef, service.handlers());
   server.addService(SteeringServiceDef, steering.handlers());
   await bindServer(server, o.listen);
