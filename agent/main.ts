@@ -107,7 +107,7 @@ async function main() {
   }
 
   const service = new AgentService({ host: o.host, platform, stateDir: o.stateDir, log, workloadDir: o.workloadDir });
-  const server = newServer(log);
+  const server = newServer({}, log);
   server.addService(AgentServiceDef, service.handlers());
   const health = addHealthAndReflection(server, ['godwit/v1/agent.proto']);
   await bindServer(server, [o.listen]);

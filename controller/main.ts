@@ -71,7 +71,7 @@ async function main() {
   // One set of handlers for gRPC and the NATS request API: one validation path.
   const controllerHandlers = service.handlers();
   const steeringHandlers = steering.handlers();
-  const server = newServer(log);
+  const server = newServer({}, log);
   server.addService(ControllerServiceDef, controllerHandlers);
   server.addService(SteeringServiceDef, steeringHandlers);
   const health = addHealthAndReflection(server, ['godwit/v1/controller.proto', 'godwit/v1/steering.proto']);

@@ -158,8 +158,9 @@ async function build(
   const node = process.execPath;
   start('controller', ctl, node, [join(REPO_ROOT, 'dist', 'controller', 'main.js'), '--nats', natsUrl, '--listen', controllerAddress, '--metrics', `${ctl.address}:${CONTROLLER_METRICS_PORT}`, ...securityFlags('controller')]);
   // The controller makes the KV buckets before it listens; agents may only read them (NATS
-  // permissions, lib/nats-auth.ts), so they start once it is up.
-  await waitForPort(ctl.address, CONTROLLER_PORT, 15_000, 'controller');
+  // permissions, lib/nats-auth.ts), so they start once it is up. Its start took over 15 s on
+  // this 2-core machine with two labs and other tenants' tests beside it.
+  await waitForPort(ctl.address, CONTROLLER_PORT, 60_000, 'controller');
 
   const agentArgs = (h: LabHost) => [
     join(REPO_ROOT, 'dist', 'agent', 'main.js'),

@@ -12,7 +12,7 @@ import type { SteeringClient } from '../proto/gen/godwit/v1/Steering.js';
 import { authorizationInterceptor } from './authz.js';
 import { GodwitError } from './errors.js';
 import { describeIdentity } from './identity.js';
-import type { Logger } from './log.js';
+import { createLogger, type Logger } from './log.js';
 import { channelCredentials, channelSecurityOptions, serverCredentials } from './tls.js';
 
 /** The repository root, found from this file whether it runs from lib/ (tsx, vitest) or dist/lib/. */
@@ -99,7 +99,6 @@ const refuseUndecodable: grpc.ServerInterceptor = (method, call) =>
 /** The largest message a godwit server or client takes; gRPC answers a larger one RESOURCE_EXHAUSTED. */
 export const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
 
-
 /** Keepalive so that a dead peer is noticed during long phases, not after the OS gives up. */
 const CHANNEL_OPTIONS: grpc.ChannelOptions = {
   'grpc.keepalive_time_ms': 10_000,
@@ -121,19 +120,19 @@ export function steeringClient(address: string): SteeringClient {
 }
 
 /**
- * A gRPC server whose every call passes the authorization table (lib/authz.ts) first, and whose
- * requests that do not decode are answered INVALID_ARGUMENT. Every godwit server is made here,
- * so a service added to it later is covered (and refused until its methods are in the table).
+ * A gRPC server for godwit's services. Every call passes the authorization table
+ * (lib/authz.ts) first, when its metadata arrives, then undecodable requests are refused the
+ * same way everywhere. Every godwit server is made here, so a service added to one later is
+ * covered (and refused until its methods are in the table).
  */
-export function newServer(log: Logger, options: grpc.ServerOptions = {}): grpc.Server {
+export function newServer(options: grpc.ServerOptions = {}, log: Logger = createLogger('rpc')): grpc.Server {
   return new grpc.Server({
     'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
     ...options,
-    // grpc-js wraps each interceptor around the ones before it: authorization is the outermost.
     interceptors: [
+      authorizationInterceptor((path, d, peer) => log.warn({ rpc: path, peer: describeIdentity(peer), code: grpc.status[d.code] }, 'call refused')),
       refuseUndecodable,
       ...(options.interceptors ?? []),
-      authorizationInterceptor((path, d, peer) => log.warn({ rpc: path, peer: describeIdentity(peer), code: grpc.status[d.code] }, 'call refused')),
     ],
   });
 }

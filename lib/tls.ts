@@ -138,9 +138,9 @@ export const SECURITY_FLAG_HELP = {
  * name and is logged as loudly as the logger allows; giving nothing is an error, not a default.
  */
 export function securityFromFlags(flags: SecurityFlags, log: SecurityLog): Security {
-  const tlsDir = flags.tlsDir ?? process.env.GODWIT_TLS_DIR;
-  const some = tlsDir !== undefined || flags.cert !== undefined || flags.key !== undefined || flags.ca !== undefined;
+  const some = flags.tlsDir !== undefined || flags.cert !== undefined || flags.key !== undefined || flags.ca !== undefined;
   if (flags.insecure) {
+    // Flags only: GODWIT_TLS_DIR in the environment (a parent's) does not contradict an explicit --insecure.
     if (some) throw new SecurityConfigError('--insecure and TLS flags together: choose one');
     log.error(
       { insecure: true },
@@ -150,6 +150,7 @@ export function securityFromFlags(flags: SecurityFlags, log: SecurityLog): Secur
     useSecurity(INSECURE);
     return INSECURE;
   }
+  const tlsDir = flags.tlsDir ?? (some ? undefined : process.env.GODWIT_TLS_DIR);
   let files: TlsFiles;
   if (tlsDir !== undefined && flags.cert === undefined && flags.key === undefined && flags.ca === undefined) files = tlsFilesIn(tlsDir);
   else if (flags.cert !== undefined && flags.key !== undefined && flags.ca !== undefined && tlsDir === undefined) files = { cert: flags.cert, key: flags.key, ca: flags.ca };

@@ -27,7 +27,7 @@ beforeAll(async () => {
   // Mutual TLS as between two agents: this process is agent a on both ends.
   pki = await makeFleetPki();
   useSecurity(await pki.issue('agent-a', { role: 'agent', host: 'a' }));
-  server = newServer(createLogger('test'), { 'grpc.max_receive_message_length': 16 * 1024 * 1024 });
+  server = newServer({}, createLogger('test'));
   server.addService(AgentService, {
     ReceiveImage: (call: grpc.ServerReadableStream<never, never>, cb: grpc.sendUnaryData<unknown>) => {
       receiveImage(call as never, (id) => join(root, 'target', id)).then(
