@@ -98,6 +98,8 @@ async function main() {
   }
 
   const service = new AgentService({ host: o.host, platform, stateDir: o.stateDir, log, workloadDir: o.workloadDir });
+  // Before serving: no step of this agent runs yet, so every folder an ended migration left is stale.
+  await service.sweepImages();
   const server = new grpc.Server({ 'grpc.max_receive_message_length': 16 * 1024 * 1024 });
   server.addService(AgentServiceDef, service.handlers());
   await bindServer(server, [o.listen]);

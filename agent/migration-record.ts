@@ -43,6 +43,18 @@ export interface AgentMigrationRecord {
   imageReceived: boolean;
   released: boolean;
   aborted: boolean;
+  /**
+   * Written before CRIU starts (agent/interrupted-steps.ts): an agent killed mid-dump or
+   * mid-restore finds, after its restart, that a CRIU run of its own may have finished without it.
+   */
+  dumpStarted?: { pid: number; endpoints: Endpoint[] };
+  restoreStarted?: boolean;
+  /**
+   * This host's part is over and nothing needs the image folder any more (source released,
+   * target's image discarded after DONE, or an abort that brought the workload back): the
+   * start-up sweep removes a folder left behind.
+   */
+  ended?: boolean;
 }
 
 export class MigrationRecords {
@@ -73,6 +85,16 @@ export class MigrationRecords {
     writeFileSync(tmp, JSON.stringify(r, null, 2));
     renameSync(tmp, this.path(migrationId));
     return r;
+  }
+
+  /** Whether this agent has a record of the migration at all. */
+  has(migrationId: string): boolean {
+    try {
+      readFileSync(this.path(migrationId));
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   ids(): string[] {

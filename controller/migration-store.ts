@@ -30,7 +30,7 @@ export class MigrationStore {
     return [...this.cache.values()].map((e) => e.state).sort((a, b) => a.createdAtMs - b.createdAtMs);
   }
 
-  /** Reloads what earlier controllers recorded (read-only here; resuming them is durable orchestration's job). */
+  /** Reloads what is recorded (at start, on taking the lead: controller/resume.ts; a standby, to serve reads). */
   async load(): Promise<void> {
     for (const key of await this.kv.keys()) {
       const e = await this.kv.get(key);

@@ -32,6 +32,8 @@ export interface ControllerServiceOptions {
   store: MigrationStore;
   log: Logger;
   workloads: WorkloadService;
+  /** The leader lease (controller/leader.ts); absent: this controller always leads (tests). */
+  leader?: { requireLeader(): void };
 }
 
 export class ControllerService {
@@ -42,7 +44,7 @@ export class ControllerService {
   handlers(): ControllerHandlers {
     const { log, store, registry } = this.opts;
     return {
-      Migrate: handleUnary(log, 'Migrate', async (req) => toWire(await this.migrate(req))),
+      Migrate: handleUnary(log, 'Migrate', async (req) => (this.requireLeader(), toWire(await this.migrate(req)))),
       GetMigration: handleUnary(log, 'GetMigration', async (req) => toWire(this.find(req.id))),
       ListMigrations: handleUnary(log, 'ListMigrations', async () => ({ migrations: store.list().map(toWire) })),
       ListHosts: handleUnary(log, 'ListHosts', async () => ({
@@ -59,10 +61,18 @@ export class ControllerService {
         })),
       })),
       WatchMigration: (call) => this.watchMigration(call),
-      RunWorkload: handleUnary(log, 'RunWorkload', async (req) => this.opts.workloads.run(req)),
+      RunWorkload: handleUnary(log, 'RunWorkload', async (req) => (this.requireLeader(), this.opts.workloads.run(req))),
       ListWorkloads: handleUnary(log, 'ListWorkloads', async () => ({ workloads: this.opts.workloads.list() })),
       GetLogs: handleUnary(log, 'GetLogs', async (req) => ({ files: await this.opts.workloads.logs(req.name, Number(req.maxBytes)) })),
     };
+  }
+
+  /**
+   * The one check every write of this API makes first: a standby controller serves reads and
+   * refuses writes with UNAVAILABLE naming the leader (NotLeaderError). Methods added later call it too.
+   */
+  requireLeader(): void {
+    this.opts.leader?.requireLeader();
   }
 
   async migrate(req: MigrateRequest__Output): Promise<MigrationState> {
@@ -103,7 +113,7 @@ export class ControllerService {
     }
     const stop = this.opts.orchestrator.watch(m.id, (e) => {
       call.write(eventToWire(e));
-      if (isTerminal(e.migration.phase) && (e.phase === 'DONE' || e.phase === 'FAILED')) {
+      if (isTerminal(e.migration.phase) && e.phase === e.migration.phase) {
         stop();
         call.end();
       }
@@ -186,6 +196,8 @@ export function toWire(m: MigrationState): Migration {
     handedOff: m.handedOff ?? 0,
     forwarded: m.forwarded ?? 0,
     lazyPagesMs: m.lazyPagesMs ?? 0,
+    attention: m.attention ?? '',
+    controllers: m.controllers ?? [],
   };
 }
 

@@ -40,6 +40,13 @@ export interface Lab {
   restartAgent(host: string): Promise<void>;
   /** Kills a lab service by name ('controller', 'nats', 'agent-a'...) with SIGKILL, as a crash would. */
   crash(service: string): Promise<void>;
+  /** Starts a lab service again as it was first started (after crash()); resolves once it listens. */
+  restart(service: string): Promise<void>;
+  /**
+   * One more controller on the management host (`controller-<name>` in pids), at `port`: a
+   * standby while another holds the leader lease. Resolves with its gRPC address once it listens.
+   */
+  addController(name: string, port: number): Promise<string>;
   down(): Promise<void>;
 }
 
@@ -59,6 +66,8 @@ export interface LabOptions {
    * then be moved (CRIU dumps a tree in its own mount namespace only).
    */
   privateFolders?: boolean;
+  /** Extra flags for every controller, e.g. ['--lease-ms', '3000']. */
+  controllerFlags?: string[];
 }
 
 /** The folder each host has its own copy of in a lab made with privateFolders. */
@@ -82,7 +91,7 @@ export async function labUp(opts: LabOptions = {}): Promise<Lab> {
   const index = opts.index ?? (await findFreeLabIndex());
   const hosts = opts.hosts ?? ['a', 'b'];
   try {
-    return await build(index, hosts, opts.fabric ?? 'bridge', opts.agentFlags ?? [], opts.hostAgentFlags ?? {}, opts.privateFolders === true);
+    return await build(index, hosts, opts.fabric ?? 'bridge', opts.agentFlags ?? [], opts.hostAgentFlags ?? {}, opts.privateFolders === true, opts.controllerFlags ?? []);
   } catch (err) {
     await labDown(index);
     throw err;
@@ -96,6 +105,7 @@ async function build(
   agentFlags: string[],
   hostAgentFlags: Record<string, string[]>,
   privateFolders: boolean,
+  controllerFlags: string[],
 ): Promise<Lab> {
   const topology = await createTopology({ index, hosts: hostNames, fabric });
   const dir = labDir(index);
@@ -115,6 +125,8 @@ async function build(
   for (const r of topology.rootRoutes) await execCommand('ip', ['route', 'add', r.to, 'via', r.via, 'dev', mgmt]);
 
   const pids = new Map<string, number>();
+  /** How each service was started, and where it listens: restart() starts it the same way. */
+  const starters = new Map<string, { again: () => void; port: { address: string; port: number } }>();
   const start = (name: string, host: LabHost, file: string, args: string[]) => {
     pids.set(name, startService(dir, name, host, file, args));
   };
@@ -126,7 +138,11 @@ async function build(
 
   const controllerAddress = `${ctl.address}:${CONTROLLER_PORT}`;
   const node = process.execPath;
-  start('controller', ctl, node, [join(REPO_ROOT, 'dist', 'controller', 'main.js'), '--nats', natsUrl, '--listen', controllerAddress]);
+  const startController = (name: string, address: string) =>
+    start(name, ctl, node, [join(REPO_ROOT, 'dist', 'controller', 'main.js'), '--nats', natsUrl, '--listen', address, ...controllerFlags]);
+  startController('controller', controllerAddress);
+  starters.set('nats', { again: () => start('nats', ctl, 'nats-server', ['-a', ctl.address, '-p', String(NATS_PORT), '-js', '-sd', join(dir, 'nats')]), port: { address: ctl.address, port: NATS_PORT } });
+  starters.set('controller', { again: () => startController('controller', controllerAddress), port: { address: ctl.address, port: CONTROLLER_PORT } });
 
   const agentArgs = (h: LabHost) => [
     join(REPO_ROOT, 'dist', 'agent', 'main.js'),
@@ -154,6 +170,7 @@ async function build(
         ])
       : start(`agent-${h.name}`, h, node, agentArgs(h));
   for (const h of topology.hosts) startAgent(h);
+  for (const h of topology.hosts) starters.set(`agent-${h.name}`, { again: () => startAgent(h), port: { address: h.address, port: AGENT_PORT } });
 
   await waitForPort(ctl.address, CONTROLLER_PORT, 15_000, 'controller');
   const controller = new ControllerApi(controllerAddress);
@@ -190,6 +207,23 @@ async function build(
       if (!pid) throw new Error(`lab has no service "${service}"`);
       await stopPid(pid, 'SIGKILL');
       pids.delete(service);
+    },
+    async restart(service) {
+      const s = starters.get(service);
+      if (!s) throw new Error(`lab has no service "${service}" to restart`);
+      const restartedAtMs = Date.now();
+      s.again();
+      await waitForPort(s.port.address, s.port.port, 30_000, service);
+      // An agent is ready once the controller has heard it (as in restartAgent).
+      if (service.startsWith('agent-')) await waitForHosts(controller, [service.slice('agent-'.length)], 60_000, restartedAtMs);
+    },
+    async addController(name, port) {
+      const address = `${ctl.address}:${port}`;
+      const service = `controller-${name}`;
+      starters.set(service, { again: () => startController(service, address), port: { address: ctl.address, port } });
+      startController(service, address);
+      await waitForPort(ctl.address, port, 30_000, service);
+      return address;
     },
     async down() {
       controller.close();
