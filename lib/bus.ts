@@ -191,6 +191,23 @@ export class Bus {
       );
   }
 
+  /**
+   * Every event the stream kept on `subject` (wildcards allowed), oldest first: what automation
+   * that was not listening reads back (the fault matrix checks a migration's events this way, as
+   * a subscriber can miss those published while the server restarted).
+   */
+  async storedEvents<T>(subject: string): Promise<T[]> {
+    // An ordered consumer: no state on the server beyond this read, in stream order.
+    const c = await this.nc.jetstream().consumers.get(EVENTS_STREAM, { filterSubjects: [subject] });
+    const out: T[] = [];
+    for (;;) {
+      const m = await c.next({ expires: 1_000 });
+      if (!m) return out;
+      out.push(json.decode(m.data) as T);
+      if (m.info.pending === 0) return out;
+    }
+  }
+
   async flush(): Promise<void> {
     await this.nc.flush();
   }
