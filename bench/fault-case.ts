@@ -90,6 +90,10 @@ const POINT_TIMEOUT_MS = 120_000;
 
 export async function runFaultCase(env: FaultEnv, c: FaultCase): Promise<FaultRow> {
   const { lab } = env;
+  // Where the workload runs now, from the hosts (an earlier case may have ended anywhere).
+  const now = [...(await echoServersByHost(lab)).entries()].filter(([, pids]) => pids.length > 0);
+  if (now.length !== 1 || now[0][1].length !== 1) throw new Error(`the workload does not run exactly once before the case: ${JSON.stringify([...now])}`);
+  env.place = { host: now[0][0], pid: now[0][1][0] };
   const from = env.place.host;
   const to = lab.topology.hosts.map((h) => h.name).find((h) => h !== from)!;
   if (c.standby) await startStandby(env);

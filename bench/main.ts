@@ -7,6 +7,7 @@
  *   npm run bench -- steer-dataplane   CPU per packet: godwit steering vs iptables / nftables DNAT vs no rule
  *   npm run bench -- follow   steering state following a workload: map handoff, migrations in the routed lab
  *   npm run bench -- freeze   where a migration's freeze goes: every phase and agent step, godwit's share vs CRIU alone
+ *   npm run bench -- faults   the fault matrix: controller, agents, nats-server killed at each point of a migration
  */
 const [which, ...rest] = process.argv.slice(2);
 const benches: Record<string, () => Promise<{ run(argv: string[]): Promise<number> }>> = {
@@ -17,6 +18,7 @@ const benches: Record<string, () => Promise<{ run(argv: string[]): Promise<numbe
   'steer-dataplane': () => import('./steer-dataplane.js'),
   follow: () => import('./follow.js'),
   freeze: () => import('./freeze.js'),
+  faults: () => import('./faults.js'),
 };
 const load = which ? benches[which] : undefined;
 if (!load) {

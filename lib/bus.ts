@@ -197,8 +197,9 @@ export class Bus {
    * a subscriber can miss those published while the server restarted).
    */
   async storedEvents<T>(subject: string): Promise<T[]> {
-    // An ordered consumer: no state on the server beyond this read, in stream order.
-    const c = await this.nc.jetstream().consumers.get(EVENTS_STREAM, { filterSubjects: [subject] });
+    // An ordered consumer: no state on the server beyond this read, in stream order. One subject
+    // (filter_subject): a list needs nats-server 2.10, Debian 12 ships 2.9.
+    const c = await this.nc.jetstream().consumers.get(EVENTS_STREAM, { filterSubjects: subject });
     const out: T[] = [];
     for (;;) {
       const m = await c.next({ expires: 1_000 });
