@@ -64,6 +64,8 @@ export interface FaultRow extends FaultCase {
   eventsInOrder: boolean;
   /** The part back (restarted, or the standby leading) to the migration's end, ms. */
   recoveredMs: number;
+  /** 'single' nats-server, or 'cluster-N' (a nats case kills one server of N). */
+  nats: string;
 }
 
 /** The lab as the matrix drives it; `place` follows the workload from case to case. */
@@ -79,6 +81,9 @@ export interface FaultEnv {
   leader: string;
   /** Longest a case may take from the part's return to the migration's end. */
   recoveryTimeoutMs: number;
+  /** The lab service a nats case kills: 'nats', or one server of a cluster ('nats-1'). */
+  natsService: string;
+  natsCluster: number;
   log: (line: string) => void;
 }
 
@@ -149,12 +154,13 @@ export async function runFaultCase(env: FaultEnv, c: FaultCase): Promise<FaultRo
     leftovers: whereOk ? leftovers : [`workload on ${survived} after ${outcome}`, ...leftovers],
     eventsInOrder,
     recoveredMs,
+    nats: env.natsCluster > 1 ? `cluster-${env.natsCluster}` : 'single',
   };
 }
 
 function serviceOf(env: FaultEnv, part: FaultPart, from: string, to: string): string {
   if (part === 'controller') return env.leader;
-  if (part === 'nats') return 'nats';
+  if (part === 'nats') return env.natsService;
   return `agent-${part === 'source-agent' ? from : to}`;
 }
 
@@ -404,11 +410,12 @@ export const FAULT_LEASE_MS = 3_000;
 const FAULT_PORT = 7000;
 
 /** A lab with hosts a and b, the workload on a with `connections` live checked connections, and a bus to its NATS. */
-export async function setupFaultEnv(opts: { connections: number; recoveryTimeoutMs?: number; log?: (line: string) => void }): Promise<FaultEnv> {
+export async function setupFaultEnv(opts: { connections: number; recoveryTimeoutMs?: number; natsCluster?: number; log?: (line: string) => void }): Promise<FaultEnv> {
   const { labUp, startLabWorkload } = await import('../lab/lab.js');
   const { startTraffic } = await import('../lab/traffic.js');
   const { Bus } = await import('../lib/bus.js');
-  const lab = await labUp({ hosts: ['a', 'b'], controllerFlags: ['--lease-ms', String(FAULT_LEASE_MS)] });
+  const cluster = opts.natsCluster && opts.natsCluster > 1 ? opts.natsCluster : 0;
+  const lab = await labUp({ hosts: ['a', 'b'], controllerFlags: ['--lease-ms', String(FAULT_LEASE_MS)], ...(cluster ? { natsCluster: cluster } : {}) });
   try {
     const { pid, endpoint } = await startLabWorkload(lab, 'a', FAULT_PORT);
     const bus = await Bus.connect({ servers: lab.natsUrl, name: 'godwit-faults' });
@@ -424,6 +431,8 @@ export async function setupFaultEnv(opts: { connections: number; recoveryTimeout
       controllers: new Map([['controller', { address: lab.controllerAddress, api: lab.controller }]]),
       leader: 'controller',
       recoveryTimeoutMs: opts.recoveryTimeoutMs ?? 300_000,
+      natsService: cluster ? 'nats-1' : 'nats',
+      natsCluster: cluster || 1,
       log: opts.log ?? (() => undefined),
     };
   } catch (err) {

@@ -31,9 +31,10 @@ export function jsonLine(r: FaultRow): string {
 }
 
 export function faultTable(rows: readonly FaultRow[]): string {
-  const head = ['killed', 'point', 'standby', 'outcome', 'safe', 'once', 'runs on', 'alive', 'lost', 'dup', 'leftovers', 'events', 'back->end s', 'note'];
+  const head = ['killed', 'nats', 'point', 'standby', 'outcome', 'safe', 'once', 'runs on', 'alive', 'lost', 'dup', 'leftovers', 'events', 'back->end s', 'note'];
   const lines = rows.map((r) => [
     r.killed,
+    r.nats,
     r.point,
     r.standby ? 'yes' : '',
     r.outcome,

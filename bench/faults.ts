@@ -26,6 +26,7 @@ interface Options {
   quick: boolean;
   json: boolean;
   results: string;
+  natsCluster?: number;
 }
 
 function listOf<T extends string>(all: readonly T[]) {
@@ -46,6 +47,7 @@ function parse(argv: string[]): Options {
     .option('--connections <n>', 'live checked connections', (v) => Number(v), 200)
     .option('--quick', 'CI subset: one case or more per killed part', false)
     .option('--json', 'one JSON line per case on stdout', false)
+    .option('--nats-cluster <n>', 'also run the nats cases on a lab with N clustered nats-servers, killing one', (v) => Number(v))
     .option('--results <dir>', 'where faults.jsonl goes', join(REPO_ROOT, 'bench', 'results'))
     .parse(argv, { from: 'user' })
     .opts<Options>();
@@ -58,9 +60,20 @@ export async function run(argv: string[]): Promise<number> {
   const say = (line: string) => process.stderr.write(`${line}\n`);
   mkdirSync(o.results, { recursive: true });
   const rows: FaultRow[] = [];
+  const runs: { cases: FaultCase[]; natsCluster?: number }[] = [{ cases }];
+  if (o.natsCluster) runs.push({ cases: cases.filter((c) => c.killed === 'nats'), natsCluster: o.natsCluster });
+  for (const r of runs) if (r.cases.length > 0) await runAll(o, r.cases, r.natsCluster, rows, say);
+  const out = o.json ? say : (s: string) => process.stdout.write(`${s}\n`);
+  out(faultTable(rows));
+  out(summaryLine(rows));
+  return rows.every((r) => r.safe) ? 0 : 1;
+}
+
+async function runAll(o: Options, cases: FaultCase[], natsCluster: number | undefined, rows: FaultRow[], say: (line: string) => void): Promise<void> {
   let env: FaultEnv | undefined;
+  const setup = () => setupFaultEnv({ connections: o.connections, log: say, natsCluster });
   try {
-    env = await setupFaultEnv({ connections: o.connections, log: say });
+    env = await setup();
     for (const c of cases) {
       let row: FaultRow;
       try {
@@ -68,9 +81,10 @@ export async function run(argv: string[]): Promise<number> {
       } catch (err) {
         // A case that could not be run at all (the lab broke): say so, and start a fresh lab.
         say(`case ${c.killed} @ ${c.point} could not run: ${err instanceof Error ? err.message : String(err)}`);
-        row = { ...c, migrationId: '', from: '', to: '', killedAtPoint: false, outcome: 'UNFINISHED', error: String(err), safe: false, exactlyOnce: false, survived: '?', connections: o.connections, alive: 0, bytesLost: 0, bytesDuplicated: 0, leftovers: ['case did not run'], eventsInOrder: false, recoveredMs: 0 };
+        row = { ...c, migrationId: '', from: '', to: '', killedAtPoint: false, outcome: 'UNFINISHED', error: String(err), safe: false, exactlyOnce: false, survived: '?', connections: o.connections, alive: 0, bytesLost: 0, bytesDuplicated: 0, leftovers: ['case did not run'], eventsInOrder: false, recoveredMs: 0, nats: natsCluster ? `cluster-${natsCluster}` : 'single' };
         await teardownFaultEnv(env);
-        env = await setupFaultEnv({ connections: o.connections, log: say });
+        env = undefined;
+        env = await setup();
       }
       rows.push(row);
       appendFileSync(join(o.results, 'faults.jsonl'), `${JSON.stringify({ at: new Date().toISOString(), ...row })}\n`);
@@ -80,8 +94,4 @@ export async function run(argv: string[]): Promise<number> {
   } finally {
     await teardownFaultEnv(env);
   }
-  const out = o.json ? say : (s: string) => process.stdout.write(`${s}\n`);
-  out(faultTable(rows));
-  out(summaryLine(rows));
-  return rows.every((r) => r.safe) ? 0 : 1;
 }

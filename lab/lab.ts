@@ -18,6 +18,7 @@ import { REPO_ROOT } from '../lib/rpc.js';
 import { ControllerApi } from '../controller/client.js';
 import { parseEndpoint, type Endpoint } from '../lib/endpoint.js';
 import { startWorkload } from './workload.js';
+import { natsClusterNodes, natsClusterUrl, waitForJetStream } from './nats-cluster.js';
 import { createTopology, destroyTopology, findFreeLabIndex, inNetns, labPrefix, type LabFabric, type LabHost, type LabTopology } from './topology.js';
 
 export const NATS_PORT = 4222;
@@ -68,6 +69,8 @@ export interface LabOptions {
   privateFolders?: boolean;
   /** Extra flags for every controller, e.g. ['--lease-ms', '3000']. */
   controllerFlags?: string[];
+  /** Run N clustered nats-servers (services nats-1..N) instead of one (lab/nats-cluster.ts). */
+  natsCluster?: number;
 }
 
 /** The folder each host has its own copy of in a lab made with privateFolders. */
@@ -91,7 +94,7 @@ export async function labUp(opts: LabOptions = {}): Promise<Lab> {
   const index = opts.index ?? (await findFreeLabIndex());
   const hosts = opts.hosts ?? ['a', 'b'];
   try {
-    return await build(index, hosts, opts.fabric ?? 'bridge', opts.agentFlags ?? [], opts.hostAgentFlags ?? {}, opts.privateFolders === true, opts.controllerFlags ?? []);
+    return await build(index, hosts, opts.fabric ?? 'bridge', opts.agentFlags ?? [], opts.hostAgentFlags ?? {}, opts.privateFolders === true, opts.controllerFlags ?? [], opts.natsCluster);
   } catch (err) {
     await labDown(index);
     throw err;
@@ -106,6 +109,7 @@ async function build(
   hostAgentFlags: Record<string, string[]>,
   privateFolders: boolean,
   controllerFlags: string[],
+  natsCluster?: number,
 ): Promise<Lab> {
   const topology = await createTopology({ index, hosts: hostNames, fabric });
   const dir = labDir(index);
@@ -131,17 +135,28 @@ async function build(
     pids.set(name, startService(dir, name, host, file, args));
   };
 
-  const natsUrl = `nats://${ctl.address}:${NATS_PORT}`;
-  mkdirSync(join(dir, 'nats'), { recursive: true });
-  start('nats', ctl, 'nats-server', ['-a', ctl.address, '-p', String(NATS_PORT), '-js', '-sd', join(dir, 'nats')]);
-  await waitForPort(ctl.address, NATS_PORT, 10_000, 'nats-server');
+  let natsUrl = `nats://${ctl.address}:${NATS_PORT}`;
+  if (natsCluster) {
+    const nodes = natsClusterNodes(ctl.address, dir, natsCluster);
+    for (const n of nodes) {
+      starters.set(n.name, { again: () => start(n.name, ctl, 'nats-server', n.args), port: { address: ctl.address, port: n.port } });
+      start(n.name, ctl, 'nats-server', n.args);
+    }
+    for (const n of nodes) await waitForPort(ctl.address, n.port, 10_000, n.name);
+    natsUrl = natsClusterUrl(ctl.address, nodes);
+    await waitForJetStream(natsUrl, 60_000);
+  } else {
+    mkdirSync(join(dir, 'nats'), { recursive: true });
+    start('nats', ctl, 'nats-server', ['-a', ctl.address, '-p', String(NATS_PORT), '-js', '-sd', join(dir, 'nats')]);
+    await waitForPort(ctl.address, NATS_PORT, 10_000, 'nats-server');
+  }
 
   const controllerAddress = `${ctl.address}:${CONTROLLER_PORT}`;
   const node = process.execPath;
   const startController = (name: string, address: string) =>
     start(name, ctl, node, [join(REPO_ROOT, 'dist', 'controller', 'main.js'), '--nats', natsUrl, '--listen', address, ...controllerFlags]);
   startController('controller', controllerAddress);
-  starters.set('nats', { again: () => start('nats', ctl, 'nats-server', ['-a', ctl.address, '-p', String(NATS_PORT), '-js', '-sd', join(dir, 'nats')]), port: { address: ctl.address, port: NATS_PORT } });
+  if (!natsCluster) starters.set('nats', { again: () => start('nats', ctl, 'nats-server', ['-a', ctl.address, '-p', String(NATS_PORT), '-js', '-sd', join(dir, 'nats')]), port: { address: ctl.address, port: NATS_PORT } });
   starters.set('controller', { again: () => startController('controller', controllerAddress), port: { address: ctl.address, port: CONTROLLER_PORT } });
 
   const agentArgs = (h: LabHost) => [

@@ -8,8 +8,15 @@ import { EVENTS_STREAM, SUBJECTS } from './subjects.js';
 const json = JSONCodec();
 
 export interface BusOptions {
+  /** One server's URL, or a cluster's, comma-separated. */
   servers: string;
   name: string;
+  /**
+   * How many servers keep each KV bucket and the event stream godwit makes. Default: 3 when
+   * given three or more servers (a cluster: one may die), else 1. Everyone who may make a bucket
+   * is given the same server list, so they agree.
+   */
+  replicas?: number;
 }
 
 export interface KvEntry<T> {
@@ -45,7 +52,7 @@ export interface KvWatch<T> extends AsyncIterable<KvEntry<T>> {
 export class Bus {
   private readonly reconnectListeners = new Set<() => void>();
 
-  private constructor(private readonly nc: NatsConnection) {
+  private constructor(private readonly nc: NatsConnection, private readonly replicas: number) {
     void (async () => {
       for await (const s of nc.status()) if (s.type === Events.Reconnect) for (const fn of this.reconnectListeners) fn();
     })();
@@ -53,8 +60,9 @@ export class Bus {
 
   static async connect(opts: BusOptions): Promise<Bus> {
     // Keep reconnecting forever: an agent outlives a NATS restart.
-    const nc = await connect({ servers: opts.servers, name: opts.name, maxReconnectAttempts: -1, reconnectTimeWait: 500 });
-    return new Bus(nc);
+    const servers = opts.servers.split(',').map((s) => s.trim()).filter(Boolean);
+    const nc = await connect({ servers, name: opts.name, maxReconnectAttempts: -1, reconnectTimeWait: 500 });
+    return new Bus(nc, opts.replicas ?? (servers.length >= 3 ? 3 : 1));
   }
 
   publish(subject: string, message: unknown): void {
@@ -79,7 +87,7 @@ export class Bus {
   /** The stream that keeps every godwit event (idempotent). */
   async ensureEventStream(maxAgeMs = 24 * 3600_000): Promise<void> {
     const jsm = await this.nc.jetstreamManager();
-    const config = { name: EVENTS_STREAM, subjects: [SUBJECTS.allEvents], retention: RetentionPolicy.Limits, max_age: maxAgeMs * 1_000_000 };
+    const config = { name: EVENTS_STREAM, subjects: [SUBJECTS.allEvents], retention: RetentionPolicy.Limits, max_age: maxAgeMs * 1_000_000, num_replicas: this.replicas };
     try {
       await jsm.streams.info(EVENTS_STREAM);
       await jsm.streams.update(EVENTS_STREAM, config);
@@ -90,7 +98,7 @@ export class Bus {
 
   async kv<T>(bucket: string, opts: KvOptions = {}): Promise<JsonKv<T>> {
     const rp = opts.republish;
-    const kv: KV = await this.nc.jetstream().views.kv(bucket, { history: 5, ...(rp ? { republish: { src: `$KV.${bucket}.${rp.key}`, dest: rp.subject } } : {}) });
+    const kv: KV = await this.nc.jetstream().views.kv(bucket, { history: 5, replicas: this.replicas, ...(rp ? { republish: { src: `$KV.${bucket}.${rp.key}`, dest: rp.subject } } : {}) });
     if (rp) await this.checkRepublish(bucket, rp.key, rp.subject);
     const self: JsonKv<T> = {
       async get(key) {
