@@ -447,5 +447,8 @@ export async function teardownFaultEnv(env: FaultEnv | undefined): Promise<void>
   await env.traffic.stop().catch(() => undefined);
   await env.bus.close().catch(() => undefined);
   for (const [name, c] of env.controllers) if (name !== 'controller') c.api.close();
+  // The services' logs, kept where GODWIT_FAULT_LOGS says (the lab's folder goes with it).
+  const keep = process.env.GODWIT_FAULT_LOGS;
+  if (keep) await execCommand('cp', ['-r', join(env.lab.dir, 'logs'), join(keep, `lab-${Date.now()}`)], { allowFailure: true });
   await env.lab.down();
 }

@@ -12,7 +12,7 @@ import type { GetLogsResponse__Output } from '../proto/gen/godwit/v1/GetLogsResp
 import { controllerClient, unary } from '../lib/rpc.js';
 
 const CALL_MS = 30_000;
-const TERMINAL = new Set(['DONE', 'FAILED']);
+const TERMINAL = new Set(['DONE', 'FAILED', 'NEEDS_ATTENTION']);
 
 export class ControllerApi {
   readonly client: ControllerClient;

@@ -8,6 +8,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runFaultCase, setupFaultEnv, teardownFaultEnv, type FaultCase, type FaultEnv, type FaultRow } from '../../bench/fault-case.js';
 
 const CONNECTIONS = 200;
+/** A case: the kill, the part's restart (an agent's took up to 25 s here), the migration's end, the connections settling. */
+const CASE_TIMEOUT_MS = 600_000;
 
 function expectSafe(row: FaultRow) {
   const summary = JSON.stringify(row);
@@ -48,6 +50,6 @@ describe('controller crashes mid-migration', () => {
       const row = await runFaultCase(env!, c);
       expectSafe(row);
       expect(row.outcome, JSON.stringify(row)).toBe(c.expect);
-    });
+    }, CASE_TIMEOUT_MS);
   }
 });

@@ -8,6 +8,8 @@ import { runFaultCase, setupFaultEnv, teardownFaultEnv, type FaultEnv } from '..
 import { QUICK_CASES } from '../../bench/faults-report.js';
 
 const CONNECTIONS = 200;
+/** A case: the kill, the part's restart (an agent's took up to 25 s here), the migration's end, the connections settling. */
+const CASE_TIMEOUT_MS = 600_000;
 
 describe('fault matrix, CI subset', () => {
   let env: FaultEnv | undefined;
@@ -32,6 +34,6 @@ describe('fault matrix, CI subset', () => {
       expect(row.leftovers, summary).toEqual([]);
       expect(row.eventsInOrder, summary).toBe(true);
       expect(row.safe, summary).toBe(true);
-    });
+    }, CASE_TIMEOUT_MS);
   }
 });
