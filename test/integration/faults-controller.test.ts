@@ -4,7 +4,10 @@
  * FAILED, the workload runs exactly once, 200 connections live with 0 bytes lost or duplicated,
  * and nothing is left on the hosts (bench/fault-case.ts checks it all from the hosts themselves).
  */
+import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { AgentHandle } from '../../controller/agent-client.js';
+import { isServiceError } from '../../lib/rpc.js';
 import { runFaultCase, setupFaultEnv, teardownFaultEnv, type FaultCase, type FaultEnv, type FaultRow } from '../../bench/fault-case.js';
 
 const CONNECTIONS = 200;
@@ -52,4 +55,25 @@ describe('controller crashes mid-migration', () => {
       expect(row.outcome, JSON.stringify(row)).toBe(c.expect);
     }, CASE_TIMEOUT_MS);
   }
+  // Last: it leaves host a's agent fenced above every real controller's token.
+  it('an agent refuses a command carrying an older fencing token than one it has seen: FAILED_PRECONDITION', async () => {
+    const { lab } = env!;
+    const newer = new AgentHandle('a', lab.agentAddress('a'), () => '9000000000000');
+    const older = new AgentHandle('a', lab.agentAddress('a'), () => '8999999999999');
+    try {
+      // An Abort of a migration the agent never saw changes nothing, and admits the newer token.
+      await newer.abort('m-fencing-check');
+      const err = await older.abort('m-fencing-check').then(() => undefined, (e: unknown) => e);
+      expect(isServiceError(err)).toBe(true);
+      expect((err as { code: number }).code).toBe(status.FAILED_PRECONDITION);
+      expect((err as { details: string }).details).toMatch(/fencing token 8999999999999: a newer leader \(token 9000000000000\)/);
+      // The agent remembers it across a restart.
+      await lab.restartAgent('a');
+      const again = await older.abort('m-fencing-check').then(() => undefined, (e: unknown) => e);
+      expect((again as { code: number }).code).toBe(status.FAILED_PRECONDITION);
+    } finally {
+      newer.close();
+      older.close();
+    }
+  }, CASE_TIMEOUT_MS);
 });
