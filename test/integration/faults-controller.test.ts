@@ -55,6 +55,7 @@ describe('controller crashes mid-migration', () => {
       expect(row.outcome, JSON.stringify(row)).toBe(c.expect);
     }, CASE_TIMEOUT_MS);
   }
+
   // Last: it leaves host a's agent fenced above every real controller's token.
   it('an agent refuses a command carrying an older fencing token than one it has seen: FAILED_PRECONDITION', async () => {
     const { lab } = env!;
@@ -68,7 +69,8 @@ describe('controller crashes mid-migration', () => {
       expect((err as { code: number }).code).toBe(status.FAILED_PRECONDITION);
       expect((err as { details: string }).details).toMatch(/fencing token 8999999999999: a newer leader \(token 9000000000000\)/);
       // The agent remembers it across a restart.
-      await lab.restartAgent('a');
+      await lab.crash('agent-a');
+      await lab.restart('agent-a');
       const again = await older.abort('m-fencing-check').then(() => undefined, (e: unknown) => e);
       expect((again as { code: number }).code).toBe(status.FAILED_PRECONDITION);
     } finally {
