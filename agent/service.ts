@@ -785,11 +785,15 @@ export class AgentService {
 
   /** The workload's addresses up on this host; each one added is recorded, so Abort removes it. */
   private async addAddresses(id: string, endpoints: WorkloadSpec['endpoints']): Promise<void> {
+    const have = await this.opts.platform.network.addresses();
     for (const a of unique(endpoints.map((e) => e.address))) {
-      if (await this.opts.platform.network.addAddress(a))
-        this.records.update(id, (r) => {
-          r.addedAddresses = unique([...r.addedAddresses, a]);
-        });
+      if (have.includes(a)) continue;
+      // Recorded before it is added: an agent killed in between finds it in the record after
+      // its restart, and Abort removes it (removing an address that never came up is a no-op).
+      this.records.update(id, (r) => {
+        r.addedAddresses = unique([...r.addedAddresses, a]);
+      });
+      await this.opts.platform.network.addAddress(a);
     }
   }
 

@@ -228,7 +228,8 @@ async function build(
       if (!s) throw new Error(`lab has no service "${service}" to restart`);
       const restartedAtMs = Date.now();
       s.again();
-      await waitForPort(s.port.address, s.port.port, 30_000, service);
+      // An agent's start took over 20 s on this loaded machine (see waitForHosts below).
+      await waitForPort(s.port.address, s.port.port, 90_000, service);
       // An agent is ready once the controller has heard it (as in restartAgent).
       if (service.startsWith('agent-')) await waitForHosts(controller, [service.slice('agent-'.length)], 60_000, restartedAtMs);
     },
