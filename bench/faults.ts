@@ -71,7 +71,18 @@ export async function run(argv: string[]): Promise<number> {
 
 async function runAll(o: Options, cases: FaultCase[], natsCluster: number | undefined, rows: FaultRow[], say: (line: string) => void): Promise<void> {
   let env: FaultEnv | undefined;
-  const setup = () => setupFaultEnv({ connections: o.connections, log: say, natsCluster });
+  // A lab can fail to come up on a machine where other labs come and go (a namespace gone under
+  // it): a few tries before the run gives up.
+  const setup = async (): Promise<FaultEnv> => {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await setupFaultEnv({ connections: o.connections, log: say, natsCluster });
+      } catch (err) {
+        if (attempt >= 3) throw err;
+        say(`lab did not come up (${err instanceof Error ? err.message : String(err)}); trying again`);
+      }
+    }
+  };
   try {
     env = await setup();
     for (const c of cases) {
