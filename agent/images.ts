@@ -13,12 +13,14 @@
  * - A large file (memory pages) is streamed in CHUNK_BYTES pieces, alone in its messages.
  * - The hash is computed as the bytes go by on both sides; nothing is read twice.
  */
+import { GodwitError } from '../lib/errors.js';
 import { createHash, type Hash } from 'node:crypto';
 import { closeSync, fstatSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { once } from 'node:events';
 import { join } from 'node:path';
 import type * as grpc from '@grpc/grpc-js';
-import { status } from '@grpc/grpc-js';
+import { Metadata, status } from '@grpc/grpc-js';
+import { IMAGE_TOKEN_METADATA } from '../lib/migration-token.js';
 import type { AgentClient } from '../proto/gen/godwit/v1/Agent.js';
 import type { ImageChunk, ImageChunk__Output } from '../proto/gen/godwit/v1/ImageChunk.js';
 import type { ReceiveImageResponse__Output } from '../proto/gen/godwit/v1/ReceiveImageResponse.js';
@@ -93,10 +95,13 @@ export class ImageStream {
   private batchBytes = 0;
   private bytes = 0;
 
-  constructor(client: AgentClient, private readonly migrationId: string, private readonly dir: string, timeoutMs: number) {
+  /** imageToken: the controller's permission for this transfer (lib/migration-token.ts), presented as call metadata. */
+  constructor(client: AgentClient, private readonly migrationId: string, private readonly dir: string, timeoutMs: number, imageToken = '') {
     let call!: grpc.ClientWritableStream<ImageChunk>;
+    const md = new Metadata();
+    if (imageToken) md.set(IMAGE_TOKEN_METADATA, imageToken);
     this.answer = new Promise<ReceiveImageResponse__Output>((resolve, reject) => {
-      call = client.ReceiveImage({ deadline: Date.now() + timeoutMs }, (err, res) => (err ? reject(err) : resolve(res!)));
+      call = client.ReceiveImage(md, { deadline: Date.now() + timeoutMs }, (err, res) => (err ? reject(err) : resolve(res!)));
     });
     // A cancelled stream's answer is an error nobody waits for.
     this.answer.catch(() => undefined);
@@ -177,7 +182,7 @@ function readAll(fd: number, length: number, position?: number): Buffer {
   return buf;
 }
 
-export class ImageReceiveError extends Error {
+export class ImageReceiveError extends GodwitError {
   constructor(readonly code: status, message: string) {
     super(message);
     this.name = 'ImageReceiveError';

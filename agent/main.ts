@@ -6,11 +6,12 @@ import { mkdirSync } from 'node:fs';
 import { release } from 'node:os';
 import { join } from 'node:path';
 import { Command, InvalidArgumentError } from 'commander';
-import * as grpc from '@grpc/grpc-js';
 import { Bus } from '../lib/bus.js';
 import { execCommand } from '../lib/exec.js';
 import { createLogger } from '../lib/log.js';
-import { AgentService as AgentServiceDef, REPO_ROOT, bindServer } from '../lib/rpc.js';
+import { AgentService as AgentServiceDef, REPO_ROOT, bindServer, newServer } from '../lib/rpc.js';
+import { withSecurityOptions } from '../lib/security-flags.js';
+import { securityFromFlags, type SecurityFlags } from '../lib/tls.js';
 import { exitOnSignals } from '../lib/shutdown.js';
 import { isIPv4 } from 'node:net';
 import { HOST_NAME, STEERING_BUCKET, STEERING_KV, SUBJECTS } from '../lib/subjects.js';
@@ -24,7 +25,7 @@ import { SteeringSync } from './steering-sync.js';
 
 const SWEEP_INTERVAL_MS = 1_000;
 
-const program = new Command()
+const program = withSecurityOptions(new Command())
   .name('godwit-agent')
   .requiredOption('--host <name>', 'this host\'s name in the fleet')
   .requiredOption('--listen <addr>', 'gRPC address to serve on, host:port (reachable by the controller and peer agents)')
@@ -56,9 +57,13 @@ async function main() {
     host: string; listen: string; nats: string; iface: string; stateDir: string; criu: string;
     bpfObject: string; pinDir?: string; advertise?: string; dataAddress?: string; checkpoint: boolean; criuLogLevel: number; assumeNoUserfaultfd?: boolean;
     workloadDir: string; init: string; cpuFeatures?: string;
-  }>();
+  } & SecurityFlags>();
   if (!HOST_NAME.test(o.host)) program.error(`--host "${o.host}" must match ${HOST_NAME}`);
   const log = createLogger('agent').child({ host: o.host });
+  const security = securityFromFlags(o, log);
+  if (security.kind === 'tls' && (security.identity.role !== 'agent' || security.identity.host !== o.host)) {
+    program.error(`the certificate is not agent ${o.host}'s (it names ${JSON.stringify(security.identity)}): issue one with \`godwit certs issue --role agent --host ${o.host}\``);
+  }
   mkdirSync(o.stateDir, { recursive: true });
   const dataAddress = o.dataAddress ?? o.listen.replace(/:\d+$/, '');
   if (!isIPv4(dataAddress)) program.error(`--data-address "${dataAddress}" must be an IPv4 address (give it when --listen is not one)`);
@@ -100,7 +105,7 @@ async function main() {
   const service = new AgentService({ host: o.host, platform, stateDir: o.stateDir, log, workloadDir: o.workloadDir });
   // Before serving: no step of this agent runs yet, so every folder an ended migration left is stale.
   await service.sweepImages();
-  const server = new grpc.Server({ 'grpc.max_receive_message_length': 16 * 1024 * 1024 });
+  const server = newServer(log);
   server.addService(AgentServiceDef, service.handlers());
   await bindServer(server, [o.listen]);
 

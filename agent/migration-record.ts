@@ -3,7 +3,7 @@
  * an agent restart. Every RPC that changes the host records its effect here before returning, so
  * Abort knows exactly what to undo and nothing else.
  */
-import { mkdirSync, readFileSync, writeFileSync, renameSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync, renameSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Endpoint } from '../lib/endpoint.js';
 import type { LockModeName, LockResidue } from './lock-strategy.js';
@@ -77,6 +77,11 @@ export class MigrationRecords {
     }
   }
 
+  /** Whether this host has done anything for the migration (a record is written by its first step). */
+  has(migrationId: string): boolean {
+    return existsSync(this.path(migrationId));
+  }
+
   /** Applies `change` to the record and writes it atomically (rename). */
   update(migrationId: string, change: (r: AgentMigrationRecord) => void): AgentMigrationRecord {
     const r = this.get(migrationId);
@@ -85,16 +90,6 @@ export class MigrationRecords {
     writeFileSync(tmp, JSON.stringify(r, null, 2));
     renameSync(tmp, this.path(migrationId));
     return r;
-  }
-
-  /** Whether this agent has a record of the migration at all. */
-  has(migrationId: string): boolean {
-    try {
-      readFileSync(this.path(migrationId));
-      return true;
-    } catch {
-      return false;
-    }
   }
 
   ids(): string[] {

@@ -2,9 +2,11 @@
  * `godwit run` on the host: the workload's endpoint addresses up, then its command under
  * godwit-init (agent/linux/init-launcher.ts), and its output file read back for `godwit logs`.
  */
-import { mkdir, open, stat } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, open, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { InvalidArgumentError, PreconditionError } from '../lib/errors.js';
+import { commandFromWire } from '../lib/wire.js';
 import type { Endpoint } from '../lib/endpoint.js';
 import type { Logger } from '../lib/log.js';
 import type { HostPlatform } from './platform.js';
@@ -24,6 +26,9 @@ export interface RunSpec {
 }
 
 export class WorkloadRunner {
+  /** Names being started now: two starts of one name would share (and remove) one output file. */
+  private readonly starting = new Set<string>();
+
   constructor(private readonly opts: { platform: HostPlatform; workloadDir: string; log: Logger }) {}
 
   outputPath(name: string): string {
@@ -32,10 +37,23 @@ export class WorkloadRunner {
   }
 
   async run(spec: RunSpec): Promise<{ pid: number; outputPath: string }> {
+    this.outputPath(spec.name);
+    commandFromWire(spec.command, spec.cwd, spec.user);
+    if (this.starting.has(spec.name)) throw new PreconditionError(`workload "${spec.name}" is being started on this host already; wait for that start to answer`);
+    this.starting.add(spec.name);
+    try {
+      return await this.start(spec);
+    } finally {
+      this.starting.delete(spec.name);
+    }
+  }
+
+  private async start(spec: RunSpec): Promise<{ pid: number; outputPath: string }> {
     const p = this.opts.platform;
     const outputPath = this.outputPath(spec.name);
-    if (spec.command.length === 0 || !spec.command[0]) throw new InvalidArgumentError('command', 'command is required: the program and its arguments');
     await mkdir(this.opts.workloadDir, { recursive: true });
+    // A command that does not start leaves nothing behind: not its address, not a new output file.
+    const hadOutput = existsSync(outputPath);
     const added: string[] = [];
     const addresses = [...new Set(spec.endpoints.map((e) => e.address))];
     try {
@@ -47,6 +65,7 @@ export class WorkloadRunner {
       return { pid, outputPath };
     } catch (err) {
       for (const a of added) await p.network.removeAddress(a).catch(() => undefined);
+      if (!hadOutput) await rm(outputPath, { force: true });
       throw err;
     }
   }

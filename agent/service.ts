@@ -13,11 +13,14 @@ import type { PipelinedStep } from '../proto/gen/godwit/v1/PipelinedStep.js';
 import type { ReceiveImageResponse } from '../proto/gen/godwit/v1/ReceiveImageResponse.js';
 import type { SendImageResponse } from '../proto/gen/godwit/v1/SendImageResponse.js';
 import type { UnlockResponse } from '../proto/gen/godwit/v1/UnlockResponse.js';
-import { HostOperationError, InvalidArgumentError, PreconditionError, ProcessNotFoundError } from '../lib/errors.js';
+import { HostOperationError, InvalidArgumentError, MigrationNotFoundError, PreconditionError, ProcessNotFoundError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
 import { agentClient, handleUnary, toServiceError } from '../lib/rpc.js';
-import { endpointsFromWire, versionFromWire, workloadFromWire, workloadSocketToWire, type WorkloadSpec } from '../lib/wire.js';
+import type { Endpoint__Output } from '../proto/gen/godwit/v1/Endpoint.js';
+import type { Endpoint } from '../lib/endpoint.js';
+import { LEASE_MS, endpointsFromWire, versionFromWire, workloadFromWire, workloadSocketToWire, type WorkloadSpec } from '../lib/wire.js';
 import { appendHeldFile, concatHeld, readHeldFile, removeHeldFile } from './held-packets.js';
+import { imagePermit } from './image-permit.js';
 import { ImageStream, imageTotals, receiveImage } from './images.js';
 import { lockScope } from './lock-scope.js';
 import type { LockModeName, LockStrategy } from './lock-strategy.js';
@@ -30,7 +33,7 @@ import { exportIntoImage, forgetHere, importFromImage } from './steering-handoff
 import { steeringStateHandler } from './steering-state.js';
 import { StepTimer } from './step-timer.js';
 import { HOST_BOUND_SOCKETS_REPORTED, hostBoundSockets, tcpConnectionCount } from '../lib/workload-sockets.js';
-import { fileFromWire, fileToWire, treeFactsToWire } from '../lib/facts-wire.js';
+import { fileToWire, filesFromWire, treeFactsToWire } from '../lib/facts-wire.js';
 import { CriuLogKeeper } from './criu-logs.js';
 import { WorkloadRunner } from './run-workload.js';
 import { carryOutput, outputFileOf, placeOutput } from './workload-output.js';
@@ -122,10 +125,11 @@ export class AgentService {
 
       Lock: this.command('Lock', async (req) => {
         const id = migrationId(req.migrationId);
-        const endpoints = endpointsFromWire(req.endpoints);
+        const endpoints = requiredEndpoints(req.endpoints);
         const version = versionFromWire(req.version);
         const mode = lockModeFromWire(req.lockMode);
         const leaseMs = req.leaseMs || this.opts.defaultLeaseMs || 120_000;
+        if (leaseMs < LEASE_MS.min || leaseMs > LEASE_MS.max) throw new InvalidArgumentError('lease_ms', `lease_ms must be between ${LEASE_MS.min} and ${LEASE_MS.max}, got ${leaseMs}`);
         const strategy = p.lockStrategy(mode);
         const started = performance.now();
         const steps = new StepTimer();
@@ -151,7 +155,7 @@ export class AgentService {
       }),
 
       Unlock: this.command('Unlock', async (req) => {
-        return this.unlockHere(migrationId(req.migrationId), endpointsFromWire(req.endpoints), versionFromWire(req.version));
+        return this.unlockHere(migrationId(req.migrationId), requiredEndpoints(req.endpoints), versionFromWire(req.version));
       }),
 
       Checkpoint: this.command('Checkpoint', async (req) => {
@@ -163,7 +167,7 @@ export class AgentService {
         const steps = new StepTimer();
         // Pipelined: the image goes on to the target in this same call.
         const withTransfer = async <T extends object>(dumped: T) =>
-          req.sendTo ? { ...dumped, transfer: await this.pipelined(() => this.sendImageTo(id, req.sendTo, req.steerBackendIds), (sent) => ({ sent })) } : dumped;
+          req.sendTo ? { ...dumped, transfer: await this.pipelined(() => this.sendImageTo(id, req.sendTo, req.steerBackendIds, req.imageToken), (sent) => ({ sent })) } : dumped;
         if (!record.dumped) {
           await steps.time('inspect', () => this.inspect(w));
           await steps.time('image folder', async () => {
@@ -191,11 +195,17 @@ export class AgentService {
 
       SendImage: this.command('SendImage', async (req) => {
         if (!req.peerAddress) throw new InvalidArgumentError('peer_address', 'peer_address is required: the target agent\'s gRPC address');
-        return this.sendImageTo(migrationId(req.migrationId), req.peerAddress, req.steerBackendIds);
+        return this.sendImageTo(migrationId(req.migrationId), req.peerAddress, req.steerBackendIds, req.imageToken);
       }),
 
       ReceiveImage: (call: grpc.ServerReadableStream<ImageChunk__Output, ReceiveImageResponse>, callback) => {
-        receiveImage(call, (id) => this.imageDir(migrationId(id))).then(
+        // The stream's first message names the migration; nothing is written before the
+        // controller's token for it (from this very source, to this host) has been checked.
+        const permit = imagePermit(call, h);
+        receiveImage(call, (id) => {
+          permit(migrationId(id));
+          return this.imageDir(id);
+        }).then(
           ({ migrationId: id, totals, steps }) => {
             this.records.update(id, (r) => {
               r.imageReceived = true;
@@ -203,9 +213,9 @@ export class AgentService {
             callback(null, { ...totals, steps: steps.wire(h) });
           },
           (err: unknown) => {
-            const code = typeof (err as { code?: unknown }).code === 'number' ? (err as { code: status }).code : undefined;
-            log.warn({ rpc: 'ReceiveImage', err: String(err) }, 'rpc failed');
-            callback(code !== undefined ? { code, details: (err as Error).message } : toServiceError(err));
+            const se = toServiceError(err);
+            log.warn({ rpc: 'ReceiveImage', code: se.code, err: se.details }, 'rpc failed');
+            callback(se);
           },
         );
       },
@@ -241,7 +251,9 @@ export class AgentService {
 
       Release: this.command('Release', async (req) => {
         const id = migrationId(req.migrationId);
-        const endpoints = endpointsFromWire(req.endpoints);
+        const endpoints = requiredEndpoints(req.endpoints);
+        // Release takes addresses down: only for a migration this host took part in.
+        if (!this.records.has(id)) throw new MigrationNotFoundError(id);
         const version = versionFromWire(req.version);
         const started = performance.now();
         const steps = new StepTimer();
@@ -305,7 +317,7 @@ export class AgentService {
       }),
 
       CheckFiles: handleUnary(log, 'CheckFiles', async (req) => {
-        const mismatches = await p.checkFiles(req.files.map(fileFromWire));
+        const mismatches = await p.checkFiles(filesFromWire(req.files));
         return { mismatches: mismatches.map((m) => ({ file: fileToWire(m.file), problem: m.problem })) };
       }),
 
@@ -710,11 +722,11 @@ export class AgentService {
    * The source's image, sent to the target agent: first what the lock stopped here so far (for
    * the target to deliver) and the workload's steering state, as they are now that it is dumped.
    */
-  private async sendImageTo(id: string, peerAddress: string, backendIds: number[]): Promise<SendImageResponse> {
+  private async sendImageTo(id: string, peerAddress: string, backendIds: number[], imageToken: string): Promise<SendImageResponse> {
     const p = this.opts.platform;
     const record = this.records.get(id);
     if (!record.dumped) throw new PreconditionError(`migration ${id} has no checkpoint on host "${this.opts.host}" to send`);
-    const stream = new ImageStream(this.peer(peerAddress), id, this.imageDir(id), TRANSFER_TIMEOUT_MS);
+    const stream = new ImageStream(this.peer(peerAddress), id, this.imageDir(id), TRANSFER_TIMEOUT_MS, imageToken);
     const dumped = record.dumped;
     const started = performance.now();
     const steps = new StepTimer();
@@ -883,6 +895,12 @@ function lockModeFromWire(mode: string | number | null | undefined): LockModeNam
   throw new InvalidArgumentError('lock_mode', `lock_mode ${String(mode)} is not one of EBPF, IPTABLES, NFTABLES`);
 }
 
+
+/** The endpoints a lock step works on: at least one (a workload owns at least one), each valid. */
+function requiredEndpoints(list: Endpoint__Output[]): Endpoint[] {
+  if (list.length === 0) throw new InvalidArgumentError('endpoints', 'endpoints is empty: name the endpoints of the migration\'s workload');
+  return endpointsFromWire(list);
+}
 
 function migrationId(id: string): string {
   if (!MIGRATION_ID.test(id)) throw new InvalidArgumentError('migration_id', `migration_id "${id}" must be 1-64 of [A-Za-z0-9_-]`);

@@ -7,6 +7,9 @@ import type { PhaseTimes } from '../lab/hop.js';
 
 export const LOCK_MODES = ['ebpf', 'iptables', 'nftables'] as const;
 export type BenchMode = (typeof LOCK_MODES)[number];
+/** tls: the fleet as it runs (mutual TLS, authorization, NATS users); insecure: every part with --insecure. */
+export const SECURITY_SETTINGS = ['tls', 'insecure'] as const;
+export type BenchSecurity = (typeof SECURITY_SETTINGS)[number];
 
 /** One migration of one workload holding `connections` live connections under one lock mode. */
 /** freezeMs is 0 when the migration failed before unlocking. */
@@ -34,6 +37,8 @@ export interface LockMeasurement extends PhaseTimes {
   deliveredPackets: number;
   /** Rules, tables or lock entries of the migration found on either host afterwards (then removed). */
   leftovers: number;
+  /** The lab's security (absent in rows from before it was measured: those ran insecure). */
+  security?: BenchSecurity;
   at: string;
 }
 
@@ -113,13 +118,36 @@ export function shortError(error: string, max = 160): string {
   return one.slice(0, head) + '…' + one.slice(one.length - (max - head - 1));
 }
 
+/**
+ * What security costs: per connection count and lock mode, the median freeze (successful runs)
+ * with mutual TLS and without, and how much longer the TLS one is.
+ */
+export function securityTable(rows: readonly LockMeasurement[]): string {
+  const header = ['N', 'mode', 'tls freeze ms', 'insecure freeze ms', 'tls vs insecure', 'tls runs ok', 'insecure runs ok'];
+  const body: string[][] = [];
+  for (const n of [...new Set(rows.map((r) => r.connections))].sort((a, b) => a - b)) {
+    for (const mode of LOCK_MODES) {
+      const of = (sec: BenchSecurity) => rows.filter((r) => r.connections === n && r.mode === mode && (r.security ?? 'insecure') === sec);
+      const tls = of('tls');
+      const plain = of('insecure');
+      if (tls.length === 0 && plain.length === 0) continue;
+      const t = median(tls.filter((r) => r.ok).map((r) => r.freezeMs));
+      const p = median(plain.filter((r) => r.ok).map((r) => r.freezeMs));
+      const delta = t !== undefined && p !== undefined && p > 0 ? `${t >= p ? '+' : ''}${(((t - p) / p) * 100).toFixed(1)}%` : '-';
+      body.push([String(n), mode, ms(t), ms(p), delta, `${tls.filter((r) => r.ok).length}/${tls.length}`, `${plain.filter((r) => r.ok).length}/${plain.length}`]);
+    }
+  }
+  return markdown(header, body, [true, false, true, true, true, true, true]);
+}
+
 /** Every measurement, one row each; a failed one says why. */
 export function measurementTable(rows: readonly LockMeasurement[]): string {
-  const header = ['N', 'mode', 'run', 'result', 'lock ms', 'dump ms', 'transfer ms', 'restore ms', 'unlock ms', 'freeze ms', 'max stall ms', 'survived', 'lost B', 'dup B', 'error'];
-  const right = [true, false, true, false, true, true, true, true, true, true, true, true, true, true, false];
+  const header = ['N', 'mode', 'security', 'run', 'result', 'lock ms', 'dump ms', 'transfer ms', 'restore ms', 'unlock ms', 'freeze ms', 'max stall ms', 'survived', 'lost B', 'dup B', 'error'];
+  const right = [true, false, false, true, false, true, true, true, true, true, true, true, true, true, true, false];
   const body = rows.map((r) => [
     String(r.connections),
     r.mode,
+    r.security ?? 'insecure',
     String(r.run),
     r.ok ? 'ok' : `FAILED${r.failedPhase && r.failedPhase !== 'PHASE_UNSPECIFIED' ? ` (${r.failedPhase})` : ''}`,
     ms(r.lockMs),

@@ -9,6 +9,8 @@
  *   --connections 0,500,1000,1500,5000   live connections per measurement
  *   --modes ebpf,iptables,nftables
  *   --runs 3                             measurements per (N, mode)
+ *   --security tls,insecure              one lab per setting, both up at once, measurements interleaved;
+ *                                        with both, a table of what TLS adds to the freeze (default: tls)
  *   --quick                              N <= 500 only, one run (for CI)
  *   --json                               JSON lines on stdout (one per measurement), tables on stderr
  *
@@ -25,7 +27,8 @@ import { migrateHop, PHASE_TIME_KEYS, phaseTimes, type HopLockMode, type PhaseTi
 import { labUp, type Lab, startLabWorkload } from '../lab/lab.js';
 import { startTraffic, type TrafficHandle } from '../lab/traffic.js';
 import { Cleanup, echoServers } from './lab-cleanup.js';
-import { LOCK_MODES, freezeSvg, measurementTable, summaryTable, type BenchMode, type LockMeasurement } from './lock-report.js';
+import { LOCK_MODES, SECURITY_SETTINGS, freezeSvg, measurementTable, securityTable, summaryTable, type BenchMode, type BenchSecurity, type LockMeasurement } from './lock-report.js';
+import { useSecurity } from '../lib/tls.js';
 import { optionsOrExit } from './cli-options.js';
 
 const DEFAULT_CONNECTIONS = [0, 500, 1000, 1500, 5000];
@@ -40,6 +43,7 @@ interface Options {
   connections: number[];
   modes: BenchMode[];
   runs: number;
+  security: BenchSecurity[];
   quick: boolean;
   json: boolean;
   results: string;
@@ -75,11 +79,16 @@ export function parseOptions(argv: string[]): Options {
       if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`"${v}" is not a positive integer`);
       return n;
     })
+    .option('--security <list>', `${SECURITY_SETTINGS.join(', ')}: mutual TLS (as the fleet runs) and/or every part with --insecure`, parseList('security', (s) => {
+      const v = s.toLowerCase();
+      if (!(SECURITY_SETTINGS as readonly string[]).includes(v)) throw new InvalidArgumentError(`"${s}" is not one of ${SECURITY_SETTINGS.join(', ')}`);
+      return v as BenchSecurity;
+    }))
     .option('--quick', `connection counts up to ${QUICK_MAX_CONNECTIONS} only, one run`)
     .option('--json', 'JSON lines on stdout')
     .option('--results <dir>', 'where lock.jsonl and lock-freeze.svg go', join(REPO_ROOT, 'bench', 'results'))
     .parse(argv, { from: 'user' })
-    .opts<{ connections?: number[]; modes?: BenchMode[]; runs?: number; quick?: boolean; json?: boolean; results: string }>();
+    .opts<{ connections?: number[]; modes?: BenchMode[]; runs?: number; security?: BenchSecurity[]; quick?: boolean; json?: boolean; results: string }>();
   const quick = !!o.quick;
   let connections = [...new Set(o.connections ?? DEFAULT_CONNECTIONS)].sort((a, b) => a - b);
   if (quick) connections = connections.filter((n) => n <= QUICK_MAX_CONNECTIONS);
@@ -87,6 +96,7 @@ export function parseOptions(argv: string[]): Options {
   return {
     connections,
     modes: [...new Set(o.modes ?? [...LOCK_MODES])],
+    security: [...new Set(o.security ?? ['tls' as const])],
     runs: quick ? 1 : (o.runs ?? 3),
     quick,
     json: !!o.json,
@@ -102,36 +112,41 @@ export async function run(argv: string[]): Promise<number> {
   const svg = join(opts.results, 'lock-freeze.svg');
 
   const rows: LockMeasurement[] = [];
-  let lab: Lab | undefined;
+  const labs = new Map<BenchSecurity, Lab>();
   let current: Cleanup | undefined;
   const cleanupAll = async () => {
     await current?.run().catch(() => undefined);
-    await lab?.down().catch((e: Error) => say(`lab down: ${e.message}`));
-    lab = undefined;
+    for (const l of labs.values()) await l.down().catch((e: Error) => say(`lab down: ${e.message}`));
+    labs.clear();
   };
   const onSignal = () => void cleanupAll().then(() => process.exit(130));
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
 
-  const total = opts.connections.length * opts.runs * opts.modes.length;
+  const total = opts.connections.length * opts.runs * opts.modes.length * opts.security.length;
   const started = Date.now();
   try {
-    say(`bench lock: N=${opts.connections.join(',')} modes=${opts.modes.join(',')} runs=${opts.runs} (${total} migrations)`);
-    lab = await labUp({ hosts: ['a', 'b'] });
+    say(`bench lock: N=${opts.connections.join(',')} modes=${opts.modes.join(',')} security=${opts.security.join(',')} runs=${opts.runs} (${total} migrations)`);
+    // One lab per security setting, all up for the whole run, so that measurements interleave.
+    for (const sec of opts.security) labs.set(sec, await labUp({ hosts: ['a', 'b'], insecure: sec === 'insecure' }));
     // Where the steering table places the workload's address after the last migration: the next
     // measurement starts its workload there (a migration's placement stays until the next one).
-    const place = { home: 'a' };
+    const places = new Map(opts.security.map((sec) => [sec, { home: 'a' }]));
     let i = 0;
     for (const n of opts.connections) {
       for (let r = 1; r <= opts.runs; r++) {
-        for (const mode of opts.modes) {
+        for (const mode of opts.modes) for (const sec of opts.security) {
           i++;
-          say(`[${i}/${total}] ${mode} N=${n} run ${r} ...`);
+          const lab = labs.get(sec)!;
+          // This process talks to each lab as that lab's client (labUp made it the last one's).
+          useSecurity(lab.security);
+          say(`[${i}/${total}] ${mode} ${sec} N=${n} run ${r} ...`);
           current = new Cleanup(lab);
           let row: LockMeasurement;
           let leftovers = 0;
           try {
-            row = await measure(lab, mode, n, r, current, place);
+            row = await measure(lab, mode, n, r, current, places.get(sec)!);
+            row.security = sec;
           } finally {
             leftovers = await current.run().catch((e: Error) => {
               say(`  cleanup: ${e.message}`);
@@ -154,7 +169,10 @@ export async function run(argv: string[]): Promise<number> {
   } finally {
     await cleanupAll();
   }
-  const tables = `${measurementTable(rows)}\n\n${summaryTable(rows)}\n\n(iptables/ebpf, nftables/ebpf: median freeze of the CRIU lock ÷ median freeze of the eBPF lock, successful runs)\n`;
+  const perSecurity = opts.security.map((sec) => `${opts.security.length > 1 ? `${sec}:\n` : ''}${summaryTable(rows.filter((r) => r.security === sec))}`).join('\n\n');
+  const tables =
+    `${measurementTable(rows)}\n\n${perSecurity}\n\n(iptables/ebpf, nftables/ebpf: median freeze of the CRIU lock ÷ median freeze of the eBPF lock, successful runs)\n` +
+    (opts.security.length > 1 ? `\n${securityTable(rows)}\n\n(tls vs insecure: how much longer the median freeze is with mutual TLS, authorization and NATS users)\n` : '');
   if (opts.json) process.stderr.write(tables);
   else process.stdout.write(tables);
   say(`bench lock: ${rows.length} migrations in ${((Date.now() - started) / 60_000).toFixed(1)} min; appended to ${jsonl}; plot ${svg}`);

@@ -6,6 +6,7 @@
  *   npm run bench -- steer-converge   rule change -> every agent's ack, at 10, 50, 100 agents
  *   npm run bench -- steer-dataplane   CPU per packet: godwit steering vs iptables / nftables DNAT vs no rule
  *   npm run bench -- follow   steering state following a workload: map handoff, migrations in the routed lab
+ *   npm run bench -- bad-input   malformed requests to every public gRPC method: refused, nothing changed
  *   npm run bench -- freeze   where a migration's freeze goes: every phase and agent step, godwit's share vs CRIU alone
  *   npm run bench -- faults   the fault matrix: controller, agents, nats-server killed at each point of a migration
  */
@@ -19,6 +20,7 @@ const benches: Record<string, () => Promise<{ run(argv: string[]): Promise<numbe
   follow: () => import('./follow.js'),
   freeze: () => import('./freeze.js'),
   faults: () => import('./faults.js'),
+  'bad-input': () => import('./bad-input.js'),
 };
 const load = which ? benches[which] : undefined;
 if (!load) {

@@ -33,6 +33,8 @@ import { Bus } from '../lib/bus.js';
 import { execCommand } from '../lib/exec.js';
 import { REPO_ROOT } from '../lib/rpc.js';
 import { SUBJECTS } from '../lib/subjects.js';
+import { useSecurity } from '../lib/tls.js';
+import { makeLabPki } from '../lab/lab-pki.js';
 import { agentPinDir, labDir, labDown, rootLink, waitForPort } from '../lab/lab.js';
 import { findFreeLabIndex, inNetns, labPrefix } from '../lab/topology.js';
 import { convergeSvg, summarize, table, type AckSample, type ConvergeRow } from './steer-converge-report.js';
@@ -267,10 +269,13 @@ async function fleetUp(n: number, infraNice: number): Promise<Fleet> {
       pids.push(child.pid);
       return child.pid;
     };
-    const natsPid = start('nats', ctl.netnsPath, 'nats-server', ['-a', '0.0.0.0', '-p', String(NATS_PORT), '-js', '-sd', join(dir, 'nats')], infraNice);
+    // Secure as a fleet is (lab/lab-pki.ts): mutual TLS, NATS users with permissions; this process is the admin client.
+    const pki = await makeLabPki(dir, hosts, [mgmtAddress, '127.0.0.1', `${fabric}.254`]);
+    useSecurity(pki.security('client-admin'));
+    const natsPid = start('nats', ctl.netnsPath, 'nats-server', ['-c', pki.writeNatsConfig({ host: '0.0.0.0', port: NATS_PORT, storeDir: join(dir, 'nats') })], infraNice);
     await waitForPort(mgmtAddress, NATS_PORT, 10_000, 'nats-server');
     const controllerPid = start('controller', ctl.netnsPath, process.execPath, [
-      join(REPO_ROOT, 'dist', 'controller', 'main.js'), '--nats', `nats://127.0.0.1:${NATS_PORT}`, '--listen', `0.0.0.0:${CONTROLLER_PORT}`,
+      join(REPO_ROOT, 'dist', 'controller', 'main.js'), '--nats', `nats://127.0.0.1:${NATS_PORT}`, '--listen', `0.0.0.0:${CONTROLLER_PORT}`, '--tls-dir', pki.tlsDir('controller'),
     ], infraNice);
     await waitForPort(mgmtAddress, CONTROLLER_PORT, 20_000, 'controller');
     const agentPids: number[] = [];
@@ -286,6 +291,7 @@ async function fleetUp(n: number, infraNice: number): Promise<Fleet> {
         '--state-dir', join(dir, 'hosts', h),
         '--pin-dir', agentPinDir(index, h),
         '--no-checkpoint',
+        '--tls-dir', pki.tlsDir(`agent-${h}`),
       ]));
     }
     await waitForSteeringHosts(`${mgmtAddress}:${CONTROLLER_PORT}`, hosts, 60_000 + n * 5_000);

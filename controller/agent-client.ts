@@ -18,6 +18,7 @@ import type { RunWorkloadResponse__Output } from '../proto/gen/godwit/v1/RunWork
 import type { WorkloadFile } from '../proto/gen/godwit/v1/WorkloadFile.js';
 import type { WorkloadOutputResponse__Output } from '../proto/gen/godwit/v1/WorkloadOutputResponse.js';
 import type { Endpoint } from '../lib/endpoint.js';
+import { imageTokenFor } from '../lib/migration-token.js';
 import { agentClient, unary } from '../lib/rpc.js';
 import { endpointToWire, workloadToWire, type WorkloadSpec } from '../lib/wire.js';
 
@@ -79,13 +80,15 @@ export class AgentHandle {
    * sendTo: the image goes on to this target agent in the same call (a pipelined freeze).
    * postCopy: criu dump --lazy-pages; the answer names the page server.
    */
-  checkpoint(migrationId: string, w: WorkloadSpec, lockMode: LockModeName = 'EBPF', sendTo?: { address: string; steerBackendIds: number[] }, postCopy = false): Promise<CheckpointResponse__Output> {
-    const pipeline = sendTo ? { sendTo: sendTo.address, steerBackendIds: sendTo.steerBackendIds } : {};
+  checkpoint(migrationId: string, w: WorkloadSpec, lockMode: LockModeName = 'EBPF', sendTo?: { address: string; host: string; steerBackendIds: number[] }, postCopy = false): Promise<CheckpointResponse__Output> {
+    const pipeline = sendTo ? { sendTo: sendTo.address, steerBackendIds: sendTo.steerBackendIds, imageToken: imageTokenFor({ migrationId, source: this.host, target: sendTo.host }) } : {};
     return unary(this.client, this.client.Checkpoint, { migrationId, workload: workloadToWire(w), lockMode, postCopy, ...pipeline, fencingToken: this.fencing() }, heavyMs(lockMode));
   }
 
-  sendImage(migrationId: string, peerAddress: string, steerBackendIds: number[] = []): Promise<SendImageResponse__Output> {
-    return unary(this.client, this.client.SendImage, { migrationId, peerAddress, steerBackendIds, fencingToken: this.fencing() }, HEAVY_MS);
+  /** peerHost: the target's host name, which the image token binds the transfer to. */
+  sendImage(migrationId: string, peerAddress: string, peerHost: string, steerBackendIds: number[] = []): Promise<SendImageResponse__Output> {
+    const imageToken = imageTokenFor({ migrationId, source: this.host, target: peerHost });
+    return unary(this.client, this.client.SendImage, { migrationId, peerAddress, steerBackendIds, imageToken, fencingToken: this.fencing() }, HEAVY_MS);
   }
 
   /**

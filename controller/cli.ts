@@ -35,11 +35,18 @@ import type { SteeringChange__Output } from '../proto/gen/godwit/v1/SteeringChan
 import type { WaitOptions } from '../proto/gen/godwit/v1/WaitOptions.js';
 import { SteeringApi } from './steering-client.js';
 import { formatChange, formatKey, formatServices, parseBackendKey, parseServiceKey } from './steering-format.js';
+import { certsCommand } from './certs.js';
+import { withSecurityOptions } from '../lib/security-flags.js';
+import { securityFromFlags } from '../lib/tls.js';
 
-const program = new Command()
+const program = withSecurityOptions(new Command())
   .name('godwit')
   .option('--controller <addr>', 'controller gRPC address', process.env.GODWIT_CONTROLLER ?? '127.0.0.1:50050')
   .option('--json', 'print JSON');
+
+// Credentials before any command that talks to the controller (`certs` makes them, so needs none).
+program.hook('preAction', (_p, cmd) => void (cmd.parent?.name() === 'certs' || securityFromFlags(program.opts(), { info: () => undefined, error: (_o: object, msg: string) => void process.stderr.write(`godwit: ${msg}\n`) })));
+program.addCommand(certsCommand());
 
 const api = () => new ControllerApi(program.opts<{ controller: string }>().controller);
 const json = () => Boolean(program.opts<{ json?: boolean }>().json);

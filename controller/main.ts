@@ -4,10 +4,11 @@ import { hostname } from 'node:os';
 import { Command } from 'commander';
 import { CONTROLLERS_BUCKET, DEFAULT_LEADER_LEASE_MS, LeaderLease, type LeaderRecord } from './leader.js';
 import { resumeUnfinished } from './resume.js';
-import * as grpc from '@grpc/grpc-js';
 import { Bus } from '../lib/bus.js';
 import { createLogger } from '../lib/log.js';
-import { ControllerService as ControllerServiceDef, SteeringService as SteeringServiceDef, bindServer } from '../lib/rpc.js';
+import { ControllerService as ControllerServiceDef, SteeringService as SteeringServiceDef, bindServer, newServer } from '../lib/rpc.js';
+import { withSecurityOptions } from '../lib/security-flags.js';
+import { securityFromFlags, type SecurityFlags } from '../lib/tls.js';
 import { exitOnSignals } from '../lib/shutdown.js';
 import { MIGRATIONS_BUCKET, STEERING_BUCKET, STEERING_KV, WORKLOADS_BUCKET } from '../lib/subjects.js';
 import { WorkloadRegistry, type WorkloadRecord } from './workload-registry.js';
@@ -26,7 +27,7 @@ import type { RuleTable } from './steering-table.js';
 /** How often a standby reloads the migrations it serves reads of. */
 const STANDBY_RELOAD_MS = 1_000;
 
-const program = new Command()
+const program = withSecurityOptions(new Command())
   .name('godwit-controller')
   .requiredOption('--nats <url>', 'NATS server URL (JetStream enabled)')
   .option('--listen <addr...>', 'gRPC addresses to serve on: host:port or unix:/path', ['127.0.0.1:50050'])
@@ -35,9 +36,11 @@ const program = new Command()
   .option('--lease-ms <ms>', 'leader lease: a standby takes over this long after the leader stopped renewing', (v) => Number(v), DEFAULT_LEADER_LEASE_MS);
 
 async function main() {
-  const o = program.parse().opts<{ nats: string; listen: string[]; advertise?: string; id?: string; leaseMs: number }>();
+  const o = program.parse().opts<{ nats: string; listen: string[]; advertise?: string; id?: string; leaseMs: number } & SecurityFlags>();
   const controllerId = o.id ?? `${hostname()}-${process.pid}-${randomBytes(2).toString('hex')}`;
   const log = createLogger('controller');
+  const security = securityFromFlags(o, log);
+  if (security.kind === 'tls' && security.identity.role !== 'controller') program.error('the certificate is not a controller\'s: issue one with `godwit certs issue --role controller`');
   const bus = await Bus.connect({ servers: o.nats, name: 'godwit-controller' });
   await bus.ensureEventStream();
   const store = new MigrationStore(await bus.kv<MigrationState>(MIGRATIONS_BUCKET));
@@ -64,7 +67,7 @@ async function main() {
   const service = new ControllerService({ registry, agents, orchestrator, store, log, workloads, leader: lease });
   const steering = new SteeringController({ store: steeringStore, registry, agents, log });
 
-  const server = new grpc.Server();
+  const server = newServer(log);
   server.addService(ControllerServiceDef, service.handlers());
   server.addService(SteeringServiceDef, steering.handlers());
   await bindServer(server, o.listen);

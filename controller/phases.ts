@@ -50,7 +50,7 @@ export const PHASE_ACTIONS: Partial<Record<Phase, PhaseAction>> = {
   // Post-copy: the dump leaves the memory to the source's page server, which the answer names.
   DUMP: async ({ state, source, target }) => {
     const postCopy = state.request.postCopy === true;
-    const r = await source.checkpoint(state.id, state.request.workload, state.request.lockMode, { address: target.address, steerBackendIds: backendIds(state) }, postCopy);
+    const r = await source.checkpoint(state.id, state.request.workload, state.request.lockMode, { address: target.address, host: target.host, steerBackendIds: backendIds(state) }, postCopy);
     if (postCopy && !r.pageServer) throw new Error(`source host "${source.host}" dumped for post-copy but named no page server`);
     const dumped = { imageBytes: Number(r.imageBytes), steps: r.steps, ...(postCopy ? { pageServer: r.pageServer } : {}) };
     const t = r.transfer;
@@ -64,7 +64,7 @@ export const PHASE_ACTIONS: Partial<Record<Phase, PhaseAction>> = {
 
   // The workload's steering state travels with the image (the source exports it as it sends).
   TRANSFER: async ({ state, source, target }) => {
-    const r = await source.sendImage(state.id, target.address, backendIds(state));
+    const r = await source.sendImage(state.id, target.address, target.host, backendIds(state));
     return { handedOff: Number(r.steeringEntries), steps: r.steps };
   },
 

@@ -10,7 +10,7 @@ import { InvalidArgumentError, MigrationNotFoundError, PreconditionError } from 
 import type { Logger } from '../lib/log.js';
 import { handleUnary, toServiceError } from '../lib/rpc.js';
 import { HOST_NAME } from '../lib/subjects.js';
-import { workloadFromWire, workloadToWire } from '../lib/wire.js';
+import { LEASE_MS, workloadFromWire, workloadToWire } from '../lib/wire.js';
 import type { AgentPool } from './agent-client.js';
 import { freezeMs, isTerminal, newMigration, type LockMode, type MigrationRequestSpec, type MigrationState } from './migration-machine.js';
 import type { MigrationStore } from './migration-store.js';
@@ -21,8 +21,6 @@ import type { WorkloadService } from './workload-service.js';
 
 /** Long enough for a large image to dump, move and restore; short enough that a dead controller's lock goes soon. */
 export const DEFAULT_LEASE_MS = 120_000;
-const MIN_LEASE_MS = 1_000;
-const MAX_LEASE_MS = 3_600_000;
 const LOCK_MODES: readonly LockMode[] = ['EBPF', 'IPTABLES', 'NFTABLES'];
 
 export interface ControllerServiceOptions {
@@ -103,7 +101,8 @@ export class ControllerService {
     try {
       m = this.find(call.request.id);
     } catch (err) {
-      call.destroy(Object.assign(new Error(), toServiceError(err)));
+      // An 'error' event is how a server stream ends with a status; destroy() would end it with none.
+      call.emit('error', Object.assign(new Error(), toServiceError(err)));
       return;
     }
     call.write(eventToWire({ migrationId: m.id, phase: m.phase, kind: 'SNAPSHOT', atMs: Date.now(), durationMs: 0, detail: m.error ?? '', migration: m }));
@@ -147,8 +146,8 @@ export function validateMigrate(req: MigrateRequest__Output): MigrationRequestSp
   if (postCopy && lockMode !== 'EBPF')
     throw new InvalidArgumentError('post_copy', `post_copy needs lock_mode EBPF (CRIU's lazy dump runs with --network-lock skip), not ${lockMode}`);
   const lease = req.lockLeaseMs || DEFAULT_LEASE_MS;
-  if (lease < MIN_LEASE_MS || lease > MAX_LEASE_MS)
-    throw new InvalidArgumentError('lock_lease_ms', `lock_lease_ms must be between ${MIN_LEASE_MS} and ${MAX_LEASE_MS}, got ${lease}`);
+  if (lease < LEASE_MS.min || lease > LEASE_MS.max)
+    throw new InvalidArgumentError('lock_lease_ms', `lock_lease_ms must be between ${LEASE_MS.min} and ${LEASE_MS.max}, got ${lease}`);
   return { sourceHost: req.sourceHost, targetHost: req.targetHost, workload, lockMode, lockLeaseMs: lease, allowUnsafeLock: req.allowUnsafeLock === true, postCopy };
 }
 

@@ -179,9 +179,9 @@ function updateOp(req: Parameters<SteeringHandlers['UpdateService']>[0]['request
   }
 }
 
+/** Checked whether or not the caller waits: a request with a bad value changes nothing. */
 function waitTimeout(w: WaitOptions__Output | null | undefined): number | undefined {
-  if (!w?.wait) return undefined;
-  const ms = w.timeoutMs || DEFAULT_WAIT_MS;
+  const ms = w?.timeoutMs || DEFAULT_WAIT_MS;
   if (ms > MAX_WAIT_MS) throw new InvalidArgumentError('wait.timeout_ms', `wait.timeout_ms must be at most ${MAX_WAIT_MS}, got ${ms}`);
-  return ms;
+  return w?.wait ? ms : undefined;
 }

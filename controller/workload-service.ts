@@ -12,7 +12,7 @@ import type { LogFile } from '../proto/gen/godwit/v1/LogFile.js';
 import { AlreadyExistsError, InvalidArgumentError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
 import { HOST_NAME } from '../lib/subjects.js';
-import { endpointToWire, endpointsFromWire } from '../lib/wire.js';
+import { commandFromWire, endpointToWire, endpointsFromWire } from '../lib/wire.js';
 import type { AgentPool } from './agent-client.js';
 import type { MigrationState } from './migration-machine.js';
 import type { MigrationStore } from './migration-store.js';
@@ -43,7 +43,7 @@ export class WorkloadService {
     const { workloads, hosts, agents, log } = this.opts;
     if (!req.host) throw new InvalidArgumentError('host', 'host is required: where the workload starts');
     if (!HOST_NAME.test(req.host)) throw new InvalidArgumentError('host', `host "${req.host}" is not a valid host name (${HOST_NAME})`);
-    if (req.command.length === 0 || !req.command[0]) throw new InvalidArgumentError('command', 'command is required: the program and its arguments');
+    commandFromWire(req.command, req.cwd, req.user);
     const name = req.name || basename(req.command[0]);
     if (!WORKLOAD_NAME.test(name)) throw new InvalidArgumentError('name', `name "${name}" must be 1-63 of [A-Za-z0-9_.-], starting with a letter or digit`);
     const previous = workloads.get(name);

@@ -25,9 +25,10 @@ program
   .option('--index <n>', 'lab number (picks the subnet 198.18.<n>.0/24); default: the first free one', (v) => Number(v))
   .option('--fabric <kind>', `${LAB_FABRICS.join(' | ')}: one L2 segment, or a subnet per host behind a router`, 'bridge')
   .option('--nats-cluster <n>', 'N clustered nats-servers instead of one, KV and events replicated 3 times (lab/nats-cluster.ts)', (v) => Number(v))
-  .action(async (o: { hosts: string; index?: number; fabric: string; natsCluster?: number }) => {
+  .option('--insecure', 'DEVELOPMENT ONLY: every part with --insecure (no TLS, no authorization, open NATS)')
+  .action(async (o: { hosts: string; index?: number; fabric: string; insecure?: boolean; natsCluster?: number }) => {
     if (!(LAB_FABRICS as readonly string[]).includes(o.fabric)) throw new Error(`--fabric ${o.fabric}: want ${LAB_FABRICS.join(' or ')}`);
-    const lab = await labUp({ hosts: o.hosts.split(',').map((s) => s.trim()), index: o.index, fabric: o.fabric as LabFabric, natsCluster: o.natsCluster });
+    const lab = await labUp({ hosts: o.hosts.split(',').map((s) => s.trim()), index: o.index, fabric: o.fabric as LabFabric, insecure: o.insecure, natsCluster: o.natsCluster });
     lab.controller.close();
     const t = lab.topology;
     process.stdout.write(
@@ -42,6 +43,8 @@ program
           ...(t.router ? { router: { netns: t.router.netns }, vips: t.vipBlock } : {}),
           workloadAddresses: [t.workloadAddress(0), t.workloadAddress(1)],
           logs: `${lab.dir}/logs`,
+          // Identity folders for --tls-dir (or GODWIT_TLS_DIR): the CLI as the lab's admin or read-only client.
+          ...(lab.pki ? { tls: { admin: lab.pki.tlsDir('client-admin'), read: lab.pki.tlsDir('client-read'), ca: `${lab.pki.dir}/ca` } } : { insecure: true }),
           down: `npm run lab -- down --index ${t.index}`,
         },
         null,

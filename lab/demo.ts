@@ -47,6 +47,7 @@ async function main(): Promise<number> {
   try {
     say(`lab: bringing up hosts ${hosts.join(', ')}, a client, nats-server and the controller`);
     lab = await labUp({ hosts, fabric: o.fabric });
+    say(`security: mutual TLS on every gRPC hop and on NATS, one certificate per role and host (${lab.pki?.dir ?? 'none'})`);
     const workload = await runLabWorkload(lab, route[0], o.port);
     const { endpoint } = workload;
     say(`workload: godwit run --host ${route[0]} --name ${workload.name} -- echo-server ${endpoint.address} ${o.port}: pid ${workload.pid}`);

@@ -10,13 +10,15 @@
  * router (to reach the agents); both go away with the link.
  */
 import { spawn } from 'node:child_process';
-import { closeSync, mkdirSync, openSync, readdirSync, rmdirSync, rmSync } from 'node:fs';
+import { closeSync, copyFileSync, mkdirSync, openSync, readdirSync, rmdirSync, rmSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { execCommand } from '../lib/exec.js';
 import { REPO_ROOT } from '../lib/rpc.js';
 import { ControllerApi } from '../controller/client.js';
 import { parseEndpoint, type Endpoint } from '../lib/endpoint.js';
+import { INSECURE, useSecurity, type Security } from '../lib/tls.js';
+import { makeLabPki, type LabPki } from './lab-pki.js';
 import { startWorkload } from './workload.js';
 import { natsClusterNodes, natsClusterUrl, waitForJetStream } from './nats-cluster.js';
 import { createTopology, destroyTopology, findFreeLabIndex, inNetns, labPrefix, type LabFabric, type LabHost, type LabTopology } from './topology.js';
@@ -35,6 +37,13 @@ export interface Lab {
   agentAddress(host: string): string;
   host(name: string): LabHost;
   controller: ControllerApi;
+  /**
+   * The lab's CA and identity folders (lab/lab-pki.ts); undefined for a lab made with
+   * `insecure`. Lab up makes this process the lab's admin client (lib/tls.ts useSecurity).
+   */
+  pki?: LabPki;
+  /** What this process talks to the lab with: the admin client's TLS, or INSECURE. */
+  security: Security;
   /** PIDs of the lab's own services, by name. */
   pids: Map<string, number>;
   /** Stops an agent (SIGKILL, as a crash would) and starts it again; held locks must survive. */
@@ -71,6 +80,11 @@ export interface LabOptions {
   controllerFlags?: string[];
   /** Run N clustered nats-servers (services nats-1..N) instead of one (lab/nats-cluster.ts). */
   natsCluster?: number;
+  /**
+   * Development and measurement only: every part with --insecure (plain gRPC and NATS, no
+   * certificates, no authorization). Default: mutual TLS, authorization and NATS users.
+   */
+  insecure?: boolean;
 }
 
 /** The folder each host has its own copy of in a lab made with privateFolders. */
@@ -94,7 +108,7 @@ export async function labUp(opts: LabOptions = {}): Promise<Lab> {
   const index = opts.index ?? (await findFreeLabIndex());
   const hosts = opts.hosts ?? ['a', 'b'];
   try {
-    return await build(index, hosts, opts.fabric ?? 'bridge', opts.agentFlags ?? [], opts.hostAgentFlags ?? {}, opts.privateFolders === true, opts.controllerFlags ?? [], opts.natsCluster);
+    return await build(index, hosts, opts.fabric ?? 'bridge', opts.agentFlags ?? [], opts.hostAgentFlags ?? {}, opts.privateFolders === true, opts.insecure === true, opts.controllerFlags ?? [], opts.natsCluster);
   } catch (err) {
     await labDown(index);
     throw err;
@@ -108,6 +122,7 @@ async function build(
   agentFlags: string[],
   hostAgentFlags: Record<string, string[]>,
   privateFolders: boolean,
+  insecure: boolean,
   controllerFlags: string[],
   natsCluster?: number,
 ): Promise<Lab> {
@@ -135,29 +150,45 @@ async function build(
     pids.set(name, startService(dir, name, host, file, args));
   };
 
+  // Certificates in the lab's tmpfs, gone with it at lab down; keys 0600.
+  const pki = insecure ? undefined : await makeLabPki(dir, hostNames, [ctl.address]);
+  const securityFlags = (name: Parameters<LabPki['tlsDir']>[0]) => (pki ? ['--tls-dir', pki.tlsDir(name)] : ['--insecure']);
+  /** A nats-server's own arguments: its config (TLS, users) or plain flags; a cluster member's config file of its own. */
+  const natsArgs = (port: number, storeDir: string, member = '') => {
+    if (!pki) return ['-a', ctl.address, '-p', String(port), '-js', '-sd', storeDir];
+    const config = pki.writeNatsConfig({ host: ctl.address, port, storeDir });
+    if (!member) return ['-c', config];
+    const own = join(dir, `${member}.conf`);
+    copyFileSync(config, own);
+    return ['-c', own];
+  };
   let natsUrl = `nats://${ctl.address}:${NATS_PORT}`;
   if (natsCluster) {
-    const nodes = natsClusterNodes(ctl.address, dir, natsCluster);
+    const nodes = natsClusterNodes(ctl.address, dir, natsCluster, (port, storeDir, name) => natsArgs(port, storeDir, name));
     for (const n of nodes) {
       starters.set(n.name, { again: () => start(n.name, ctl, 'nats-server', n.args), port: { address: ctl.address, port: n.port } });
       start(n.name, ctl, 'nats-server', n.args);
     }
     for (const n of nodes) await waitForPort(ctl.address, n.port, 10_000, n.name);
     natsUrl = natsClusterUrl(ctl.address, nodes);
-    await waitForJetStream(natsUrl, 60_000);
+    await waitForJetStream(natsUrl, 60_000, pki ? pki.security('controller') : INSECURE);
   } else {
     mkdirSync(join(dir, 'nats'), { recursive: true });
-    start('nats', ctl, 'nats-server', ['-a', ctl.address, '-p', String(NATS_PORT), '-js', '-sd', join(dir, 'nats')]);
+    const args = natsArgs(NATS_PORT, join(dir, 'nats'));
+    start('nats', ctl, 'nats-server', args);
+    starters.set('nats', { again: () => start('nats', ctl, 'nats-server', args), port: { address: ctl.address, port: NATS_PORT } });
     await waitForPort(ctl.address, NATS_PORT, 10_000, 'nats-server');
   }
 
   const controllerAddress = `${ctl.address}:${CONTROLLER_PORT}`;
   const node = process.execPath;
   const startController = (name: string, address: string) =>
-    start(name, ctl, node, [join(REPO_ROOT, 'dist', 'controller', 'main.js'), '--nats', natsUrl, '--listen', address, ...controllerFlags]);
+    start(name, ctl, node, [join(REPO_ROOT, 'dist', 'controller', 'main.js'), '--nats', natsUrl, '--listen', address, ...securityFlags('controller'), ...controllerFlags]);
   startController('controller', controllerAddress);
-  if (!natsCluster) starters.set('nats', { again: () => start('nats', ctl, 'nats-server', ['-a', ctl.address, '-p', String(NATS_PORT), '-js', '-sd', join(dir, 'nats')]), port: { address: ctl.address, port: NATS_PORT } });
   starters.set('controller', { again: () => startController('controller', controllerAddress), port: { address: ctl.address, port: CONTROLLER_PORT } });
+  // The controller makes the KV buckets before it listens; agents may only read them (NATS
+  // permissions, lib/nats-auth.ts), so they start once it is up.
+  await waitForPort(ctl.address, CONTROLLER_PORT, 15_000, 'controller');
 
   const agentArgs = (h: LabHost) => [
     join(REPO_ROOT, 'dist', 'agent', 'main.js'),
@@ -171,6 +202,7 @@ async function build(
     // filesystem, so a moved workload finds its file where it left it), or each host's own with
     // private folders (the file then travels with the image).
     '--workload-dir', join(privateFolders ? privateDir({ dir }) : dir, 'workloads'),
+    ...securityFlags(`agent-${h.name}`),
     ...agentFlags,
     ...(hostAgentFlags[h.name] ?? []),
   ];
@@ -187,7 +219,10 @@ async function build(
   for (const h of topology.hosts) startAgent(h);
   for (const h of topology.hosts) starters.set(`agent-${h.name}`, { again: () => startAgent(h), port: { address: h.address, port: AGENT_PORT } });
 
-  await waitForPort(ctl.address, CONTROLLER_PORT, 15_000, 'controller');
+  // This process, and the godwit CLIs it starts (GODWIT_TLS_DIR), act as the lab's admin client.
+  const security = pki ? pki.security('client-admin') : INSECURE;
+  useSecurity(security);
+  if (pki) process.env.GODWIT_TLS_DIR = pki.tlsDir('client-admin');
   const controller = new ControllerApi(controllerAddress);
   // An agent's start (CRIU probe, lock and steering programs loaded and verified) took over 20 s
   // on this 2-core machine while other tenants ran 100-agent benchmarks beside it.
@@ -203,6 +238,8 @@ async function build(
     dir,
     natsUrl,
     controllerAddress,
+    pki,
+    security,
     agentAddress: (name) => `${host(name).address}:${AGENT_PORT}`,
     host,
     controller,

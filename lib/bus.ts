@@ -4,6 +4,7 @@
  */
 import { connect, Events, JSONCodec, RetentionPolicy, type KV, type NatsConnection, type Subscription } from 'nats';
 import { EVENTS_STREAM, SUBJECTS } from './subjects.js';
+import { currentSecurity, natsTlsOptions, type Security } from './tls.js';
 
 const json = JSONCodec();
 
@@ -17,6 +18,10 @@ export interface BusOptions {
    * is given the same server list, so they agree.
    */
   replicas?: number;
+  /** Default: the process's (lib/tls.ts). With TLS the client certificate is the NATS user (lib/nats-auth.ts). */
+  security?: Security;
+  /** How long the first connection may take (nats.js's default: 20 s). A refused TLS handshake shows as this running out. */
+  connectTimeoutMs?: number;
 }
 
 export interface KvEntry<T> {
@@ -61,7 +66,8 @@ export class Bus {
   static async connect(opts: BusOptions): Promise<Bus> {
     // Keep reconnecting forever: an agent outlives a NATS restart.
     const servers = opts.servers.split(',').map((s) => s.trim()).filter(Boolean);
-    const nc = await connect({ servers, name: opts.name, maxReconnectAttempts: -1, reconnectTimeWait: 500 });
+    const tls = natsTlsOptions(opts.security ?? currentSecurity());
+    const nc = await connect({ servers, name: opts.name, maxReconnectAttempts: -1, reconnectTimeWait: 500, ...(tls ? { tls } : {}), ...(opts.connectTimeoutMs ? { timeout: opts.connectTimeoutMs } : {}) });
     return new Bus(nc, opts.replicas ?? (servers.length >= 3 ? 3 : 1));
   }
 

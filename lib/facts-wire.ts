@@ -2,6 +2,8 @@
 import type { FileMismatch__Output } from '../proto/gen/godwit/v1/FileMismatch.js';
 import type { InspectWorkloadResponse__Output } from '../proto/gen/godwit/v1/InspectWorkloadResponse.js';
 import type { WorkloadFile, WorkloadFile__Output } from '../proto/gen/godwit/v1/WorkloadFile.js';
+import { posix } from 'node:path';
+import { InvalidArgumentError } from './errors.js';
 import type { FileMismatch, TreeFacts, WorkloadFile as DomainFile } from './workload-facts.js';
 
 export function treeFactsToWire(f: TreeFacts) {
@@ -30,6 +32,30 @@ export function fileToWire(f: DomainFile): WorkloadFile {
 
 export function fileFromWire(f: WorkloadFile__Output): DomainFile {
   return { path: f.path, size: Number(f.size), buildId: f.buildId, sha256: f.sha256, pid: f.pid, usage: f.usage };
+}
+
+const MAX_FILES = 100_000;
+const MAX_PATH_BYTES = 4096;
+
+/**
+ * The files a target is asked to compare, refused whole if any entry is not what a source can
+ * have read from /proc: an absolute, normalized path (no `..`, no NUL), a size, a hex build-id
+ * or SHA-256.
+ */
+export function filesFromWire(list: WorkloadFile__Output[]): DomainFile[] {
+  if (list.length === 0) throw new InvalidArgumentError('files', 'files is empty: name the files to compare');
+  if (list.length > MAX_FILES) throw new InvalidArgumentError('files', `files names ${list.length} files; at most ${MAX_FILES}`);
+  return list.map((w, i) => {
+    const f = fileFromWire(w);
+    const field = `files[${i}]`;
+    if (!f.path.startsWith('/') || f.path.includes('\0') || posix.normalize(f.path) !== f.path || Buffer.byteLength(f.path) > MAX_PATH_BYTES)
+      throw new InvalidArgumentError(`${field}.path`, `${field}.path must be an absolute, normalized path without NUL bytes, at most ${MAX_PATH_BYTES} bytes`);
+    if (!Number.isSafeInteger(f.size) || f.size < 0) throw new InvalidArgumentError(`${field}.size`, `${field}.size must be a byte count, got ${w.size}`);
+    if (!/^[0-9a-f]{0,128}$/.test(f.buildId)) throw new InvalidArgumentError(`${field}.build_id`, `${field}.build_id must be lowercase hex`);
+    if (f.usage.length > 256 || /[\x00-\x1f]/.test(f.usage)) throw new InvalidArgumentError(`${field}.usage`, `${field}.usage must be at most 256 printable characters`);
+    if (!/^([0-9a-f]{64})?$/.test(f.sha256)) throw new InvalidArgumentError(`${field}.sha256`, `${field}.sha256 must be empty or 64 lowercase hex digits`);
+    return f;
+  });
 }
 
 export function mismatchFromWire(m: FileMismatch__Output): FileMismatch {

@@ -9,8 +9,11 @@ import type { ProtoGrpcType as SteeringProto } from '../proto/gen/steering.js';
 import type { AgentClient } from '../proto/gen/godwit/v1/Agent.js';
 import type { ControllerClient } from '../proto/gen/godwit/v1/Controller.js';
 import type { SteeringClient } from '../proto/gen/godwit/v1/Steering.js';
+import { authorizationInterceptor } from './authz.js';
 import { GodwitError } from './errors.js';
+import { describeIdentity } from './identity.js';
 import type { Logger } from './log.js';
+import { channelCredentials, channelSecurityOptions, serverCredentials } from './tls.js';
 
 /** The repository root, found from this file whether it runs from lib/ (tsx, vitest) or dist/lib/. */
 export const REPO_ROOT = (() => {
@@ -40,27 +43,91 @@ const agentProto = load<AgentProto>('godwit/v1/agent.proto');
 const controllerProto = load<ControllerProto>('godwit/v1/controller.proto');
 const steeringProto = load<SteeringProto>('godwit/v1/steering.proto');
 
-export const AgentService = agentProto.godwit.v1.Agent.service;
-export const ControllerService = controllerProto.godwit.v1.Controller.service;
-export const SteeringService = steeringProto.godwit.v1.Steering.service;
+/** Marks a request whose bytes did not decode; refuseUndecodable answers it. */
+const UNDECODABLE = Symbol('undecodable request');
+
+/**
+ * The service with each method's request decoding made total: bytes that are not a valid
+ * message become a marked value instead of an exception, which grpc-js would answer with
+ * INTERNAL. A client that sent them made the mistake, so refuseUndecodable answers
+ * INVALID_ARGUMENT before any handler sees the request.
+ */
+function decodingGuarded<T extends grpc.ServiceDefinition>(def: T): T {
+  const out: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
+  for (const [name, m] of Object.entries(def) as [string, grpc.MethodDefinition<unknown, unknown>][]) {
+    out[name] = {
+      ...m,
+      requestDeserialize: (bytes: Buffer) => {
+        try {
+          return m.requestDeserialize(bytes);
+        } catch (err) {
+          return { [UNDECODABLE]: err instanceof Error ? err.message : String(err) };
+        }
+      },
+    };
+  }
+  return out as T;
+}
+
+export const AgentService = decodingGuarded(agentProto.godwit.v1.Agent.service);
+export const ControllerService = decodingGuarded(controllerProto.godwit.v1.Controller.service);
+export const SteeringService = decodingGuarded(steeringProto.godwit.v1.Steering.service);
+
+/** Answers a request (or a streamed message) that did not decode with INVALID_ARGUMENT. */
+const refuseUndecodable: grpc.ServerInterceptor = (method, call) =>
+  new grpc.ServerInterceptingCall(call, {
+    start: (next) =>
+      next({
+        onReceiveMessage: (message: unknown, pass: (m: unknown) => void) => {
+          if (typeof message !== 'object' || message === null || !(UNDECODABLE in message)) return pass(message);
+          call.sendStatus({
+            code: grpc.status.INVALID_ARGUMENT,
+            details: `${method.path}: the request is not a valid protobuf message (${String((message as Record<symbol, unknown>)[UNDECODABLE])}); encode it as proto/godwit/v1 says`,
+          });
+        },
+      }),
+  });
+
+/** The largest message a godwit server or client takes; gRPC answers a larger one RESOURCE_EXHAUSTED. */
+export const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
+
 
 /** Keepalive so that a dead peer is noticed during long phases, not after the OS gives up. */
 const CHANNEL_OPTIONS: grpc.ChannelOptions = {
   'grpc.keepalive_time_ms': 10_000,
   'grpc.keepalive_timeout_ms': 5_000,
-  'grpc.max_receive_message_length': 16 * 1024 * 1024,
+  'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
 };
 
+// Credentials and their channel options come from lib/tls.ts: the process's chosen security.
 export function agentClient(address: string): AgentClient {
-  return new agentProto.godwit.v1.Agent(address, grpc.credentials.createInsecure(), CHANNEL_OPTIONS);
+  return new agentProto.godwit.v1.Agent(address, channelCredentials('agent'), { ...CHANNEL_OPTIONS, ...channelSecurityOptions() });
 }
 
 export function controllerClient(address: string): ControllerClient {
-  return new controllerProto.godwit.v1.Controller(address, grpc.credentials.createInsecure(), CHANNEL_OPTIONS);
+  return new controllerProto.godwit.v1.Controller(address, channelCredentials('controller'), { ...CHANNEL_OPTIONS, ...channelSecurityOptions() });
 }
 
 export function steeringClient(address: string): SteeringClient {
-  return new steeringProto.godwit.v1.Steering(address, grpc.credentials.createInsecure(), CHANNEL_OPTIONS);
+  return new steeringProto.godwit.v1.Steering(address, channelCredentials('controller'), { ...CHANNEL_OPTIONS, ...channelSecurityOptions() });
+}
+
+/**
+ * A gRPC server whose every call passes the authorization table (lib/authz.ts) first, and whose
+ * requests that do not decode are answered INVALID_ARGUMENT. Every godwit server is made here,
+ * so a service added to it later is covered (and refused until its methods are in the table).
+ */
+export function newServer(log: Logger, options: grpc.ServerOptions = {}): grpc.Server {
+  return new grpc.Server({
+    'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
+    ...options,
+    // grpc-js wraps each interceptor around the ones before it: authorization is the outermost.
+    interceptors: [
+      refuseUndecodable,
+      ...(options.interceptors ?? []),
+      authorizationInterceptor((path, d, peer) => log.warn({ rpc: path, peer: describeIdentity(peer), code: grpc.status[d.code] }, 'call refused')),
+    ],
+  });
 }
 
 /**
@@ -86,11 +153,22 @@ export function unary<C extends grpc.Client, Req, Res>(
   });
 }
 
+/**
+ * The longest status message a client gets. Messages quote what was wrong, and a request can
+ * carry megabytes in one field; the message travels in an HTTP/2 trailer, and a trailer larger
+ * than the peer's header limit never arrives: the client would wait out its deadline instead.
+ */
+const MAX_DETAILS_CHARS = 2048;
+
+function details(text: string): string {
+  return text.length <= MAX_DETAILS_CHARS ? text : `${text.slice(0, MAX_DETAILS_CHARS)}... (${text.length - MAX_DETAILS_CHARS} more characters)`;
+}
+
 /** Turns a thrown error into the status a client sees: GodwitErrors carry theirs; the rest are INTERNAL. */
 export function toServiceError(err: unknown): Partial<grpc.StatusObject> {
-  if (err instanceof GodwitError) return { code: err.code, details: err.message };
-  if (isServiceError(err)) return { code: err.code, details: err.details };
-  return { code: grpc.status.INTERNAL, details: err instanceof Error ? err.message : String(err) };
+  if (err instanceof GodwitError) return { code: err.code, details: details(err.message) };
+  if (isServiceError(err)) return { code: err.code, details: details(err.details) };
+  return { code: grpc.status.INTERNAL, details: details(err instanceof Error ? err.message : String(err)) };
 }
 
 export function isServiceError(err: unknown): err is grpc.ServiceError {
@@ -115,12 +193,12 @@ export function handleUnary<Req, Res>(
   };
 }
 
-/** Binds a server to each address ("host:port" or "unix:/path"); resolves with the bound TCP port. */
+/** Binds a server to each address ("host:port" or "unix:/path") with the process's credentials (lib/tls.ts); resolves with the bound TCP port. */
 export async function bindServer(server: grpc.Server, addresses: string[]): Promise<number> {
   let port = 0;
   for (const addr of addresses) {
     port = await new Promise<number>((resolve, reject) =>
-      server.bindAsync(addr, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+      server.bindAsync(addr, serverCredentials(), (err, p) => (err ? reject(err) : resolve(p))),
     );
   }
   return port;

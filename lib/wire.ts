@@ -28,6 +28,30 @@ export function endpointsFromWire(list: Endpoint__Output[], field = 'endpoints')
   return list.map((e, i) => endpointFromWire(e, `${field}[${i}]`));
 }
 
+/** The lock leases godwit takes: long enough for a large image, short enough that a dead controller's lock goes. */
+export const LEASE_MS = { min: 1_000, max: 3_600_000 } as const;
+
+/** Linux's limit on one argument string (MAX_ARG_STRLEN). */
+const MAX_ARG_BYTES = 128 * 1024;
+const MAX_ARGS = 4096;
+
+/**
+ * A command line as exec takes it: a program and its arguments, none with a NUL (exec cannot pass
+ * one), none longer than the kernel takes; the working folder and user likewise.
+ */
+export function commandFromWire(command: readonly string[], cwd = '', user = ''): string[] {
+  if (command.length === 0 || !command[0]) throw new InvalidArgumentError('command', 'command is required: the program and its arguments');
+  if (command.length > MAX_ARGS) throw new InvalidArgumentError('command', `command has ${command.length} arguments; at most ${MAX_ARGS}`);
+  command.forEach((arg, i) => {
+    if (arg.includes('\0')) throw new InvalidArgumentError(`command[${i}]`, `command[${i}] contains a NUL byte, which no program argument can carry`);
+    if (Buffer.byteLength(arg) > MAX_ARG_BYTES) throw new InvalidArgumentError(`command[${i}]`, `command[${i}] is longer than the kernel's ${MAX_ARG_BYTES} bytes per argument`);
+  });
+  for (const [field, v] of [['cwd', cwd], ['user', user]] as const) {
+    if (v.includes('\0') || v.length > 4096) throw new InvalidArgumentError(field, `${field} must be at most 4096 characters without NUL bytes`);
+  }
+  return [...command];
+}
+
 export function workloadFromWire(w: Workload__Output | null | undefined, field = 'workload'): WorkloadSpec {
   if (!w) throw new InvalidArgumentError(field, `${field} is required: the root PID and at least one endpoint`);
   if (!Number.isInteger(w.pid) || w.pid <= 1)

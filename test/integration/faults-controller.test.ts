@@ -8,6 +8,7 @@ import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentHandle } from '../../controller/agent-client.js';
 import { isServiceError } from '../../lib/rpc.js';
+import { useSecurity } from '../../lib/tls.js';
 import { runFaultCase, setupFaultEnv, teardownFaultEnv, type FaultCase, type FaultEnv, type FaultRow } from '../../bench/fault-case.js';
 
 const CONNECTIONS = 200;
@@ -59,8 +60,11 @@ describe('controller crashes mid-migration', () => {
   // Last: it leaves host a's agent fenced above every real controller's token.
   it('an agent refuses a command carrying an older fencing token than one it has seen: FAILED_PRECONDITION', async () => {
     const { lab } = env!;
+    // Only the controller may command an agent (lib/authz.ts): these handles speak as it.
+    if (lab.pki) useSecurity(lab.pki.security('controller'));
     const newer = new AgentHandle('a', lab.agentAddress('a'), () => '9000000000000');
     const older = new AgentHandle('a', lab.agentAddress('a'), () => '8999999999999');
+    useSecurity(lab.security);
     try {
       // An Abort of a migration the agent never saw changes nothing, and admits the newer token.
       await newer.abort('m-fencing-check');

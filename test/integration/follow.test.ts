@@ -11,7 +11,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Migration__Output } from '../../proto/gen/godwit/v1/Migration.js';
-import { AgentHandle } from '../../controller/agent-client.js';
+import { agentAsController } from '../support/lab-agent.js';
 import { SteeringApi } from '../../controller/steering-client.js';
 import type { Endpoint } from '../../lib/endpoint.js';
 import { migrateHop, type HopResult } from '../../lab/hop.js';
@@ -181,7 +181,7 @@ describe('redirect rules follow the workload (routed fabric)', () => {
     pid = h.pid;
     home = 'b';
     const a = lab.host('a');
-    const agentA = new AgentHandle('a', `${a.address}:${AGENT_PORT}`);
+    const agentA = agentAsController(lab, 'a', `${a.address}:${AGENT_PORT}`);
     try {
       await lab.restartAgent('a');
       const before = (await direct.stats()).verifiedBytes;

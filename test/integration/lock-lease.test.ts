@@ -5,7 +5,7 @@
 import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { lockScope } from '../../agent/lock-scope.js';
-import { AgentHandle } from '../../controller/agent-client.js';
+import { agentAsController } from '../support/lab-agent.js';
 import type { SteeringTable } from '../../agent/steering.js';
 import { Bus } from '../../lib/bus.js';
 import { STEERING_BUCKET, STEERING_KV, STEERING_TABLE_KEY } from '../../lib/subjects.js';
@@ -56,7 +56,7 @@ describe('lock leases', () => {
 
   it('a held lock survives an agent crash and restart, and is released by the new agent', async () => {
     const w = await startWorkload(lab.host('a'), endpoint.address, PORT);
-    const agent = new AgentHandle('a', lab.agentAddress('a'));
+    const agent = agentAsController(lab, 'a', lab.agentAddress('a'));
     try {
       await agent.lock('restart-test', [endpoint], '100', 60_000);
       expect(await answers(lab, endpoint)).toBe('silent');

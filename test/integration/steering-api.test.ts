@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { RuleGeneration__Output } from '../../proto/gen/godwit/v1/RuleGeneration.js';
 import type { ServiceKey } from '../../proto/gen/godwit/v1/ServiceKey.js';
-import { AgentHandle } from '../../controller/agent-client.js';
+import { agentAsController } from '../support/lab-agent.js';
 import { SteeringApi } from '../../controller/steering-client.js';
 import { execCommand } from '../../lib/exec.js';
 import { isServiceError, REPO_ROOT } from '../../lib/rpc.js';
@@ -49,7 +49,7 @@ describe('steering API, CLI and fleet propagation', () => {
   async function kernelGenerations(): Promise<Record<string, number>> {
     const out: Record<string, number> = {};
     for (const h of HOSTS) {
-      const agent = new AgentHandle(h, lab.agentAddress(h));
+      const agent = agentAsController(lab, h, lab.agentAddress(h));
       try {
         out[h] = Number((await agent.steeringState()).appliedGeneration);
       } finally {

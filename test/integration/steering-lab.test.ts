@@ -14,7 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Service__Output } from '../../proto/gen/godwit/v1/Service.js';
 import type { ServiceKey } from '../../proto/gen/godwit/v1/ServiceKey.js';
 import type { SteeringChange__Output } from '../../proto/gen/godwit/v1/SteeringChange.js';
-import { AgentHandle } from '../../controller/agent-client.js';
+import { agentAsController } from '../support/lab-agent.js';
 import { SteeringApi } from '../../controller/steering-client.js';
 import { execCommand } from '../../lib/exec.js';
 import { isServiceError } from '../../lib/rpc.js';
@@ -171,7 +171,7 @@ describe('steering in the routed lab: API -> KV -> every agent -> kernel, under 
 
   /** Each host's applied generation as its own agent reads it from its kernel maps. */
   async function kernelGeneration(host: HostName): Promise<number> {
-    const agent = new AgentHandle(host, lab.agentAddress(host));
+    const agent = agentAsController(lab, host, lab.agentAddress(host));
     try {
       return Number((await agent.steeringState()).appliedGeneration);
     } finally {

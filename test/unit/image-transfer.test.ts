@@ -11,16 +11,23 @@ import * as grpc from '@grpc/grpc-js';
 import type { ImageChunk } from '../../proto/gen/godwit/v1/ImageChunk.js';
 import type { AgentClient } from '../../proto/gen/godwit/v1/Agent.js';
 import { IMAGE_STREAM_FORMAT, ImageStream, receiveImage } from '../../agent/images.js';
-import { AgentService, agentClient, bindServer } from '../../lib/rpc.js';
+import { createLogger } from '../../lib/log.js';
+import { AgentService, agentClient, bindServer, newServer } from '../../lib/rpc.js';
+import { useSecurity } from '../../lib/tls.js';
+import { makeFleetPki, type FleetPki } from '../support/fleet-pki.js';
 
 let root: string;
 let server: grpc.Server;
 let client: AgentClient;
+let pki: FleetPki;
 const received = new Map<string, string>();
 
 beforeAll(async () => {
   root = mkdtempSync(join(tmpdir(), 'godwit-image-'));
-  server = new grpc.Server({ 'grpc.max_receive_message_length': 16 * 1024 * 1024 });
+  // Mutual TLS as between two agents: this process is agent a on both ends.
+  pki = await makeFleetPki();
+  useSecurity(await pki.issue('agent-a', { role: 'agent', host: 'a' }));
+  server = newServer(createLogger('test'), { 'grpc.max_receive_message_length': 16 * 1024 * 1024 });
   server.addService(AgentService, {
     ReceiveImage: (call: grpc.ServerReadableStream<never, never>, cb: grpc.sendUnaryData<unknown>) => {
       receiveImage(call as never, (id) => join(root, 'target', id)).then(
@@ -40,6 +47,7 @@ afterAll(() => {
   client?.close();
   server?.forceShutdown();
   rmSync(root, { recursive: true, force: true });
+  pki?.remove();
 });
 
 /** An image folder shaped like CRIU's: many small files, one large pages file, a log. */

@@ -14,9 +14,13 @@ import { applyOp, type RuleTable, type SteeringOp } from '../../controller/steer
 import { Bus } from '../../lib/bus.js';
 import { createLogger } from '../../lib/log.js';
 import { STEERING_BUCKET, STEERING_KV, SUBJECTS } from '../../lib/subjects.js';
+import { INSECURE, useSecurity } from '../../lib/tls.js';
 import { MemorySteering } from '../support/memory-steering.js';
 import { startNatsServer, type NatsServer } from '../support/nats-server.js';
 
+// Propagation only, on a plain nats-server it restarts; NATS users and permissions are
+// test/integration/attack-nats.test.ts's.
+useSecurity(INSECURE);
 const log = createLogger('test').child({ level: 'silent' });
 log.level = 'silent';
 
