@@ -69,6 +69,8 @@ function carriedOutcome(c: CarriedPhase, startedAtMs: number): PhaseOutcome {
 export class Orchestrator {
   private readonly events = new EventEmitter();
   private readonly running = new Map<string, Promise<void>>();
+  /** Makes each event's id unique within this controller (two events may share a millisecond). */
+  private seq = 0;
 
   constructor(private readonly opts: OrchestratorOptions) {
     this.events.setMaxListeners(0);
@@ -217,7 +219,8 @@ export class Orchestrator {
 
   private emit(state: MigrationState, phase: Phase, kind: EventKind, durationMs: number, text: string): void {
     const e: PhaseEvent = { migrationId: state.id, phase, kind, atMs: Date.now(), durationMs, detail: text, migration: state };
-    this.opts.bus.publish(SUBJECTS.migrationEvent(state.id, phase), e);
+    // Stored before the next is sent, retried across a NATS restart: automation misses no phase.
+    this.opts.bus.publishDurable(SUBJECTS.migrationEvent(state.id, phase), e, `${state.id}.${phase}.${kind}.${e.atMs}.${this.seq++}`);
     this.events.emit(`m:${state.id}`, e);
   }
 }

@@ -56,6 +56,8 @@ export interface KvWatch<T> extends AsyncIterable<KvEntry<T>> {
 
 export class Bus {
   private readonly reconnectListeners = new Set<() => void>();
+  /** The tail of publishDurable's queue. */
+  private durable: Promise<void> = Promise.resolve();
 
   private constructor(private readonly nc: NatsConnection, private readonly replicas: number) {
     void (async () => {
@@ -73,6 +75,31 @@ export class Bus {
 
   publish(subject: string, message: unknown): void {
     this.nc.publish(subject, json.encode(message));
+  }
+
+  /**
+   * Publishes into a JetStream stream and waits for its ack, retrying until the server has it:
+   * in order (one queue per connection), each message once (its id deduplicates a retry whose
+   * first ack was lost). A core publish made just before a server dies, or while no server is
+   * up, is lost; events must not be (the fault matrix reads them back from the stream).
+   */
+  publishDurable(subject: string, message: unknown, id: string): void {
+    const data = json.encode(message);
+    this.durable = this.durable.then(async () => {
+      for (;;) {
+        try {
+          await this.nc.jetstream().publish(subject, data, { msgID: id, timeout: 5_000 });
+          return;
+        } catch {
+          await new Promise((r) => setTimeout(r, 500));
+        }
+      }
+    });
+  }
+
+  /** Resolves once every durable publish so far is stored. */
+  async durablePublished(): Promise<void> {
+    await this.durable;
   }
 
   /** Calls `onMessage` for each message until the returned function is called. */
