@@ -11,7 +11,11 @@ import { FencingGate, StaleFencingTokenError } from '../../agent/fencing.js';
 import { LeaderLease, NotLeaderError, type LeaderRecord } from '../../controller/leader.js';
 import { Bus, type JsonKv } from '../../lib/bus.js';
 import { createLogger } from '../../lib/log.js';
+import { INSECURE, useSecurity } from '../../lib/tls.js';
 import { startNatsServer, type NatsServer } from '../support/nats-server.js';
+
+// A nats-server of the test's own on loopback, without TLS.
+useSecurity(INSECURE);
 
 const LEASE_MS = 1_000;
 const log = createLogger('leader-test');
