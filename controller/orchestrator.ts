@@ -205,17 +205,28 @@ export class Orchestrator {
     }
   }
 
+  /**
+   * Recorded before the next call to a host, and retried until it is: a record that lags behind
+   * the hosts (NATS down) would have the next leader do phases again, or a whole finished
+   * migration again. While NATS is down this controller also loses the lead; it stops then, and
+   * the next leader resumes from what is recorded.
+   */
   private async record(state: MigrationState): Promise<void> {
-    if (this.opts.mayAct && !this.opts.mayAct()) throw new LeadershipLostError(state.id, state.phase);
-    try {
-      await this.opts.store.save(state);
-    } catch (err) {
-      // Another controller wrote the record since this one did: it drives the migration now.
-      if (/wrong last sequence/i.test(String(err))) throw new LeadershipLostError(state.id, state.phase);
-      // The run goes on (the hosts are mid-step); the record catches up at the next save.
-      this.opts.log.error({ migrationId: state.id, err }, 'could not record migration state');
+    for (;;) {
+      if (this.opts.mayAct && !this.opts.mayAct()) throw new LeadershipLostError(state.id, state.phase);
+      try {
+        await this.opts.store.save(state);
+        return;
+      } catch (err) {
+        // Another controller wrote the record since this one did: it drives the migration now.
+        if (/wrong last sequence/i.test(String(err))) throw new LeadershipLostError(state.id, state.phase);
+        this.opts.log.error({ migrationId: state.id, err }, 'could not record migration state; trying again');
+        if (!this.opts.mayAct) return; // no lease (tests): the run goes on, the next save catches up
+        await new Promise((r) => setTimeout(r, 500));
+      }
     }
   }
+
 
   private emit(state: MigrationState, phase: Phase, kind: EventKind, durationMs: number, text: string): void {
     const e: PhaseEvent = { migrationId: state.id, phase, kind, atMs: Date.now(), durationMs, detail: text, migration: state };
