@@ -107,6 +107,8 @@ async function main() {
   }
 
   const service = new AgentService({ host: o.host, platform, stateDir: o.stateDir, log, workloadDir: o.workloadDir });
+  // Before serving: no step of this agent runs yet, so every folder an ended migration left is stale.
+  await service.sweepImages();
   const server = newServer({}, log);
   server.addService(AgentServiceDef, service.handlers());
   const health = addHealthAndReflection(server, ['godwit/v1/agent.proto']);

@@ -43,6 +43,18 @@ export interface AgentMigrationRecord {
   imageReceived: boolean;
   released: boolean;
   aborted: boolean;
+  /**
+   * Written before CRIU starts (agent/interrupted-steps.ts): an agent killed mid-dump or
+   * mid-restore finds, after its restart, that a CRIU run of its own may have finished without it.
+   */
+  dumpStarted?: { pid: number; endpoints: Endpoint[] };
+  restoreStarted?: boolean;
+  /**
+   * This host's part is over and nothing needs the image folder any more (source released,
+   * target's image discarded after DONE, or an abort that brought the workload back): the
+   * start-up sweep removes a folder left behind.
+   */
+  ended?: boolean;
 }
 
 export class MigrationRecords {

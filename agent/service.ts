@@ -2,7 +2,7 @@
  * The agent's gRPC service: the only thing that changes a host. Each call is keyed by migration
  * id, recorded in MigrationRecords, and safe to repeat.
  */
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { release } from 'node:os';
 import type * as grpc from '@grpc/grpc-js';
@@ -24,7 +24,10 @@ import { imagePermit } from './image-permit.js';
 import { ImageStream, imageTotals, receiveImage } from './images.js';
 import { lockScope } from './lock-scope.js';
 import type { LockModeName, LockStrategy } from './lock-strategy.js';
-import { MigrationRecords } from './migration-record.js';
+import { MigrationRecords, type AgentMigrationRecord } from './migration-record.js';
+import { FencingGate } from './fencing.js';
+import { criuOutcome, restoredPidFile } from './interrupted-steps.js';
+import { MigrationSteps } from './step-records.js';
 import type { HostPlatform, LazyProcess, PostCopy } from './platform.js';
 import { exportIntoImage, forgetHere, importFromImage } from './steering-handoff.js';
 import { steeringStateHandler } from './steering-state.js';
@@ -73,9 +76,14 @@ export class AgentService {
   private readonly forwardingNoted = new Map<string, Promise<void>>();
   /** Target: the workload's addresses being brought up since Lock, by migration id. */
   private readonly addressesUp = new Map<string, Promise<void>>();
+  /** Refuses commands from a superseded leader (agent/fencing.ts). */
+  private readonly fence: FencingGate;
+  /** One step at a time per migration (agent/step-records.ts). */
+  private readonly steps = new MigrationSteps();
 
   constructor(private readonly opts: AgentServiceOptions) {
     this.records = new MigrationRecords(opts.stateDir);
+    this.fence = new FencingGate(opts.stateDir, opts.host);
     this.log = opts.log;
     this.workloadDir = opts.workloadDir ?? DEFAULT_WORKLOAD_DIR;
     this.runner = new WorkloadRunner({ platform: opts.platform, workloadDir: this.workloadDir, log: opts.log });
@@ -115,7 +123,7 @@ export class AgentService {
         };
       }),
 
-      Lock: handleUnary(log, 'Lock', async (req) => {
+      Lock: this.command('Lock', async (req) => {
         const id = migrationId(req.migrationId);
         const endpoints = requiredEndpoints(req.endpoints);
         const version = versionFromWire(req.version);
@@ -146,16 +154,16 @@ export class AgentService {
         return { durationMs: performance.now() - started, steps: steps.wire(h) };
       }),
 
-      Unlock: handleUnary(log, 'Unlock', async (req) => {
+      Unlock: this.command('Unlock', async (req) => {
         return this.unlockHere(migrationId(req.migrationId), requiredEndpoints(req.endpoints), versionFromWire(req.version));
       }),
 
-      Checkpoint: handleUnary(log, 'Checkpoint', async (req) => {
+      Checkpoint: this.command('Checkpoint', async (req) => {
         const id = migrationId(req.migrationId);
         const w = workloadFromWire(req.workload);
         const mode = lockModeFromWire(req.lockMode);
         const dir = this.imageDir(id);
-        const record = this.records.get(id);
+        const record = await this.settleInterrupted(id, this.records.get(id));
         const steps = new StepTimer();
         // Pipelined: the image goes on to the target in this same call.
         const withTransfer = async <T extends object>(dumped: T) =>
@@ -185,7 +193,7 @@ export class AgentService {
         return withTransfer({ durationMs: 0, imageBytes: totals.bytes, imageFiles: totals.files, frozenMs: 0, tcpConnections: connections, steps: [], pageServer: record.postCopy?.pageServer ?? '' });
       }),
 
-      SendImage: handleUnary(log, 'SendImage', async (req) => {
+      SendImage: this.command('SendImage', async (req) => {
         if (!req.peerAddress) throw new InvalidArgumentError('peer_address', 'peer_address is required: the target agent\'s gRPC address');
         return this.sendImageTo(migrationId(req.migrationId), req.peerAddress, req.steerBackendIds, req.imageToken);
       }),
@@ -212,11 +220,11 @@ export class AgentService {
         );
       },
 
-      Restore: handleUnary(log, 'Restore', async (req) => {
+      Restore: this.command('Restore', async (req) => {
         const id = migrationId(req.migrationId);
         const w = workloadFromWire(req.workload);
         const mode = lockModeFromWire(req.lockMode);
-        const record = this.records.get(id);
+        const record = await this.settleInterrupted(id, this.records.get(id));
         // Pipelined: the target unlocks in this same call once restored.
         const withUnlock = async <T extends object>(restored: T) =>
           req.unlock ? { ...restored, unlocked: await this.pipelined(() => this.unlockHere(id, w.endpoints, versionFromWire(req.lockVersion)), (unlocked) => ({ unlocked })) } : restored;
@@ -241,7 +249,7 @@ export class AgentService {
         return withUnlock({ durationMs: performance.now() - started, pid: restored.pid, criuMs: restored.criuMs, lockInstallMs: restored.lockInstallMs, lockRules: restored.lockRules, steeringEntries, steps: steps.wire(h) });
       }),
 
-      Release: handleUnary(log, 'Release', async (req) => {
+      Release: this.command('Release', async (req) => {
         const id = migrationId(req.migrationId);
         const endpoints = requiredEndpoints(req.endpoints);
         // Release takes addresses down: only for a migration this host took part in.
@@ -278,11 +286,12 @@ export class AgentService {
           r.locked = [];
           r.lockResidue = undefined;
           r.released = true;
+          r.ended = true;
         });
         return { durationMs: performance.now() - started, forwardedPackets: forwardedPackets.toString(), steps: steps.wire(h), lazyPagesMs, lazyBytes: record.postCopy?.lazyBytes ?? 0 };
       }),
 
-      Abort: handleUnary(log, 'Abort', async (req) => {
+      Abort: this.command('Abort', async (req) => {
         const id = migrationId(req.migrationId);
         const started = performance.now();
         const { actions, pid } = await this.abort(id);
@@ -292,6 +301,7 @@ export class AgentService {
       SteeringState: steeringStateHandler(h, p.steering, log),
 
       RunWorkload: handleUnary(log, 'RunWorkload', async (req) => {
+        this.fence.admit(req.fencingToken);
         const r = await this.runner.run({ name: req.name, user: req.user, endpoints: endpointsFromWire(req.endpoints), command: req.command, cwd: req.cwd });
         return { pid: r.pid, outputPath: r.outputPath };
       }),
@@ -310,7 +320,88 @@ export class AgentService {
         const mismatches = await p.checkFiles(filesFromWire(req.files));
         return { mismatches: mismatches.map((m) => ({ file: fileToWire(m.file), problem: m.problem })) };
       }),
+
+      DiscardImage: this.command('DiscardImage', async (req) => this.discardImage(migrationId(req.migrationId))),
     };
+  }
+
+  /**
+   * A command from the controller: the fencing token checked, then run after any earlier step
+   * of the same migration on this agent (a dead controller's call may still be running here).
+   */
+  private command<Req extends { migrationId: string; fencingToken: string }, Res>(name: string, fn: (req: Req) => Promise<Res>): grpc.handleUnaryCall<Req, Res> {
+    return handleUnary(this.log, name, async (req: Req) => {
+      this.fence.admit(req.fencingToken);
+      return this.steps.run(migrationId(req.migrationId), () => fn(req));
+    });
+  }
+
+  /**
+   * A dump or restore this agent started and never saw end (it was killed mid-step; CRIU ran
+   * on): its outcome, read from CRIU's log, written into the record as if the agent had seen it.
+   * A finished dump counts as this migration's dump (never taken twice); a finished restore's
+   * process is this migration's restored workload (never restored twice, and Abort kills it).
+   */
+  private async settleInterrupted(id: string, r: AgentMigrationRecord): Promise<AgentMigrationRecord> {
+    const dir = this.imageDir(id);
+    if (r.dumpStarted && !r.dumped) {
+      const outcome = await criuOutcome(dir, 'dump');
+      const started = r.dumpStarted;
+      this.log.warn({ migrationId: id, outcome }, 'a dump this agent started before it restarted');
+      r = this.records.update(id, (x) => {
+        if (outcome === 'succeeded') x.dumped = started;
+        else x.dumpStarted = undefined;
+      });
+    }
+    if (r.restoreStarted && !r.restoredPid) {
+      const outcome = await criuOutcome(dir, 'restore');
+      const pid = outcome === 'succeeded' ? await restoredPidFile(dir) : undefined;
+      const alive = pid !== undefined && (await this.opts.platform.processInfo(pid)) !== undefined;
+      this.log.warn({ migrationId: id, outcome, pid, alive }, 'a restore this agent started before it restarted');
+      r = this.records.update(id, (x) => {
+        if (alive) x.restoredPid = pid;
+        x.restoreStarted = false;
+      });
+    }
+    return r;
+  }
+
+  /** After DONE: the migration's image folder goes (CRIU's logs of failures are kept apart). */
+  private async discardImage(id: string): Promise<{ removed: boolean; bytes: string }> {
+    const dir = this.imageDir(id);
+    let bytes = 0;
+    let removed = false;
+    try {
+      bytes = imageTotals(dir).bytes;
+      removed = true;
+    } catch {
+      // no folder: already removed
+    }
+    await rm(dir, { recursive: true, force: true });
+    if (this.records.has(id)) this.records.update(id, (r) => (r.ended = true));
+    this.log.info({ migrationId: id, removed, bytes }, 'image discarded');
+    return { removed, bytes: String(bytes) };
+  }
+
+  /**
+   * At start: image folders of migrations whose part here has ended (the agent died before it
+   * removed them), and folders no record knows of (a transfer cut off before anything was recorded).
+   * A folder kept as a workload's last copy (a failed abort) stays. Returns the folders removed.
+   */
+  async sweepImages(): Promise<string[]> {
+    const root = join(this.opts.stateDir, 'images');
+    const names = await readdir(root).catch(() => [] as string[]);
+    const removed: string[] = [];
+    for (const id of names) {
+      if (!MIGRATION_ID.test(id)) continue;
+      const known = this.records.has(id);
+      const r = known ? this.records.get(id) : undefined;
+      if (r && !r.ended) continue;
+      await rm(join(root, id), { recursive: true, force: true });
+      removed.push(id);
+    }
+    if (removed.length > 0) this.log.info({ removed }, 'image folders of ended migrations removed at start');
+    return removed;
   }
 
   /** The process must exist, run in this host's network namespace, and its addresses be here. */
@@ -336,6 +427,9 @@ export class AgentService {
    */
   private async dump(id: string, w: WorkloadSpec, mode: LockModeName, dir: string, steps: StepTimer): Promise<{ durationMs: number; connections: number }> {
     const strategy = this.opts.platform.lockStrategy(mode);
+    this.records.update(id, (r) => {
+      r.dumpStarted = { pid: w.pid, endpoints: w.endpoints };
+    });
     const dumped = await steps.time('criu dump', () => this.hostStep('checkpoint', () => strategy.dump(w.pid, w.endpoints, dir)));
     this.records.update(id, (r) => {
       r.dumped = { pid: w.pid, endpoints: w.endpoints };
@@ -374,6 +468,9 @@ export class AgentService {
     this.addressesUp.delete(id);
     await this.addAddresses(id, w.endpoints);
     steps.add('address up', performance.now() - t0);
+    this.records.update(id, (r) => {
+      r.restoreStarted = true;
+    });
     const restore = lazyFrom ? () => this.restoreLazily(id, lazyFrom.postCopy, lazyFrom.pageServer) : () => strategy.restore(this.imageDir(id));
     const restoring = steps.time(lazyFrom ? 'criu lazy-pages + restore' : 'criu restore', () => this.hostStep('restore', restore));
     // Announced while CRIU restores (the lock holds what the announcement brings); started after
@@ -523,7 +620,7 @@ export class AgentService {
     // An address still being brought up since Lock is recorded when that ends: wait, then remove it.
     await this.addressesUp.get(id);
     this.addressesUp.delete(id);
-    const r = this.records.get(id);
+    const r = await this.settleInterrupted(id, this.records.get(id));
     const actions: string[] = [];
     let pid: number | undefined;
     // What CRIU said goes nowhere with the image folder (a failed restore's log, on the target).
@@ -603,12 +700,14 @@ export class AgentService {
       const removed = await this.hostStep(`removing the ${r.lockMode} lock`, () => this.strategyOf(r.lockMode).removeResidue(residue));
       if (removed.removed > 0) actions.push(`removed ${removed.description}`);
     }
-    if (!r.dumped) await rm(this.imageDir(id), { recursive: true, force: true });
+    // The image is kept only where it is the workload's last copy (a restore on the source failed).
+    if (!lost) await rm(this.imageDir(id), { recursive: true, force: true });
     this.records.update(id, (x) => {
       x.locked = [];
       x.lockResidue = undefined;
       x.addedAddresses = [];
       x.aborted = true;
+      x.ended = !lost;
     });
     if (lost) {
       this.log.error({ migrationId: id, actions, err: String(lost) }, 'abort could not bring the workload back; locks removed, image kept');
@@ -698,11 +797,15 @@ export class AgentService {
 
   /** The workload's addresses up on this host; each one added is recorded, so Abort removes it. */
   private async addAddresses(id: string, endpoints: WorkloadSpec['endpoints']): Promise<void> {
+    const have = await this.opts.platform.network.addresses();
     for (const a of unique(endpoints.map((e) => e.address))) {
-      if (await this.opts.platform.network.addAddress(a))
-        this.records.update(id, (r) => {
-          r.addedAddresses = unique([...r.addedAddresses, a]);
-        });
+      if (have.includes(a)) continue;
+      // Recorded before it is added: an agent killed in between finds it in the record after
+      // its restart, and Abort removes it (removing an address that never came up is a no-op).
+      this.records.update(id, (r) => {
+        r.addedAddresses = unique([...r.addedAddresses, a]);
+      });
+      await this.opts.platform.network.addAddress(a);
     }
   }
 

@@ -9,6 +9,7 @@
  *   npm run bench -- bad-input   malformed requests to every public gRPC method: refused, nothing changed
  *   npm run bench -- freeze   where a migration's freeze goes: every phase and agent step, godwit's share vs CRIU alone
  *   npm run bench -- drain    a host of live workloads drained onto the rest of the lab; migrations at once vs alone
+ *   npm run bench -- faults   the fault matrix: controller, agents, nats-server killed at each point of a migration
  */
 const [which, ...rest] = process.argv.slice(2);
 const benches: Record<string, () => Promise<{ run(argv: string[]): Promise<number> }>> = {
@@ -19,6 +20,7 @@ const benches: Record<string, () => Promise<{ run(argv: string[]): Promise<numbe
   'steer-dataplane': () => import('./steer-dataplane.js'),
   follow: () => import('./follow.js'),
   freeze: () => import('./freeze.js'),
+  faults: () => import('./faults.js'),
   'bad-input': () => import('./bad-input.js'),
   drain: () => import('./drain.js'),
 };

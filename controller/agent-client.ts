@@ -10,6 +10,7 @@ import type { RestoreResponse__Output } from '../proto/gen/godwit/v1/RestoreResp
 import type { SteeringStateResponse__Output } from '../proto/gen/godwit/v1/SteeringStateResponse.js';
 import type { SendImageResponse__Output } from '../proto/gen/godwit/v1/SendImageResponse.js';
 import type { UnlockResponse__Output } from '../proto/gen/godwit/v1/UnlockResponse.js';
+import type { DiscardImageResponse__Output } from '../proto/gen/godwit/v1/DiscardImageResponse.js';
 import type { CheckFilesResponse__Output } from '../proto/gen/godwit/v1/CheckFilesResponse.js';
 import type { MigrationLogsResponse__Output } from '../proto/gen/godwit/v1/MigrationLogsResponse.js';
 import type { RunWorkloadRequest } from '../proto/gen/godwit/v1/RunWorkloadRequest.js';
@@ -47,10 +48,14 @@ function unlockMs(mode: LockModeName): number {
   return mode === 'EBPF' ? PROBE_MS : HEAVY_MS;
 }
 
+/** The fencing token every command carries: the leader lease's revision (controller/leader.ts); '0' outside the protocol. */
+export type FencingToken = () => string;
+const UNFENCED: FencingToken = () => '0';
+
 export class AgentHandle {
   private readonly client: AgentClient;
 
-  constructor(readonly host: string, readonly address: string) {
+  constructor(readonly host: string, readonly address: string, private readonly fencing: FencingToken = UNFENCED) {
     this.client = agentClient(address);
   }
 
@@ -75,11 +80,11 @@ export class AgentHandle {
 
   /** bringUpAddresses: this host is the target; its addresses come up behind the lock (LockRequest). */
   lock(migrationId: string, endpoints: Endpoint[], version: string, leaseMs: number, lockMode: LockModeName = 'EBPF', bringUpAddresses = false): Promise<LockResponse__Output> {
-    return unary(this.client, this.client.Lock, { migrationId, endpoints: endpoints.map(endpointToWire), version, leaseMs, lockMode, bringUpAddresses }, PROBE_MS);
+    return unary(this.client, this.client.Lock, { migrationId, endpoints: endpoints.map(endpointToWire), version, leaseMs, lockMode, bringUpAddresses, fencingToken: this.fencing() }, PROBE_MS);
   }
 
   unlock(migrationId: string, endpoints: Endpoint[], version: string, lockMode: LockModeName = 'EBPF'): Promise<UnlockResponse__Output> {
-    return unary(this.client, this.client.Unlock, { migrationId, endpoints: endpoints.map(endpointToWire), version }, unlockMs(lockMode));
+    return unary(this.client, this.client.Unlock, { migrationId, endpoints: endpoints.map(endpointToWire), version, fencingToken: this.fencing() }, unlockMs(lockMode));
   }
 
   /**
@@ -88,13 +93,13 @@ export class AgentHandle {
    */
   checkpoint(migrationId: string, w: WorkloadSpec, lockMode: LockModeName = 'EBPF', sendTo?: { address: string; host: string; steerBackendIds: number[] }, postCopy = false): Promise<CheckpointResponse__Output> {
     const pipeline = sendTo ? { sendTo: sendTo.address, steerBackendIds: sendTo.steerBackendIds, imageToken: imageTokenFor({ migrationId, source: this.host, target: sendTo.host }) } : {};
-    return unary(this.client, this.client.Checkpoint, { migrationId, workload: workloadToWire(w), lockMode, postCopy, ...pipeline }, heavyMs(lockMode));
+    return unary(this.client, this.client.Checkpoint, { migrationId, workload: workloadToWire(w), lockMode, postCopy, ...pipeline, fencingToken: this.fencing() }, heavyMs(lockMode));
   }
 
   /** peerHost: the target's host name, which the image token binds the transfer to. */
   sendImage(migrationId: string, peerAddress: string, peerHost: string, steerBackendIds: number[] = []): Promise<SendImageResponse__Output> {
     const imageToken = imageTokenFor({ migrationId, source: this.host, target: peerHost });
-    return unary(this.client, this.client.SendImage, { migrationId, peerAddress, steerBackendIds, imageToken }, HEAVY_MS);
+    return unary(this.client, this.client.SendImage, { migrationId, peerAddress, steerBackendIds, imageToken, fencingToken: this.fencing() }, HEAVY_MS);
   }
 
   /**
@@ -104,16 +109,16 @@ export class AgentHandle {
   restore(migrationId: string, w: WorkloadSpec, lockMode: LockModeName = 'EBPF', steerBackendIds: number[] = [], unlockVersion?: string, pageServer?: string): Promise<RestoreResponse__Output> {
     const pipeline = unlockVersion !== undefined ? { unlock: true, lockVersion: unlockVersion } : {};
     const postCopy = pageServer !== undefined ? { postCopy: true, pageServer } : {};
-    return unary(this.client, this.client.Restore, { migrationId, workload: workloadToWire(w), lockMode, steerBackendIds, ...pipeline, ...postCopy }, heavyMs(lockMode));
+    return unary(this.client, this.client.Restore, { migrationId, workload: workloadToWire(w), lockMode, steerBackendIds, ...pipeline, ...postCopy, fencingToken: this.fencing() }, heavyMs(lockMode));
   }
 
   /** postCopy: the source's Release waits for the target to have every page (as long as a heavy step). */
   release(migrationId: string, endpoints: Endpoint[], version: string, lockMode: LockModeName = 'EBPF', postCopy = false): Promise<ReleaseResponse__Output> {
-    return unary(this.client, this.client.Release, { migrationId, endpoints: endpoints.map(endpointToWire), version }, postCopy ? HEAVY_MS : unlockMs(lockMode));
+    return unary(this.client, this.client.Release, { migrationId, endpoints: endpoints.map(endpointToWire), version, fencingToken: this.fencing() }, postCopy ? HEAVY_MS : unlockMs(lockMode));
   }
 
   abort(migrationId: string, lockMode: LockModeName = 'EBPF'): Promise<AbortResponse__Output> {
-    return unary(this.client, this.client.Abort, { migrationId }, heavyMs(lockMode));
+    return unary(this.client, this.client.Abort, { migrationId, fencingToken: this.fencing() }, heavyMs(lockMode));
   }
 
   /** The host's steering data plane: applied generation, counters, live flows of these backends. */
@@ -123,11 +128,16 @@ export class AgentHandle {
 
   /** `godwit run`: waits for the command's endpoints to listen (up to 10 s on the agent). */
   runWorkload(req: RunWorkloadRequest): Promise<RunWorkloadResponse__Output> {
-    return unary(this.client, this.client.RunWorkload, req, 60_000);
+    return unary(this.client, this.client.RunWorkload, { ...req, fencingToken: this.fencing() }, 60_000);
   }
 
   workloadOutput(name: string, maxBytes = 0): Promise<WorkloadOutputResponse__Output> {
     return unary(this.client, this.client.WorkloadOutput, { name, maxBytes }, PROBE_MS);
+  }
+
+  /** After DONE: the migration's image folder on this host removed (idempotent). */
+  discardImage(migrationId: string): Promise<DiscardImageResponse__Output> {
+    return unary(this.client, this.client.DiscardImage, { migrationId, fencingToken: this.fencing() }, PROBE_MS);
   }
 
   migrationLogs(migrationId: string): Promise<MigrationLogsResponse__Output> {
@@ -148,11 +158,14 @@ export class AgentHandle {
 export class AgentPool {
   private readonly handles = new Map<string, AgentHandle>();
 
+  /** fencing: the token this controller's commands carry (the leader lease's revision). */
+  constructor(private readonly fencing: FencingToken = UNFENCED) {}
+
   get(host: string, address: string): AgentHandle {
     const key = `${host}@${address}`;
     let h = this.handles.get(key);
     if (!h) {
-      h = new AgentHandle(host, address);
+      h = new AgentHandle(host, address, this.fencing);
       this.handles.set(key, h);
     }
     return h;

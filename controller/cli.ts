@@ -85,6 +85,7 @@ function summary(m: Migration__Output): string {
   } else if (st?.skipped) lines.push(`  steering: ${st.skipped}`);
   if (m.restoredPid) lines.push(`  workload pid now ${m.restoredPid}`);
   if (m.error) lines.push(`  error: ${m.error}`, `  (godwit logs ${m.id}: CRIU's full logs from both hosts)`);
+  if (m.attention) lines.push(`  needs attention: ${m.attention}`);
   for (const w of m.warnings) lines.push(`  warning: ${w}`);
   return lines.join('\n');
 }
@@ -181,7 +182,7 @@ program
     }
     print(m, () => summary(m));
     c.close();
-    if (m.phase === 'FAILED') process.exitCode = 1;
+    if (m.phase === 'FAILED' || m.phase === 'NEEDS_ATTENTION') process.exitCode = 1;
   });
 
 program.command('get <id>').description('one migration: its phases, step times, freeze and steering').action(async (id: string) => {

@@ -1,5 +1,9 @@
 /** godwit-controller: the one place that decides. Serves the controller API; agents register over NATS. */
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
 import { Command } from 'commander';
+import { CONTROLLERS_BUCKET, DEFAULT_LEADER_LEASE_MS, LeaderLease, type LeaderRecord } from './leader.js';
+import { resumeUnfinished } from './resume.js';
 import { Bus } from '../lib/bus.js';
 import { createLogger } from '../lib/log.js';
 import { addHealthAndReflection } from '../lib/grpc-extras.js';
@@ -30,14 +34,21 @@ import { SteerStep } from './steer-step.js';
 import { SteeringStore } from './steering-store.js';
 import type { RuleTable } from './steering-table.js';
 
+/** How often a standby reloads the migrations it serves reads of. */
+const STANDBY_RELOAD_MS = 1_000;
+
 const program = withSecurityOptions(new Command())
   .name('godwit-controller')
   .requiredOption('--nats <url>', 'NATS server URL (JetStream enabled)')
   .option('--listen <addr...>', 'gRPC addresses to serve on: host:port or unix:/path', ['127.0.0.1:50050'])
-  .option('--metrics <addr>', 'serve Prometheus metrics on http://HOST:PORT/metrics');
+  .option('--metrics <addr>', 'serve Prometheus metrics on http://HOST:PORT/metrics')
+  .option('--advertise <addr>', 'the gRPC address a standby names when it refuses a write (default: the first --listen)')
+  .option('--id <name>', 'this controller\'s name in the leader lease and the migrations it drives (default: host name, PID and a random tag)')
+  .option('--lease-ms <ms>', 'leader lease: a standby takes over this long after the leader stopped renewing', (v) => Number(v), DEFAULT_LEADER_LEASE_MS);
 
 async function main() {
-  const o = program.parse().opts<{ nats: string; listen: string[]; metrics?: string } & SecurityFlags>();
+  const o = program.parse().opts<{ nats: string; listen: string[]; metrics?: string; advertise?: string; id?: string; leaseMs: number } & SecurityFlags>();
+  const controllerId = o.id ?? `${hostname()}-${process.pid}-${randomBytes(2).toString('hex')}`;
   const log = createLogger('controller');
   const security = securityFromFlags(o, log);
   if (security.kind === 'tls' && security.identity.role !== 'controller') program.error('the certificate is not a controller\'s: issue one with `godwit certs issue --role controller`');
@@ -47,12 +58,21 @@ async function main() {
   await store.load();
   const registry = new HostRegistry();
   registry.start(bus);
-  const agents = new AgentPool();
+  const lease: LeaderLease = new LeaderLease({
+    kv: await bus.kv<LeaderRecord>(CONTROLLERS_BUCKET),
+    id: controllerId,
+    address: o.advertise ?? o.listen[0],
+    leaseMs: o.leaseMs,
+    log,
+    onAcquired: (): Promise<void> => resumeUnfinished(store, orchestrator, log, (m) => m.request.workloadName && workloads.follow(m, m.request.workloadName)).then(() => undefined),
+  });
+  // Every command to an agent carries the lease's fencing token.
+  const agents = new AgentPool((): string => lease.token());
   const steeringStore = new SteeringStore(await bus.kv<RuleTable>(STEERING_BUCKET, STEERING_KV), log);
   await steeringStore.start();
   const steer = new SteerStep({ store: steeringStore, registry, log });
   const cancels = new MigrationCancels();
-  const orchestrator = new Orchestrator({ store, registry, agents, bus, log, steer, cancels });
+  const orchestrator = new Orchestrator({ store, registry, agents, bus, log, steer, cancels, controllerId, mayAct: () => lease.isLeader() });
   const workloadRegistry = new WorkloadRegistry(await bus.kv<WorkloadRecord>(WORKLOADS_BUCKET));
   await workloadRegistry.load();
   const workloads = new WorkloadService({ workloads: workloadRegistry, hosts: registry, agents, store, orchestrator, steer, log });
@@ -63,9 +83,8 @@ async function main() {
   await drains.load();
   let service: ControllerService | undefined;
   const runner = new DrainRunner({ drains, cordons, workloads: workloadRegistry, hosts: registry, migrations: store, orchestrator, migrate: (r, drainId) => service!.migrate(r, drainId), log });
-  await runner.recover();
   const fleet = new FleetService({ hosts: registry, cordons, drains, runner, cancels, migrations: store, workloadRegistry, workloads, log });
-  service = new ControllerService({ registry, agents, orchestrator, store, log, workloads, fleet, claims: new MigrationClaims(), cordons, cancels });
+  service = new ControllerService({ registry, agents, orchestrator, store, log, workloads, fleet, claims: new MigrationClaims(), cordons, cancels, leader: lease });
   const steering = new SteeringController({ store: steeringStore, registry, agents, log });
 
   // One set of handlers for gRPC and the NATS request API: one validation path.
@@ -84,10 +103,21 @@ async function main() {
   const metrics = controllerMetrics({ bus, store, registry });
   let metricsEndpoint: MetricsEndpoint | undefined;
   if (o.metrics) metricsEndpoint = await serveMetrics(metrics.registry, o.metrics);
-  log.info({ listen: o.listen, nats: o.nats, metrics: o.metrics }, 'controller ready');
+
+  // Leader or standby from here on; the leader resumes what an earlier one left unfinished.
+  await lease.start();
+  // A standby serves reads from KV as the leader records it.
+  const standbyReads = setInterval(() => {
+    if (!lease.isLeader()) store.load().catch((err: unknown) => log.debug({ err: String(err) }, 'standby could not reload migrations'));
+  }, STANDBY_RELOAD_MS);
+  // A drain an earlier leader left running is judged from its migrations' records (the leader's work only).
+  if (lease.isLeader()) await runner.recover();
+
+  log.info({ listen: o.listen, nats: o.nats, metrics: o.metrics, controller: controllerId, leader: lease.isLeader() }, 'controller ready');
 
   exitOnSignals(
     [
+      { name: 'leader lease', run: () => (clearInterval(standbyReads), lease.stop()) },
       { name: 'health', run: () => health.notServing() },
       { name: 'nats request api', run: () => natsApi.stop() },
       { name: 'metrics', run: async () => (metrics.stop(), await metricsEndpoint?.close()) },

@@ -13,17 +13,22 @@
  *
  * RESTORE is the pivot: a failure up to and including it rolls back (the workload runs again on
  * the source); after it the workload runs on the target, so failures are recorded as warnings
- * and the migration rolls forward.
+ * and the migration rolls forward. A rollback that fails ends in NEEDS_ATTENTION: the workload
+ * may run nowhere, and only an operator can say what to do (the state says what is known).
+ *
+ * A controller that starts (or takes the lead) resumes every migration it finds unfinished with
+ * a 'resume' event: before the pivot it rolls back, at RESTORE it asks the target again (the
+ * agent answers with the restore it did, or does it now, never twice), after it rolls forward.
  */
 import type { WorkloadSpec } from '../lib/wire.js';
 
-export const PHASES = ['PENDING', 'PREPARE', 'LOCK', 'STEER', 'DUMP', 'TRANSFER', 'RESTORE', 'UNLOCK', 'CLEANUP', 'DONE', 'ROLLBACK', 'FAILED'] as const;
+export const PHASES = ['PENDING', 'PREPARE', 'LOCK', 'STEER', 'DUMP', 'TRANSFER', 'RESTORE', 'UNLOCK', 'CLEANUP', 'DONE', 'ROLLBACK', 'FAILED', 'NEEDS_ATTENTION'] as const;
 export type Phase = (typeof PHASES)[number];
 
 /** The phases that do work on hosts, in order. */
 export const FORWARD: readonly Phase[] = ['PREPARE', 'LOCK', 'STEER', 'DUMP', 'TRANSFER', 'RESTORE', 'UNLOCK', 'CLEANUP'];
 const PIVOT: Phase = 'RESTORE';
-export const TERMINAL: readonly Phase[] = ['DONE', 'FAILED'];
+export const TERMINAL: readonly Phase[] = ['DONE', 'FAILED', 'NEEDS_ATTENTION'];
 
 export type LockMode = 'EBPF' | 'IPTABLES' | 'NFTABLES';
 
@@ -105,6 +110,10 @@ export interface MigrationState {
   /** Post-copy: DUMP's end to the source's page server's end (every page on the target), from CLEANUP. */
   lazyPagesMs?: number;
   warnings: string[];
+  /** NEEDS_ATTENTION: what is known (where the image is, which locks are held until when). */
+  attention?: string;
+  /** The controllers that drove it, in order (one more per resume). Absent in older records. */
+  controllers?: string[];
   createdAtMs: number;
   updatedAtMs: number;
   /** Stopped by CancelMigration before its pivot, then rolled back (controller/cancel.ts). */
@@ -143,6 +152,8 @@ export interface CarriedPhase {
 
 export type MigrationEvent =
   | { type: 'start'; atMs: number }
+  /** A controller found the migration unfinished (its predecessor died or lost the lead). */
+  | { type: 'resume'; atMs: number; controller: string }
   | { type: 'phase-succeeded'; phase: Phase; startedAtMs: number; durationMs: number; result?: PhaseResult }
   | { type: 'phase-failed'; phase: Phase; startedAtMs: number; durationMs: number; error: string };
 
@@ -164,6 +175,7 @@ export function decide(state: MigrationState, event: MigrationEvent): Decision {
     if (state.phase !== 'PENDING') return { state, commands: [] };
     return enter({ ...state, updatedAtMs: event.atMs }, FORWARD[0]);
   }
+  if (event.type === 'resume') return resume(state, event.atMs, event.controller);
   if (event.phase !== state.phase) {
     // A late or duplicated report of a phase we are no longer in: ignore it.
     return { state, commands: [] };
@@ -185,8 +197,9 @@ export function decide(state: MigrationState, event: MigrationEvent): Decision {
 
   if (event.phase === 'ROLLBACK') {
     const after = { ...withResult(base, event.type === 'phase-succeeded' ? event.result : undefined) };
-    if (event.type === 'phase-failed') after.error = `${after.error}; rollback failed: ${event.error}`;
-    return { state: { ...after, phase: 'FAILED' }, commands: [] };
+    if (event.type === 'phase-succeeded') return { state: { ...after, phase: 'FAILED' }, commands: [] };
+    after.error = `${after.error}; rollback failed: ${event.error}`;
+    return { state: { ...after, phase: 'NEEDS_ATTENTION', attention: attentionNote(after, event.error) }, commands: [] };
   }
 
   if (event.type === 'phase-succeeded') {
@@ -202,6 +215,36 @@ export function decide(state: MigrationState, event: MigrationEvent): Decision {
   const next = nextForward(event.phase);
   const s = { ...base, warnings: [...base.warnings, `${event.phase}: ${event.error}`] };
   return next ? enter(s, next) : { state: { ...s, phase: 'DONE' }, commands: [] };
+}
+
+/**
+ * Where an unfinished migration goes on with a new controller. Before the pivot the hosts may
+ * be anywhere inside the phase (a dump half-taken, an image half-sent): undoing is the one answer
+ * that holds for all of them. RESTORE is asked again: the target answers with what it did. After
+ * the pivot the workload runs on the target: the phase is done again (each step is idempotent).
+ */
+function resume(state: MigrationState, atMs: number, controller: string): Decision {
+  const s: MigrationState = { ...state, updatedAtMs: atMs, controllers: [...(state.controllers ?? []), controller] };
+  if (state.phase === 'PENDING') return enter(s, FORWARD[0]);
+  if (state.phase === 'ROLLBACK' || state.phase === 'RESTORE' || !isBeforeOrAtPivot(state.phase)) {
+    return enter({ ...s, warnings: [...s.warnings, `resumed at ${state.phase} by controller ${controller}`] }, state.phase);
+  }
+  const error = `the controller stopped during ${state.phase}; rolled back by controller ${controller}`;
+  return enter({ ...s, error, failedPhase: state.phase }, 'ROLLBACK');
+}
+
+/** What an operator needs to know of a migration nobody could finish or undo. */
+export function attentionNote(state: MigrationState, why: string): string {
+  const { sourceHost, targetHost, lockLeaseMs } = state.request;
+  const lock = state.timings.find((t) => t.phase === 'LOCK');
+  const dumped = state.timings.some((t) => t.phase === 'DUMP' && t.ok);
+  const where = dumped
+    ? `the image is in images/${state.id} under the agent's state folder on host "${sourceHost}" (and, if it was sent, on "${targetHost}")`
+    : 'no image was taken';
+  const locks = lock
+    ? `lock entries on "${sourceHost}" and "${targetHost}" are held until ${new Date(lock.startedAtMs + lockLeaseMs).toISOString()} (their lease), then removed by the agents`
+    : 'no lock was taken';
+  return `could not be finished or undone (${why}); ${where}; ${locks}; the workload may run on neither host: check both and restore it from the image by hand`;
 }
 
 /** A phase's result folded into the state: what it reports replaces, the steer record merges. */

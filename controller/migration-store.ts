@@ -18,7 +18,16 @@ export class MigrationStore {
   async save(state: MigrationState): Promise<void> {
     const prev = this.cache.get(state.id);
     if (!prev) throw new Error(`migration ${state.id} was never created`);
-    const revision = await this.kv.update(state.id, state, prev.revision);
+    let revision: number;
+    try {
+      revision = await this.kv.update(state.id, state, prev.revision);
+    } catch (err) {
+      // A write whose answer was lost (NATS restarted under it) is stored all the same: the
+      // record then holds exactly this state, and it is ours. Anything else is another writer's.
+      const now = await this.kv.get(state.id).catch(() => undefined);
+      if (!now || JSON.stringify(now.value) !== JSON.stringify(state)) throw err;
+      revision = now.revision;
+    }
     this.cache.set(state.id, { state, revision });
   }
 
@@ -30,7 +39,7 @@ export class MigrationStore {
     return [...this.cache.values()].map((e) => e.state).sort((a, b) => a.createdAtMs - b.createdAtMs);
   }
 
-  /** Reloads what earlier controllers recorded (read-only here; resuming them is durable orchestration's job). */
+  /** Reloads what is recorded (at start, on taking the lead: controller/resume.ts; a standby, to serve reads). */
   async load(): Promise<void> {
     for (const key of await this.kv.keys()) {
       const e = await this.kv.get(key);

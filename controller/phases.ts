@@ -6,6 +6,8 @@ import type { AgentHandle } from './agent-client.js';
 import type { PipelinedStep__Output } from '../proto/gen/godwit/v1/PipelinedStep.js';
 import type { UnlockResponse__Output } from '../proto/gen/godwit/v1/UnlockResponse.js';
 import type { CarriedPhase, MigrationState, Phase, PhaseResult } from './migration-machine.js';
+import { status } from '@grpc/grpc-js';
+import { isServiceError } from '../lib/rpc.js';
 import { checkHostsFit } from './preflight.js';
 import type { SteerStep } from './steer-step.js';
 
@@ -87,8 +89,11 @@ export const PHASE_ACTIONS: Partial<Record<Phase, PhaseAction>> = {
   },
 
   // Post-copy: the source's Release returns once the target has every page (the page server ended).
-  CLEANUP: async ({ state, source }) => {
+  // Then the target's image goes: the workload runs from it no more (post-copy: Release returned
+  // once every page had been fetched from the source).
+  CLEANUP: async ({ state, source, target }) => {
     const r = await source.release(state.id, state.request.workload.endpoints, state.lockVersion, state.request.lockMode, state.request.postCopy === true);
+    await target.discardImage(state.id);
     return { forwarded: Number(r.forwardedPackets), steps: r.steps, ...(state.request.postCopy ? { lazyPagesMs: r.lazyPagesMs } : {}) };
   },
 
@@ -101,11 +106,22 @@ export const PHASE_ACTIONS: Partial<Record<Phase, PhaseAction>> = {
       errors.push(`steering back to the source: ${detail(e)}`);
       return {};
     });
-    await target.abort(state.id, state.request.lockMode).catch((e: Error) => errors.push(`target: ${detail(e)}`));
+    let unreachable: unknown;
+    const noted = (e: unknown) => {
+      if (isServiceError(e) && e.code === status.UNAVAILABLE) unreachable ??= e;
+    };
+    // The target first, so that the workload never runs on both hosts; with the target gone, the
+    // source waits too (the target may hold a restored copy).
+    await target.abort(state.id, state.request.lockMode).catch((e: Error) => (noted(e), errors.push(`target: ${detail(e)}`)));
+    if (unreachable) throw unreachable;
     const r = await source.abort(state.id, state.request.lockMode).catch((e: Error) => {
+      noted(e);
       errors.push(`source: ${detail(e)}`);
       return undefined;
     });
+    // A host that could not be reached has undone nothing: the whole rollback is asked again when
+    // it is back (each agent's Abort is idempotent), rather than ending it half done.
+    if (unreachable) throw unreachable;
     if (errors.length > 0) throw new Error(errors.join('; '));
     return { ...(r && r.pid ? { restoredPid: r.pid } : {}), steer: reverted };
   },

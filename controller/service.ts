@@ -39,6 +39,8 @@ export interface ControllerServiceOptions {
   claims: MigrationClaims;
   cordons: CordonStore;
   cancels: MigrationCancels;
+  /** The leader lease (controller/leader.ts); absent: this controller always leads (tests). */
+  leader?: { requireLeader(): void };
 }
 
 export class ControllerService {
@@ -49,16 +51,43 @@ export class ControllerService {
   handlers(): ControllerHandlers {
     const { log, store } = this.opts;
     return {
-      Migrate: handleUnary(log, 'Migrate', async (req) => toWire(await this.migrate(req))),
+      Migrate: handleUnary(log, 'Migrate', async (req) => (this.requireLeader(), toWire(await this.migrate(req)))),
       GetMigration: handleUnary(log, 'GetMigration', async (req) => toWire(this.find(req.id))),
       ListMigrations: handleUnary(log, 'ListMigrations', async () => ({ migrations: store.list().map(toWire) })),
       ListHosts: handleUnary(log, 'ListHosts', async () => ({ hosts: this.opts.fleet.listHosts() })),
       WatchMigration: (call) => this.watchMigration(call),
-      RunWorkload: handleUnary(log, 'RunWorkload', async (req) => this.opts.workloads.run(req)),
+      RunWorkload: handleUnary(log, 'RunWorkload', async (req) => (this.requireLeader(), this.opts.workloads.run(req))),
       ListWorkloads: handleUnary(log, 'ListWorkloads', async () => ({ workloads: this.opts.workloads.list() })),
       GetLogs: handleUnary(log, 'GetLogs', async (req) => ({ files: await this.opts.workloads.logs(req.name, Number(req.maxBytes)) })),
-      ...this.opts.fleet.handlers(),
+      ...this.leaderOnly(this.opts.fleet.handlers(), ['RegisterWorkload', 'CordonHost', 'UncordonHost', 'Drain', 'CancelMigration']),
     };
+  }
+
+  /** The named unary handlers, each answering UNAVAILABLE (naming the leader) on a standby first. */
+  private leaderOnly<H extends object>(handlers: H, writes: readonly (keyof H)[]): H {
+    const out = { ...handlers };
+    for (const name of writes) {
+      const inner = handlers[name] as unknown as grpc.handleUnaryCall<unknown, unknown>;
+      const guarded: grpc.handleUnaryCall<unknown, unknown> = (call, callback) => {
+        try {
+          this.requireLeader();
+        } catch (err) {
+          callback(toServiceError(err));
+          return;
+        }
+        inner(call, callback);
+      };
+      (out as Record<keyof H, unknown>)[name] = guarded;
+    }
+    return out;
+  }
+
+  /**
+   * The one check every write of this API makes first: a standby controller serves reads and
+   * refuses writes with UNAVAILABLE naming the leader (NotLeaderError). Methods added later call it too.
+   */
+  requireLeader(): void {
+    this.opts.leader?.requireLeader();
   }
 
   /** `drainId`: the drain that asks (controller/drain.ts), recorded on the migration. */
@@ -114,7 +143,7 @@ export class ControllerService {
     }
     const stop = this.opts.orchestrator.watch(m.id, (e) => {
       call.write(eventToWire(e));
-      if (isTerminal(e.migration.phase) && (e.phase === 'DONE' || e.phase === 'FAILED')) {
+      if (isTerminal(e.migration.phase) && e.phase === e.migration.phase) {
         stop();
         call.end();
       }
@@ -199,6 +228,8 @@ export function toWire(m: MigrationState): Migration {
     lazyPagesMs: m.lazyPagesMs ?? 0,
     cancelled: m.cancelled === true,
     drainId: m.drainId ?? '',
+    attention: m.attention ?? '',
+    controllers: m.controllers ?? [],
   };
 }
 

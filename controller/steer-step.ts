@@ -6,7 +6,7 @@
  * every agent learns it (controller/steering-store.ts), the registry how the acks come back.
  */
 import type { Logger } from '../lib/log.js';
-import type { MigrationState, SteerRecord } from './migration-machine.js';
+import { FORWARD, type MigrationState, type SteerRecord } from './migration-machine.js';
 import type { Convergence, HostRegistry } from './registry.js';
 import { placeWorkload } from './steering-placement.js';
 import { now, type SteeringStore } from './steering-store.js';
@@ -79,7 +79,10 @@ export class SteerStep {
   async revert(state: MigrationState): Promise<Partial<SteerRecord>> {
     this.waits.delete(state.id);
     this.settled.delete(state.id);
-    if (!state.steer?.generation) return {};
+    // STEER may have placed the workload on the target without its result being recorded (the
+    // controller stopped in between; a new one resumes with no generation in the record).
+    const steerMayHaveRun = !!state.failedPhase && FORWARD.indexOf(state.failedPhase) >= FORWARD.indexOf('STEER');
+    if (!state.steer?.generation && (!steerMayHaveRun || this.skipReason())) return {};
     const placed = await this.place(state, state.request.sourceHost);
     const c = await this.opts.registry.waitForGeneration(placed.generation, this.timeoutMs(), placed.issuedAtMs);
     if (!c.converged) this.opts.log.warn({ migrationId: state.id, generation: placed.generation, lagging: c.lagging }, 'hosts did not ack the rollback\'s steering in time');

@@ -24,10 +24,11 @@ program
   .option('--hosts <names>', 'comma-separated host names', 'a,b')
   .option('--index <n>', 'lab number (picks the subnet 198.18.<n>.0/24); default: the first free one', (v) => Number(v))
   .option('--fabric <kind>', `${LAB_FABRICS.join(' | ')}: one L2 segment, or a subnet per host behind a router`, 'bridge')
+  .option('--nats-cluster <n>', 'N clustered nats-servers instead of one, KV and events replicated 3 times (lab/nats-cluster.ts)', (v) => Number(v))
   .option('--insecure', 'DEVELOPMENT ONLY: every part with --insecure (no TLS, no authorization, open NATS)')
-  .action(async (o: { hosts: string; index?: number; fabric: string; insecure?: boolean }) => {
+  .action(async (o: { hosts: string; index?: number; fabric: string; insecure?: boolean; natsCluster?: number }) => {
     if (!(LAB_FABRICS as readonly string[]).includes(o.fabric)) throw new Error(`--fabric ${o.fabric}: want ${LAB_FABRICS.join(' or ')}`);
-    const lab = await labUp({ hosts: o.hosts.split(',').map((s) => s.trim()), index: o.index, fabric: o.fabric as LabFabric, insecure: o.insecure });
+    const lab = await labUp({ hosts: o.hosts.split(',').map((s) => s.trim()), index: o.index, fabric: o.fabric as LabFabric, insecure: o.insecure, natsCluster: o.natsCluster });
     lab.controller.close();
     const t = lab.topology;
     process.stdout.write(

@@ -10,7 +10,7 @@
  * router (to reach the agents); both go away with the link.
  */
 import { spawn } from 'node:child_process';
-import { closeSync, mkdirSync, openSync, readdirSync, rmdirSync, rmSync } from 'node:fs';
+import { closeSync, copyFileSync, mkdirSync, openSync, readdirSync, rmdirSync, rmSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { execCommand } from '../lib/exec.js';
@@ -20,6 +20,7 @@ import { parseEndpoint, type Endpoint } from '../lib/endpoint.js';
 import { INSECURE, useSecurity, type Security } from '../lib/tls.js';
 import { makeLabPki, type LabPki } from './lab-pki.js';
 import { startWorkload } from './workload.js';
+import { natsClusterNodes, natsClusterUrl, waitForJetStream } from './nats-cluster.js';
 import { createTopology, destroyTopology, findFreeLabIndex, inNetns, labPrefix, type LabFabric, type LabHost, type LabTopology } from './topology.js';
 
 export const NATS_PORT = 4222;
@@ -54,6 +55,13 @@ export interface Lab {
   restartAgent(host: string): Promise<void>;
   /** Kills a lab service by name ('controller', 'nats', 'agent-a'...) with SIGKILL, as a crash would. */
   crash(service: string): Promise<void>;
+  /** Starts a lab service again as it was first started (after crash()); resolves once it listens. */
+  restart(service: string): Promise<void>;
+  /**
+   * One more controller on the management host (`controller-<name>` in pids), at `port`: a
+   * standby while another holds the leader lease. Resolves with its gRPC address once it listens.
+   */
+  addController(name: string, port: number): Promise<string>;
   down(): Promise<void>;
 }
 
@@ -73,6 +81,10 @@ export interface LabOptions {
    * then be moved (CRIU dumps a tree in its own mount namespace only).
    */
   privateFolders?: boolean;
+  /** Extra flags for every controller, e.g. ['--lease-ms', '3000']. */
+  controllerFlags?: string[];
+  /** Run N clustered nats-servers (services nats-1..N) instead of one (lab/nats-cluster.ts). */
+  natsCluster?: number;
   /**
    * Development and measurement only: every part with --insecure (plain gRPC and NATS, no
    * certificates, no authorization). Default: mutual TLS, authorization and NATS users.
@@ -101,7 +113,7 @@ export async function labUp(opts: LabOptions = {}): Promise<Lab> {
   const index = opts.index ?? (await findFreeLabIndex());
   const hosts = opts.hosts ?? ['a', 'b'];
   try {
-    return await build(index, hosts, opts.fabric ?? 'bridge', opts.agentFlags ?? [], opts.hostAgentFlags ?? {}, opts.privateFolders === true, opts.insecure === true);
+    return await build(index, hosts, opts.fabric ?? 'bridge', opts.agentFlags ?? [], opts.hostAgentFlags ?? {}, opts.privateFolders === true, opts.insecure === true, opts.controllerFlags ?? [], opts.natsCluster);
   } catch (err) {
     await labDown(index);
     throw err;
@@ -116,6 +128,8 @@ async function build(
   hostAgentFlags: Record<string, string[]>,
   privateFolders: boolean,
   insecure: boolean,
+  controllerFlags: string[],
+  natsCluster?: number,
 ): Promise<Lab> {
   const topology = await createTopology({ index, hosts: hostNames, fabric });
   const dir = labDir(index);
@@ -135,6 +149,8 @@ async function build(
   for (const r of topology.rootRoutes) await execCommand('ip', ['route', 'add', r.to, 'via', r.via, 'dev', mgmt]);
 
   const pids = new Map<string, number>();
+  /** How each service was started, and where it listens: restart() starts it the same way. */
+  const starters = new Map<string, { again: () => void; port: { address: string; port: number } }>();
   const start = (name: string, host: LabHost, file: string, args: string[]) => {
     pids.set(name, startService(dir, name, host, file, args));
   };
@@ -142,21 +158,39 @@ async function build(
   // Certificates in the lab's tmpfs, gone with it at lab down; keys 0600.
   const pki = insecure ? undefined : await makeLabPki(dir, hostNames, [ctl.address]);
   const securityFlags = (name: Parameters<LabPki['tlsDir']>[0]) => (pki ? ['--tls-dir', pki.tlsDir(name)] : ['--insecure']);
-  const natsUrl = `nats://${ctl.address}:${NATS_PORT}`;
-  mkdirSync(join(dir, 'nats'), { recursive: true });
-  start(
-    'nats',
-    ctl,
-    'nats-server',
-    pki
-      ? ['-c', pki.writeNatsConfig({ host: ctl.address, port: NATS_PORT, storeDir: join(dir, 'nats') })]
-      : ['-a', ctl.address, '-p', String(NATS_PORT), '-js', '-sd', join(dir, 'nats')],
-  );
-  await waitForPort(ctl.address, NATS_PORT, 10_000, 'nats-server');
+  /** A nats-server's own arguments: its config (TLS, users) or plain flags; a cluster member's config file of its own. */
+  const natsArgs = (port: number, storeDir: string, member = '') => {
+    if (!pki) return ['-a', ctl.address, '-p', String(port), '-js', '-sd', storeDir];
+    const config = pki.writeNatsConfig({ host: ctl.address, port, storeDir });
+    if (!member) return ['-c', config];
+    const own = join(dir, `${member}.conf`);
+    copyFileSync(config, own);
+    return ['-c', own];
+  };
+  let natsUrl = `nats://${ctl.address}:${NATS_PORT}`;
+  if (natsCluster) {
+    const nodes = natsClusterNodes(ctl.address, dir, natsCluster, (port, storeDir, name) => natsArgs(port, storeDir, name));
+    for (const n of nodes) {
+      starters.set(n.name, { again: () => start(n.name, ctl, 'nats-server', n.args), port: { address: ctl.address, port: n.port } });
+      start(n.name, ctl, 'nats-server', n.args);
+    }
+    for (const n of nodes) await waitForPort(ctl.address, n.port, 10_000, n.name);
+    natsUrl = natsClusterUrl(ctl.address, nodes);
+    await waitForJetStream(natsUrl, 60_000, pki ? pki.security('controller') : INSECURE);
+  } else {
+    mkdirSync(join(dir, 'nats'), { recursive: true });
+    const args = natsArgs(NATS_PORT, join(dir, 'nats'));
+    start('nats', ctl, 'nats-server', args);
+    starters.set('nats', { again: () => start('nats', ctl, 'nats-server', args), port: { address: ctl.address, port: NATS_PORT } });
+    await waitForPort(ctl.address, NATS_PORT, 10_000, 'nats-server');
+  }
 
   const controllerAddress = `${ctl.address}:${CONTROLLER_PORT}`;
   const node = process.execPath;
-  start('controller', ctl, node, [join(REPO_ROOT, 'dist', 'controller', 'main.js'), '--nats', natsUrl, '--listen', controllerAddress, '--metrics', `${ctl.address}:${CONTROLLER_METRICS_PORT}`, ...securityFlags('controller')]);
+  const startController = (name: string, address: string) =>
+    start(name, ctl, node, [join(REPO_ROOT, 'dist', 'controller', 'main.js'), '--nats', natsUrl, '--listen', address, ...(name === 'controller' ? ['--metrics', `${ctl.address}:${CONTROLLER_METRICS_PORT}`] : []), ...securityFlags('controller'), ...controllerFlags]);
+  startController('controller', controllerAddress);
+  starters.set('controller', { again: () => startController('controller', controllerAddress), port: { address: ctl.address, port: CONTROLLER_PORT } });
   // The controller makes the KV buckets before it listens; agents may only read them (NATS
   // permissions, lib/nats-auth.ts), so they start once it is up. Its start took over 15 s on
   // this 2-core machine with two labs and other tenants' tests beside it.
@@ -190,6 +224,7 @@ async function build(
         ])
       : start(`agent-${h.name}`, h, node, agentArgs(h));
   for (const h of topology.hosts) startAgent(h);
+  for (const h of topology.hosts) starters.set(`agent-${h.name}`, { again: () => startAgent(h), port: { address: h.address, port: AGENT_PORT } });
 
   // This process, and the godwit CLIs it starts (GODWIT_TLS_DIR), act as the lab's admin client.
   const security = pki ? pki.security('client-admin') : INSECURE;
@@ -232,6 +267,24 @@ async function build(
       if (!pid) throw new Error(`lab has no service "${service}"`);
       await stopPid(pid, 'SIGKILL');
       pids.delete(service);
+    },
+    async restart(service) {
+      const s = starters.get(service);
+      if (!s) throw new Error(`lab has no service "${service}" to restart`);
+      const restartedAtMs = Date.now();
+      s.again();
+      // An agent's start took over 20 s on this loaded machine (see waitForHosts below).
+      await waitForPort(s.port.address, s.port.port, 90_000, service);
+      // An agent is ready once the controller has heard it (as in restartAgent).
+      if (service.startsWith('agent-')) await waitForHosts(controller, [service.slice('agent-'.length)], 60_000, restartedAtMs);
+    },
+    async addController(name, port) {
+      const address = `${ctl.address}:${port}`;
+      const service = `controller-${name}`;
+      starters.set(service, { again: () => startController(service, address), port: { address: ctl.address, port } });
+      startController(service, address);
+      await waitForPort(ctl.address, port, 30_000, service);
+      return address;
     },
     async down() {
       controller.close();

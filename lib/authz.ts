@@ -38,6 +38,7 @@ export const METHOD_CALLERS: Readonly<Record<string, readonly Caller[]>> = {
   '/godwit.v1.Agent/WorkloadOutput': CONTROLLER,
   '/godwit.v1.Agent/MigrationLogs': CONTROLLER,
   '/godwit.v1.Agent/CheckFiles': CONTROLLER,
+  '/godwit.v1.Agent/DiscardImage': CONTROLLER,
   // Agent to agent: the source streams the image (plus the controller's token, checked in the handler).
   '/godwit.v1.Agent/ReceiveImage': AGENT,
 

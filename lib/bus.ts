@@ -9,8 +9,15 @@ import { currentSecurity, natsTlsOptions, type Security } from './tls.js';
 const json = JSONCodec();
 
 export interface BusOptions {
+  /** One server's URL, or a cluster's, comma-separated. */
   servers: string;
   name: string;
+  /**
+   * How many servers keep each KV bucket and the event stream godwit makes. Default: 3 when
+   * given three or more servers (a cluster: one may die), else 1. Everyone who may make a bucket
+   * is given the same server list, so they agree.
+   */
+  replicas?: number;
   /** Default: the process's (lib/tls.ts). With TLS the client certificate is the NATS user (lib/nats-auth.ts). */
   security?: Security;
   /** How long the first connection may take (nats.js's default: 20 s). A refused TLS handshake shows as this running out. */
@@ -82,8 +89,10 @@ export interface StreamRequestOptions<T> {
 
 export class Bus {
   private readonly reconnectListeners = new Set<() => void>();
+  /** The tail of publishDurable's queue. */
+  private durable: Promise<void> = Promise.resolve();
 
-  private constructor(private readonly nc: NatsConnection) {
+  private constructor(private readonly nc: NatsConnection, private readonly replicas: number) {
     void (async () => {
       for await (const s of nc.status()) if (s.type === Events.Reconnect) for (const fn of this.reconnectListeners) fn();
     })();
@@ -91,13 +100,39 @@ export class Bus {
 
   static async connect(opts: BusOptions): Promise<Bus> {
     // Keep reconnecting forever: an agent outlives a NATS restart.
+    const servers = opts.servers.split(',').map((s) => s.trim()).filter(Boolean);
     const tls = natsTlsOptions(opts.security ?? currentSecurity());
-    const nc = await connect({ servers: opts.servers, name: opts.name, maxReconnectAttempts: -1, reconnectTimeWait: 500, ...(tls ? { tls } : {}), ...(opts.connectTimeoutMs ? { timeout: opts.connectTimeoutMs } : {}) });
-    return new Bus(nc);
+    const nc = await connect({ servers, name: opts.name, maxReconnectAttempts: -1, reconnectTimeWait: 500, ...(tls ? { tls } : {}), ...(opts.connectTimeoutMs ? { timeout: opts.connectTimeoutMs } : {}) });
+    return new Bus(nc, opts.replicas ?? (servers.length >= 3 ? 3 : 1));
   }
 
   publish(subject: string, message: unknown): void {
     this.nc.publish(subject, json.encode(message));
+  }
+
+  /**
+   * Publishes into a JetStream stream and waits for its ack, retrying until the server has it:
+   * in order (one queue per connection), each message once (its id deduplicates a retry whose
+   * first ack was lost). A core publish made just before a server dies, or while no server is
+   * up, is lost; events must not be (the fault matrix reads them back from the stream).
+   */
+  publishDurable(subject: string, message: unknown, id: string): void {
+    const data = json.encode(message);
+    this.durable = this.durable.then(async () => {
+      for (;;) {
+        try {
+          await this.nc.jetstream().publish(subject, data, { msgID: id, timeout: 5_000 });
+          return;
+        } catch {
+          await new Promise((r) => setTimeout(r, 500));
+        }
+      }
+    });
+  }
+
+  /** Resolves once every durable publish so far is stored. */
+  async durablePublished(): Promise<void> {
+    await this.durable;
   }
 
   /** Calls `onMessage` for each message until the returned function is called. */
@@ -199,7 +234,7 @@ export class Bus {
   /** The stream that keeps every godwit event (idempotent). */
   async ensureEventStream(maxAgeMs = 24 * 3600_000): Promise<void> {
     const jsm = await this.nc.jetstreamManager();
-    const config = { name: EVENTS_STREAM, subjects: [SUBJECTS.allEvents], retention: RetentionPolicy.Limits, max_age: maxAgeMs * 1_000_000 };
+    const config = { name: EVENTS_STREAM, subjects: [SUBJECTS.allEvents], retention: RetentionPolicy.Limits, max_age: maxAgeMs * 1_000_000, num_replicas: this.replicas };
     try {
       await jsm.streams.info(EVENTS_STREAM);
       await jsm.streams.update(EVENTS_STREAM, config);
@@ -210,7 +245,7 @@ export class Bus {
 
   async kv<T>(bucket: string, opts: KvOptions = {}): Promise<JsonKv<T>> {
     const rp = opts.republish;
-    const kv: KV = await this.nc.jetstream().views.kv(bucket, { history: 5, ...(rp ? { republish: { src: `$KV.${bucket}.${rp.key}`, dest: rp.subject } } : {}) });
+    const kv: KV = await this.nc.jetstream().views.kv(bucket, { history: 5, replicas: this.replicas, ...(rp ? { republish: { src: `$KV.${bucket}.${rp.key}`, dest: rp.subject } } : {}) });
     if (rp) await this.checkRepublish(bucket, rp.key, rp.subject);
     const self: JsonKv<T> = {
       async get(key) {
@@ -309,6 +344,24 @@ export class Bus {
         `KV bucket ${bucket} exists without republishing key "${key}" on ${subject} (it has ${have ? `${have.src} -> ${have.dest}` : 'none'}); ` +
           'it was made by an older godwit: remove it (nats kv del ' + bucket + ') and restart the controller',
       );
+  }
+
+  /**
+   * Every event the stream kept on `subject` (wildcards allowed), oldest first: what automation
+   * that was not listening reads back (the fault matrix checks a migration's events this way, as
+   * a subscriber can miss those published while the server restarted).
+   */
+  async storedEvents<T>(subject: string): Promise<T[]> {
+    // An ordered consumer: no state on the server beyond this read, in stream order. One subject
+    // (filter_subject): a list needs nats-server 2.10, Debian 12 ships 2.9.
+    const c = await this.nc.jetstream().consumers.get(EVENTS_STREAM, { filterSubjects: subject });
+    const out: T[] = [];
+    for (;;) {
+      const m = await c.next({ expires: 1_000 });
+      if (!m) return out;
+      out.push(json.decode(m.data) as T);
+      if (m.info.pending === 0) return out;
+    }
   }
 
   async flush(): Promise<void> {

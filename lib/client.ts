@@ -86,7 +86,7 @@ export interface WatchOptions {
 export const DEFAULT_CONTROLLER_ADDRESS = '127.0.0.1:50050';
 const DEFAULT_DEADLINE_MS = 30_000;
 export const DEFAULT_RETRY: RetryPolicy = { initialBackoffMs: 100, maxBackoffMs: 5_000, multiplier: 2, maxAttempts: 8 };
-const TERMINAL = new Set(['DONE', 'FAILED']);
+const TERMINAL = new Set(['DONE', 'FAILED', 'NEEDS_ATTENTION']);
 
 /** Which service defines a method (the NATS request API keeps their names apart too). */
 const SERVICE_OF: Record<string, keyof Clients> = Object.fromEntries([

@@ -12,7 +12,7 @@ import type { MigrationState } from '../controller/migration-machine.js';
 import type { PhaseEvent } from '../controller/orchestrator.js';
 import type { RuleTable } from '../controller/steering-table.js';
 
-const PHASE = z.enum(['PENDING', 'PREPARE', 'LOCK', 'STEER', 'DUMP', 'TRANSFER', 'RESTORE', 'UNLOCK', 'CLEANUP', 'DONE', 'ROLLBACK', 'FAILED']);
+const PHASE = z.enum(['PENDING', 'PREPARE', 'LOCK', 'STEER', 'DUMP', 'TRANSFER', 'RESTORE', 'UNLOCK', 'CLEANUP', 'DONE', 'ROLLBACK', 'FAILED', 'NEEDS_ATTENTION']);
 const ms = z.number().describe('milliseconds');
 
 export const HeartbeatSchema = z
@@ -98,6 +98,8 @@ export const MigrationStateSchema = z
     updatedAtMs: ms,
     cancelled: z.boolean().optional().describe('stopped by CancelMigration before its pivot, then rolled back'),
     drainId: z.string().optional().describe('the drain that started it'),
+    attention: z.string().optional().describe('NEEDS_ATTENTION: where the image is, which locks are held until when'),
+    controllers: z.array(z.string()).optional().describe('the controllers that drove it, in order (one more per resume)'),
   })
   .strict();
 

@@ -93,10 +93,59 @@ describe('migration state machine', () => {
     });
   }
 
-  it('records a failed rollback in the error', () => {
+  it('a failed rollback ends NEEDS_ATTENTION, with the error and what is known', () => {
     const { state } = runToEnd(fresh(), (p) => (p === 'DUMP' ? fail(p, 'criu dump failed') : p === 'ROLLBACK' ? fail(p, 'source gone') : ok(p)));
-    expect(state.phase).toBe('FAILED');
+    expect(state.phase).toBe('NEEDS_ATTENTION');
     expect(state.error).toBe('criu dump failed; rollback failed: source gone');
+    expect(state.attention).toMatch(/no image was taken/);
+    expect(state.attention).toMatch(/held until .*Z \(their lease\)/);
+    expect(decide(state, { type: 'resume', atMs: 1, controller: 'c2' }).commands).toEqual([]);
+  });
+
+  describe('resume by a new controller', () => {
+    /** The state as recorded when the old controller had entered `phase`. */
+    function recordedAt(phase: Phase): MigrationState {
+      let d = decide(fresh(), { type: 'start', atMs: 0 });
+      while (d.state.phase !== phase) d = decide(d.state, ok(d.state.phase));
+      return d.state;
+    }
+
+    for (const phase of ['PREPARE', 'LOCK', 'STEER', 'DUMP', 'TRANSFER'] as Phase[]) {
+      it(`rolls back a migration stopped during ${phase} (before the pivot) and ends FAILED with the cause`, () => {
+        const d = decide(recordedAt(phase), { type: 'resume', atMs: 5, controller: 'c2' });
+        expect(d.commands).toEqual([{ type: 'run-phase', phase: 'ROLLBACK' }]);
+        expect(d.state.failedPhase).toBe(phase);
+        expect(d.state.error).toMatch(new RegExp(`stopped during ${phase}`));
+        expect(d.state.controllers).toEqual(['c2']);
+        const end = decide(d.state, ok('ROLLBACK', { restoredPid: 42 }));
+        expect(end.state.phase).toBe('FAILED');
+      });
+    }
+
+    for (const phase of ['RESTORE', 'UNLOCK', 'CLEANUP', 'ROLLBACK'] as Phase[]) {
+      it(`asks again for ${phase} (the agents answer with what they did)`, () => {
+        const at = phase === 'ROLLBACK' ? decide(recordedAt('DUMP'), fail('DUMP', 'x')).state : recordedAt(phase);
+        const d = decide(at, { type: 'resume', atMs: 5, controller: 'c2' });
+        expect(d.commands).toEqual([{ type: 'run-phase', phase }]);
+        expect(d.state.warnings.at(-1)).toMatch(/resumed at/);
+      });
+    }
+
+    it('starts a migration that was only accepted', () => {
+      const d = decide(fresh(), { type: 'resume', atMs: 5, controller: 'c2' });
+      expect(d.commands).toEqual([{ type: 'run-phase', phase: 'PREPARE' }]);
+    });
+
+    it('resuming after RESTORE finishes the migration forward', () => {
+      let d = decide(recordedAt('RESTORE'), { type: 'resume', atMs: 5, controller: 'c2' });
+      const ran: Phase[] = [];
+      while (d.commands.length > 0) {
+        ran.push(d.commands[0].phase);
+        d = decide(d.state, ok(d.commands[0].phase, { restoredPid: 7 }));
+      }
+      expect(ran).toEqual(['RESTORE', 'UNLOCK', 'CLEANUP']);
+      expect(d.state.phase).toBe('DONE');
+    });
   });
 
   it('ignores a late or duplicated report of another phase', () => {

@@ -1,0 +1,39 @@
+/**
+ * The fault matrix's CI subset (bench/faults-report.ts QUICK_CASES): at least one case per
+ * killed part (controller, source agent, target agent, nats-server; and a standby taking over),
+ * each checked on the real lab with 200 live connections as `npm run bench -- faults` does.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runFaultCase, setupFaultEnv, teardownFaultEnv, type FaultEnv } from '../../bench/fault-case.js';
+import { QUICK_CASES } from '../../bench/faults-report.js';
+
+const CONNECTIONS = 200;
+/** A case: the kill, the part's restart (an agent's took up to 25 s here), the migration's end, the connections settling. */
+const CASE_TIMEOUT_MS = 600_000;
+
+describe('fault matrix, CI subset', () => {
+  let env: FaultEnv | undefined;
+
+  beforeAll(async () => {
+    env = await setupFaultEnv({ connections: CONNECTIONS, log: (l) => process.stderr.write(`${l}\n`) });
+  });
+
+  afterAll(async () => {
+    await teardownFaultEnv(env);
+  });
+
+  for (const c of QUICK_CASES) {
+    it(`${c.killed} killed ${c.point}${c.standby ? ' (a standby takes over)' : ''}: safe`, async () => {
+      const row = await runFaultCase(env!, c);
+      const summary = JSON.stringify(row);
+      expect(['DONE', 'FAILED', 'NEEDS_ATTENTION'], summary).toContain(row.outcome);
+      expect(row.exactlyOnce, summary).toBe(true);
+      expect(row.alive, summary).toBe(CONNECTIONS);
+      expect(row.bytesLost, summary).toBe(0);
+      expect(row.bytesDuplicated, summary).toBe(0);
+      expect(row.leftovers, summary).toEqual([]);
+      expect(row.eventsInOrder, summary).toBe(true);
+      expect(row.safe, summary).toBe(true);
+    }, CASE_TIMEOUT_MS);
+  }
+});
