@@ -6,7 +6,11 @@
  */
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { PreconditionError } from '../lib/errors.js';
+import { status } from '@grpc/grpc-js';
+import { GodwitError, InvalidArgumentError, PreconditionError } from '../lib/errors.js';
+
+/** How a bad request is answered: it changed nothing, so its token is not remembered either. */
+const REFUSALS: ReadonlySet<status> = new Set([status.INVALID_ARGUMENT, status.NOT_FOUND, status.FAILED_PRECONDITION]);
 
 /** A command from a controller whose lease has been superseded. */
 export class StaleFencingTokenError extends PreconditionError {
@@ -26,19 +30,36 @@ export class FencingGate {
   }
 
   /**
-   * Admits a command carrying `token` (0 or absent: a caller outside the leader protocol, such
-   * as an operator's tool or a test; admitted). Raises the remembered token when it is newer.
+   * Runs a command carrying `token` (0 or absent: a caller outside the leader protocol, such as
+   * an operator's tool or a test; admitted) unless an older token than one seen before. The
+   * token is remembered once the command has been accepted: it ran, or failed on the host. A
+   * request refused as bad (INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION) changes nothing,
+   * not even this.
    */
-  admit(token: string | number | bigint | null | undefined): void {
+  async admit<T>(token: string | number | bigint | null | undefined, run: () => Promise<T>): Promise<T> {
     const t = BigInt(token || 0);
-    if (t === 0n) return;
+    if (t === 0n) return run();
+    // A lease's KV revision: never near 2^53. A larger one is a bad request, and remembered it
+    // would fence out every real leader after it.
+    if (t > BigInt(Number.MAX_SAFE_INTEGER))
+      throw new InvalidArgumentError('fencing_token', `fencing_token ${t} is not a leader lease revision (at most ${Number.MAX_SAFE_INTEGER})`);
     if (t < this.newest) throw new StaleFencingTokenError(t, this.newest, this.host);
-    if (t > this.newest) {
-      this.newest = t;
-      const tmp = `${this.file}.tmp`;
-      writeFileSync(tmp, t.toString());
-      renameSync(tmp, this.file);
+    try {
+      const result = await run();
+      this.remember(t);
+      return result;
+    } catch (err) {
+      if (!(err instanceof GodwitError && REFUSALS.has(err.code))) this.remember(t);
+      throw err;
     }
+  }
+
+  private remember(t: bigint): void {
+    if (t <= this.newest) return;
+    this.newest = t;
+    const tmp = `${this.file}.tmp`;
+    writeFileSync(tmp, t.toString());
+    renameSync(tmp, this.file);
   }
 
   current(): bigint {

@@ -301,8 +301,9 @@ export class AgentService {
       SteeringState: steeringStateHandler(h, p.steering, log),
 
       RunWorkload: handleUnary(log, 'RunWorkload', async (req) => {
-        this.fence.admit(req.fencingToken);
-        const r = await this.runner.run({ name: req.name, user: req.user, endpoints: endpointsFromWire(req.endpoints), command: req.command, cwd: req.cwd });
+        const r = await this.fence.admit(req.fencingToken, () =>
+          this.runner.run({ name: req.name, user: req.user, endpoints: endpointsFromWire(req.endpoints), command: req.command, cwd: req.cwd }),
+        );
         return { pid: r.pid, outputPath: r.outputPath };
       }),
 
@@ -331,8 +332,8 @@ export class AgentService {
    */
   private command<Req extends { migrationId: string; fencingToken: string }, Res>(name: string, fn: (req: Req) => Promise<Res>): grpc.handleUnaryCall<Req, Res> {
     return handleUnary(this.log, name, async (req: Req) => {
-      this.fence.admit(req.fencingToken);
-      return this.steps.run(migrationId(req.migrationId), () => fn(req));
+      const id = migrationId(req.migrationId);
+      return this.fence.admit(req.fencingToken, () => this.steps.run(id, () => fn(req)));
     });
   }
 

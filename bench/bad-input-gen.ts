@@ -106,9 +106,16 @@ function noiseString(rng: Rng, canary: string): string {
  */
 const ACCEPTS_ANY = new Set(['godwit.v1.LockRequest.version', 'godwit.v1.UnlockRequest.version', 'godwit.v1.SteeringStateRequest.liveFlowBackendIds']);
 
+function fieldName(f: protobuf.Field): string {
+  return `${f.parent!.fullName.slice(1)}.${f.name}`;
+}
+
+/** Free text (an operator's words): only a control character or an overlong value is wrong. */
+const FREE_TEXT = new Set(['godwit.v1.CordonRequest.reason']);
+
 /** A field no value of which is wrong alone is never the one a request is built around. */
 function canCarryFault(f: protobuf.Field): boolean {
-  if (f.type === 'bool' || ACCEPTS_ANY.has(`${f.parent!.fullName.slice(1)}.${f.name}`)) return false;
+  if (f.type === 'bool' || ACCEPTS_ANY.has(fieldName(f))) return false;
   if (f.resolvedType instanceof protobuf.Type) return f.resolvedType.fieldsArray.some(canCarryFault) || f.repeated;
   return true;
 }
@@ -128,9 +135,22 @@ function isNumber(f: protobuf.Field): boolean {
 
 /** A bad value for a field: the one the request is built around. */
 function badValue(f: protobuf.Field, rng: Rng, canary: string, depth: number): unknown {
+  // A map<string, string> (labels): a key or a value no label may have, or very many entries.
+  if (f.map) {
+    const bad = rng.pick(badStrings(canary));
+    switch (rng.int(3)) {
+      case 0:
+        return { [bad]: 'x' };
+      case 1:
+        return { app: bad };
+      default:
+        return Object.fromEntries(Array.from({ length: 2000 }, (_, i) => [`k${i}`, 'v']));
+    }
+  }
   const one = (): unknown => {
     if (f.resolvedType instanceof protobuf.Enum) return rng.pick([999, -1, 2 ** 30]);
     if (f.resolvedType instanceof protobuf.Type) return badMessage(f.resolvedType, rng, canary, depth + 1);
+    if (f.type === 'string' && FREE_TEXT.has(fieldName(f))) return rng.pick([`${canary}\0`, `${canary}\n`, 'x'.repeat(10_000)]);
     if (f.type === 'string') return rng.pick(badStrings(canary));
     if (f.type === 'bytes') return Buffer.alloc(rng.pick([0, 1, 300_000]), rng.int(256));
     if (isLong(f)) return rng.pick(BAD_LONGS);
@@ -151,6 +171,7 @@ function badValue(f: protobuf.Field, rng: Rng, canary: string, depth: number): u
 }
 
 function noiseValue(f: protobuf.Field, rng: Rng, canary: string, depth: number): unknown {
+  if (f.map) return rng.pick([{}, { app: 'web' }, { tier: 'cache', zone: 'a' }]);
   const one = (): unknown => {
     if (f.resolvedType instanceof protobuf.Enum) return rng.pick(Object.values(f.resolvedType.values));
     if (f.resolvedType instanceof protobuf.Type) return depth > 2 ? {} : noiseMessage(f.resolvedType, rng, canary, depth + 1);

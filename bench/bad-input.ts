@@ -123,7 +123,9 @@ export async function fuzzLab(lab: Lab, o: Options, cleanup: Cleanup): Promise<{
   }
 
   const after = await snapshot(lab, workload.pid);
-  const changed = [...new Set([...Object.keys(before), ...Object.keys(after)])].filter((k) => before[k] !== after[k]);
+  const changed = [...new Set([...Object.keys(before), ...Object.keys(after)])]
+    .filter((k) => before[k] !== after[k])
+    .map((k) => `${k}: ${lineChanges(before[k] ?? '', after[k] ?? '')}`);
   const crashed = watched.filter(([, pid]) => !processAlive(pid)).map(([name]) => name);
   if (!processAlive(workload.pid)) crashed.push('workload');
   const escapedFiles = await findCanary(canary, lab);
@@ -257,8 +259,17 @@ async function snapshot(lab: Lab, workloadPid: number): Promise<Record<string, s
   } finally {
     steering.close();
   }
-  out['controller: hosts'] = JSON.stringify((await lab.controller.listHosts()).hosts.map((h) => [h.name, h.ready, String(h.steeringGeneration)]));
+  out['controller: hosts'] = JSON.stringify((await lab.controller.listHosts()).hosts.map((h) => [h.name, h.ready, String(h.steeringGeneration), h.cordoned]));
   return out;
+}
+
+/** What differs between two line lists, briefly: "+added -removed" for the first few lines. */
+function lineChanges(before: string, after: string): string {
+  const b = new Set(before.split('\n'));
+  const a = new Set(after.split('\n'));
+  const added = [...a].filter((l) => !b.has(l)).map((l) => `+${l}`);
+  const removed = [...b].filter((l) => !a.has(l)).map((l) => `-${l}`);
+  return [...added, ...removed].slice(0, 5).join(', ');
 }
 
 /** Files under a folder with their sizes, except CRIU's and the agents' logs. */

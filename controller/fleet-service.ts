@@ -10,7 +10,7 @@ import type { GetDrainRequest__Output } from '../proto/gen/godwit/v1/GetDrainReq
 import type { Host } from '../proto/gen/godwit/v1/Host.js';
 import { GodwitError, InvalidArgumentError, UnknownHostError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
-import { handleUnary, toServiceError } from '../lib/rpc.js';
+import { endStreamWithError, handleUnary } from '../lib/rpc.js';
 import { HOST_NAME } from '../lib/subjects.js';
 import { status } from '@grpc/grpc-js';
 import type { MigrationCancels } from './cancel.js';
@@ -30,6 +30,9 @@ export class DrainNotFoundError extends GodwitError {
     this.name = 'DrainNotFoundError';
   }
 }
+
+/** An operator's words on why a host is cordoned: a line, shown in ListHosts. */
+const MAX_REASON_CHARS = 512;
 
 export type FleetHandlers = Pick<ControllerHandlers, 'RegisterWorkload' | 'CordonHost' | 'UncordonHost' | 'Drain' | 'GetDrain' | 'ListDrains' | 'WatchDrain' | 'CancelMigration'>;
 
@@ -54,6 +57,8 @@ export class FleetService {
       RegisterWorkload: handleUnary(log, 'RegisterWorkload', async (req) => workloads.register(req)),
       CordonHost: handleUnary(log, 'CordonHost', async (req) => {
         const host = this.knownHost(req.host);
+        if (req.reason.length > MAX_REASON_CHARS || /[\x00-\x1f]/.test(req.reason))
+          throw new InvalidArgumentError('reason', `reason must be at most ${MAX_REASON_CHARS} printable characters on one line`);
         await cordons.set(host, true, req.reason || 'cordoned by an operator');
         return this.host(host);
       }),
@@ -124,7 +129,7 @@ export class FleetService {
     try {
       d = this.findDrain(call.request.id);
     } catch (err) {
-      call.destroy(Object.assign(new Error(), toServiceError(err)));
+      endStreamWithError(call, err);
       return;
     }
     call.write(drainToWire(d));

@@ -8,7 +8,7 @@ import type { MigrationEvent } from '../proto/gen/godwit/v1/MigrationEvent.js';
 import type { WatchMigrationRequest__Output } from '../proto/gen/godwit/v1/WatchMigrationRequest.js';
 import { InvalidArgumentError, MigrationNotFoundError, PreconditionError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
-import { handleUnary, toServiceError } from '../lib/rpc.js';
+import { endStreamWithError, handleUnary, toServiceError } from '../lib/rpc.js';
 import { HOST_NAME } from '../lib/subjects.js';
 import { LEASE_MS, workloadFromWire, workloadToWire } from '../lib/wire.js';
 import type { AgentPool } from './agent-client.js';
@@ -132,8 +132,7 @@ export class ControllerService {
     try {
       m = this.find(call.request.id);
     } catch (err) {
-      // An 'error' event is how a server stream ends with a status; destroy() would end it with none.
-      call.emit('error', Object.assign(new Error(), toServiceError(err)));
+      endStreamWithError(call, err);
       return;
     }
     call.write(eventToWire({ migrationId: m.id, phase: m.phase, kind: 'SNAPSHOT', atMs: Date.now(), durationMs: 0, detail: m.error ?? '', migration: m }));

@@ -35,6 +35,8 @@ export function fileFromWire(f: WorkloadFile__Output): DomainFile {
 }
 
 const MAX_FILES = 100_000;
+/** Linux's largest possible pid_max (PID_MAX_LIMIT on 64-bit). */
+const PID_MAX_LIMIT = 4_194_304;
 const MAX_PATH_BYTES = 4096;
 
 /**
@@ -51,6 +53,7 @@ export function filesFromWire(list: WorkloadFile__Output[]): DomainFile[] {
     if (!f.path.startsWith('/') || f.path.includes('\0') || posix.normalize(f.path) !== f.path || Buffer.byteLength(f.path) > MAX_PATH_BYTES)
       throw new InvalidArgumentError(`${field}.path`, `${field}.path must be an absolute, normalized path without NUL bytes, at most ${MAX_PATH_BYTES} bytes`);
     if (!Number.isSafeInteger(f.size) || f.size < 0) throw new InvalidArgumentError(`${field}.size`, `${field}.size must be a byte count, got ${w.size}`);
+    if (!Number.isInteger(f.pid) || f.pid < 0 || f.pid > PID_MAX_LIMIT) throw new InvalidArgumentError(`${field}.pid`, `${field}.pid must be a process id (0..${PID_MAX_LIMIT})`);
     if (!/^[0-9a-f]{0,128}$/.test(f.buildId)) throw new InvalidArgumentError(`${field}.build_id`, `${field}.build_id must be lowercase hex`);
     if (f.usage.length > 256 || /[\x00-\x1f]/.test(f.usage)) throw new InvalidArgumentError(`${field}.usage`, `${field}.usage must be at most 256 printable characters`);
     if (!/^([0-9a-f]{64})?$/.test(f.sha256)) throw new InvalidArgumentError(`${field}.sha256`, `${field}.sha256 must be empty or 64 lowercase hex digits`);

@@ -186,6 +186,15 @@ export function toServiceError(err: unknown): Partial<grpc.StatusObject> {
   return { code: grpc.status.INTERNAL, details: details(err instanceof Error ? err.message : String(err)) };
 }
 
+/**
+ * Ends a server stream with the status `err` maps to. An 'error' event is how grpc-js sends a
+ * server stream's status; destroy() would end the stream with none, and the client would wait
+ * out its deadline.
+ */
+export function endStreamWithError(call: grpc.ServerWritableStream<unknown, unknown>, err: unknown): void {
+  call.emit('error', Object.assign(new Error(), toServiceError(err)));
+}
+
 export function isServiceError(err: unknown): err is grpc.ServiceError {
   return typeof err === 'object' && err !== null && 'code' in err && 'details' in err && 'metadata' in err;
 }

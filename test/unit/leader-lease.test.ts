@@ -6,6 +6,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { status } from '@grpc/grpc-js';
+import { InvalidArgumentError } from '../../lib/errors.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FencingGate, StaleFencingTokenError } from '../../agent/fencing.js';
 import { LeaderLease, NotLeaderError, type LeaderRecord } from '../../controller/leader.js';
@@ -128,24 +129,35 @@ describe('fencing gate (agent)', () => {
   const dir = mkdtempSync(join(tmpdir(), 'godwit-crash-fence-'));
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-  it('admits the newest token, refuses an older one with FAILED_PRECONDITION, and remembers across a restart', () => {
+  it('admits the newest token, refuses an older one with FAILED_PRECONDITION, and remembers across a restart', async () => {
     const gate = new FencingGate(dir, 'a');
-    gate.admit('0'); // outside the protocol: admitted, remembers nothing
-    gate.admit('17');
-    gate.admit('17');
-    gate.admit('40');
-    let err: unknown;
-    try {
-      gate.admit('17');
-    } catch (e) {
-      err = e;
-    }
+    const ok = async () => 'ran';
+    await gate.admit('0', ok); // outside the protocol: admitted, remembers nothing
+    await gate.admit('17', ok);
+    await gate.admit('17', ok);
+    await gate.admit('40', ok);
+    const err = await gate.admit('17', ok).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(StaleFencingTokenError);
     expect((err as StaleFencingTokenError).code).toBe(status.FAILED_PRECONDITION);
     expect((err as Error).message).toMatch(/token 17.*newer leader \(token 40\)/);
     const restarted = new FencingGate(dir, 'a');
     expect(restarted.current()).toBe(40n);
-    expect(() => restarted.admit('39')).toThrow(StaleFencingTokenError);
-    expect(() => restarted.admit(undefined)).not.toThrow();
+    await expect(restarted.admit('39', ok)).rejects.toThrow(StaleFencingTokenError);
+    await expect(restarted.admit(undefined, ok)).resolves.toBe('ran');
+  });
+
+  it('does not remember the token of a request refused as bad, nor take one no lease can have', async () => {
+    const gate = new FencingGate(dir, 'a');
+    const bad = async () => {
+      throw new InvalidArgumentError('endpoints', 'endpoints is empty');
+    };
+    await expect(gate.admit('50', bad)).rejects.toThrow(InvalidArgumentError);
+    expect(gate.current()).toBe(40n);
+    await expect(gate.admit('18446744073709551615', async () => 'ran')).rejects.toThrow(InvalidArgumentError);
+    expect(gate.current()).toBe(40n);
+    await gate.admit('50', async () => {
+      throw new Error('criu dump failed');
+    }).catch(() => undefined);
+    expect(gate.current()).toBe(50n); // a command that ran and failed on the host was accepted
   });
 });
