@@ -9,12 +9,14 @@
  * Output: a table on stdout; with --json, the issue's two JSON lines on stdout (the table then
  * goes to stderr). --quick: CI-sized (2 workloads × 10 connections, 3 at once × 10, 1 round trip).
  *
- * The drain is asked through `requestDrain` below, one small function, so that it can go through
- * the NATS request API instead of gRPC without touching the rest.
+ * The drain is asked and followed through the NATS request API (`requestDrain` below), as the
+ * automation the issue names would.
  */
 import { Command, InvalidArgumentError } from 'commander';
 import type { DrainRecord__Output } from '../proto/gen/godwit/v1/DrainRecord.js';
 import { FleetApi } from '../controller/fleet-client.js';
+import { Bus } from '../lib/bus.js';
+import { NatsApiClient } from '../lib/nats-api-client.js';
 import { checkConnections, openWindows, startFleetWorkloads, stopFleetTraffic, type FleetWorkload } from '../lab/fleet-workloads.js';
 import { labUp, type Lab } from '../lab/lab.js';
 import { stopWorkload } from '../lab/workload.js';
@@ -73,13 +75,21 @@ export function parseOptions(argv: string[]): Options {
 }
 
 /** Drain(host) and its end: the one place the bench asks for a drain (gRPC now; the NATS request API can take its place). */
+/** The drain, asked and followed through the NATS request API only (godwit.api.v1.Drain, WatchDrain), as automation would. */
 export async function requestDrain(lab: Lab, host: string, limits: { maxPerHost: number; maxInFlight: number }): Promise<DrainRecord__Output> {
-  const api = new FleetApi(lab.controllerAddress);
+  const bus = await Bus.connect({ servers: lab.natsUrl, name: 'bench-drain' });
   try {
-    const d = await api.drain({ host, maxPerHost: limits.maxPerHost, maxInFlight: limits.maxInFlight });
-    return await api.waitDrain(d.id, (r) => say(`  drain ${r.id}: ${r.moved} moved, ${r.failed} failed, ${r.workloads.filter((w) => w.state === 'MOVING').length} moving`));
+    const api = new NatsApiClient(bus);
+    const d = await api.call<DrainRecord__Output>('Drain', { host, max_per_host: limits.maxPerHost, max_in_flight: limits.maxInFlight });
+    let last = d;
+    for await (const r of api.stream<DrainRecord__Output>('WatchDrain', { id: d.id })) {
+      say(`  drain ${r.id}: ${r.moved} moved, ${r.failed} failed, ${r.workloads.filter((w) => w.state === 'MOVING').length} moving`);
+      last = r;
+      if (r.state !== 'RUNNING') break;
+    }
+    return last.state !== 'RUNNING' ? last : await api.call<DrainRecord__Output>('GetDrain', { id: d.id });
   } finally {
-    api.close();
+    await bus.close();
   }
 }
 

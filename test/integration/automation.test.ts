@@ -5,8 +5,9 @@
  */
 import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ApiStatusError, isStatusFrame, type ApiFrame, type ApiStatus } from '../../lib/api-frames.js';
+import { isStatusFrame, type ApiFrame, type ApiStatus } from '../../lib/api-frames.js';
 import { Bus } from '../../lib/bus.js';
+import { NatsApiClient } from '../../lib/nats-api-client.js';
 import { formatEndpoint, type Endpoint } from '../../lib/endpoint.js';
 import { isServiceError } from '../../lib/rpc.js';
 import { EVENT_CHANNELS } from '../../lib/subject-catalogue.js';
@@ -50,10 +51,8 @@ describe('automation surface', () => {
   });
 
   /** A unary call over NATS: the result, or the status as an ApiStatusError. */
-  async function natsCall<T>(method: string, body: unknown): Promise<T> {
-    const frame = await bus.request<ApiFrame<T>>(SUBJECTS.apiRequest(method), body, 60_000);
-    if (isStatusFrame(frame)) throw new ApiStatusError(frame.status.code, frame.status.message);
-    return frame.result;
+  function natsCall<T>(method: string, body: unknown): Promise<T> {
+    return new NatsApiClient(bus).call<T>(method, body);
   }
 
   /** Every frame of a server-streaming call over NATS, up to and including its status. */
