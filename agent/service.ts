@@ -431,7 +431,14 @@ export class AgentService {
     this.records.update(id, (r) => {
       r.dumpStarted = { pid: w.pid, endpoints: w.endpoints };
     });
-    const dumped = await steps.time('criu dump', () => this.hostStep('checkpoint', () => strategy.dump(w.pid, w.endpoints, dir)));
+    const dumped = await steps.time('criu dump', () => this.hostStep('checkpoint', () => strategy.dump(w.pid, w.endpoints, dir))).catch((err: unknown) => {
+      // This agent saw the dump end: nothing is left for a restart (or Abort) to settle from
+      // CRIU's log, which a CRIU that crashed never finishes.
+      this.records.update(id, (r) => {
+        r.dumpStarted = undefined;
+      });
+      throw err;
+    });
     this.records.update(id, (r) => {
       r.dumped = { pid: w.pid, endpoints: w.endpoints };
       r.lockMode = mode;
@@ -479,6 +486,10 @@ export class AgentService {
     const announced = Promise.all(unique(w.endpoints.map((e) => e.address)).map((a) => p.network.announce(a)));
     const restored = await restoring.catch(async (err: unknown) => {
       await announced.catch(() => undefined);
+      // Seen to end here (CRIU removes what it restored when it fails): nothing to settle later.
+      this.records.update(id, (r) => {
+        r.restoreStarted = false;
+      });
       throw err;
     });
     await steps.time('announce (after restore)', () => announced);
