@@ -46,32 +46,37 @@ export interface FleetServiceOptions {
   workloadRegistry: WorkloadRegistry;
   workloads: WorkloadService;
   log: Logger;
+  /** The leader lease (controller/leader.ts): a standby refuses writes; absent, this controller always leads. */
+  leader?: { requireLeader(): void };
 }
 
 export class FleetService {
   constructor(private readonly opts: FleetServiceOptions) {}
 
   handlers(): FleetHandlers {
-    const { log, workloads, cordons, runner, drains, cancels, migrations } = this.opts;
+    const { log, workloads, cordons, runner, drains, cancels, migrations, leader } = this.opts;
+    // A write: refused with UNAVAILABLE naming the leader on a standby, as the controller's own writes are.
+    const write = <Req, Res>(name: string, fn: (req: Req) => Promise<Res>) =>
+      handleUnary<Req, Res>(log, name, async (req) => (leader?.requireLeader(), fn(req)));
     return {
-      RegisterWorkload: handleUnary(log, 'RegisterWorkload', async (req) => workloads.register(req)),
-      CordonHost: handleUnary(log, 'CordonHost', async (req) => {
+      RegisterWorkload: write('RegisterWorkload', async (req) => workloads.register(req)),
+      CordonHost: write('CordonHost', async (req) => {
         const host = this.knownHost(req.host);
         if (req.reason.length > MAX_REASON_CHARS || /[\x00-\x1f]/.test(req.reason))
           throw new InvalidArgumentError('reason', `reason must be at most ${MAX_REASON_CHARS} printable characters on one line`);
         await cordons.set(host, true, req.reason || 'cordoned by an operator');
         return this.host(host);
       }),
-      UncordonHost: handleUnary(log, 'UncordonHost', async (req) => {
+      UncordonHost: write('UncordonHost', async (req) => {
         const host = this.knownHost(req.host);
         await cordons.set(host, false, '');
         return this.host(host);
       }),
-      Drain: handleUnary(log, 'Drain', async (req) => drainToWire(await runner.start(req))),
+      Drain: write('Drain', async (req) => drainToWire(await runner.start(req))),
       GetDrain: handleUnary(log, 'GetDrain', async (req) => drainToWire(this.findDrain(req.id))),
       ListDrains: handleUnary(log, 'ListDrains', async () => ({ drains: drains.list().map(drainToWire) })),
       WatchDrain: (call) => this.watchDrain(call),
-      CancelMigration: handleUnary(log, 'CancelMigration', async (req) => {
+      CancelMigration: write('CancelMigration', async (req) => {
         if (!req.id) throw new InvalidArgumentError('id', 'id is required');
         cancels.request(req.id, migrations.get(req.id));
         log.info({ migrationId: req.id }, 'migration cancel accepted');

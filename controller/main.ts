@@ -83,7 +83,7 @@ async function main() {
   await drains.load();
   let service: ControllerService | undefined;
   const runner = new DrainRunner({ drains, cordons, workloads: workloadRegistry, hosts: registry, migrations: store, orchestrator, migrate: (r, drainId) => service!.migrate(r, drainId), log });
-  const fleet = new FleetService({ hosts: registry, cordons, drains, runner, cancels, migrations: store, workloadRegistry, workloads, log });
+  const fleet = new FleetService({ hosts: registry, cordons, drains, runner, cancels, migrations: store, workloadRegistry, workloads, log, leader: lease });
   service = new ControllerService({ registry, agents, orchestrator, store, log, workloads, fleet, claims: new MigrationClaims(), cordons, cancels, leader: lease });
   const steering = new SteeringController({ store: steeringStore, registry, agents, log });
 

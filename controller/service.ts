@@ -8,7 +8,7 @@ import type { MigrationEvent } from '../proto/gen/godwit/v1/MigrationEvent.js';
 import type { WatchMigrationRequest__Output } from '../proto/gen/godwit/v1/WatchMigrationRequest.js';
 import { InvalidArgumentError, MigrationNotFoundError, PreconditionError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
-import { endStreamWithError, handleUnary, toServiceError } from '../lib/rpc.js';
+import { endStreamWithError, handleUnary } from '../lib/rpc.js';
 import { HOST_NAME } from '../lib/subjects.js';
 import { LEASE_MS, workloadFromWire, workloadToWire } from '../lib/wire.js';
 import type { AgentPool } from './agent-client.js';
@@ -59,27 +59,8 @@ export class ControllerService {
       RunWorkload: handleUnary(log, 'RunWorkload', async (req) => (this.requireLeader(), this.opts.workloads.run(req))),
       ListWorkloads: handleUnary(log, 'ListWorkloads', async () => ({ workloads: this.opts.workloads.list() })),
       GetLogs: handleUnary(log, 'GetLogs', async (req) => ({ files: await this.opts.workloads.logs(req.name, Number(req.maxBytes)) })),
-      ...this.leaderOnly(this.opts.fleet.handlers(), ['RegisterWorkload', 'CordonHost', 'UncordonHost', 'Drain', 'CancelMigration']),
+      ...this.opts.fleet.handlers(),
     };
-  }
-
-  /** The named unary handlers, each answering UNAVAILABLE (naming the leader) on a standby first. */
-  private leaderOnly<H extends object>(handlers: H, writes: readonly (keyof H)[]): H {
-    const out = { ...handlers };
-    for (const name of writes) {
-      const inner = handlers[name] as unknown as grpc.handleUnaryCall<unknown, unknown>;
-      const guarded: grpc.handleUnaryCall<unknown, unknown> = (call, callback) => {
-        try {
-          this.requireLeader();
-        } catch (err) {
-          callback(toServiceError(err));
-          return;
-        }
-        inner(call, callback);
-      };
-      (out as Record<keyof H, unknown>)[name] = guarded;
-    }
-    return out;
   }
 
   /**
