@@ -10,8 +10,14 @@ import type { Logger } from '../lib/log.js';
 import { STEERING_TABLE_KEY } from '../lib/subjects.js';
 import { EMPTY_TABLE, type RuleTable } from './steering-table.js';
 
-/** Lost compare-and-sets in a row before a change gives up (another writer keeps winning). */
-const MAX_ATTEMPTS = 5;
+/**
+ * How long a change keeps retrying lost compare-and-sets before it gives up (another writer keeps
+ * winning). A budget in time, not a count: a writer with a queue of changes wins every race it
+ * starts while its queue lasts, so a count failed under a plain burst from two controllers.
+ */
+const CONFLICT_BUDGET_MS = 10_000;
+/** Upper bound of the random pause after a lost race, so two losers do not collide again in step. */
+const CONFLICT_JITTER_MS = 20;
 
 export interface Decision<R> {
   table: RuleTable;
@@ -71,6 +77,7 @@ export class SteeringStore {
    */
   mutate<R>(decide: (t: RuleTable) => Promise<Decision<R>>): Promise<Stored<R>> {
     const run = async (): Promise<Stored<R>> => {
+      const giveUpAt = Date.now() + CONFLICT_BUDGET_MS;
       for (let attempt = 1; ; attempt++) {
         const base = this.current;
         const d = await decide(base.table);
@@ -87,8 +94,9 @@ export class SteeringStore {
           const latest = await this.kv.get(STEERING_TABLE_KEY);
           if (!latest || latest.revision === base.revision) throw err;
           this.observe(latest.value, latest.revision);
-          if (attempt >= MAX_ATTEMPTS)
-            throw new ConflictError(`the steering table changed under this request ${attempt} times in a row (another controller is writing); retry`);
+          if (Date.now() >= giveUpAt)
+            throw new ConflictError(`the steering table changed under this request ${attempt} times in a row over ${CONFLICT_BUDGET_MS} ms (another controller keeps writing); retry`);
+          await sleep(Math.random() * CONFLICT_JITTER_MS);
         }
       }
     };
@@ -110,6 +118,8 @@ export class SteeringStore {
     }
   }
 }
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Wall-clock ms with sub-ms resolution, comparable across processes on one machine. */
 export function now(): number {
