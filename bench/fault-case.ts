@@ -128,7 +128,9 @@ export async function runFaultCase(env: FaultEnv, c: FaultCase): Promise<FaultRo
   const expected = end.phase === 'DONE' ? to : end.phase === 'FAILED' ? from : undefined;
   const whereOk = expected === undefined || survived === expected;
   const leftovers = await leftoversAfter(env, id, exactlyOnce ? hosts[0][0] : undefined);
-  const eventsInOrder = checkEvents(await env.bus.storedEvents<{ phase: Phase; kind: string; migrationId: string }>(`godwit.events.migration.${id}.*`), end.phase);
+  const events = await natsRetry(() => env.bus.storedEvents<{ phase: Phase; kind: string; migrationId: string }>(`godwit.events.migration.${id}.*`));
+  const eventsInOrder = checkEvents(events, end.phase);
+  if (!eventsInOrder) env.log(`  events out of order or missing: ${events.map((e) => `${e.phase}/${e.kind}`).join(' ')}`);
   const bytesLost = after.bytesLost - before.bytesLost;
   const bytesDuplicated = after.bytesDuplicated - before.bytesDuplicated;
   const outcome = end.phase as Outcome;
@@ -342,7 +344,7 @@ async function leftoversAfter(env: FaultEnv, id: string, runsOn: string | undefi
     const has = (JSON.parse(r.stdout) as { addr_info: { local: string }[] }[]).some((l) => l.addr_info.some((a) => a.local === endpoint.address));
     if (has && h.name !== runsOn) out.push(`${h.name}: workload address ${endpoint.address} without the workload`);
   }
-  const table = await (await env.bus.kv<SteeringTable>(STEERING_BUCKET, STEERING_KV)).get(STEERING_TABLE_KEY);
+  const table = await natsRetry(async () => (await env.bus.kv<SteeringTable>(STEERING_BUCKET, STEERING_KV)).get(STEERING_TABLE_KEY));
   const steered = table?.value.addresses?.find((x) => x.address === endpoint.address)?.host;
   if (steered && runsOn && steered !== runsOn) out.push(`steering sends ${endpoint.address} to ${steered}, the workload runs on ${runsOn}`);
   return out;
@@ -370,6 +372,23 @@ async function echoServersByHost(lab: Lab): Promise<Map<string, number[]>> {
     out.set(h.name, pids);
   }
   return out;
+}
+
+/**
+ * The matrix's own reads from NATS, retried: right after a nats case the bench's connection may
+ * still be moving to another server, or the cluster electing a stream leader (a TIMEOUT then is
+ * the bench's wait, not the product's failure).
+ */
+async function natsRetry<T>(read: () => Promise<T>, timeoutMs = 60_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await read();
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await sleep(1_000);
+    }
+  }
 }
 
 /** Retries a call a controller refuses as unavailable (a standby, or a leader not settled yet). */

@@ -356,9 +356,16 @@ export class Bus {
     // (filter_subject): a list needs nats-server 2.10, Debian 12 ships 2.9.
     const c = await this.nc.jetstream().consumers.get(EVENTS_STREAM, { filterSubjects: subject });
     const out: T[] = [];
+    // Once a message said more are pending, an empty pull (a cluster electing a new stream
+    // leader) is a pause, not the end: stopping there would return part of the stream as all of it.
+    const giveUpAt = Date.now() + 30_000;
     for (;;) {
       const m = await c.next({ expires: 1_000 });
-      if (!m) return out;
+      if (!m) {
+        if (out.length === 0) return out;
+        if (Date.now() > giveUpAt) throw new Error(`${subject}: the stream stopped answering after ${out.length} message(s) with more pending`);
+        continue;
+      }
       out.push(json.decode(m.data) as T);
       if (m.info.pending === 0) return out;
     }
