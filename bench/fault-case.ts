@@ -26,7 +26,7 @@ import { STEERING_BUCKET, STEERING_KV, STEERING_TABLE_KEY } from '../lib/subject
 import { endpointToWire } from '../lib/wire.js';
 import { settle } from '../lab/hop.js';
 import { agentPinDir, type Lab } from '../lab/lab.js';
-import type { TrafficHandle } from '../lab/traffic.js';
+import type { TrafficHandle, TrafficWindow } from '../lab/traffic.js';
 
 export const FAULT_PARTS = ['controller', 'source-agent', 'target-agent', 'nats'] as const;
 export type FaultPart = (typeof FAULT_PARTS)[number];
@@ -87,7 +87,7 @@ export interface FaultEnv {
   log: (line: string) => void;
 }
 
-const STANDBY_SERVICE = 'controller-standby';
+export const STANDBY_SERVICE = 'controller-standby';
 const STANDBY_PORT = 50052;
 const POLL_MS = 5;
 /** Longest wait for a point (a migration that fails early never reaches the later ones). */
@@ -116,10 +116,43 @@ export async function runFaultCase(env: FaultEnv, c: FaultCase): Promise<FaultRo
   const backAt = await bringBack(env, c, service);
   const end = await waitForEnd(env, id);
   const recoveredMs = Date.now() - backAt;
+  const v = await verdict(env, { id, from, to, end, before });
+  if (c.standby) await handBackLead(env);
+  return {
+    ...c,
+    migrationId: id,
+    from,
+    to,
+    killedAtPoint,
+    outcome: v.outcome,
+    error: end.error,
+    safe: v.safe,
+    exactlyOnce: v.exactlyOnce,
+    survived: v.survived,
+    connections: env.connections,
+    alive: v.alive,
+    bytesLost: v.bytesLost,
+    bytesDuplicated: v.bytesDuplicated,
+    leftovers: v.leftovers,
+    eventsInOrder: v.eventsInOrder,
+    recoveredMs,
+    nats: env.natsCluster > 1 ? `cluster-${env.natsCluster}` : 'single',
+  };
+}
+
+export type Verdict = Pick<FaultRow, 'outcome' | 'safe' | 'exactlyOnce' | 'survived' | 'alive' | 'bytesLost' | 'bytesDuplicated' | 'leftovers' | 'eventsInOrder'>;
+
+/**
+ * What the issue asks of a migration that has ended, checked from the hosts themselves: it runs
+ * exactly once, where its outcome says (DONE: the target; FAILED: the source), every connection
+ * alive with no byte lost or duplicated since `before`, nothing left behind, the end recorded
+ * with its cause, and the events in order. Follows the workload (env.place) to where it runs.
+ */
+export async function verdict(env: FaultEnv, m: { id: string; from: string; to: string; end: { phase: string; error: string }; before: TrafficWindow }): Promise<Verdict> {
+  const { id, from, to, end, before } = m;
   await settle(env.traffic, 180_000);
   const after = await env.traffic.window();
-
-  const running = await echoServersByHost(lab);
+  const running = await echoServersByHost(env.lab);
   const hosts = [...running.entries()].filter(([, pids]) => pids.length > 0);
   const all = hosts.flatMap(([, pids]) => pids);
   const exactlyOnce = all.length === 1;
@@ -128,7 +161,7 @@ export async function runFaultCase(env: FaultEnv, c: FaultCase): Promise<FaultRo
   const expected = end.phase === 'DONE' ? to : end.phase === 'FAILED' ? from : undefined;
   const whereOk = expected === undefined || survived === expected;
   const leftovers = await leftoversAfter(env, id, exactlyOnce ? hosts[0][0] : undefined);
-  const events = await natsRetry(() => env.bus.storedEvents<{ phase: Phase; kind: string; migrationId: string }>(`godwit.events.migration.${id}.*`));
+  const events = await storedEventsToEnd(env, id, end.phase);
   const eventsInOrder = checkEvents(events, end.phase);
   if (!eventsInOrder) env.log(`  events out of order or missing: ${events.map((e) => `${e.phase}/${e.kind}`).join(' ')}`);
   const bytesLost = after.bytesLost - before.bytesLost;
@@ -137,26 +170,16 @@ export async function runFaultCase(env: FaultEnv, c: FaultCase): Promise<FaultRo
   const ended = outcome === 'DONE' || outcome === 'NEEDS_ATTENTION' || (outcome === 'FAILED' && end.error !== '');
   const safe = exactlyOnce && whereOk && after.alive === env.connections && bytesLost === 0 && bytesDuplicated === 0 && after.corrupted === 0 && leftovers.length === 0 && ended && eventsInOrder;
   if (exactlyOnce) env.place = { host: hosts[0][0], pid: all[0] };
-  if (c.standby) await handBackLead(env);
   return {
-    ...c,
-    migrationId: id,
-    from,
-    to,
-    killedAtPoint,
     outcome,
-    error: end.error,
     safe,
     exactlyOnce,
     survived,
-    connections: env.connections,
     alive: after.alive,
     bytesLost,
     bytesDuplicated,
     leftovers: whereOk ? leftovers : [`workload on ${survived} after ${outcome}`, ...leftovers],
     eventsInOrder,
-    recoveredMs,
-    nats: env.natsCluster > 1 ? `cluster-${env.natsCluster}` : 'single',
   };
 }
 
@@ -197,7 +220,7 @@ async function leads(env: FaultEnv, service: string): Promise<boolean | undefine
   }
 }
 
-async function startStandby(env: FaultEnv): Promise<void> {
+export async function startStandby(env: FaultEnv): Promise<void> {
   if (env.controllers.has(STANDBY_SERVICE)) return;
   const address = await env.lab.addController('standby', STANDBY_PORT);
   env.controllers.set(STANDBY_SERVICE, { address, api: new ControllerApi(address) });
@@ -205,7 +228,7 @@ async function startStandby(env: FaultEnv): Promise<void> {
 }
 
 /** After a standby case: the standby (leading now) stops cleanly, releasing the lease; the lab's own controller leads again. */
-async function handBackLead(env: FaultEnv): Promise<void> {
+export async function handBackLead(env: FaultEnv): Promise<void> {
   const { lab } = env;
   if (env.leader === 'controller') {
     await stopGracefully(lab, STANDBY_SERVICE);
@@ -232,7 +255,7 @@ async function stopGracefully(lab: Lab, service: string): Promise<void> {
 }
 
 /** Waits until the migration reaches `point`; false if it ended (or the wait ran out) first. */
-async function reachPoint(env: FaultEnv, id: string, point: FaultPoint, from: string, to: string): Promise<boolean> {
+export async function reachPoint(env: FaultEnv, id: string, point: FaultPoint, from: string, to: string): Promise<boolean> {
   const { lab } = env;
   const images = (host: string) => join(lab.dir, 'hosts', host, 'images', id);
   const log = (host: string, name: string) => readFile(join(images(host), name), 'utf8').catch(() => undefined);
@@ -296,7 +319,7 @@ function countFiles(dir: string): number {
 }
 
 /** The migration's final state, asked of every controller (the leader may have changed). */
-async function waitForEnd(env: FaultEnv, id: string): Promise<{ phase: string; error: string }> {
+export async function waitForEnd(env: FaultEnv, id: string): Promise<{ phase: string; error: string }> {
   const deadline = Date.now() + env.recoveryTimeoutMs;
   let last = { phase: 'UNFINISHED', error: 'no controller answered' };
   while (Date.now() < deadline) {
@@ -374,6 +397,23 @@ async function echoServersByHost(lab: Lab): Promise<Map<string, number[]>> {
   return out;
 }
 
+/** Longest the migration's end event may take to be stored after its record says it ended. */
+const EVENTS_LAG_MS = 30_000;
+
+/**
+ * The migration's events as the stream holds them, once its end is among them: the controller
+ * stores events in order with retries, so right after a nats case (a cluster electing a new
+ * stream leader) the last ones may be stored a few seconds after the record says it ended.
+ */
+async function storedEventsToEnd(env: FaultEnv, id: string, endPhase: string): Promise<{ phase: Phase; kind: string }[]> {
+  const deadline = Date.now() + EVENTS_LAG_MS;
+  for (;;) {
+    const events = await natsRetry(() => env.bus.storedEvents<{ phase: Phase; kind: string }>(`godwit.events.migration.${id}.*`));
+    if (events.some((e) => e.phase === endPhase) || Date.now() > deadline) return events;
+    await sleep(500);
+  }
+}
+
 /**
  * The matrix's own reads from NATS, retried: right after a nats case the bench's connection may
  * still be moving to another server, or the cluster electing a stream leader (a TIMEOUT then is
@@ -429,12 +469,12 @@ export const FAULT_LEASE_MS = 3_000;
 const FAULT_PORT = 7000;
 
 /** A lab with hosts a and b, the workload on a with `connections` live checked connections, and a bus to its NATS. */
-export async function setupFaultEnv(opts: { connections: number; recoveryTimeoutMs?: number; natsCluster?: number; log?: (line: string) => void }): Promise<FaultEnv> {
+export async function setupFaultEnv(opts: { connections: number; recoveryTimeoutMs?: number; natsCluster?: number; controllerFlags?: string[]; log?: (line: string) => void }): Promise<FaultEnv> {
   const { labUp, startLabWorkload } = await import('../lab/lab.js');
   const { startTraffic } = await import('../lab/traffic.js');
   const { Bus } = await import('../lib/bus.js');
   const cluster = opts.natsCluster && opts.natsCluster > 1 ? opts.natsCluster : 0;
-  const lab = await labUp({ hosts: ['a', 'b'], controllerFlags: ['--lease-ms', String(FAULT_LEASE_MS)], ...(cluster ? { natsCluster: cluster } : {}) });
+  const lab = await labUp({ hosts: ['a', 'b'], controllerFlags: ['--lease-ms', String(FAULT_LEASE_MS), ...(opts.controllerFlags ?? [])], ...(cluster ? { natsCluster: cluster } : {}) });
   try {
     const { pid, endpoint } = await startLabWorkload(lab, 'a', FAULT_PORT);
     const bus = await Bus.connect({ servers: lab.natsUrl, name: 'godwit-faults' });

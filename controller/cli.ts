@@ -9,6 +9,7 @@
  *   godwit migrate --from a --to b --pid 1234 --endpoint tcp://198.18.1.200:7000 [--wait]
  *                  [--lock-mode EBPF|IPTABLES|NFTABLES] [--allow-unsafe-lock] [--post-copy]
  *   godwit get <id> | godwit list | godwit watch <id>
+ *   godwit retry <id> [--wait]          a migration in NEEDS_ATTENTION rolled back again, its hosts back
  *   godwit workload register|list, cordon, uncordon, drain, drains, cancel   (controller/cli-fleet.ts)
  *
  * Packet steering, with ipvsadm's verbs (`ipvsadm -A -t`, `-a -t ... -r ... -w`, `-Ln --stats`):
@@ -46,7 +47,7 @@ import { parseLabels } from './placement.js';
 /** What the exit status says; `godwit --help` and the README list these. */
 const EXIT_CODES = `Exit status:
   0  done (a migration: DONE; a --wait: every host holds the change)
-  1  the operation ran and failed (migration FAILED, a --wait that did not converge), or an internal error
+  1  the operation ran and failed (migration FAILED or NEEDS_ATTENTION, a --wait that did not converge), or an internal error
   2  the request was rejected: bad usage or INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION, UNIMPLEMENTED
   3  the controller could not be reached or did not answer in time (UNAVAILABLE, DEADLINE_EXCEEDED)`;
 
@@ -183,6 +184,27 @@ program
     print(m, () => summary(m));
     c.close();
     if (m.phase === 'FAILED' || m.phase === 'NEEDS_ATTENTION') process.exitCode = 1;
+  });
+
+program
+  .command('retry <id>')
+  .description('roll back again a migration in NEEDS_ATTENTION, once both its hosts have an agent again; --wait follows it')
+  .option('--wait', 'follow the rollback until it ends (FAILED: the workload runs on its source again); exit 1 if it needs attention again')
+  .action(async (id: string, o: { wait?: boolean }) => {
+    const c = api();
+    let m = await c.retryMigration(id);
+    if (o.wait) {
+      const progress = json() ? undefined : new PhaseProgress(process.stderr);
+      try {
+        m = await c.wait(m.id, (e) => progress?.event(e));
+      } finally {
+        progress?.end();
+      }
+    }
+    print(m, () => summary(m));
+    c.close();
+    // A retried rollback that worked ends FAILED (the migration did not happen; the workload is back on its source).
+    if (m.phase === 'NEEDS_ATTENTION') process.exitCode = 1;
   });
 
 program.command('get <id>').description('one migration: its phases, step times, freeze and steering').action(async (id: string) => {

@@ -100,30 +100,40 @@ export class DrainRunner {
     await drains.create(d);
     const log = this.opts.log.child({ drainId: id, host });
     log.info({ workloads: d.workloads.length, maxPerHost, maxInFlight }, 'drain started');
-    const run = this.run(d, log)
-      .catch((err: unknown) => log.error({ err: detail(err) }, 'drain stopped'))
-      .finally(() => this.running.delete(id));
-    this.running.set(id, run);
+    this.launch(d, log, []);
     return d;
   }
 
+  private launch(d: DrainState, log: Logger, inFlight: { name: string; migrationId: string; target: string }[]): void {
+    const run = this.run(d, log, inFlight)
+      .catch((err: unknown) => log.error({ err: detail(err) }, 'drain stopped'))
+      .finally(() => this.running.delete(d.id));
+    this.running.set(d.id, run);
+  }
+
   /**
-   * Drains an earlier controller left running end PARTIAL: nothing drives them now. Workloads
-   * whose migration had begun are judged by that migration's record; the rest did not move.
-   * The host stays cordoned; draining it again moves what is left.
+   * Drains an earlier leader left running, driven on by this one (at start, or on taking the
+   * lead, after the unfinished migrations were resumed). A workload whose migration had begun is
+   * followed to that migration's end (found by the drain's id when its number was not recorded
+   * yet); one still waiting is placed and moved as in any drain; the drain ends as usual.
    */
   async recover(): Promise<void> {
+    await this.opts.drains.load();
     for (const d of this.opts.drains.list()) {
       if (d.state !== 'RUNNING' || this.running.has(d.id)) continue;
-      const workloads = d.workloads.map((w) => {
-        if (w.state === 'MOVED' || w.state === 'FAILED') return w;
-        const m = w.migrationId ? this.opts.migrations.get(w.migrationId) : undefined;
-        if (m?.phase === 'DONE') return { ...w, state: 'MOVED' as const, freezeMs: freezeMs(m) ?? 0 };
-        return { ...w, state: 'FAILED' as const, error: `the controller restarted during the drain${m ? ` (migration ${m.id} was in ${m.phase})` : ''}; drain the host again` };
+      const started = this.opts.migrations.list().filter((m) => m.drainId === d.id);
+      const inFlight: { name: string; migrationId: string; target: string }[] = [];
+      const workloads = d.workloads.map((w): DrainWorkloadState => {
+        if (w.state !== 'MOVING') return w;
+        const m = w.migrationId ? this.opts.migrations.get(w.migrationId) : started.find((x) => x.request.workloadName === w.name);
+        // Asked for, but no migration was recorded: it never began, so it waits its turn again.
+        if (!m) return { ...w, state: 'WAITING', targetHost: '', migrationId: '' };
+        inFlight.push({ name: w.name, migrationId: m.id, target: m.request.targetHost });
+        return { ...w, migrationId: m.id, targetHost: m.request.targetHost };
       });
-      const moved = workloads.filter((w) => w.state === 'MOVED').length;
-      const failed = workloads.length - moved;
-      await this.opts.drains.save({ ...d, workloads, moved, failed, state: failed === 0 ? 'DONE' : 'PARTIAL', updatedAtMs: Date.now() });
+      const log = this.opts.log.child({ drainId: d.id, host: d.host });
+      log.warn({ following: inFlight.map((x) => x.migrationId), waiting: workloads.filter((w) => w.state === 'WAITING').length }, 'driving on a drain an earlier controller left running');
+      this.launch({ ...d, workloads, updatedAtMs: Date.now() }, log, inFlight);
     }
   }
 
@@ -132,7 +142,8 @@ export class DrainRunner {
     await this.running.get(id);
   }
 
-  private async run(first: DrainState, log: Logger): Promise<void> {
+  /** `inFlight`: migrations an earlier leader began for this drain, followed to their end here. */
+  private async run(first: DrainState, log: Logger, inFlight: { name: string; migrationId: string; target: string }[]): Promise<void> {
     let d = first;
     const change = (name: string, patch: Partial<DrainWorkloadState>) => {
       const workloads = d.workloads.map((w) => (w.name === name ? { ...w, ...patch } : w));
@@ -140,6 +151,16 @@ export class DrainRunner {
       void this.opts.drains.save(d);
     };
     const active = new Set<string>();
+    const track = (name: string, target: string, move: Promise<void>) => {
+      this.moving.set(name, { target, labels: this.opts.workloads.get(name)?.labels ?? {} });
+      active.add(name);
+      void move.finally(() => {
+        this.moving.delete(name);
+        active.delete(name);
+        this.wake();
+      });
+    };
+    for (const f of inFlight) track(f.name, f.target, this.finishMove(f.migrationId, f.name, f.target, change, d.host));
     for (;;) {
       // Synchronous from here to the wait: a slot freed meanwhile wakes the wait below.
       for (const w of d.workloads) {
@@ -152,15 +173,8 @@ export class DrainRunner {
           change(w.name, { state: 'FAILED', error: choice.reason });
           continue;
         }
-        const record = this.opts.workloads.get(w.name)!;
-        this.moving.set(w.name, { target: choice.host, labels: record.labels ?? {} });
-        active.add(w.name);
         change(w.name, { state: 'MOVING', targetHost: choice.host });
-        void this.moveOne(d.id, w.name, choice.host, change, log).finally(() => {
-          this.moving.delete(w.name);
-          active.delete(w.name);
-          this.wake();
-        });
+        track(w.name, choice.host, this.moveOne(d.id, w.name, choice.host, change, log));
       }
       if (active.size === 0 && !d.workloads.some((w) => w.state === 'WAITING')) break;
       await new Promise<void>((resolve) => this.wakers.push(resolve));
@@ -183,10 +197,23 @@ export class DrainRunner {
       return;
     }
     change(name, { migrationId: m.id });
-    await this.opts.orchestrator.settled(m.id);
-    const end = this.opts.migrations.get(m.id);
+    await this.finishMove(m.id, name, target, change);
+  }
+
+  /**
+   * Waits for the workload's migration to end (run here), then records where the workload is.
+   * `drainedHost`: a migration an earlier leader began (recover): undone because that leader
+   * stopped before the pivot, it is no failure of the workload's, which waits its turn again.
+   */
+  private async finishMove(migrationId: string, name: string, target: string, change: (name: string, patch: Partial<DrainWorkloadState>) => void, drainedHost?: string): Promise<void> {
+    await this.opts.orchestrator.settled(migrationId);
+    const end = this.opts.migrations.get(migrationId);
+    if (drainedHost && end?.phase === 'FAILED' && (end.controllers?.length ?? 0) > 1 && this.opts.workloads.get(name)?.host === drainedHost) {
+      change(name, { state: 'WAITING', targetHost: '', migrationId: '' });
+      return;
+    }
     if (end?.phase !== 'DONE') {
-      change(name, { state: 'FAILED', error: end?.error || `migration ${m.id} ended ${end?.phase ?? 'unrecorded'}` });
+      change(name, { state: 'FAILED', error: end?.error || `migration ${migrationId} ended ${end?.phase ?? 'unrecorded'}` });
       return;
     }
     // The registry follows the move asynchronously; the next placement should see it there.

@@ -24,7 +24,7 @@ import { WorkloadService } from './workload-service.js';
 import { AgentPool } from './agent-client.js';
 import type { MigrationState } from './migration-machine.js';
 import { MigrationStore } from './migration-store.js';
-import { Orchestrator } from './orchestrator.js';
+import { DEFAULT_HOST_WAIT_MS, Orchestrator } from './orchestrator.js';
 import { controllerMetrics } from './metrics.js';
 import { NatsApi } from './nats-api.js';
 import { HostRegistry } from './registry.js';
@@ -44,10 +44,12 @@ const program = withSecurityOptions(new Command())
   .option('--metrics <addr>', 'serve Prometheus metrics on http://HOST:PORT/metrics')
   .option('--advertise <addr>', 'the gRPC address a standby names when it refuses a write (default: the first --listen)')
   .option('--id <name>', 'this controller\'s name in the leader lease and the migrations it drives (default: host name, PID and a random tag)')
-  .option('--lease-ms <ms>', 'leader lease: a standby takes over this long after the leader stopped renewing', (v) => Number(v), DEFAULT_LEADER_LEASE_MS);
+  .option('--lease-ms <ms>', 'leader lease: a standby takes over this long after the leader stopped renewing', (v) => Number(v), DEFAULT_LEADER_LEASE_MS)
+  .option('--host-wait-ms <ms>', 'how long a migration waits for a host whose agent is gone before the phase fails (a rollback that cannot reach a host then ends in NEEDS_ATTENTION)', (v) => Number(v), DEFAULT_HOST_WAIT_MS);
 
 async function main() {
-  const o = program.parse().opts<{ nats: string; listen: string[]; metrics?: string; advertise?: string; id?: string; leaseMs: number } & SecurityFlags>();
+  const o = program.parse().opts<{ nats: string; listen: string[]; metrics?: string; advertise?: string; id?: string; leaseMs: number; hostWaitMs: number } & SecurityFlags>();
+  if (!Number.isInteger(o.hostWaitMs) || o.hostWaitMs < 0) program.error(`--host-wait-ms ${o.hostWaitMs}: give a whole number of milliseconds, 0 or more`);
   const controllerId = o.id ?? `${hostname()}-${process.pid}-${randomBytes(2).toString('hex')}`;
   const log = createLogger('controller');
   const security = securityFromFlags(o, log);
@@ -64,7 +66,11 @@ async function main() {
     address: o.advertise ?? o.listen[0],
     leaseMs: o.leaseMs,
     log,
-    onAcquired: (): Promise<void> => resumeUnfinished(store, orchestrator, log, (m) => m.request.workloadName && workloads.follow(m, m.request.workloadName)).then(() => undefined),
+    // Migrations first: a drain an earlier leader left running follows its migrations to their end.
+    onAcquired: async (): Promise<void> => {
+      await resumeUnfinished(store, orchestrator, log, (m) => m.request.workloadName && workloads.follow(m, m.request.workloadName));
+      await runner.recover().catch((err: unknown) => log.error({ err: String(err) }, 'could not drive on the drains an earlier leader left running'));
+    },
   });
   // Every command to an agent carries the lease's fencing token.
   const agents = new AgentPool((): string => lease.token());
@@ -72,7 +78,7 @@ async function main() {
   await steeringStore.start();
   const steer = new SteerStep({ store: steeringStore, registry, log });
   const cancels = new MigrationCancels();
-  const orchestrator = new Orchestrator({ store, registry, agents, bus, log, steer, cancels, controllerId, mayAct: () => lease.isLeader() });
+  const orchestrator = new Orchestrator({ store, registry, agents, bus, log, steer, cancels, controllerId, mayAct: () => lease.isLeader(), hostWaitMs: o.hostWaitMs });
   const workloadRegistry = new WorkloadRegistry(await bus.kv<WorkloadRecord>(WORKLOADS_BUCKET));
   await workloadRegistry.load();
   const workloads = new WorkloadService({ workloads: workloadRegistry, hosts: registry, agents, store, orchestrator, steer, log });
@@ -85,7 +91,7 @@ async function main() {
   const runner = new DrainRunner({ drains, cordons, workloads: workloadRegistry, hosts: registry, migrations: store, orchestrator, migrate: (r, drainId) => service!.migrate(r, drainId), log });
   const fleet = new FleetService({ hosts: registry, cordons, drains, runner, cancels, migrations: store, workloadRegistry, workloads, log, leader: lease });
   service = new ControllerService({ registry, agents, orchestrator, store, log, workloads, fleet, claims: new MigrationClaims(), cordons, cancels, leader: lease });
-  const steering = new SteeringController({ store: steeringStore, registry, agents, log });
+  const steering = new SteeringController({ store: steeringStore, registry, agents, log, leader: lease });
 
   // One set of handlers for gRPC and the NATS request API: one validation path.
   const controllerHandlers = service.handlers();
@@ -110,8 +116,6 @@ async function main() {
   const standbyReads = setInterval(() => {
     if (!lease.isLeader()) store.load().catch((err: unknown) => log.debug({ err: String(err) }, 'standby could not reload migrations'));
   }, STANDBY_RELOAD_MS);
-  // A drain an earlier leader left running is judged from its migrations' records (the leader's work only).
-  if (lease.isLeader()) await runner.recover();
 
   log.info({ listen: o.listen, nats: o.nats, metrics: o.metrics, controller: controllerId, leader: lease.isLeader() }, 'controller ready');
 

@@ -154,6 +154,8 @@ export type MigrationEvent =
   | { type: 'start'; atMs: number }
   /** A controller found the migration unfinished (its predecessor died or lost the lead). */
   | { type: 'resume'; atMs: number; controller: string }
+  /** An operator asked again for a migration in NEEDS_ATTENTION (RetryMigration), its hosts back. */
+  | { type: 'retry'; atMs: number; controller: string }
   | { type: 'phase-succeeded'; phase: Phase; startedAtMs: number; durationMs: number; result?: PhaseResult }
   | { type: 'phase-failed'; phase: Phase; startedAtMs: number; durationMs: number; error: string };
 
@@ -169,6 +171,7 @@ export function isTerminal(phase: Phase): boolean {
 }
 
 export function decide(state: MigrationState, event: MigrationEvent): Decision {
+  if (event.type === 'retry') return retry(state, event.atMs, event.controller);
   if (isTerminal(state.phase)) return { state, commands: [] };
 
   if (event.type === 'start') {
@@ -233,14 +236,25 @@ function resume(state: MigrationState, atMs: number, controller: string): Decisi
   return enter({ ...s, error, failedPhase: state.phase }, 'ROLLBACK');
 }
 
+/**
+ * NEEDS_ATTENTION is reached only by a rollback that failed: asked again, it rolls back again
+ * (every agent's Abort is idempotent). Any other phase is left as it is.
+ */
+function retry(state: MigrationState, atMs: number, controller: string): Decision {
+  if (state.phase !== 'NEEDS_ATTENTION') return { state, commands: [] };
+  const s: MigrationState = { ...state, updatedAtMs: atMs, attention: undefined, controllers: [...(state.controllers ?? []), controller], warnings: [...state.warnings, `NEEDS_ATTENTION retried by request; rolled back again by controller ${controller}`] };
+  return enter(s, 'ROLLBACK');
+}
+
 /** What an operator needs to know of a migration nobody could finish or undo. */
 export function attentionNote(state: MigrationState, why: string): string {
   const { sourceHost, targetHost, lockLeaseMs } = state.request;
   const lock = state.timings.find((t) => t.phase === 'LOCK');
   const dumped = state.timings.some((t) => t.phase === 'DUMP' && t.ok);
-  const where = dumped
-    ? `the image is in images/${state.id} under the agent's state folder on host "${sourceHost}" (and, if it was sent, on "${targetHost}")`
-    : 'no image was taken';
+  // A DUMP call that failed may have failed after CRIU finished (the source's agent killed mid-call).
+  const dumpBegun = state.timings.some((t) => t.phase === 'DUMP');
+  const folder = `images/${state.id} under the agent's state folder on host "${sourceHost}" (and, if it was sent, on "${targetHost}")`;
+  const where = dumped ? `the image is in ${folder}` : dumpBegun ? `a dump was begun: if CRIU finished it, the image is in ${folder}` : 'no image was taken';
   const locks = lock
     ? `lock entries on "${sourceHost}" and "${targetHost}" are held until ${new Date(lock.startedAtMs + lockLeaseMs).toISOString()} (their lease), then removed by the agents`
     : 'no lock was taken';

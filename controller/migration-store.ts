@@ -39,6 +39,15 @@ export class MigrationStore {
     return [...this.cache.values()].map((e) => e.state).sort((a, b) => a.createdAtMs - b.createdAtMs);
   }
 
+  /**
+   * One record as KV holds it now (a standby between its reloads). A key KV cannot hold, or a
+   * read that fails, leaves the copy as it was: the caller answers from what it has.
+   */
+  async refresh(id: string): Promise<void> {
+    const e = await this.kv.get(id).catch(() => undefined);
+    if (e && (this.cache.get(id)?.revision ?? 0) < e.revision) this.cache.set(id, { state: e.value, revision: e.revision });
+  }
+
   /** Reloads what is recorded (at start, on taking the lead: controller/resume.ts; a standby, to serve reads). */
   async load(): Promise<void> {
     for (const key of await this.kv.keys()) {

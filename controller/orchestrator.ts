@@ -9,7 +9,7 @@ import { SUBJECTS } from '../lib/subjects.js';
 import type { AgentPool } from './agent-client.js';
 import { CANCELLED_ERROR, type MigrationCancels } from './cancel.js';
 import { status } from '@grpc/grpc-js';
-import { UnknownHostError } from '../lib/errors.js';
+import { PreconditionError, UnknownHostError } from '../lib/errors.js';
 import { isServiceError } from '../lib/rpc.js';
 import { decide, freezeMs, isTerminal, type CarriedPhase, type Decision, type MigrationEvent, type MigrationState, type Phase } from './migration-machine.js';
 import type { MigrationStore } from './migration-store.js';
@@ -52,7 +52,7 @@ export interface OrchestratorOptions {
 type PhaseOutcome = Extract<MigrationEvent, { type: 'phase-succeeded' | 'phase-failed' }>;
 
 /** An agent restart (SIGKILL to ready again) took 5-25 s on this loaded 2-core machine. */
-const DEFAULT_HOST_WAIT_MS = 90_000;
+export const DEFAULT_HOST_WAIT_MS = 90_000;
 
 /** A controller that lost the lead mid-migration: it stops; the new leader resumes. */
 export class LeadershipLostError extends Error {
@@ -98,6 +98,27 @@ export class Orchestrator {
     return true;
   }
 
+  /**
+   * RetryMigration: a migration in NEEDS_ATTENTION rolled back again (the caller checked its
+   * hosts are back). Resolves once the new phase is recorded, so that a watch begun on the
+   * answer sees the rollback, not the NEEDS_ATTENTION it replaces.
+   */
+  async retry(state: MigrationState): Promise<MigrationState> {
+    if (this.running.has(state.id)) throw new PreconditionError(`migration ${state.id} is being retried already (godwit watch ${state.id})`);
+    const first = decide(state, { type: 'retry', atMs: Date.now(), controller: this.controllerId() });
+    // Held from here, so that a second request in the meantime is refused.
+    this.running.set(state.id, Promise.resolve());
+    try {
+      await this.record(first.state);
+    } catch (err) {
+      this.running.delete(state.id);
+      throw err;
+    }
+    this.opts.log.warn({ migrationId: state.id }, 'rolling back again a migration in NEEDS_ATTENTION, on request');
+    this.launch(state.id, first);
+    return first.state;
+  }
+
   /** Migrations this controller drives now. */
   runningIds(): string[] {
     return [...this.running.keys()];
@@ -131,11 +152,20 @@ export class Orchestrator {
   /** Calls `listener` for each event of the migration; returns the unsubscribe function. */
   watch(id: string, listener: (e: PhaseEvent) => void): () => void {
     const name = `m:${id}`;
-    this.events.on(name, listener);
+    // A standby that takes the lead while a watch follows NATS then emits the same events here
+    // too: each is passed on once.
+    const passed = new Set<string>();
+    const once = (e: PhaseEvent) => {
+      const key = `${e.phase}.${e.kind}.${e.atMs}`;
+      if (passed.has(key)) return;
+      passed.add(key);
+      listener(e);
+    };
+    this.events.on(name, once);
     // A standby drives nothing: it follows the leader's events on NATS.
-    const remote = this.opts.mayAct && !this.opts.mayAct() ? this.opts.bus.subscribe<PhaseEvent>(SUBJECTS.migrationEvent(id, '*'), listener) : undefined;
+    const remote = this.opts.mayAct && !this.opts.mayAct() ? this.opts.bus.subscribe<PhaseEvent>(SUBJECTS.migrationEvent(id, '*'), once) : undefined;
     return () => {
-      this.events.off(name, listener);
+      this.events.off(name, once);
       remote?.();
     };
   }

@@ -6,7 +6,7 @@ import type { MigrateRequest__Output } from '../proto/gen/godwit/v1/MigrateReque
 import type { Migration } from '../proto/gen/godwit/v1/Migration.js';
 import type { MigrationEvent } from '../proto/gen/godwit/v1/MigrationEvent.js';
 import type { WatchMigrationRequest__Output } from '../proto/gen/godwit/v1/WatchMigrationRequest.js';
-import { InvalidArgumentError, MigrationNotFoundError, PreconditionError } from '../lib/errors.js';
+import { InvalidArgumentError, MigrationNotFoundError, PreconditionError, UnknownHostError } from '../lib/errors.js';
 import type { Logger } from '../lib/log.js';
 import { endStreamWithError, handleUnary } from '../lib/rpc.js';
 import { HOST_NAME } from '../lib/subjects.js';
@@ -40,7 +40,7 @@ export interface ControllerServiceOptions {
   cordons: CordonStore;
   cancels: MigrationCancels;
   /** The leader lease (controller/leader.ts); absent: this controller always leads (tests). */
-  leader?: { requireLeader(): void };
+  leader?: { requireLeader(): void; isLeader(): boolean };
 }
 
 export class ControllerService {
@@ -55,7 +55,8 @@ export class ControllerService {
       GetMigration: handleUnary(log, 'GetMigration', async (req) => toWire(this.find(req.id))),
       ListMigrations: handleUnary(log, 'ListMigrations', async () => ({ migrations: store.list().map(toWire) })),
       ListHosts: handleUnary(log, 'ListHosts', async () => ({ hosts: this.opts.fleet.listHosts() })),
-      WatchMigration: (call) => this.watchMigration(call),
+      WatchMigration: (call) => void this.watchMigration(call),
+      RetryMigration: handleUnary(log, 'RetryMigration', async (req) => (this.requireLeader(), toWire(await this.retry(req.id)))),
       RunWorkload: handleUnary(log, 'RunWorkload', async (req) => (this.requireLeader(), this.opts.workloads.run(req))),
       ListWorkloads: handleUnary(log, 'ListWorkloads', async () => ({ workloads: this.opts.workloads.list() })),
       GetLogs: handleUnary(log, 'GetLogs', async (req) => ({ files: await this.opts.workloads.logs(req.name, Number(req.maxBytes)) })),
@@ -100,6 +101,26 @@ export class ControllerService {
     }
   }
 
+  /**
+   * RetryMigration: a migration in NEEDS_ATTENTION rolled back again. Only once both hosts have
+   * a ready agent: the rollback needs both (the target undoes first, so the workload never runs
+   * twice), and asked without them it would only end in NEEDS_ATTENTION again.
+   */
+  private retry(id: string): Promise<MigrationState> {
+    const m = this.find(id);
+    if (m.phase !== 'NEEDS_ATTENTION')
+      throw new PreconditionError(`migration ${m.id} is ${m.phase}: only a migration in NEEDS_ATTENTION can be retried`);
+    for (const host of [m.request.targetHost, m.request.sourceHost]) {
+      try {
+        this.opts.registry.ready(host);
+      } catch (err) {
+        const why = err instanceof UnknownHostError ? `host "${host}" has no agent registered with this controller` : (err as Error).message;
+        throw new PreconditionError(`${why}: bring its agent back before retrying migration ${m.id}`);
+      }
+    }
+    return this.opts.orchestrator.retry(m);
+  }
+
   private find(id: string): MigrationState {
     if (!id) throw new InvalidArgumentError('id', 'id is required');
     const m = this.opts.store.get(id);
@@ -107,29 +128,45 @@ export class ControllerService {
     return m;
   }
 
-  /** The current state first; then every event until the migration ends or the client goes. */
-  private watchMigration(call: grpc.ServerWritableStream<WatchMigrationRequest__Output, MigrationEvent>): void {
-    let m: MigrationState;
+  /**
+   * The current state first; then every event until the migration ends or the client goes. A
+   * standby follows the leader's events on NATS, and reads the record from KV after it has
+   * subscribed (its copy may be a second old), so that an end in between is not waited for forever.
+   */
+  private async watchMigration(call: grpc.ServerWritableStream<WatchMigrationRequest__Output, MigrationEvent>): Promise<void> {
+    const { store, orchestrator } = this.opts;
+    const standby = this.opts.leader ? !this.opts.leader.isLeader() : false;
+    let stop: (() => void) | undefined;
     try {
-      m = this.find(call.request.id);
-    } catch (err) {
-      endStreamWithError(call, err);
-      return;
-    }
-    call.write(eventToWire({ migrationId: m.id, phase: m.phase, kind: 'SNAPSHOT', atMs: Date.now(), durationMs: 0, detail: m.error ?? '', migration: m }));
-    if (isTerminal(m.phase)) {
-      call.end();
-      return;
-    }
-    const stop = this.opts.orchestrator.watch(m.id, (e) => {
-      call.write(eventToWire(e));
-      if (isTerminal(e.migration.phase) && e.phase === e.migration.phase) {
+      if (standby) await store.refresh(call.request.id);
+      const id = this.find(call.request.id).id;
+      // Events that come while the snapshot is read wait for it.
+      const early: PhaseEvent[] = [];
+      let live = false;
+      const send = (e: PhaseEvent) => {
+        call.write(eventToWire(e));
+        if (isTerminal(e.migration.phase) && e.phase === e.migration.phase) {
+          stop?.();
+          call.end();
+        }
+      };
+      stop = orchestrator.watch(id, (e) => (live ? send(e) : early.push(e)));
+      call.on('cancelled', stop);
+      call.on('close', stop);
+      if (standby) await store.refresh(id);
+      const m = this.find(id);
+      call.write(eventToWire({ migrationId: m.id, phase: m.phase, kind: 'SNAPSHOT', atMs: Date.now(), durationMs: 0, detail: m.error ?? '', migration: m }));
+      if (isTerminal(m.phase)) {
         stop();
         call.end();
+        return;
       }
-    });
-    call.on('cancelled', stop);
-    call.on('close', stop);
+      live = true;
+      for (const e of early) if (e.migration.updatedAtMs >= m.updatedAtMs) send(e);
+    } catch (err) {
+      stop?.();
+      endStreamWithError(call, err);
+    }
   }
 
   /** Strictly increasing and above any earlier controller's (time-based, in microseconds). */

@@ -29,6 +29,8 @@ export interface SteeringControllerOptions {
   registry: HostRegistry;
   agents: AgentPool;
   log: Logger;
+  /** The leader lease (controller/leader.ts): a standby refuses changes as the controller API does. Absent: always leads (tests). */
+  leader?: { requireLeader(): void };
 }
 
 interface FleetCounters {
@@ -67,6 +69,7 @@ export class SteeringController {
   async change(op: SteeringOp, wait: WaitOptions__Output | null | undefined): Promise<SteeringChange> {
     const { store, registry, log } = this.opts;
     const waitMs = waitTimeout(wait);
+    this.opts.leader?.requireLeader();
     const stored = await store.mutate(async (table) => {
       const ids = liveFlowsNeeded(table, op);
       const liveFlows = ids.length > 0 ? await this.liveFlows(ids) : undefined;

@@ -57,6 +57,7 @@ export const METHOD_CALLERS: Readonly<Record<string, readonly Caller[]>> = {
   '/godwit.v1.Controller/UncordonHost': ADMIN,
   '/godwit.v1.Controller/Drain': ADMIN,
   '/godwit.v1.Controller/CancelMigration': ADMIN,
+  '/godwit.v1.Controller/RetryMigration': ADMIN,
   '/godwit.v1.Controller/GetDrain': READ,
   '/godwit.v1.Controller/ListDrains': READ,
   '/godwit.v1.Controller/WatchDrain': READ,

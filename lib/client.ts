@@ -162,6 +162,11 @@ export class GodwitClient {
     return this.call('Migrate', request, opts);
   }
 
+  /** A migration in NEEDS_ATTENTION rolled back again, once both its hosts have an agent again. */
+  retryMigration(id: string, opts?: CallOptions): Promise<Migration__Output> {
+    return this.call('RetryMigration', { id }, opts);
+  }
+
   getMigration(id: string, opts?: CallOptions): Promise<Migration__Output> {
     return this.call('GetMigration', { id }, opts);
   }

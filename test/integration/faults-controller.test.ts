@@ -9,7 +9,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentHandle } from '../../controller/agent-client.js';
 import { isServiceError } from '../../lib/rpc.js';
 import { useSecurity } from '../../lib/tls.js';
-import { runFaultCase, setupFaultEnv, teardownFaultEnv, type FaultCase, type FaultEnv, type FaultRow } from '../../bench/fault-case.js';
+import { handBackLead, runFaultCase, setupFaultEnv, startStandby, STANDBY_SERVICE, teardownFaultEnv, type FaultCase, type FaultEnv, type FaultRow } from '../../bench/fault-case.js';
+import { endpointToWire } from '../../lib/wire.js';
 
 const CONNECTIONS = 200;
 /** A case: the kill, the part's restart (an agent's took up to 25 s here), the migration's end, the connections settling. */
@@ -56,6 +57,42 @@ describe('controller crashes mid-migration', () => {
       expect(row.outcome, JSON.stringify(row)).toBe(c.expect);
     }, CASE_TIMEOUT_MS);
   }
+
+  it('a standby serves WatchMigration: it follows the leader\'s migration on NATS, phase by phase, to its end', async () => {
+    const e = env!;
+    await startStandby(e);
+    try {
+      const leader = e.controllers.get(e.leader)!.api;
+      const standby = e.controllers.get(STANDBY_SERVICE)!.api;
+      const from = e.place.host;
+      const to = e.lab.topology.hosts.map((h) => h.name).find((h) => h !== from)!;
+      // Writes are the leader's, steering changes too: UNAVAILABLE naming it, and nothing stored.
+      for (const write of [
+        () => standby.call('CreateService', { service: { vip: '198.18.9.9', port: 80 } }, { retry: false }),
+        () => standby.call('Migrate', { sourceHost: from, targetHost: to, workload: { pid: e.place.pid, endpoints: [endpointToWire(e.endpoint)] } }, { retry: false }),
+      ]) {
+        const err = await write().then(() => undefined, (x: unknown) => x);
+        expect((err as { code: number }).code).toBe(status.UNAVAILABLE);
+        expect((err as { details: string }).details).toMatch(/standby; the leader is controller/);
+      }
+      expect((await leader.call('ListServices', {})).services.some((s) => s.vip === '198.18.9.9')).toBe(false);
+      const m = await leader.migrate({ sourceHost: from, targetHost: to, workload: { pid: e.place.pid, endpoints: [endpointToWire(e.endpoint)] } });
+      const seen: string[] = [];
+      for await (const ev of standby.watch(m.id)) seen.push(`${ev.phase}/${ev.kind}`);
+      expect(seen[0]).toMatch(/\/SNAPSHOT$/);
+      expect(seen.at(-1)).toBe('DONE/SUCCEEDED');
+      // Every forward phase after the snapshot's, each once.
+      const succeeded = seen.filter((s) => s.endsWith('/SUCCEEDED')).map((s) => s.split('/')[0]);
+      expect(new Set(succeeded).size).toBe(succeeded.length);
+      expect(succeeded).toEqual(expect.arrayContaining(['RESTORE', 'UNLOCK', 'CLEANUP', 'DONE']));
+      // Its reads come from KV as the leader records it (reloaded every second).
+      const deadline = Date.now() + 10_000;
+      while ((await standby.getMigration(m.id)).phase !== 'DONE' && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+      expect((await standby.getMigration(m.id)).phase).toBe('DONE');
+    } finally {
+      await handBackLead(e);
+    }
+  }, CASE_TIMEOUT_MS);
 
   // Last: it leaves host a's agent fenced above every real controller's token.
   it('an agent refuses a command carrying an older fencing token than one it has seen: FAILED_PRECONDITION', async () => {

@@ -97,9 +97,28 @@ describe('migration state machine', () => {
     const { state } = runToEnd(fresh(), (p) => (p === 'DUMP' ? fail(p, 'criu dump failed') : p === 'ROLLBACK' ? fail(p, 'source gone') : ok(p)));
     expect(state.phase).toBe('NEEDS_ATTENTION');
     expect(state.error).toBe('criu dump failed; rollback failed: source gone');
-    expect(state.attention).toMatch(/no image was taken/);
+    // The DUMP call failed, but CRIU may have finished before it did: the note says where to look.
+    expect(state.attention).toMatch(/a dump was begun: if CRIU finished it, the image is in images\/m-1 under the agent's state folder on host "a"/);
     expect(state.attention).toMatch(/held until .*Z \(their lease\)/);
+    const early = runToEnd(fresh(), (p) => (p === 'LOCK' ? fail(p, 'lock refused') : p === 'ROLLBACK' ? fail(p, 'source gone') : ok(p))).state;
+    expect(early.attention).toMatch(/no image was taken/);
     expect(decide(state, { type: 'resume', atMs: 1, controller: 'c2' }).commands).toEqual([]);
+  });
+
+  it('RetryMigration rolls a NEEDS_ATTENTION migration back again; any other phase is left as it is', () => {
+    const { state } = runToEnd(fresh(), (p) => (p === 'DUMP' ? fail(p, 'criu dump failed') : p === 'ROLLBACK' ? fail(p, 'source gone') : ok(p)));
+    const d = decide(state, { type: 'retry', atMs: 5, controller: 'c2' });
+    expect(d.state.phase).toBe('ROLLBACK');
+    expect(d.commands).toEqual([{ type: 'run-phase', phase: 'ROLLBACK' }]);
+    expect(d.state.attention).toBeUndefined();
+    expect(d.state.controllers).toContain('c2');
+    expect(d.state.warnings.at(-1)).toMatch(/NEEDS_ATTENTION retried by request/);
+    expect(decide(d.state, ok('ROLLBACK')).state.phase).toBe('FAILED');
+    expect(decide(decide(d.state, fail('ROLLBACK', 'still gone')).state, { type: 'retry', atMs: 6, controller: 'c2' }).commands).toEqual([{ type: 'run-phase', phase: 'ROLLBACK' }]);
+    for (const other of [fresh(), runToEnd(fresh(), ok).state, runToEnd(fresh(), (p) => (p === 'DUMP' ? fail(p, 'x') : ok(p))).state]) {
+      const r = decide(other, { type: 'retry', atMs: 7, controller: 'c2' });
+      expect(r).toEqual({ state: other, commands: [] });
+    }
   });
 
   describe('resume by a new controller', () => {

@@ -1,0 +1,72 @@
+/**
+ * A drain outlives its controller: the controller is killed (SIGKILL, the real process) while a
+ * drain moves workloads one at a time, and started again. The new leader resumes the migration
+ * that was running (forward, or rolled back when it stopped before the pivot), follows it, and
+ * moves the workloads still waiting: the drain ends DONE with every workload moved, each running
+ * exactly once, every connection alive and every byte checked, no lock left.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { DrainRecord__Output } from '../../proto/gen/godwit/v1/DrainRecord.js';
+import { FleetApi } from '../../controller/fleet-client.js';
+import { checkConnections, openWindows, startFleetWorkloads, stopFleetTraffic, type FleetWorkload } from '../../lab/fleet-workloads.js';
+import { labUp, type Lab } from '../../lab/lab.js';
+import { lockEntries, processesNamed } from '../support/lab-state.js';
+
+const WORKLOADS = 3;
+const CONNECTIONS = 20;
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describe('a drain whose controller dies', () => {
+  let lab: Lab;
+  let fleet: FleetApi;
+  let ws: FleetWorkload[] = [];
+
+  beforeAll(async () => {
+    lab = await labUp({ hosts: ['a', 'b'], controllerFlags: ['--lease-ms', '3000'] });
+    fleet = new FleetApi(lab.controllerAddress);
+    ws = await startFleetWorkloads(lab, fleet, 'a', { prefix: 'tw', count: WORKLOADS, connections: CONNECTIONS });
+  }, 300_000);
+
+  afterAll(async () => {
+    await stopFleetTraffic(ws);
+    fleet?.close();
+    await lab?.down();
+  });
+
+  it('is driven on by the restarted controller to DONE, every workload moved exactly once, every byte there', async () => {
+    const before = await openWindows(ws);
+    const started = await fleet.drain({ host: 'a', maxInFlight: 1 });
+    // Killed while the first workload moves: the others wait their turn.
+    const deadline = Date.now() + 120_000;
+    let seen: DrainRecord__Output = started;
+    while (!seen.workloads.some((w) => w.state === 'MOVING' && w.migrationId) && Date.now() < deadline) {
+      await sleep(20);
+      seen = await fleet.getDrain(started.id);
+    }
+    expect(seen.workloads.filter((w) => w.state === 'MOVING')).toHaveLength(1);
+    await lab.crash('controller');
+    await lab.restart('controller');
+
+    let d: DrainRecord__Output = seen;
+    const end = Date.now() + 300_000;
+    while (d.state === 'RUNNING' && Date.now() < end) {
+      await sleep(500);
+      d = await fleet.getDrain(started.id).catch(() => d);
+    }
+    expect(d.state, JSON.stringify(d)).toBe('DONE');
+    expect(d.moved).toBe(WORKLOADS);
+    for (const w of d.workloads) expect(w.state, `${w.name}: ${w.error}`).toBe('MOVED');
+
+    const checks = await checkConnections(ws, before);
+    for (const c of checks) {
+      expect(c.alive, c.name).toBe(CONNECTIONS);
+      expect(c.bytesLost, c.name).toBe(0);
+      expect(c.corrupted, c.name).toBe(0);
+    }
+    const running = await processesNamed(lab, 'echo-server');
+    expect(running.get('a')).toEqual([]);
+    expect(running.get('b')).toHaveLength(WORKLOADS);
+    for (const h of ['a', 'b']) expect(await lockEntries(lab, h), `locks on ${h}`).toEqual([]);
+  }, 600_000);
+});
