@@ -7,6 +7,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync, renameSync, readdir
 import { join } from 'node:path';
 import type { Endpoint } from '../lib/endpoint.js';
 import type { LockModeName, LockResidue } from './lock-strategy.js';
+import type { ProcessId } from './platform.js';
 
 export interface AgentMigrationRecord {
   migrationId: string;
@@ -39,7 +40,8 @@ export interface AgentMigrationRecord {
    * Post-copy, source: where CRIU serves the memory the image left out, how much, and since when
    * (epoch ms); reclaimed once a rollback fetched it back into the image.
    */
-  postCopy?: { pageServer: string; lazyBytes: number; readyAtMs: number; reclaimed?: boolean };
+  /** `server`: the page server's PID and start time, for an agent started again while it serves. */
+  postCopy?: { pageServer: string; lazyBytes: number; readyAtMs: number; reclaimed?: boolean; server?: ProcessId };
   imageReceived: boolean;
   released: boolean;
   aborted: boolean;

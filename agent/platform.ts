@@ -66,6 +66,13 @@ export interface PlatformProbe {
   cpuFeatures: string[];
 }
 
+/** A process as it can be found again after a restart: a PID alone may have been reused since. */
+export interface ProcessId {
+  pid: number;
+  /** When it started (Linux: clock ticks since boot, /proc/PID/stat). */
+  startTime: number;
+}
+
 /** A CRIU process of a post-copy migration that outlives the RPC that started it. */
 export interface LazyProcess {
   /** Resolves with the exit code (null: killed) when it ends. */
@@ -84,7 +91,12 @@ export interface PostCopy {
    * page server of this host; resolves once the image is written. `served` ends when the target
    * has fetched everything (the dumped tasks are gone then) or the server failed.
    */
-  dump(pid: number, imageDir: string): Promise<{ durationMs: number; pageServer: string; lazyBytes: number; server: LazyProcess }>;
+  dump(pid: number, imageDir: string): Promise<{ durationMs: number; pageServer: string; lazyBytes: number; server: LazyProcess; serverId?: ProcessId }>;
+  /**
+   * The page server a dump started (`serverId`), while it still serves: an agent started again
+   * finds the one its earlier run left serving. Undefined once it has ended.
+   */
+  findServer(serverId: ProcessId, imageDir: string): LazyProcess | undefined;
   /** Target: starts the lazy-pages daemon against `pageServer`, then restores the tree lazily. */
   restore(imageDir: string, pageServer: string): Promise<{ pid: number; durationMs: number; daemon: LazyProcess }>;
   /**

@@ -64,8 +64,8 @@ export class AgentService {
   private readonly log: Logger;
   /**
    * Post-copy CRIU processes that outlive their RPC, by migration: the source's page server (the
-   * lazy dump), the target's lazy-pages daemon. In memory only: an agent restart loses them
-   * (the processes go on; the source then cannot wait for or reclaim the pages).
+   * lazy dump), the target's lazy-pages daemon. The page server also outlives its agent: the
+   * record keeps its PID and start time, and an agent started again follows it (pageServer()).
    */
   private readonly lazy = new Map<string, LazyProcess>();
   private readonly runner: WorkloadRunner;
@@ -520,7 +520,7 @@ export class AgentService {
     this.records.update(id, (r) => {
       r.dumped = { pid: w.pid, endpoints: w.endpoints };
       r.lockMode = mode;
-      r.postCopy = { pageServer: dumped.pageServer, lazyBytes: dumped.lazyBytes, readyAtMs: Date.now() };
+      r.postCopy = { pageServer: dumped.pageServer, lazyBytes: dumped.lazyBytes, readyAtMs: Date.now(), ...(dumped.serverId ? { server: dumped.serverId } : {}) };
     });
     this.log.info({ migrationId: id, pageServer: dumped.pageServer, lazyBytes: dumped.lazyBytes, ms: dumped.durationMs }, 'dumped for post-copy');
     return { durationMs: dumped.durationMs, connections: 0, pageServer: dumped.pageServer };
@@ -545,7 +545,7 @@ export class AgentService {
    * ended the dumped tasks). Returns ms since the dump was ready.
    */
   private async lazyPagesServed(id: string, readyAtMs: number): Promise<number> {
-    const server = this.lazy.get(id);
+    const server = this.pageServer(id);
     if (!server) {
       this.log.warn({ migrationId: id }, 'post-copy page server unknown to this agent (restarted?); not waiting for it');
       return 0;
@@ -561,10 +561,26 @@ export class AgentService {
     return Date.now() - readyAtMs;
   }
 
+  /**
+   * The post-copy page server of a migration: the one this agent started, or one an earlier life
+   * of this agent started and that still serves (found by its recorded PID and start time). How
+   * an adopted one ended is read from CRIU's log, as no exit status comes to a non-parent.
+   */
+  private pageServer(id: string): LazyProcess | undefined {
+    const known = this.lazy.get(id);
+    if (known) return known;
+    const s = this.records.has(id) ? this.records.get(id).postCopy?.server : undefined;
+    const adopted = s && this.opts.platform.postCopy?.findServer(s, this.imageDir(id));
+    if (!adopted) return undefined;
+    this.log.warn({ migrationId: id, pid: s.pid }, 'post-copy: found the page server an earlier run of this agent started; following it');
+    this.lazy.set(id, adopted);
+    return adopted;
+  }
+
   /** Source rollback of a post-copy dump: pages back into the image, then CRIU ends the frozen tasks. */
   private async reclaimLazyPages(id: string, pc: NonNullable<ReturnType<MigrationRecords['get']>['postCopy']>): Promise<string> {
     const postCopy = this.opts.platform.postCopy;
-    const server = this.lazy.get(id);
+    const server = this.pageServer(id);
     if (pc.reclaimed) return 'memory already fetched back from the page server';
     if (!postCopy || !server?.running)
       throw new HostOperationError(this.opts.host, 'rollback', 'the post-copy page server is gone, so the memory the image left out is lost with it');

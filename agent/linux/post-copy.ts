@@ -1,6 +1,9 @@
 /** The Linux platform's post-copy (agent/platform.ts PostCopy) on CRIU's lazy pages (lazy-pages.ts). */
 import type { Logger } from '../../lib/log.js';
-import type { PostCopy } from '../platform.js';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { LazyProcess, PostCopy, ProcessId } from '../platform.js';
+import { adoptProcess, processStartTime } from './adopted-process.js';
 import type { Criu } from './criu.js';
 import { ensurePipeMaxSize, freePort, imageLazyBytes, parsePageServer, reclaimPages, startLazyDump, startLazyPagesDaemon } from './lazy-pages.js';
 
@@ -21,7 +24,21 @@ export class LinuxPostCopy implements PostCopy {
     const server = startLazyDump(this.opts.criu.path, pid, imageDir, listen);
     await server.ready;
     const durationMs = performance.now() - started;
-    return { durationMs, pageServer: `${listen.address}:${listen.port}`, lazyBytes: await imageLazyBytes(imageDir), server };
+    const startTime = server.pid ? processStartTime(server.pid) : undefined;
+    const serverId = server.pid && startTime !== undefined ? { pid: server.pid, startTime } : undefined;
+    return { durationMs, pageServer: `${listen.address}:${listen.port}`, lazyBytes: await imageLazyBytes(imageDir), server, serverId };
+  }
+
+  /** How it ended comes from its log: the lazy dump ends like any dump once every page was fetched. */
+  findServer(serverId: ProcessId, imageDir: string): LazyProcess | undefined {
+    const finished = () => {
+      try {
+        return /Dumping finished successfully/.test(readFileSync(join(imageDir, 'dump.log'), 'utf8'));
+      } catch {
+        return false;
+      }
+    };
+    return adoptProcess(serverId.pid, serverId.startTime, () => (finished() ? 0 : 1));
   }
 
   async restore(imageDir: string, pageServer: string) {

@@ -3,11 +3,13 @@
  * lazy-pages daemon, a workload holding 64 MiB of memory it keeps rewriting, and a bystander
  * client checking every echoed byte. The memory is checked page by page after every move.
  */
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isServiceError } from '../../lib/rpc.js';
 import { endpointToWire } from '../../lib/wire.js';
-import { migrateHop } from '../../lab/hop.js';
+import { migrateHop, settle } from '../../lab/hop.js';
 import { labUp, type Lab } from '../../lab/lab.js';
 import { memcheck, startMemoryWorkload, type MemoryWorkload } from '../../lab/memory-workload.js';
 import { startTraffic, type TrafficHandle } from '../../lab/traffic.js';
@@ -83,6 +85,37 @@ describe('post-copy migration of a memory-heavy workload', () => {
     expect(migration.lazyPagesMs).toBeGreaterThan(0);
     expect(migration.warnings).toEqual([]);
   });
+
+  it('the source agent killed while it sends the image: started again, it follows the page server it left serving, and the move ends DONE with memory intact', async () => {
+    const from = home;
+    const to = from === 'a' ? 'b' : 'a';
+    const before = await memcheck(lab, w);
+    const window = await traffic.window();
+    const m = await lab.controller.migrate({ sourceHost: from, targetHost: to, workload: { pid: w.pid, endpoints: [endpointToWire(w.endpoint)] }, postCopy: true });
+    // The lazy dump is written and its page server serves: the image is on its way to the target.
+    const arriving = join(lab.dir, 'hosts', to, 'images', m.id);
+    const deadline = Date.now() + 120_000;
+    while ((await readdir(arriving).catch(() => [])).length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    await lab.crash(`agent-${from}`);
+    await lab.restart(`agent-${from}`);
+    const end = await lab.controller.wait(m.id);
+    expect(end.phase, end.error).toBe('DONE');
+    w.pid = end.restoredPid;
+    home = to;
+    const agentLog = await readFile(join(lab.dir, 'logs', `agent-${from}.log`), 'utf8');
+    // Release waited for the page server the killed agent had started (not "unknown to this agent").
+    expect(agentLog, agentLog.split('\n').filter((l) => /post-copy|page server|lazy/i.test(l)).slice(-8).join('\n')).toMatch(/found the page server an earlier run of this agent started/);
+    expect(end.lazyPagesMs).toBeGreaterThan(0);
+    const after = await memcheck(lab, w);
+    expect(after.pagesBad, `first bad page ${after.firstBadPage}`).toBe(0);
+    expect(after.writes).toBeGreaterThan(before.writes);
+    await settle(traffic, 60_000);
+    const now = await traffic.window();
+    expect(now.alive).toBe(CONNECTIONS);
+    expect(now.bytesLost - window.bytesLost).toBe(0);
+    expect(now.corrupted - window.corrupted).toBe(0);
+    await expectRunsOnceOn(home);
+  }, 300_000);
 
   it('a post-copy restore that fails for real rolls back: the source fetches its memory back and restores it intact', async () => {
     const target = home === 'a' ? 'b' : 'a';
