@@ -47,7 +47,7 @@ const MAX_PATH_BYTES = 4096;
 export function filesFromWire(list: WorkloadFile__Output[]): DomainFile[] {
   if (list.length === 0) throw new InvalidArgumentError('files', 'files is empty: name the files to compare');
   if (list.length > MAX_FILES) throw new InvalidArgumentError('files', `files names ${list.length} files; at most ${MAX_FILES}`);
-  return list.map((w, i) => {
+  const files = list.map((w, i) => {
     const f = fileFromWire(w);
     const field = `files[${i}]`;
     if (!f.path.startsWith('/') || f.path.includes('\0') || posix.normalize(f.path) !== f.path || Buffer.byteLength(f.path) > MAX_PATH_BYTES)
@@ -59,6 +59,13 @@ export function filesFromWire(list: WorkloadFile__Output[]): DomainFile[] {
     if (!/^([0-9a-f]{64})?$/.test(f.sha256)) throw new InvalidArgumentError(`${field}.sha256`, `${field}.sha256 must be empty or 64 lowercase hex digits`);
     return f;
   });
+  // One answer per path: a path named twice is a caller's mistake, not two questions.
+  const seen = new Set<string>();
+  for (const [i, f] of files.entries()) {
+    if (seen.has(f.path)) throw new InvalidArgumentError(`files[${i}].path`, `files names ${f.path} more than once: name each file once`);
+    seen.add(f.path);
+  }
+  return files;
 }
 
 export function mismatchFromWire(m: FileMismatch__Output): FileMismatch {
