@@ -110,8 +110,17 @@ function fieldName(f: protobuf.Field): string {
   return `${f.parent!.fullName.slice(1)}.${f.name}`;
 }
 
-/** Free text (an operator's words): only a control character or an overlong value is wrong. */
-const FREE_TEXT = new Set(['godwit.v1.CordonRequest.reason']);
+/** Lists whose emptiness is a valid request (a drain's `targets`: no list means any host). */
+const EMPTY_OK = new Set(['godwit.v1.DrainRequest.targets']);
+
+/**
+ * Absolute paths to ask about (CheckFiles: is this file here?): an absolute, normalized path is a
+ * fair question even when no such file exists; only relative, `..`, NUL or overlong ones are bad.
+ */
+const ABSOLUTE_PATH = new Set(['godwit.v1.WorkloadFile.path']);
+
+/** Free text (an operator's words, how a process uses a file): only a control character or an overlong value is wrong. */
+const FREE_TEXT = new Set(['godwit.v1.CordonRequest.reason', 'godwit.v1.WorkloadFile.usage']);
 
 /** A field no value of which is wrong alone is never the one a request is built around. */
 function canCarryFault(f: protobuf.Field): boolean {
@@ -151,6 +160,7 @@ function badValue(f: protobuf.Field, rng: Rng, canary: string, depth: number): u
     if (f.resolvedType instanceof protobuf.Enum) return rng.pick([999, -1, 2 ** 30]);
     if (f.resolvedType instanceof protobuf.Type) return badMessage(f.resolvedType, rng, canary, depth + 1);
     if (f.type === 'string' && FREE_TEXT.has(fieldName(f))) return rng.pick([`${canary}\0`, `${canary}\n`, 'x'.repeat(10_000)]);
+    if (f.type === 'string' && ABSOLUTE_PATH.has(fieldName(f))) return rng.pick(badStrings(canary).filter((x) => !x.startsWith('/') || x.includes('\0')));
     if (f.type === 'string') return rng.pick(badStrings(canary));
     if (f.type === 'bytes') return Buffer.alloc(rng.pick([0, 1, 300_000]), rng.int(256));
     if (isLong(f)) return rng.pick(BAD_LONGS);
@@ -158,7 +168,7 @@ function badValue(f: protobuf.Field, rng: Rng, canary: string, depth: number): u
     return rng.next() < 0.5; // bool: no bool is bad alone; the other fields carry the fault
   };
   if (!f.repeated) return one();
-  switch (rng.int(3)) {
+  switch (EMPTY_OK.has(fieldName(f)) ? 1 + rng.int(2) : rng.int(3)) {
     case 0:
       return [];
     case 1: {
