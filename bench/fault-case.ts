@@ -415,34 +415,26 @@ async function storedEventsToEnd(env: FaultEnv, id: string, endPhase: string): P
 }
 
 /**
- * The matrix's own reads from NATS, retried: right after a nats case the bench's connection may
- * still be moving to another server, or the cluster electing a stream leader (a TIMEOUT then is
- * the bench's wait, not the product's failure).
+ * A call tried again while `again` says its error is passing, up to `timeoutMs`. The matrix's
+ * own reads from NATS retry any error: right after a nats case the bench's connection may still
+ * be moving to another server, or the cluster electing a stream leader (a TIMEOUT then is the
+ * bench's wait, not the product's failure). Calls to a controller retry UNAVAILABLE only (a
+ * standby, or a leader not settled yet).
  */
-async function natsRetry<T>(read: () => Promise<T>, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      return await read();
-    } catch (err) {
-      if (Date.now() > deadline) throw err;
-      await sleep(1_000);
-    }
-  }
-}
-
-/** Retries a call a controller refuses as unavailable (a standby, or a leader not settled yet). */
-async function retryUnavailable<T>(call: () => Promise<T>, timeoutMs = 60_000): Promise<T> {
+async function retrying<T>(call: () => Promise<T>, again: (err: unknown) => boolean, pauseMs: number, timeoutMs = 60_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     try {
       return await call();
     } catch (err) {
-      if ((err as { code?: number }).code !== 14 || Date.now() > deadline) throw err;
-      await sleep(500);
+      if (!again(err) || Date.now() > deadline) throw err;
+      await sleep(pauseMs);
     }
   }
 }
+
+const natsRetry = <T>(read: () => Promise<T>) => retrying(read, () => true, 1_000);
+const retryUnavailable = <T>(call: () => Promise<T>) => retrying(call, (err) => (err as { code?: number }).code === 14, 500);
 
 async function waitUntil(what: string, timeoutMs: number, check: () => Promise<boolean>): Promise<void> {
   const deadline = Date.now() + timeoutMs;

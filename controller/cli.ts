@@ -173,14 +173,7 @@ program
       allowUnsafeLock: o.allowUnsafeLock === true,
       postCopy: o.postCopy === true,
     });
-    if (o.wait) {
-      const progress = json() ? undefined : new PhaseProgress(process.stderr);
-      try {
-        m = await c.wait(m.id, (e) => progress?.event(e));
-      } finally {
-        progress?.end();
-      }
-    }
+    if (o.wait) m = await followToEnd(c, m);
     print(m, () => summary(m));
     c.close();
     if (m.phase === 'FAILED' || m.phase === 'NEEDS_ATTENTION') process.exitCode = 1;
@@ -193,19 +186,22 @@ program
   .action(async (id: string, o: { wait?: boolean }) => {
     const c = api();
     let m = await c.retryMigration(id);
-    if (o.wait) {
-      const progress = json() ? undefined : new PhaseProgress(process.stderr);
-      try {
-        m = await c.wait(m.id, (e) => progress?.event(e));
-      } finally {
-        progress?.end();
-      }
-    }
+    if (o.wait) m = await followToEnd(c, m);
     print(m, () => summary(m));
     c.close();
     // A retried rollback that worked ends FAILED (the migration did not happen; the workload is back on its source).
     if (m.phase === 'NEEDS_ATTENTION') process.exitCode = 1;
   });
+
+/** --wait: one line per phase on stderr (live on a terminal) until the migration ends; its final state. */
+async function followToEnd(c: ControllerApi, m: Migration__Output): Promise<Migration__Output> {
+  const progress = json() ? undefined : new PhaseProgress(process.stderr);
+  try {
+    return await c.wait(m.id, (e) => progress?.event(e));
+  } finally {
+    progress?.end();
+  }
+}
 
 program.command('get <id>').description('one migration: its phases, step times, freeze and steering').action(async (id: string) => {
   const c = api();

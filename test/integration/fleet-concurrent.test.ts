@@ -11,6 +11,7 @@ import { isServiceError } from '../../lib/rpc.js';
 import { endpointToWire } from '../../lib/wire.js';
 import { checkConnections, openWindows, startFleetWorkloads, stopFleetTraffic, type FleetWorkload } from '../../lab/fleet-workloads.js';
 import { labUp, type Lab } from '../../lab/lab.js';
+import { expectConnectionsIntact } from '../support/intact.js';
 import { lockEntries, processesNamed } from '../support/lab-state.js';
 
 const WORKLOADS = 10;
@@ -59,12 +60,7 @@ describe('concurrent migrations', () => {
 
     const ended = await Promise.all(accepted.map((m) => lab.controller.wait(m.id)));
     for (const m of ended) expect(m.phase, `${m.request?.workloadName}: ${m.error}`).toBe('DONE');
-    const checks = await checkConnections(ws, before);
-    for (const c of checks) {
-      expect(c.alive, c.name).toBe(CONNECTIONS);
-      expect(c.bytesLost, c.name).toBe(0);
-      expect(c.corrupted, c.name).toBe(0);
-    }
+    expectConnectionsIntact(await checkConnections(ws, before), CONNECTIONS);
     // Every workload runs once, on b; the registry says so; no lock is left anywhere.
     const running = await processesNamed(lab, 'echo-server');
     expect(running.get('a')).toEqual([]);

@@ -10,6 +10,7 @@ import type { DrainRecord__Output } from '../../proto/gen/godwit/v1/DrainRecord.
 import { FleetApi } from '../../controller/fleet-client.js';
 import { checkConnections, openWindows, startFleetWorkloads, stopFleetTraffic, type FleetWorkload } from '../../lab/fleet-workloads.js';
 import { labUp, type Lab } from '../../lab/lab.js';
+import { expectConnectionsIntact } from '../support/intact.js';
 import { lockEntries, processesNamed } from '../support/lab-state.js';
 
 const WORKLOADS = 3;
@@ -58,12 +59,7 @@ describe('a drain whose controller dies', () => {
     expect(d.moved).toBe(WORKLOADS);
     for (const w of d.workloads) expect(w.state, `${w.name}: ${w.error}`).toBe('MOVED');
 
-    const checks = await checkConnections(ws, before);
-    for (const c of checks) {
-      expect(c.alive, c.name).toBe(CONNECTIONS);
-      expect(c.bytesLost, c.name).toBe(0);
-      expect(c.corrupted, c.name).toBe(0);
-    }
+    expectConnectionsIntact(await checkConnections(ws, before), CONNECTIONS);
     const running = await processesNamed(lab, 'echo-server');
     expect(running.get('a')).toEqual([]);
     expect(running.get('b')).toHaveLength(WORKLOADS);

@@ -14,6 +14,7 @@ import { Bus } from '../../lib/bus.js';
 import { CORDONS_BUCKET } from '../../lib/subjects.js';
 import { checkConnections, openWindows, startFleetWorkloads, stopFleetTraffic, type FleetWorkload } from '../../lab/fleet-workloads.js';
 import { labUp, type Lab } from '../../lab/lab.js';
+import { expectConnectionsIntact } from '../support/intact.js';
 import { lockEntries, processesNamed } from '../support/lab-state.js';
 import { godwitCli } from '../support/godwit-cli.js';
 
@@ -69,12 +70,7 @@ describe('drain', () => {
     // Events on NATS, one per change, ending DONE.
     expect(drainEvents.at(-1)).toEqual({ state: 'DONE', moved: WORKLOADS });
 
-    const checks = await checkConnections(ws, before);
-    for (const c of checks) {
-      expect(c.alive, c.name).toBe(CONNECTIONS);
-      expect(c.bytesLost, c.name).toBe(0);
-      expect(c.corrupted, c.name).toBe(0);
-    }
+    expectConnectionsIntact(await checkConnections(ws, before), CONNECTIONS);
     const running = await processesNamed(lab, 'echo-server');
     expect(running.get('a')).toEqual([]);
     expect((running.get('b')?.length ?? 0) + (running.get('c')?.length ?? 0)).toBe(WORKLOADS);
