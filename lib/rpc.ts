@@ -99,10 +99,18 @@ const refuseUndecodable: grpc.ServerInterceptor = (method, call) =>
 /** The largest message a godwit server or client takes; gRPC answers a larger one RESOURCE_EXHAUSTED. */
 export const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
 
-/** Keepalive so that a dead peer is noticed during long phases, not after the OS gives up. */
+/**
+ * Keepalive so that a dead peer is noticed during long phases, not after the OS gives up. A
+ * short reconnect backoff so that a peer that comes back is reached within seconds: grpc-js
+ * backs off up to 120 s by default, and a channel that had failed for a while then fails every
+ * call at once with its last error, long after the agent it names has restarted (a retried
+ * rollback ended NEEDS_ATTENTION again that way, its host wait spent on the backoff).
+ */
 const CHANNEL_OPTIONS: grpc.ChannelOptions = {
   'grpc.keepalive_time_ms': 10_000,
   'grpc.keepalive_timeout_ms': 5_000,
+  'grpc.initial_reconnect_backoff_ms': 500,
+  'grpc.max_reconnect_backoff_ms': 2_000,
   'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
 };
 
