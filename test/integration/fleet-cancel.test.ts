@@ -6,30 +6,27 @@
 import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Migration__Output } from '../../proto/gen/godwit/v1/Migration.js';
-import { FleetApi } from '../../controller/fleet-client.js';
+import type { FleetApi } from '../../controller/fleet-client.js';
 import { isServiceError } from '../../lib/rpc.js';
-import { checkConnections, openWindows, startFleetWorkloads, stopFleetTraffic, type FleetWorkload } from '../../lab/fleet-workloads.js';
-import { labUp, type Lab } from '../../lab/lab.js';
+import { checkConnections, openWindows, type FleetWorkload } from '../../lab/fleet-workloads.js';
+import type { Lab } from '../../lab/lab.js';
+import { startFleetLab, stopFleetLab, type FleetLab } from '../support/fleet-lab.js';
 import { addressesOn, lockEntries, processesNamed } from '../support/lab-state.js';
 
 const CONNECTIONS = 50;
 
 describe('cancelling a migration', () => {
+  let f: FleetLab | undefined;
   let lab: Lab;
   let fleet: FleetApi;
   let ws: FleetWorkload[] = [];
 
   beforeAll(async () => {
-    lab = await labUp({ hosts: ['a', 'b'] });
-    fleet = new FleetApi(lab.controllerAddress);
-    ws = await startFleetWorkloads(lab, fleet, 'a', { prefix: 'cx', count: 1, connections: CONNECTIONS });
+    f = await startFleetLab({ hosts: ['a', 'b'] }, { prefix: 'cx', count: 1, connections: CONNECTIONS });
+    ({ lab, fleet, ws } = f);
   });
 
-  afterAll(async () => {
-    await stopFleetTraffic(ws);
-    fleet?.close();
-    await lab?.down();
-  });
+  afterAll(() => stopFleetLab(f));
 
   /** Starts a move of the workload to b and cancels it when `when` says so (the cancel's answer or error). */
   async function moveAndCancel(when: (e: { phase: string; kind: string }) => boolean) {

@@ -3,14 +3,14 @@
  * with a bystander client checking every echoed byte; and a second migration of a workload that
  * is moving refused (by name and by host+PID) with FAILED_PRECONDITION naming the running one.
  */
-import { cpSync } from 'node:fs';
 import { status } from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FleetApi } from '../../controller/fleet-client.js';
+import type { FleetApi } from '../../controller/fleet-client.js';
 import { isServiceError } from '../../lib/rpc.js';
 import { endpointToWire } from '../../lib/wire.js';
-import { checkConnections, openWindows, startFleetWorkloads, stopFleetTraffic, type FleetWorkload } from '../../lab/fleet-workloads.js';
-import { labUp, type Lab } from '../../lab/lab.js';
+import { checkConnections, openWindows, type FleetWorkload } from '../../lab/fleet-workloads.js';
+import type { Lab } from '../../lab/lab.js';
+import { startFleetLab, stopFleetLab, type FleetLab } from '../support/fleet-lab.js';
 import { expectConnectionsIntact } from '../support/intact.js';
 import { lockEntries, processesNamed } from '../support/lab-state.js';
 
@@ -18,22 +18,17 @@ const WORKLOADS = 10;
 const CONNECTIONS = 20;
 
 describe('concurrent migrations', () => {
+  let f: FleetLab | undefined;
   let lab: Lab;
   let fleet: FleetApi;
   let ws: FleetWorkload[] = [];
 
   beforeAll(async () => {
-    lab = await labUp({ hosts: ['a', 'b'] });
-    fleet = new FleetApi(lab.controllerAddress);
-    ws = await startFleetWorkloads(lab, fleet, 'a', { prefix: 'cw', count: WORKLOADS, connections: CONNECTIONS });
+    f = await startFleetLab({ hosts: ['a', 'b'] }, { prefix: 'cw', count: WORKLOADS, connections: CONNECTIONS });
+    ({ lab, fleet, ws } = f);
   });
 
-  afterAll(async () => {
-    await stopFleetTraffic(ws);
-    fleet?.close();
-    if (process.env.FLEET_KEEP_LOGS && lab) cpSync(`${lab.dir}/logs`, process.env.FLEET_KEEP_LOGS, { recursive: true });
-    await lab?.down();
-  });
+  afterAll(() => stopFleetLab(f));
 
   it(`moves ${WORKLOADS} workloads at once with every connection and byte intact; a second move of one that is moving is refused`, async () => {
     const before = await openWindows(ws);

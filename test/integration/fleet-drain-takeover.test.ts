@@ -7,9 +7,10 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DrainRecord__Output } from '../../proto/gen/godwit/v1/DrainRecord.js';
-import { FleetApi } from '../../controller/fleet-client.js';
-import { checkConnections, openWindows, startFleetWorkloads, stopFleetTraffic, type FleetWorkload } from '../../lab/fleet-workloads.js';
-import { labUp, type Lab } from '../../lab/lab.js';
+import type { FleetApi } from '../../controller/fleet-client.js';
+import { checkConnections, openWindows, type FleetWorkload } from '../../lab/fleet-workloads.js';
+import type { Lab } from '../../lab/lab.js';
+import { startFleetLab, stopFleetLab, type FleetLab } from '../support/fleet-lab.js';
 import { expectConnectionsIntact } from '../support/intact.js';
 import { lockEntries, processesNamed } from '../support/lab-state.js';
 
@@ -19,21 +20,17 @@ const CONNECTIONS = 20;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe('a drain whose controller dies', () => {
+  let f: FleetLab | undefined;
   let lab: Lab;
   let fleet: FleetApi;
   let ws: FleetWorkload[] = [];
 
   beforeAll(async () => {
-    lab = await labUp({ hosts: ['a', 'b'], controllerFlags: ['--lease-ms', '3000'] });
-    fleet = new FleetApi(lab.controllerAddress);
-    ws = await startFleetWorkloads(lab, fleet, 'a', { prefix: 'tw', count: WORKLOADS, connections: CONNECTIONS });
+    f = await startFleetLab({ hosts: ['a', 'b'], controllerFlags: ['--lease-ms', '3000'] }, { prefix: 'tw', count: WORKLOADS, connections: CONNECTIONS });
+    ({ lab, fleet, ws } = f);
   }, 300_000);
 
-  afterAll(async () => {
-    await stopFleetTraffic(ws);
-    fleet?.close();
-    await lab?.down();
-  });
+  afterAll(() => stopFleetLab(f));
 
   it('is driven on by the restarted controller to DONE, every workload moved exactly once, every byte there', async () => {
     const before = await openWindows(ws);

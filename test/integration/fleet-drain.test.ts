@@ -4,16 +4,15 @@
  * placement rule (least loaded, anti-affinity labels kept), the host stays cordoned (in KV), and
  * a migration to it is refused until it is uncordoned.
  */
-import { cpSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DrainRecord__Output } from '../../proto/gen/godwit/v1/DrainRecord.js';
 import type { ListHostsResponse__Output } from '../../proto/gen/godwit/v1/ListHostsResponse.js';
 import { CordonStore, type CordonRecord } from '../../controller/cordon.js';
-import { FleetApi } from '../../controller/fleet-client.js';
 import { Bus } from '../../lib/bus.js';
 import { CORDONS_BUCKET } from '../../lib/subjects.js';
-import { checkConnections, openWindows, startFleetWorkloads, stopFleetTraffic, type FleetWorkload } from '../../lab/fleet-workloads.js';
-import { labUp, type Lab } from '../../lab/lab.js';
+import { checkConnections, openWindows, type FleetWorkload } from '../../lab/fleet-workloads.js';
+import type { Lab } from '../../lab/lab.js';
+import { startFleetLab, stopFleetLab, type FleetLab } from '../support/fleet-lab.js';
 import { expectConnectionsIntact } from '../support/intact.js';
 import { lockEntries, processesNamed } from '../support/lab-state.js';
 import { godwitCli } from '../support/godwit-cli.js';
@@ -22,32 +21,26 @@ const WORKLOADS = 5;
 const CONNECTIONS = 20;
 
 describe('drain', () => {
+  let f: FleetLab | undefined;
   let lab: Lab;
-  let fleet: FleetApi;
   let bus: Bus;
   let ws: FleetWorkload[] = [];
   const drainEvents: { state: string; moved: number }[] = [];
 
   beforeAll(async () => {
-    lab = await labUp({ hosts: ['a', 'b', 'c'] });
-    fleet = new FleetApi(lab.controllerAddress);
+    // dw0 is a database; dw1 must never share a host with one.
+    f = await startFleetLab(
+      { hosts: ['a', 'b', 'c'] },
+      { prefix: 'dw', count: WORKLOADS, connections: CONNECTIONS, labels: (i): Record<string, string> => (i === 0 ? { db: '' } : i === 1 ? { avoid: 'db' } : { tier: 'web' }) },
+    );
+    ({ lab, ws } = f);
     bus = await Bus.connect({ servers: lab.natsUrl, name: 'fleet-drain-test' });
     bus.subscribe<{ state: string; moved: number }>('godwit.events.drain.>', (d) => drainEvents.push({ state: d.state, moved: d.moved }));
-    // dw0 is a database; dw1 must never share a host with one.
-    ws = await startFleetWorkloads(lab, fleet, 'a', {
-      prefix: 'dw',
-      count: WORKLOADS,
-      connections: CONNECTIONS,
-      labels: (i): Record<string, string> => (i === 0 ? { db: '' } : i === 1 ? { avoid: 'db' } : { tier: 'web' }),
-    });
   });
 
   afterAll(async () => {
-    await stopFleetTraffic(ws);
-    fleet?.close();
     await bus?.close().catch(() => undefined);
-    if (process.env.FLEET_KEEP_LOGS && lab) cpSync(`${lab.dir}/logs`, process.env.FLEET_KEEP_LOGS, { recursive: true });
-    await lab?.down();
+    await stopFleetLab(f);
   });
 
   it('moves every workload off the host with connections and bytes intact, and leaves it cordoned', async () => {
